@@ -1,0 +1,1 @@
+"""Bijectors (forward = generative u -> x; inverse = normalising x -> u)."""

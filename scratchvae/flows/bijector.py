@@ -1,0 +1,166 @@
+"""The bijector contract, composition and inversion.
+
+Direction convention, everywhere in scratchvae: ``forward`` is the *generative* direction
+u -> x (base to data), ``inverse`` the *normalising* direction x -> u.
+
+    x, logdet, cache = T.forward(u, context=None)   # logdet = log|det dx/du|, shape (N,)
+    u, logdet, cache = T.inverse(x, context=None)   # logdet = log|det du/dx|, shape (N,)
+    d_in, grads, d_context = T.backward(d_out, d_logdet, cache)
+
+``backward`` serves whichever pass made the cache: it returns the gradient of
+``L = <d_out, out> + <d_logdet, logdet>`` with respect to that pass's input, the bijector's
+parameters (a dict keyed like ``T.params``) and the context (``None`` when there is none).
+Derivation: derivations/06-change-of-variables.md#composition.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ..nn import Module
+
+__all__ = ["Bijector", "Cache", "Chain", "Inverse", "add_context_grads"]
+
+
+class Cache(NamedTuple):
+    """What a pass leaves for ``backward``: which pass made it, and its own data."""
+    direction: str  # "forward" or "inverse"
+    data: object
+
+
+def add_context_grads(a, b):
+    """Sum two context gradients where ``None`` means zero."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b
+
+
+class Bijector(Module):
+    """Base class. Subclasses implement ``forward`` and ``inverse`` returning
+    ``(out, logdet, Cache(direction, data))`` and the two backward passes
+    ``backward_forward(d_out, d_logdet, data)`` and ``backward_inverse(...)``, each
+    returning ``(d_in, grads, d_context)``.
+    Contract: derivations/00-conventions.md#the-forward-cache-backward-contract.
+    """
+
+    #: True when the log-det does not depend on the input (temperature is then exact tempering)
+    volume_preserving = False
+
+    def forward(self, u, context=None):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def inverse(self, x, context=None):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def backward(self, d_out, d_logdet, cache):
+        if cache.direction == "forward":
+            return self.backward_forward(d_out, d_logdet, cache.data)
+        if cache.direction == "inverse":
+            return self.backward_inverse(d_out, d_logdet, cache.data)
+        raise ValueError(f"cache: unknown direction {cache.direction!r}")
+
+    def backward_forward(self, d_out, d_logdet, data):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def backward_inverse(self, d_out, d_logdet, data):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __call__(self, u, context=None):
+        return self.forward(u, context)[0]
+
+
+class Chain(Bijector):
+    """Composition T_K o ... o T_1 of ``bijectors = [T_1, ..., T_K]``.
+
+    forward: u -> T_1 -> ... -> T_K -> x; inverse walks the list backwards.
+    Log-dets add (derivations/06-change-of-variables.md#composition); ``backward`` walks
+    the chain in the reverse order of the pass that made the cache. Every member sees the
+    same context and the context gradients add up.
+    Parameters are named ``bijectors.{i}.<name>``.
+    """
+
+    def __init__(self, bijectors):
+        super().__init__()
+        self.bijectors = list(bijectors)
+        if not self.bijectors:
+            raise ValueError("bijectors: expected at least one bijector")
+        for i, b in enumerate(self.bijectors):
+            self.add_child(f"bijectors.{i}", b)
+
+    @property
+    def volume_preserving(self):
+        return all(b.volume_preserving for b in self.bijectors)
+
+    def _run(self, h, context, direction):
+        order = self.bijectors if direction == "forward" else self.bijectors[::-1]
+        logdet = np.zeros(h.shape[0], dtype=h.dtype)
+        caches = []
+        for b in order:
+            h, ld, c = getattr(b, direction)(h, context)
+            logdet = logdet + ld
+            caches.append(c)
+        return h, logdet, Cache(direction, caches)
+
+    def forward(self, u, context=None):
+        return self._run(u, context, "forward")
+
+    def inverse(self, x, context=None):
+        return self._run(x, context, "inverse")
+
+    def _back(self, d_out, d_logdet, caches, order):
+        grads, d_ctx = {}, None
+        # every member's log-det enters the total with weight 1, so each gets d_logdet
+        for (i, b), c in zip(reversed(order), reversed(caches)):
+            d_out, g, dc = b.backward(d_out, d_logdet, c)
+            grads.update(self.prefixed(f"bijectors.{i}", g))
+            d_ctx = add_context_grads(d_ctx, dc)
+        return d_out, grads, d_ctx
+
+    def backward_forward(self, d_out, d_logdet, caches):
+        return self._back(d_out, d_logdet, caches, list(enumerate(self.bijectors)))
+
+    def backward_inverse(self, d_out, d_logdet, caches):
+        return self._back(d_out, d_logdet, caches, list(enumerate(self.bijectors))[::-1])
+
+    def trajectory(self, x, context=None, direction="inverse"):
+        """The points after each member, for the "data pushed layer by layer" picture.
+
+        Returns a list of K + 1 arrays starting with ``x``.
+        """
+        order = self.bijectors if direction == "forward" else self.bijectors[::-1]
+        points = [x]
+        for b in order:
+            x = getattr(b, direction)(x, context)[0]
+            points.append(x)
+        return points
+
+
+class Inverse(Bijector):
+    """T turned around: ``Inverse(T).forward = T.inverse`` and vice versa.
+
+    The cache records which of T's passes ran, so ``backward`` is T's own.
+    Parameters keep T's names under ``base.``.
+    Derivation: derivations/06-change-of-variables.md#composition.
+    """
+
+    def __init__(self, base: Bijector):
+        super().__init__()
+        self.base = self.add_child("base", base)
+
+    @property
+    def volume_preserving(self):
+        return self.base.volume_preserving
+
+    def forward(self, u, context=None):
+        return self.base.inverse(u, context)
+
+    def inverse(self, x, context=None):
+        return self.base.forward(x, context)
+
+    def backward(self, d_out, d_logdet, cache):
+        d_in, grads, d_ctx = self.base.backward(d_out, d_logdet, cache)
+        return d_in, self.prefixed("base", grads), d_ctx

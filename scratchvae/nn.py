@@ -1,0 +1,352 @@
+"""Networks by hand: the Module contract, Linear, activations and the MLP.
+
+Every piece is a pair of passes with no hidden state between them
+(derivations/00-conventions.md#the-forward-cache-backward-contract):
+
+    y, cache = layer.forward(x)
+    dx, grads = layer.backward(dy, cache)      # grads keyed like layer.params
+
+Arrays are batch-first, ``(N, D)``. Each activation's local derivative sits right next
+to its forward; the derivations are in derivations/01-linear-and-mlp.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import expit
+
+__all__ = [
+    "Module",
+    "Linear",
+    "Tanh",
+    "ReLU",
+    "LeakyReLU",
+    "ELU",
+    "Softplus",
+    "Sigmoid",
+    "Identity",
+    "MLP",
+    "ACTIVATIONS",
+    "make_activation",
+    "softplus",
+    "sigmoid",
+    "log_sigmoid",
+]
+
+
+# ----------------------------------------------------------------------------- stable scalars
+def softplus(x):
+    """log(1 + e^x) without overflow: ``logaddexp(0, x)``. Derivative: sigmoid(x).
+
+    derivations/01-linear-and-mlp.md#activations ("Stable forms").
+    """
+    return np.logaddexp(0.0, x)
+
+
+def sigmoid(x):
+    """1 / (1 + e^-x), stable for any finite x (scipy's expit never forms e^{+large}).
+
+    derivations/01-linear-and-mlp.md#activations ("Stable forms").
+    """
+    return expit(x)
+
+
+def log_sigmoid(x):
+    """log sigmoid(x) = -softplus(-x), stable for any finite x."""
+    return -softplus(-x)
+
+
+# ----------------------------------------------------------------------------- the contract
+class Module:
+    """Base class: own parameters, named children, dotted names for the whole tree.
+
+    ``module.params`` is a flat dict of *references* to the parameter arrays of the whole
+    tree, keyed by dotted names (``"layers.0.W"``); optimisers update these arrays in place.
+    ``backward`` returns its gradients in a dict with the same keys.
+    Contract: derivations/00-conventions.md#the-forward-cache-backward-contract.
+    """
+
+    def __init__(self):
+        self._own: dict[str, np.ndarray] = {}
+        self._children: dict[str, Module] = {}
+
+    # -- tree bookkeeping
+    def add_param(self, name: str, value: np.ndarray) -> np.ndarray:
+        if "." in name:
+            raise ValueError(f"parameter name {name!r} must not contain '.'")
+        self._own[name] = value
+        return value
+
+    def add_child(self, name: str, module: Module) -> Module:
+        self._children[name] = module
+        return module
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        out = dict(self._own)
+        for cname, child in self._children.items():
+            for pname, p in child.params.items():
+                out[f"{cname}.{pname}"] = p
+        return out
+
+    def num_params(self) -> int:
+        return int(sum(p.size for p in self.params.values()))
+
+    def load_params(self, values: dict[str, np.ndarray]) -> None:
+        """Copy ``values`` into the existing arrays (in place, so optimisers keep their refs)."""
+        mine = self.params
+        missing = set(mine) - set(values)
+        if missing:
+            raise ValueError(f"values: missing parameters {sorted(missing)}")
+        for k, p in mine.items():
+            v = np.asarray(values[k])
+            if v.shape != p.shape:
+                raise ValueError(f"values[{k!r}]: expected shape {p.shape}, got {v.shape}")
+            p[...] = v
+
+    def copy_params(self) -> dict[str, np.ndarray]:
+        return {k: p.copy() for k, p in self.params.items()}
+
+    @staticmethod
+    def prefixed(prefix: str, grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A child's grads under this module's dotted names."""
+        return {f"{prefix}.{k}": v for k, v in grads.items()}
+
+    # -- the two passes
+    def forward(self, x):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def backward(self, dy, cache):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __call__(self, x):
+        return self.forward(x)[0]
+
+
+# ----------------------------------------------------------------------------- linear
+class Linear(Module):
+    """Affine map y = x W + b.
+
+    Shapes: x (N, n_in), W (n_in, n_out), b (n_out,), y (N, n_out).
+    Derivation: derivations/01-linear-and-mlp.md#linear-layer.
+
+    ``init``: ``"glorot"`` (uniform, Var = 2/(n_in+n_out), for tanh/sigmoid),
+    ``"he"`` (normal, Var = 2/n_in, for the ReLU family), or ``"zeros"`` (the output
+    layer of a conditioner that must start as the identity).
+    """
+
+    def __init__(self, n_in, n_out, rng=None, init="glorot", dtype=np.float64):
+        super().__init__()
+        if int(n_in) < 1 or int(n_out) < 1:
+            raise ValueError(f"n_in, n_out: expected positive sizes, got {n_in}, {n_out}")
+        rng = np.random.default_rng(0) if rng is None else rng
+        self.n_in, self.n_out, self.dtype = int(n_in), int(n_out), np.dtype(dtype)
+        if init == "glorot":
+            limit = np.sqrt(6.0 / (n_in + n_out))
+            W = rng.uniform(-limit, limit, size=(n_in, n_out))
+        elif init == "he":
+            W = rng.normal(0.0, np.sqrt(2.0 / n_in), size=(n_in, n_out))
+        elif init == "zeros":
+            W = np.zeros((n_in, n_out))
+        else:
+            raise ValueError(f"init: expected 'glorot', 'he' or 'zeros', got {init!r}")
+        self.W = self.add_param("W", W.astype(self.dtype))
+        self.b = self.add_param("b", np.zeros(n_out, dtype=self.dtype))
+
+    def forward(self, x):
+        y = x @ self.W
+        y += self.b
+        return y, x
+
+    def backward(self, dy, cache):
+        x = cache
+        # y = xW + b:  dL/dx = dy W^T,  dL/dW = x^T dy,  dL/db = sum_n dy
+        return dy @ self.W.T, {"W": x.T @ dy, "b": dy.sum(axis=0)}
+
+
+# ----------------------------------------------------------------------------- activations
+class Identity(Module):
+    """y = x; dy/dx = 1."""
+
+    def forward(self, x):
+        return x, None
+
+    def backward(self, dy, cache):
+        return dy, {}
+
+
+class Tanh(Module):
+    """y = tanh(x); dy/dx = 1 - y^2 (derivations/01-linear-and-mlp.md#activations)."""
+
+    def forward(self, x):
+        y = np.tanh(x)
+        return y, y
+
+    def backward(self, dy, cache):
+        y = cache
+        return dy * (1.0 - y * y), {}
+
+
+class ReLU(Module):
+    """y = max(x, 0); dy/dx = [x > 0] (derivations/01-linear-and-mlp.md#activations)."""
+
+    def forward(self, x):
+        return np.maximum(x, 0), x > 0
+
+    def backward(self, dy, cache):
+        return dy * cache, {}
+
+
+class LeakyReLU(Module):
+    """y = x if x > 0 else a x; dy/dx = 1 or a (derivations/01-linear-and-mlp.md#activations)."""
+
+    def __init__(self, slope=0.01):
+        super().__init__()
+        self.slope = float(slope)
+
+    def forward(self, x):
+        positive = x > 0
+        return np.where(positive, x, self.slope * x), positive
+
+    def backward(self, dy, cache):
+        return np.where(cache, dy, self.slope * dy), {}
+
+
+class ELU(Module):
+    """y = x if x > 0 else a (e^x - 1); dy/dx = 1 or y + a.
+
+    Guard: ``expm1`` of ``min(x, 0)``, so large positive inputs never reach exp.
+    Derivation: derivations/01-linear-and-mlp.md#activations.
+    """
+
+    def __init__(self, alpha=1.0):
+        super().__init__()
+        self.alpha = float(alpha)
+
+    def forward(self, x):
+        y = np.where(x > 0, x, self.alpha * np.expm1(np.minimum(x, 0)))
+        return y, (x > 0, y)
+
+    def backward(self, dy, cache):
+        positive, y = cache
+        return np.where(positive, dy, dy * (y + self.alpha)), {}
+
+
+class Softplus(Module):
+    """y = log(1 + e^x); dy/dx = sigmoid(x) (derivations/01-linear-and-mlp.md#activations)."""
+
+    def forward(self, x):
+        return softplus(x), x
+
+    def backward(self, dy, cache):
+        return dy * sigmoid(cache), {}
+
+
+class Sigmoid(Module):
+    """y = 1/(1+e^-x); dy/dx = y (1 - y) (derivations/01-linear-and-mlp.md#activations)."""
+
+    def forward(self, x):
+        y = sigmoid(x)
+        return y, y
+
+    def backward(self, dy, cache):
+        y = cache
+        return dy * y * (1.0 - y), {}
+
+
+ACTIVATIONS = {
+    "tanh": Tanh,
+    "relu": ReLU,
+    "leaky_relu": LeakyReLU,
+    "elu": ELU,
+    "softplus": Softplus,
+    "sigmoid": Sigmoid,
+    "identity": Identity,
+}
+
+
+def make_activation(name: str) -> Module:
+    try:
+        return ACTIVATIONS[name.replace("-", "_")]()
+    except (KeyError, AttributeError):
+        raise ValueError(
+            f"activation: expected one of {sorted(ACTIVATIONS)}, got {name!r}"
+        ) from None
+
+
+# ----------------------------------------------------------------------------- MLP
+class MLP(Module):
+    """Multilayer perceptron: Linear -> act -> ... -> Linear (no activation on the output).
+
+    ``sizes = [n_in, h_1, ..., n_out]``. Shapes: x (N, n_in) -> y (N, n_out).
+    Parameters are ``layers.{i}.W`` and ``layers.{i}.b``.
+    ``zero_last=True`` zero-initialises the output layer (a conditioner that starts as the
+    identity coupling). Derivation: derivations/01-linear-and-mlp.md#the-mlp-chain-rule.
+    """
+
+    def __init__(self, sizes, activation="tanh", rng=None, dtype=np.float64, zero_last=False):
+        super().__init__()
+        sizes = [int(s) for s in sizes]
+        if len(sizes) < 2 or min(sizes) < 1:
+            raise ValueError(f"sizes: expected at least two positive sizes, got {sizes}")
+        rng = np.random.default_rng(0) if rng is None else rng
+        self.sizes, self.dtype = sizes, np.dtype(dtype)
+        self.activation_name = activation
+        self.act = make_activation(activation)
+        relu_like = activation.replace("-", "_") in ("relu", "leaky_relu", "elu")
+        self.layers = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+            last = i == len(sizes) - 2
+            if last:
+                init = "zeros" if zero_last else "glorot"
+            else:
+                init = "he" if relu_like else "glorot"
+            self.layers.append(self.add_child(f"layers.{i}", Linear(a, b, rng, init, dtype)))
+
+    def forward(self, x):
+        caches = []
+        h = x
+        for i, layer in enumerate(self.layers):
+            h, c_lin = layer.forward(h)
+            c_act = None
+            if i < len(self.layers) - 1:
+                h, c_act = self.act.forward(h)
+            caches.append((c_lin, c_act))
+        return h, caches
+
+    def backward(self, dy, cache):
+        grads = {}
+        d = dy
+        for i in range(len(self.layers) - 1, -1, -1):
+            c_lin, c_act = cache[i]
+            if i < len(self.layers) - 1:
+                d, _ = self.act.backward(d, c_act)
+            d, g = self.layers[i].backward(d, c_lin)
+            grads[f"layers.{i}.W"] = g["W"]
+            grads[f"layers.{i}.b"] = g["b"]
+        return d, grads
+
+
+# ----------------------------------------------------------------------------- gradcheck registry
+def _register_checks():
+    from .gradcheck import ModuleCase, register
+
+    for act in ACTIVATIONS:
+        @register(f"nn.{act}")
+        def _build(rng, act=act):
+            # inputs kept away from the kinks of relu/leaky-relu/elu at 0
+            x = rng.standard_normal((4, 5))
+            x += np.sign(x) * 0.1
+            return ModuleCase(make_activation(act), x)
+
+    @register("nn.Linear")
+    def _linear(rng):
+        return ModuleCase(Linear(5, 3, rng), rng.standard_normal((4, 5)))
+
+    for act in ("tanh", "relu", "elu"):
+        @register(f"nn.MLP.{act}")
+        def _mlp(rng, act=act):
+            return ModuleCase(MLP([4, 7, 6, 3], act, rng), rng.standard_normal((5, 4)))
+
+
+_register_checks()

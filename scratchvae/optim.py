@@ -1,0 +1,122 @@
+"""Optimisers that update a params dict in place from a grads dict with the same keys.
+
+Their state is plain arrays (``state_dict`` / ``load_state_dict``) so a checkpoint saves and
+restores it exactly. Adam's bias correction: derivations/01-linear-and-mlp.md#optimisers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["SGD", "Adam", "clip_grad_norm", "global_norm"]
+
+
+def global_norm(grads: dict[str, np.ndarray]) -> float:
+    """sqrt of the sum of squares of every gradient entry, accumulated in float64."""
+    return float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads.values())))
+
+
+def clip_grad_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
+    """Scale ``grads`` in place so that their global norm is at most ``max_norm``.
+
+    Returns the norm before clipping (derivations/01-linear-and-mlp.md#optimisers). A
+    non-finite norm is returned unchanged and the gradients are left alone: the fit loop's
+    NaN guard decides what to do with them.
+    """
+    if max_norm is None or max_norm <= 0:
+        raise ValueError(f"max_norm: expected a positive number, got {max_norm}")
+    norm = global_norm(grads)
+    if np.isfinite(norm) and norm > max_norm:
+        scale = max_norm / (norm + 1e-12)
+        for g in grads.values():
+            g *= scale
+    return norm
+
+
+class _Optimiser:
+    def __init__(self, params: dict[str, np.ndarray], lr: float):
+        if not lr > 0:
+            raise ValueError(f"lr: expected a positive learning rate, got {lr}")
+        self.params = params
+        self.lr = float(lr)
+
+    def _check(self, grads):
+        missing = set(self.params) - set(grads)
+        if missing:
+            raise ValueError(f"grads: missing gradients for {sorted(missing)}")
+
+
+class SGD(_Optimiser):
+    """Stochastic gradient descent with (heavy-ball) momentum.
+
+    v <- mu v + g;  p <- p - lr v.   (``momentum=0`` is plain SGD.)
+    Derivation: derivations/01-linear-and-mlp.md#optimisers.
+    """
+
+    def __init__(self, params, lr=1e-2, momentum=0.0):
+        super().__init__(params, lr)
+        self.momentum = float(momentum)
+        self.velocity = {k: np.zeros_like(p) for k, p in params.items()}
+        self.t = 0
+
+    def step(self, grads):
+        self._check(grads)
+        self.t += 1
+        for k, p in self.params.items():
+            v = self.velocity[k]
+            v *= self.momentum
+            v += grads[k]
+            p -= self.lr * v
+
+    def state_dict(self):
+        out = {"t": np.array(self.t)}
+        out.update({f"velocity.{k}": v for k, v in self.velocity.items()})
+        return out
+
+    def load_state_dict(self, state):
+        self.t = int(state["t"])
+        for k in self.velocity:
+            self.velocity[k][...] = state[f"velocity.{k}"]
+
+
+class Adam(_Optimiser):
+    """Adam (Kingma & Ba 2015) with bias correction.
+
+    m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2
+    p <- p - lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)
+    Derivation: derivations/01-linear-and-mlp.md#optimisers.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+        super().__init__(params, lr)
+        self.b1, self.b2 = (float(b) for b in betas)
+        self.eps = float(eps)
+        self.m = {k: np.zeros_like(p) for k, p in params.items()}
+        self.v = {k: np.zeros_like(p) for k, p in params.items()}
+        self.t = 0
+
+    def step(self, grads):
+        self._check(grads)
+        self.t += 1
+        # fold both bias corrections into one step size (same arithmetic, fewer temporaries)
+        step_size = self.lr * np.sqrt(1.0 - self.b2**self.t) / (1.0 - self.b1**self.t)
+        eps_hat = self.eps * np.sqrt(1.0 - self.b2**self.t)
+        for k, p in self.params.items():
+            g, m, v = grads[k], self.m[k], self.v[k]
+            m *= self.b1
+            m += (1.0 - self.b1) * g
+            v *= self.b2
+            v += (1.0 - self.b2) * (g * g)
+            p -= (step_size * m / (np.sqrt(v) + eps_hat)).astype(p.dtype, copy=False)
+
+    def state_dict(self):
+        out = {"t": np.array(self.t)}
+        out.update({f"m.{k}": a for k, a in self.m.items()})
+        out.update({f"v.{k}": a for k, a in self.v.items()})
+        return out
+
+    def load_state_dict(self, state):
+        self.t = int(state["t"])
+        for k in self.m:
+            self.m[k][...] = state[f"m.{k}"]
+            self.v[k][...] = state[f"v.{k}"]

@@ -1,0 +1,109 @@
+"""Every layer and the MLP: backward against finite differences (float64, rel. error <= 1e-7)."""
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from scratchvae import nn, testing
+
+
+@given(testing.seeds(), testing.batch_sizes(), testing.dims(), testing.dims())
+def test_linear_backward_matches_finite_differences(seed, n, d_in, d_out):
+    rng = np.random.default_rng(seed)
+    testing.assert_module_gradients(nn.Linear(d_in, d_out, rng), rng.standard_normal((n, d_in)))
+
+
+@pytest.mark.parametrize("name", sorted(nn.ACTIVATIONS))
+@given(seed=testing.seeds(), n=testing.batch_sizes(), d=testing.dims(),
+       scale=testing.scales(0.2, 2.5))
+def test_activation_backward_matches_finite_differences(name, seed, n, d, scale):
+    rng = np.random.default_rng(seed)
+    x = np.clip(scale * rng.standard_normal((n, d)), -3, 3)  # where derivatives are resolvable
+    x += np.sign(x) * 1e-3  # keep the kink of relu-like activations out of the stencil
+    testing.assert_module_gradients(nn.make_activation(name), x)
+
+
+@given(testing.arrays((3, 4), -3, 3, away_from_zero=1e-3))
+def test_activations_on_hypothesis_values(x):
+    for name in nn.ACTIVATIONS:
+        testing.assert_module_gradients(nn.make_activation(name), x)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "leaky_relu", "elu", "softplus", "sigmoid"])
+@given(seed=testing.seeds(), n=testing.batch_sizes(), d_in=testing.dims(), d_out=testing.dims(),
+       hidden=st.lists(st.integers(2, 6), min_size=0, max_size=2))
+def test_mlp_backward_matches_finite_differences(activation, seed, n, d_in, d_out, hidden):
+    # hidden widths >= 2: a chain of single saturated units has gradients below what
+    # central differences resolve (derivations/00-conventions.md)
+    sizes = [d_in, *hidden, d_out]
+    rng = np.random.default_rng(seed)
+    mlp = nn.MLP(sizes, activation, rng)
+    for layer in mlp.layers:  # non-zero biases: no pre-activation sits exactly on a kink
+        layer.b[...] = rng.uniform(0.05, 0.5, layer.b.shape) * rng.choice([-1, 1], layer.b.shape)
+    x = rng.standard_normal((n, sizes[0]))
+    assume(_kink_margin(mlp, x) > 1e-3)  # a finite difference across a ReLU kink means nothing
+    testing.assert_module_gradients(mlp, x)
+
+
+def _kink_margin(mlp, x):
+    """Smallest |pre-activation| of any hidden unit (the distance to the ReLU kink)."""
+    margin, h = np.inf, x
+    for layer in mlp.layers[:-1]:
+        a = layer(h)
+        margin = min(margin, float(np.min(np.abs(a))))
+        h = mlp.act(a)
+    return margin
+
+
+def test_mlp_param_names_are_dotted_and_shared_by_reference():
+    mlp = nn.MLP([3, 4, 2], "tanh")
+    assert list(mlp.params) == ["layers.0.W", "layers.0.b", "layers.1.W", "layers.1.b"]
+    mlp.params["layers.0.W"][0, 0] = 42.0
+    assert mlp.layers[0].W[0, 0] == 42.0
+    assert mlp.num_params() == 3 * 4 + 4 + 4 * 2 + 2
+
+
+def test_mlp_zero_last_outputs_zero():
+    mlp = nn.MLP([3, 8, 5], "relu", zero_last=True)
+    y, _ = mlp.forward(np.random.default_rng(0).standard_normal((7, 3)))
+    assert np.all(y == 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dtype_is_kept_through_forward_and_backward(dtype):
+    mlp = nn.MLP([4, 8, 3], "tanh", dtype=dtype)
+    x = np.ones((5, 4), dtype=dtype)
+    y, cache = mlp.forward(x)
+    dx, grads = mlp.backward(np.ones_like(y), cache)
+    assert y.dtype == dtype and dx.dtype == dtype
+    assert all(g.dtype == dtype for g in grads.values())
+
+
+def test_stable_scalars_at_extreme_inputs():
+    x = np.array([-1e4, -50.0, 0.0, 50.0, 1e4])
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        sp, sg, ls = nn.softplus(x), nn.sigmoid(x), nn.log_sigmoid(x)
+    assert np.allclose(sp, [0.0, np.exp(-50), np.log(2), 50.0, 1e4])
+    assert np.allclose(sg, [0.0, np.exp(-50), 0.5, 1.0, 1.0])
+    assert np.allclose(ls, [-1e4, -50.0, -np.log(2), -np.exp(-50), 0.0])
+    y, cache = nn.ELU().forward(x)
+    assert np.all(np.isfinite(y)) and np.all(np.isfinite(nn.ELU().backward(np.ones(5), cache)[0]))
+
+
+def test_load_params_checks_names_and_shapes():
+    mlp = nn.MLP([2, 3, 1])
+    with pytest.raises(ValueError, match="missing"):
+        mlp.load_params({})
+    bad = {k: np.zeros((9,)) for k in mlp.params}
+    with pytest.raises(ValueError, match="expected shape"):
+        mlp.load_params(bad)
+
+
+def test_bad_constructor_arguments_name_the_argument():
+    with pytest.raises(ValueError, match="activation"):
+        nn.MLP([2, 2], "swish")
+    with pytest.raises(ValueError, match="sizes"):
+        nn.MLP([2])
+    with pytest.raises(ValueError, match="init"):
+        nn.Linear(2, 2, init="orthogonal")
