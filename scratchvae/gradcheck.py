@@ -92,12 +92,15 @@ def numerical_gradient(f: Callable[[], float], x: np.ndarray, h: float = DEFAULT
 
 
 def numerical_vjp(forward: Callable[[], tuple], douts: tuple, x: np.ndarray,
-                  h: float = DEFAULT_H) -> np.ndarray:
+                  h: float = DEFAULT_H, richardson: bool = False) -> np.ndarray:
     """Central-difference gradient of ``sum_k <douts[k], forward()[k]>`` with respect to ``x``.
 
     Same as ``numerical_gradient`` of that scalar, but the two perturbed outputs are
     subtracted *before* they are contracted with ``douts``: entries the perturbation does
     not touch cancel exactly instead of adding round-off of the size of the whole sum.
+    ``h`` is a number or an array of steps of ``x``'s shape, one per entry.
+    ``richardson=True`` combines the steps ``h`` and ``h/2`` as ``(4 D(h/2) - D(h)) / 3``,
+    which cancels the ``h^2`` term of the truncation error (for maps that curve sharply).
     Derivation: derivations/00-conventions.md#checking-a-gradient-by-central-differences.
     """
     if x.dtype != np.float64:
@@ -106,34 +109,52 @@ def numerical_vjp(forward: Callable[[], tuple], douts: tuple, x: np.ndarray,
     flat, gflat = x.reshape(-1), grad.reshape(-1)
     if not np.shares_memory(flat, x):
         raise ValueError("x: must be contiguous so it can be perturbed in place")
-    for i in range(flat.size):
+
+    def central(i, step):
         old = flat[i]
-        flat[i] = old + h
+        flat[i] = old + step
         # copies: an output may *be* the perturbed array (the identity returns its input)
         plus = [np.array(o, dtype=np.float64) for o in _as_tuple(forward())]
-        flat[i] = old - h
+        flat[i] = old - step
         minus = [np.array(o, dtype=np.float64) for o in _as_tuple(forward())]
         flat[i] = old
-        gflat[i] = sum(float(np.sum(d * (p - m)))
-                       for d, p, m in zip(douts, plus, minus)) / (2.0 * h)
+        return sum(float(np.sum(d * (p - m)))
+                   for d, p, m in zip(douts, plus, minus)) / (2.0 * step)
+
+    steps = np.broadcast_to(np.asarray(h, dtype=np.float64), x.shape).reshape(-1)
+    for i in range(flat.size):
+        gflat[i] = central(i, steps[i])
+        if richardson:
+            gflat[i] = (4.0 * central(i, steps[i] / 2) - gflat[i]) / 3.0
     return grad
 
 
 def numerical_jacobian(f: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
-                       h: float = DEFAULT_H) -> np.ndarray:
+                       h: float = DEFAULT_H, richardson: bool = False) -> np.ndarray:
     """Per-sample Jacobians ``J[n, i, j] = d f(x)[n, i] / d x[n, j]`` by central differences.
 
     ``f`` maps ``(N, D) -> (N, D)`` row by row (samples independent), so column ``j`` of every
     sample is perturbed at once: ``2 D`` calls in all. Returns ``(N, D, D)``.
+    ``h``: a number or an array of steps of ``x``'s shape; ``richardson``: as in
+    ``numerical_vjp``.
     Derivation: derivations/00-conventions.md#checking-a-log-determinant.
     """
     x = np.asarray(x, dtype=np.float64)
     N, D = x.shape
-    J = np.empty((N, D, D))
-    for j in range(D):
-        e = np.zeros_like(x)
-        e[:, j] = h
-        J[:, :, j] = (np.asarray(f(x + e)) - np.asarray(f(x - e))) / (2.0 * h)
+    h = np.broadcast_to(np.asarray(h, dtype=np.float64), x.shape)
+
+    def central(step):
+        J = np.empty((N, D, D))
+        for j in range(D):
+            e = np.zeros_like(x)
+            e[:, j] = step[:, j]
+            J[:, :, j] = ((np.asarray(f(x + e)) - np.asarray(f(x - e)))
+                          / (2.0 * step[:, j, None]))
+        return J
+
+    J = central(h)
+    if richardson:
+        J = (4.0 * central(h / 2) - J) / 3.0
     return J
 
 
@@ -156,14 +177,18 @@ def _as_tuple(y):
 
 def check_vjp(component: str, arrays: dict[str, np.ndarray], forward: Callable[[], tuple],
               backward: Callable[[tuple], dict[str, np.ndarray]], rng: np.random.Generator,
-              tol: float = DEFAULT_TOL, h: float = DEFAULT_H, label: str = "") -> list[CheckResult]:
+              tol: float = DEFAULT_TOL, h: float | dict = DEFAULT_H, label: str = "",
+              richardson: bool = False) -> list[CheckResult]:
     """The general vector-Jacobian check.
 
     ``arrays``: name -> float64 array the outputs depend on (read through references).
     ``forward()``: the outputs, a tuple of arrays, at the current contents of ``arrays``.
     ``backward(douts)``: the analytic gradient of ``sum_k <douts[k], outputs[k]>`` with
     respect to each named array (a dict; a name may be absent only if its gradient is 0).
-    One ``CheckResult`` per named array.
+    One ``CheckResult`` per named array. ``h`` is one step for all arrays, or a dict of
+    steps by name (default ``DEFAULT_H`` for the names it lacks), each a number or an array
+    of per-entry steps: an input that a map curves sharply needs a smaller step than its
+    parameters.
     Derivation: derivations/00-conventions.md#checking-a-gradient-by-central-differences.
     """
     outs = _as_tuple(forward())
@@ -171,7 +196,8 @@ def check_vjp(component: str, arrays: dict[str, np.ndarray], forward: Callable[[
     analytic = backward(douts)
     results = []
     for name, arr in arrays.items():
-        num = numerical_vjp(forward, douts, arr, h)
+        step = h.get(name, DEFAULT_H) if isinstance(h, dict) else h
+        num = numerical_vjp(forward, douts, arr, step, richardson)
         ana = analytic.get(name)
         ana = np.zeros_like(arr) if ana is None else np.asarray(ana, dtype=np.float64)
         if ana.shape != arr.shape:
@@ -205,7 +231,8 @@ def check_module(component: str, module, x: np.ndarray, rng: np.random.Generator
 def check_function(component: str, fn: Callable, backward: Callable, inputs: dict[str, np.ndarray],
                    rng: np.random.Generator, wrt: list[str] | None = None,
                    kwargs: dict | None = None,
-                   tol: float = DEFAULT_TOL, h: float = DEFAULT_H) -> list[CheckResult]:
+                   tol: float = DEFAULT_TOL, h: float | dict = DEFAULT_H,
+                   richardson: bool = False) -> list[CheckResult]:
     """Check a pure ``*_forward`` / ``*_backward`` pair.
 
     ``fn(**inputs, **kwargs)`` returns ``(out_1, ..., out_k, cache)``;
@@ -228,18 +255,20 @@ def check_function(component: str, fn: Callable, backward: Callable, inputs: dic
         g = _as_tuple(g)
         return dict(zip(names, g))
 
-    return check_vjp(component, {k: inputs[k] for k in wrt}, forward, bwd, rng, tol, h)
+    return check_vjp(component, {k: inputs[k] for k in wrt}, forward, bwd, rng, tol, h,
+                     richardson=richardson)
 
 
 def check_logdet(component: str, fn: Callable, x: np.ndarray, tol: float = 1e-6,
-                 h: float = DEFAULT_H, label: str = "") -> CheckResult:
+                 h: float | np.ndarray = DEFAULT_H, label: str = "",
+                 richardson: bool = False) -> CheckResult:
     """``fn(x) -> (y, logdet)``: compare ``logdet`` with slogdet of the numerical Jacobian.
 
     Derivation: derivations/00-conventions.md#checking-a-log-determinant.
     """
     x = np.array(x, dtype=np.float64)
     _, logdet = fn(x)
-    J = numerical_jacobian(lambda z: fn(z)[0], x, h)
+    J = numerical_jacobian(lambda z: fn(z)[0], x, h, richardson)
     sign, numeric = np.linalg.slogdet(J)
     err = rel_error(np.asarray(logdet, dtype=np.float64), numeric)
     if np.any(sign == 0):
