@@ -299,7 +299,9 @@ def rq_spline(x, w, h, d, inverse=False, bound=3.0, min_width=1e-3, min_height=1
     t = xi * one_minus_xi
     den = s + (dk + dk1 - 2.0 * s) * t
     g = (s * xi * xi + dk * t) / den
-    m = dk1 * xi * xi + 2.0 * s * t + dk * one_minus_xi * one_minus_xi
+    # m = d_{k+1} xi^2 + 2 s xi (1 - xi) + d_k (1 - xi)^2, written around s so that it is
+    # exactly s (and the log-det exactly 0) where d_k = d_{k+1} = s, as at zero parameters
+    m = s + (dk1 - s) * xi * xi + (dk - s) * one_minus_xi * one_minus_xi
     jac = (s * s) * m / (den * den)
 
     if inverse:
