@@ -48,6 +48,7 @@ __all__ = [
     "TOY_DATASETS",
     "MIN_ROWS",
     "load_digits",
+    "load_bars_and_stripes",
     "load_toy",
     "sample_toy",
     "toy_log_prob",
@@ -127,6 +128,31 @@ def load_digits(kind: str = "binary") -> Dataset:
     name = "digits" if kind == "binary" else "digits-grey"
     return Dataset(name, x[:a], x[a:a + b], x[a + b:], y[:a], y[a:a + b], y[a + b:],
                    entropy=None, n_classes=10)
+
+
+def load_bars_and_stripes(side: int = 8, n_train: int = 1000, n_val: int = 350,
+                          n_test: int = 447, flip: float = 0.02, seed: int = 0) -> Dataset:
+    """Binary ``side x side`` images of bars or stripes: each row (stripes) or each column
+    (bars) is on or off with probability 1/2, and each pixel is then flipped with probability
+    ``flip``. A pixel data set that needs no scikit-learn (the demo's stand-in for digits),
+    of the same size and split as digits by default; label 0 = stripes, 1 = bars.
+    """
+    for arg, value in (("side", side), ("n_train", n_train), ("n_val", n_val),
+                       ("n_test", n_test)):
+        _check_count(value, arg)
+    if not 0 <= flip < 0.5:
+        raise ValueError(f"flip: expected a probability in [0, 0.5), got {flip}")
+    rng = np.random.default_rng([seed, 3])
+    n = n_train + n_val + n_test
+    labels = rng.integers(0, 2, n)
+    lines = rng.integers(0, 2, (n, side)).astype(np.float64)
+    images = np.where(labels[:, None, None] == 0, lines[:, :, None], lines[:, None, :])
+    images = np.broadcast_to(images, (n, side, side)).reshape(n, side * side)
+    noise = rng.uniform(size=images.shape) < flip
+    x = np.abs(images - noise)
+    a, b = n_train, n_train + n_val
+    return Dataset("bars-and-stripes", x[:a], x[a:b], x[b:], labels[:a], labels[a:b],
+                   labels[b:], entropy=None, n_classes=2)
 
 
 # ----------------------------------------------------------------------------- toy recipes
@@ -541,9 +567,11 @@ def load_dataset(spec: str, n_train: int = 50_000, seed: int = 0, n_test: int = 
         return load_digits("binary")
     if spec == "digits-grey":
         return load_digits("grey")
+    if spec == "bars-and-stripes":
+        return load_bars_and_stripes(seed=seed)
     if spec in _RECIPES:
         return load_toy(spec, n_train, seed=seed, n_test=n_test, n_val=n_val)
     if os.path.splitext(os.fspath(spec))[1].lower() in _EXTENSIONS:
         return load_dataset_file(spec, seed=seed)
-    raise ValueError(f"data: expected digits, digits-grey, one of {', '.join(TOY_DATASETS)}, "
-                     f"or a .npy/.npz/.csv file, got {spec!r}")
+    raise ValueError(f"data: expected digits, digits-grey, bars-and-stripes, one of "
+                     f"{', '.join(TOY_DATASETS)}, or a .npy/.npz/.csv file, got {spec!r}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .gaussian import LOG_2PI
-from .nn import Module, sigmoid, softplus
+from .nn import Module, sigmoid, softplus_fast, sum_over_features
 
 __all__ = [
     "Likelihood",
@@ -28,16 +28,6 @@ __all__ = [
     "LIKELIHOODS",
     "make_likelihood",
 ]
-
-
-def _sum_to(g, shape):
-    """Adjoint of broadcasting: sum ``g`` over the axes along which ``shape`` was broadcast."""
-    shape = tuple(shape)
-    if g.shape == shape:
-        return g
-    g = g.sum(axis=tuple(range(g.ndim - len(shape)))) if g.ndim > len(shape) else g
-    axes = tuple(ax for ax, s in enumerate(shape) if s == 1 and g.shape[ax] != 1)
-    return g.sum(axis=axes, keepdims=True) if axes else g
 
 
 class Likelihood(Module):
@@ -89,7 +79,8 @@ class Bernoulli(Likelihood):
     """Independent Bernoulli pixels with logits ``l`` (the decoder output), p = sigmoid(l).
 
     ``log p(x|l) = sum_d x_d l_d - softplus(l_d)``, exact and finite for logits of any size
-    (softplus is ``logaddexp(0, l)``; no sigmoid is formed and no log(0) can occur).
+    (softplus is ``logaddexp(0, l)``, evaluated by ``nn.softplus_fast``; no sigmoid is formed
+    and no log(0) can occur).
     Gradient: d/dl = x - sigmoid(l). Data must be binary: grey levels are not Bernoulli
     outcomes (binarise them, or use a Gaussian likelihood).
     derivations/03-likelihoods.md#bernoulli-with-logits.
@@ -108,7 +99,7 @@ class Bernoulli(Likelihood):
     def log_prob_forward(self, x, out):
         # log sigmoid(l) = -softplus(-l), log(1 - sigmoid(l)) = -softplus(l), so
         # x log p + (1 - x) log(1 - p) = x l - softplus(l)
-        logp = np.sum(x * out - softplus(out), axis=-1)
+        logp = sum_over_features(x * out - softplus_fast(out))
         return logp, (x, out)
 
     def log_prob_backward(self, dlogp, cache):

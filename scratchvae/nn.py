@@ -13,7 +13,6 @@ to its forward; the derivations are in derivations/01-linear-and-mlp.md.
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit
 
 __all__ = [
     "Module",
@@ -29,8 +28,11 @@ __all__ = [
     "ACTIVATIONS",
     "make_activation",
     "softplus",
+    "softplus_fast",
     "sigmoid",
     "log_sigmoid",
+    "sum_over_batch",
+    "sum_over_features",
 ]
 
 
@@ -38,22 +40,58 @@ __all__ = [
 def softplus(x):
     """log(1 + e^x) without overflow: ``logaddexp(0, x)``. Derivative: sigmoid(x).
 
-    derivations/01-linear-and-mlp.md#activations ("Stable forms").
+    derivations/01-linear-and-mlp.md#activations ("Stable forms"). (A hot path that needs it
+    faster and can live with a last-bit difference uses ``softplus_fast``.)
     """
     return np.logaddexp(0.0, x)
 
 
-def sigmoid(x):
-    """1 / (1 + e^-x), stable for any finite x (scipy's expit never forms e^{+large}).
+def softplus_fast(x):
+    """``softplus`` written out as ``max(x, 0) + log1p(e^{-|x|})``, the formula ``logaddexp``
+    uses: only ``e^{-|x|} <= 1`` is formed, so it is as stable.
 
+    Speed: NumPy's ``logaddexp`` ufunc runs a scalar loop, ~8x slower than these four
+    vectorised passes. The two agree to float rounding but not always to the last bit, so
+    code that relies on an exact value (an identity initialisation that must give exactly 1)
+    keeps ``softplus``. derivations/01-linear-and-mlp.md#activations ("Stable forms").
+    """
+    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+
+
+def sigmoid(x):
+    """1 / (1 + e^-x), stable for any finite x: never forms e^{+large}.
+
+    Written as ``e^{min(x, 0)} / (1 + e^{-|x|})``: for x >= 0 that is 1 / (1 + e^-x), for
+    x < 0 it is e^x / (1 + e^x), the same number. Both exponents are <= 0, so nothing
+    overflows and small values keep their relative accuracy (as scipy's ``expit``, which
+    this replaces for speed: ~2x faster).
     derivations/01-linear-and-mlp.md#activations ("Stable forms").
     """
-    return expit(x)
+    return np.exp(np.minimum(x, 0)) / (1.0 + np.exp(-np.abs(x)))
 
 
 def log_sigmoid(x):
     """log sigmoid(x) = -softplus(-x), stable for any finite x."""
     return -softplus(-x)
+
+
+# ----------------------------------------------------------------------------- fast sums
+def sum_over_batch(a):
+    """Sum of an ``(N, D)`` array over its rows (the batch axis): ``(D,)``.
+
+    Speed: computed as the matrix-vector product ``ones(N) @ a`` (one BLAS gemv), 3-10x
+    faster than ``a.sum(axis=0)``, which NumPy reduces row by row, and at least as accurate.
+    """
+    return np.ones(a.shape[0], dtype=a.dtype) @ a
+
+
+def sum_over_features(a):
+    """Sum of a ``(..., D)`` array over its last axis: ``(...)``.
+
+    Speed: computed as ``a @ ones(D)`` (BLAS gemv). NumPy's ``a.sum(axis=-1)`` pays a
+    per-row overhead when ``D`` is short (8 or 64 features), 5-8x slower here.
+    """
+    return a @ np.ones(a.shape[-1], dtype=a.dtype)
 
 
 # ----------------------------------------------------------------------------- the contract
@@ -119,6 +157,15 @@ class Module:
     def backward(self, dy, cache):  # pragma: no cover - interface
         raise NotImplementedError
 
+    def forward_inplace(self, x):
+        """``forward`` that may overwrite ``x``: for callers that own ``x`` (the MLP's own
+        pre-activations). By default the same as ``forward``."""
+        return self.forward(x)
+
+    def backward_inplace(self, dy, cache):
+        """``backward`` that may overwrite ``dy`` (the pair of ``forward_inplace``)."""
+        return self.backward(dy, cache)
+
     def __call__(self, x):
         return self.forward(x)[0]
 
@@ -153,15 +200,19 @@ class Linear(Module):
         self.W = self.add_param("W", W.astype(self.dtype))
         self.b = self.add_param("b", np.zeros(n_out, dtype=self.dtype))
 
+    # Speed: the products are written np.dot(a, b), which equals a @ b for a 2-D right
+    # operand. NumPy's @ does not hand a product whose shared dimension is 1 to BLAS: the
+    # first layer of a 2-D coupling conditioner, (512, 1) @ (1, 64), took 48 us with @ and
+    # 10 us with np.dot.
     def forward(self, x):
-        y = x @ self.W
+        y = np.dot(x, self.W)
         y += self.b
         return y, x
 
     def backward(self, dy, cache):
         x = cache
         # y = xW + b:  dL/dx = dy W^T,  dL/dW = x^T dy,  dL/db = sum_n dy
-        return dy @ self.W.T, {"W": x.T @ dy, "b": dy.sum(axis=0)}
+        return np.dot(dy, self.W.T), {"W": np.dot(x.T, dy), "b": sum_over_batch(dy)}
 
 
 # ----------------------------------------------------------------------------- activations
@@ -186,6 +237,18 @@ class Tanh(Module):
         y = cache
         return dy * (1.0 - y * y), {}
 
+    def forward_inplace(self, x):
+        """Speed: ``forward`` written into ``x`` (no new array); the cache is y as before."""
+        y = np.tanh(x, out=x)
+        return y, y
+
+    def backward_inplace(self, dy, cache):
+        """Speed: ``backward`` written into ``dy``: dy * (1 - y^2)."""
+        slope = np.multiply(cache, cache)
+        np.subtract(1.0, slope, out=slope)
+        dy *= slope
+        return dy, {}
+
 
 class ReLU(Module):
     """y = max(x, 0); dy/dx = [x > 0] (derivations/01-linear-and-mlp.md#activations)."""
@@ -195,6 +258,17 @@ class ReLU(Module):
 
     def backward(self, dy, cache):
         return dy * cache, {}
+
+    def forward_inplace(self, x):
+        """Speed: ``forward`` written into ``x``. The cache is the output y itself, which the
+        next layer keeps anyway: y > 0 exactly where x > 0, so no separate mask is stored."""
+        y = np.maximum(x, 0, out=x)
+        return y, y
+
+    def backward_inplace(self, dy, cache):
+        """Speed: ``backward`` written into ``dy``: dy * [y > 0]."""
+        np.multiply(dy, cache > 0, out=dy)
+        return dy, {}
 
 
 class LeakyReLU(Module):
@@ -310,7 +384,8 @@ class MLP(Module):
             h, c_lin = layer.forward(h)
             c_act = None
             if i < len(self.layers) - 1:
-                h, c_act = self.act.forward(h)
+                # h is the Linear's fresh output, owned here: the activation may overwrite it
+                h, c_act = self.act.forward_inplace(h)
             caches.append((c_lin, c_act))
         return h, caches
 
@@ -320,7 +395,8 @@ class MLP(Module):
         for i in range(len(self.layers) - 1, -1, -1):
             c_lin, c_act = cache[i]
             if i < len(self.layers) - 1:
-                d, _ = self.act.backward(d, c_act)
+                # d is the fresh input gradient of layer i+1 (never the caller's dy)
+                d, _ = self.act.backward_inplace(d, c_act)
             d, g = self.layers[i].backward(d, c_lin)
             grads[f"layers.{i}.W"] = g["W"]
             grads[f"layers.{i}.b"] = g["b"]

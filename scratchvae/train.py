@@ -158,13 +158,15 @@ class Trainer:
     ``"val_loss"`` (lower is better) selects the best parameters, which the model holds at
     the end when ``keep_best``. ``lr_schedule``: ``"constant"`` or ``"cosine"`` (from ``lr``
     to 0 over ``steps``). ``clip``: global-norm gradient clipping bound, or None.
+    ``on_eval(trainer)`` is called after each evaluation, at a step boundary where the
+    parameters, the optimiser and the RNG agree (a place to write a checkpoint).
     """
 
     def __init__(self, model, loss_fn: Callable, *, data=None, steps: int, batch_size: int = 128,
                  lr: float = 1e-3, seed: int = 0, eval_fn: Callable | None = None,
                  eval_every: int | None = None, keep_best: bool = True, clip: float | None = None,
                  lr_schedule: str = "constant", quiet: bool = False, desc: str = "",
-                 log_every: int | None = None):
+                 log_every: int | None = None, on_eval: Callable | None = None):
         if int(steps) < 1:
             raise ValueError(f"steps: expected a positive number of steps, got {steps}")
         if int(batch_size) < 1:
@@ -177,6 +179,7 @@ class Trainer:
         self.steps, self.batch_size, self.seed = int(steps), int(batch_size), int(seed)
         self.base_lr, self.lr_schedule, self.clip = float(lr), lr_schedule, clip
         self.eval_fn, self.keep_best, self.quiet, self.desc = eval_fn, keep_best, quiet, desc
+        self.on_eval = on_eval
         self.eval_every = int(eval_every) if eval_every else max(1, self.steps // 20)
         self.log_every = int(log_every) if log_every else max(1, min(self.eval_every, 100))
         self.params = model.params
@@ -253,6 +256,10 @@ class Trainer:
                         row.update(self.evaluate())
                     row["seconds"] = self.seconds + time.perf_counter() - t0
                     self.history.append(row)
+                    if is_eval and self.on_eval is not None:
+                        # a step boundary: the parameters, optimiser and RNG are consistent
+                        # (the command line writes its checkpoint here)
+                        self.on_eval(self)
                     progress.update(self.step, {"loss": row["train_loss"],
                                                 "val": row.get("val_loss")})
                     running, count, info_sum = 0.0, 0, {}

@@ -33,7 +33,7 @@ from .gaussian import (
     std_normal_log_prob,
 )
 from .likelihoods import Likelihood, make_likelihood
-from .nn import MLP, Module
+from .nn import MLP, Module, sum_over_batch
 
 __all__ = [
     "VAE",
@@ -343,7 +343,7 @@ class VAE(Module):
         eps = self._noise(rng, (self.n_samples, N, self.latent_dim))
         rec, kl, cache = self.elbo_terms_forward(x, eps)
         beta_t = linear_warmup(beta, step, self.warmup)
-        kl_group = kl.mean(axis=0)  # (G,) batch-mean KL per group
+        kl_group = sum_over_batch(kl) / N  # (G,) batch-mean KL per group
         if self.free_bits > 0:
             kl_term = np.maximum(kl_group, self.free_bits).sum()
             # groups held at lambda are constant in the loss: no gradient reaches them
@@ -411,6 +411,18 @@ class VAE(Module):
         x = self._check_x(x)
         mu, sigma, _, _ = self.posterior_stats(self.encoder(x))
         return Encoding(mu, sigma)
+
+    def posterior_samples(self, x, rng, n_samples=None):
+        """Draws z ~ q(z|x) = N(mu, sigma^2): one per example, (N, L) (``n_samples=None``: a
+        sample of the aggregate posterior), or ``n_samples`` per example, (S, N, L).
+
+        derivations/04-elbo-and-iwae.md#sampling-modes.
+        """
+        _check_rng(rng)
+        mu, sigma = self.encode(x)
+        S = 1 if n_samples is None else _positive_int(n_samples, "n_samples")
+        z = mu + sigma * self._noise(rng, (S,) + mu.shape)
+        return z[0] if n_samples is None else z
 
     def kl_per_dimension(self, x):
         """Batch-mean closed-form KL of each latent dimension, shape (L,), in nats.

@@ -310,3 +310,18 @@ def test_split_fractions_are_checked(tmp_path):
     np.save(tmp_path / "p.npy", np.ones((10, 2)))
     with pytest.raises(ValueError, match="val_fraction"):
         load_dataset_file(tmp_path / "p.npy", val_fraction=0.7)
+
+
+def test_bars_and_stripes_are_binary_bars_or_stripes_with_the_digits_split():
+    ds = data.load_dataset("bars-and-stripes")
+    assert (ds.train.shape, ds.val.shape, ds.test.shape) == ((1000, 64), (350, 64), (447, 64))
+    assert set(np.unique(ds.train)) <= {0.0, 1.0}
+    clean = data.load_bars_and_stripes(flip=0.0)
+    images = clean.train.reshape(-1, 8, 8)
+    stripes = np.all(images == images[:, :, :1], axis=2).all(axis=1)  # rows constant
+    bars = np.all(images == images[:, :1, :], axis=1).all(axis=1)     # columns constant
+    assert np.all(np.where(clean.train_labels == 0, stripes, bars))
+    np.testing.assert_array_equal(data.load_bars_and_stripes(seed=1).train,
+                                  data.load_bars_and_stripes(seed=1).train)
+    with pytest.raises(ValueError, match="flip"):
+        data.load_bars_and_stripes(flip=0.7)

@@ -30,7 +30,8 @@ def anchors(path: pathlib.Path) -> set[str]:
 
 
 def code_links():
-    for py in sorted(PKG.rglob("*.py")):
+    """Links from the package and from the examples."""
+    for py in sorted(PKG.rglob("*.py")) + sorted((ROOT / "examples").glob("*.py")):
         for m in LINK.finditer(py.read_text()):
             yield py.relative_to(ROOT), m.group(1), m.group(2)
 

@@ -108,3 +108,70 @@ def test_bad_constructor_arguments_name_the_argument():
         nn.MLP([2])
     with pytest.raises(ValueError, match="init"):
         nn.Linear(2, 2, init="orthogonal")
+
+
+# ----------------------------------------------------------------------------- speed paths
+@pytest.mark.parametrize("name", sorted(nn.ACTIVATIONS))
+def test_inplace_activation_passes_equal_the_plain_ones(name):
+    # the MLP runs activations in place on its own arrays; they must compute the same thing
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 5)) * 2
+    dy = rng.standard_normal((6, 5))
+    act = nn.make_activation(name)
+    y, cache = act.forward(x)
+    dx, _ = act.backward(dy, cache)
+    y2, cache2 = act.forward_inplace(x.copy())
+    dx2, _ = act.backward_inplace(dy.copy(), cache2)
+    np.testing.assert_allclose(y2, y, rtol=1e-15, atol=0)
+    np.testing.assert_allclose(dx2, dx, rtol=1e-15, atol=0)
+
+
+def test_mlp_backward_leaves_the_callers_gradient_alone():
+    rng = np.random.default_rng(1)
+    mlp = nn.MLP([3, 4, 2], "relu", rng)
+    _, cache = mlp.forward(rng.standard_normal((5, 3)))
+    dy = rng.standard_normal((5, 2))
+    before = dy.copy()
+    mlp.backward(dy, cache)
+    assert np.array_equal(dy, before)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softplus_fast_agrees_with_logaddexp_without_overflow(dtype):
+    x = np.concatenate([np.linspace(-100, 100, 2001), [-1e4, -800, 800, 1e4]]).astype(dtype)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # underflow to 0 is fine
+        fast = nn.softplus_fast(x)
+    np.testing.assert_allclose(fast, np.logaddexp(dtype(0), x), rtol=4 * np.finfo(dtype).eps,
+                               atol=0)
+    assert fast.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_is_stable_and_keeps_relative_accuracy(dtype):
+    from scipy.special import expit
+    x = np.concatenate([np.linspace(-80, 80, 1601), [-1e4, 1e4]]).astype(dtype)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        s = nn.sigmoid(x)
+    ref = expit(x.astype(np.float64))
+    tiny = ref > np.finfo(dtype).tiny
+    np.testing.assert_allclose(s[tiny], ref[tiny], rtol=4 * np.finfo(dtype).eps)
+    assert s.dtype == dtype and s[-1] == 1 and s[-2] == 0
+
+
+def test_fast_sums_equal_numpy_sums():
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((7, 5))
+    np.testing.assert_allclose(nn.sum_over_batch(a), a.sum(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(nn.sum_over_features(a), a.sum(axis=-1), rtol=1e-13)
+    b = rng.standard_normal((2, 7, 5))
+    np.testing.assert_allclose(nn.sum_over_features(b), b.sum(axis=-1), rtol=1e-13)
+
+
+def test_linear_with_one_input_uses_the_same_products():
+    # a (N, 1) @ (1, M) product runs through np.dot (NumPy's @ skips BLAS there)
+    rng = np.random.default_rng(3)
+    layer = nn.Linear(1, 4, rng)
+    x = rng.standard_normal((6, 1))
+    y, cache = layer.forward(x)
+    np.testing.assert_allclose(y, x @ layer.W + layer.b, rtol=1e-14)
+    testing.assert_module_gradients(layer, x)

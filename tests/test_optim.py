@@ -104,3 +104,18 @@ def test_bad_arguments_name_themselves():
         optim.Adam({"p": np.zeros(1)}).step({})
     with pytest.raises(ValueError, match="max_norm"):
         optim.clip_grad_norm({}, -1)
+
+
+def test_adam_keeps_each_parameters_dtype_and_exposes_its_moments_by_name():
+    params = {"a": np.ones((2, 3), dtype=np.float32), "b": np.zeros(4), "c": np.ones(1, np.float32)}
+    refs = dict(params)
+    opt = optim.Adam(params, lr=0.1)
+    grads = {"a": np.full((2, 3), 2.0, np.float32), "b": np.arange(4.0),
+             "c": np.array([-1.0], np.float32)}
+    opt.step(grads)
+    assert all(params[k] is refs[k] for k in params)  # updated in place
+    assert params["a"].dtype == np.float32 and params["b"].dtype == np.float64
+    np.testing.assert_allclose(params["a"], 1 - 0.1, rtol=1e-6)
+    np.testing.assert_allclose(opt.m["b"], 0.1 * np.arange(4.0))
+    np.testing.assert_allclose(opt.v["c"], [0.001], rtol=1e-6)
+    assert set(opt.state_dict()) == {"t", "m.a", "m.b", "m.c", "v.a", "v.b", "v.c"}

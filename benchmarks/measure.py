@@ -1,0 +1,272 @@
+"""Measurements behind benchmarks/run.py: step times, the floor, memory, scaling, inference.
+
+Imported by run.py only after the BLAS thread count has been set.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import time
+import tracemalloc
+
+import numpy as np
+from floor import MatmulFloor
+from workloads import WORKLOADS, digit_like_data, flow_data, make_vae, make_w2, make_w3
+
+
+def blas_threads():
+    """The BLAS thread count in force (threadpoolctl when installed, else the environment)."""
+    try:
+        from threadpoolctl import threadpool_info
+        counts = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
+        if counts:
+            return int(counts[0])
+    except Exception:  # threadpoolctl is optional
+        pass
+    import os
+    return int(os.environ.get("OPENBLAS_NUM_THREADS", 0)) or None
+
+
+def emit_json(row):
+    print(json.dumps(row), flush=True)
+
+
+def _mb(nbytes):
+    return round(nbytes / 2**20, 2)
+
+
+def _summary(ms):
+    return (round(statistics.median(ms), 3), round(min(ms), 3), round(max(ms), 3))
+
+
+def build_and_measure_memory(factory):
+    """Build a workload and run two steps under ``tracemalloc``.
+
+    Returns the workload, ``peak_mb`` (the most memory held at any point of a step: data,
+    parameters, optimiser state and the step's own temporaries) and ``step_mb`` (the part of
+    it the step allocates and frees again: caches, activations, gradients).
+    """
+    tracemalloc.start()
+    try:
+        w = factory()
+        w.step()
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        w.step()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return w, _mb(peak), _mb(peak - before)
+
+
+def dtypes_of(arrays):
+    return sorted({str(np.asarray(a).dtype) for a in arrays})
+
+
+def time_workload(name, steps=40, warmup=5, factory=None):
+    """Median/min/max ms per step, the floor measured interleaved with the steps, memory.
+
+    Steps and floor runs alternate, so both see the same machine load; each is summarised by
+    its median over ``steps`` repetitions.
+    """
+    factory = factory or WORKLOADS[name]
+    w, peak_mb, step_mb = build_and_measure_memory(factory)
+    grads = w.grads()
+    floor = MatmulFloor(w.layers)
+    for _ in range(warmup):
+        w.step()
+        floor.run()
+    step_ms, cpu_ms, floor_ms, floor_cpu_ms, faults = [], [], [], [], 0
+    loss = None
+    for _ in range(steps):
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        c0, t0 = time.process_time(), time.perf_counter()
+        loss = w.step()
+        t1, c1 = time.perf_counter(), time.process_time()
+        step_ms.append(1e3 * (t1 - t0))
+        cpu_ms.append(1e3 * (c1 - c0))
+        faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+        c0, t0 = time.process_time(), time.perf_counter()
+        floor.run()
+        t1, c1 = time.perf_counter(), time.process_time()
+        floor_ms.append(1e3 * (t1 - t0))
+        floor_cpu_ms.append(1e3 * (c1 - c0))
+    ms, min_ms, max_ms = _summary(step_ms)
+    f_ms = round(statistics.median(floor_ms), 3)
+    return {
+        "workload": w.name,
+        "ms": ms, "min_ms": min_ms, "max_ms": max_ms,
+        "floor_ms": f_ms,
+        "ratio": round(ms / f_ms, 2) if f_ms > 0 else None,
+        "cpu_ms": round(statistics.median(cpu_ms), 3),
+        "floor_cpu_ms": round(statistics.median(floor_cpu_ms), 3),
+        "peak_mb": peak_mb, "step_mb": step_mb,
+        "page_faults_per_step": round(faults / steps, 1),
+        "steps": steps,
+        "loss": float(loss),
+        "grad_dtypes": dtypes_of(grads.values()),
+        "param_dtypes": dtypes_of(w.model.params.values()),
+        "n_params": int(sum(p.size for p in w.model.params.values())),
+        "gflops_floor": round(floor.flops() / (f_ms * 1e6), 2) if f_ms > 0 else None,
+    }
+
+
+def format_results(rows, threads):
+    head = (f"{'workload':<10} {'ms/step':>9} {'min':>8} {'max':>8} {'floor ms':>9} "
+            f"{'ratio':>6} {'cpu ms':>8} {'cpu flr':>8} {'peak MB':>8} {'step MB':>8} "
+            f"{'faults':>7}")
+    lines = [f"BLAS threads: {threads}", head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['workload']:<10} {r['ms']:>9.2f} {r['min_ms']:>8.2f} "
+                     f"{r['max_ms']:>8.2f} {r['floor_ms']:>9.2f} {r['ratio']:>6.2f} "
+                     f"{r['cpu_ms']:>8.2f} {r['floor_cpu_ms']:>8.2f} "
+                     f"{r['peak_mb']:>8.1f} {r['step_mb']:>8.1f} "
+                     f"{r['page_faults_per_step']:>7.0f}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- scaling
+def scaling_configs(quick=False):
+    """``(group, base workload, value, factory)``: one knob varied at a time."""
+    def pick(values):
+        return values[:2] if quick else values
+    out = []
+    for b in pick([64, 128, 256, 512, 1024]):
+        out.append(("batch", "W1", b, lambda b=b: make_vae(b, name=f"W1-b{b}")))
+    for b in pick([128, 256, 512, 1024, 2048]):
+        out.append(("batch", "W2-16d", b, lambda b=b: make_w2(16, batch=b, name=f"W2-16d-b{b}")))
+    for b in pick([128, 256, 512, 1024, 2048]):
+        out.append(("batch", "W3-16d", b, lambda b=b: make_w3(16, batch=b, name=f"W3-16d-b{b}")))
+    for d in pick([4, 8, 16, 32, 64]):
+        out.append(("dim", "W2 (hidden 128)", d,
+                    lambda d=d: make_w2(d, hidden=(128, 128), name=f"W2-{d}d")))
+    for d in pick([4, 8, 16, 32, 64]):
+        out.append(("dim", "W3 (hidden 128)", d,
+                    lambda d=d: make_w3(d, hidden=(128, 128), name=f"W3-{d}d")))
+    for n in pick([2, 4, 8, 16]):
+        out.append(("layers", "W2-16d", n,
+                    lambda n=n: make_w2(16, n_layers=n, name=f"W2-16d-L{n}")))
+    for n in pick([2, 4, 8, 16]):
+        out.append(("layers", "W3-16d", n,
+                    lambda n=n: make_w3(16, n_layers=n, name=f"W3-16d-L{n}")))
+    for k in pick([4, 8, 16, 32]):
+        out.append(("bins", "W3-16d", k, lambda k=k: make_w3(16, bins=k, name=f"W3-16d-K{k}")))
+    return out
+
+
+def _linear_fit(xs, ys):
+    """Least-squares ``y = a + b x``; returns a, b and the largest relative residual."""
+    xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+    if len(xs) < 2:
+        return float(ys[0]), 0.0, 0.0
+    b, a = np.polyfit(xs, ys, 1)
+    resid = np.max(np.abs(ys - (a + b * xs)) / ys)
+    return float(a), float(b), float(resid)
+
+
+def scaling_row(index, steps=20, warmup=3, quick=False):
+    """Time configuration ``index`` of ``scaling_configs``: one row of the scaling table."""
+    group, base, value, factory = scaling_configs(quick)[index]
+    r = time_workload(None, steps=steps, warmup=warmup, factory=factory)
+    return {"scaling": group, "base": base, "value": value, "workload": r["workload"],
+            "ms": r["ms"], "floor_ms": r["floor_ms"], "ratio": r["ratio"],
+            "cpu_ms": r["cpu_ms"], "floor_cpu_ms": r["floor_cpu_ms"],
+            "peak_mb": r["peak_mb"], "page_faults_per_step": r["page_faults_per_step"]}
+
+
+def add_linear_fits(rows):
+    """A linear fit ``ms = a + b value`` per series, reported on every row of the series."""
+    series = {}
+    for r in rows:
+        series.setdefault((r["scaling"], r["base"]), []).append(r)
+    for rs in series.values():
+        a, b, dev = _linear_fit([r["value"] for r in rs], [r["ms"] for r in rs])
+        for r in rs:
+            r["fit_intercept_ms"], r["fit_slope_ms"] = round(a, 4), round(b, 5)
+            r["fit_max_dev"] = round(dev, 3)
+    return rows
+
+
+def format_scaling(rows):
+    head = (f"{'knob':<7} {'workload':<16} {'value':>6} {'ms/step':>9} {'floor ms':>9} "
+            f"{'ratio':>6} {'ms/value':>9} {'cpu ms':>8}")
+    lines = [head, "-" * len(head)]
+    last = None
+    for r in rows:
+        key = (r["scaling"], r["base"])
+        if last is not None and key != last:
+            prev = [p for p in rows if (p["scaling"], p["base"]) == last][0]
+            lines.append(f"{'':<7} linear fit: ms = {prev['fit_intercept_ms']:.3f} + "
+                         f"{prev['fit_slope_ms']:.4f} x value, largest deviation "
+                         f"{100 * prev['fit_max_dev']:.1f}%")
+        last = key
+        lines.append(f"{r['scaling']:<7} {r['base']:<16} {r['value']:>6} {r['ms']:>9.2f} "
+                     f"{r['floor_ms']:>9.2f} {r['ratio']:>6.2f} {r['ms'] / r['value']:>9.4f} "
+                     f"{r['cpu_ms']:>8.2f}")
+    if rows:
+        lines.append(f"{'':<7} linear fit: ms = {rows[-1]['fit_intercept_ms']:.3f} + "
+                     f"{rows[-1]['fit_slope_ms']:.4f} x value, largest deviation "
+                     f"{100 * rows[-1]['fit_max_dev']:.1f}%")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- inference
+def _time_call(fn, repeats=3):
+    """Median/min ms of ``fn()`` over ``repeats`` calls (after one untimed call), and the peak
+    memory of one call under tracemalloc."""
+    fn()
+    ms = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ms.append(1e3 * (time.perf_counter() - t0))
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        fn()
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    med, lo, _ = _summary(ms)
+    return med, lo, _mb(peak)
+
+
+def inference_table(n=100_000):
+    """log_prob and sample of every flow workload, encode and decode of the VAE, on n points."""
+    rows = []
+    for name in ("W2-2d", "W2-16d", "W3-2d", "W3-16d"):
+        w = WORKLOADS[name]()
+        for _ in range(5):  # a few training steps: a flow that is not the identity
+            w.step()
+        model = w.model
+        x = flow_data(n, model.dim, seed=1)
+        rng = np.random.default_rng(0)
+        for what, fn in (("log_prob", lambda m=model, x=x: m.log_prob(x)),
+                         ("sample", lambda m=model, r=rng: m.sample(n, r))):
+            ms, lo, mb = _time_call(fn)
+            rows.append({"inference": f"{name}.{what}", "n": n, "ms": ms, "min_ms": lo,
+                         "peak_mb": mb, "dtype": str(fn().dtype)})
+    w = make_vae(128)
+    for _ in range(5):
+        w.step()
+    vae = w.model
+    x = digit_like_data(n, 64, seed=1)
+    z = np.random.default_rng(0).standard_normal((n, vae.latent_dim)).astype(np.float32)
+    for what, fn, out in (("encode", lambda: vae.encode(x), lambda r: r.mu),
+                          ("decode", lambda: vae.decode(z), lambda r: r)):
+        ms, lo, mb = _time_call(fn)
+        rows.append({"inference": f"W1.{what}", "n": n, "ms": ms, "min_ms": lo, "peak_mb": mb,
+                     "dtype": str(out(fn()).dtype)})
+    return rows
+
+
+def format_inference(rows):
+    head = f"{'what':<18} {'points':>8} {'ms':>9} {'min ms':>9} {'peak MB':>8} {'dtype':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['inference']:<18} {r['n']:>8} {r['ms']:>9.1f} {r['min_ms']:>9.1f} "
+                     f"{r['peak_mb']:>8.1f} {r['dtype']:>8}")
+    return "\n".join(lines)

@@ -1,0 +1,149 @@
+"""Time training steps of scratchvae against their matmul floor.
+
+    python benchmarks/run.py                       # every workload, a table
+    python benchmarks/run.py W1-b128 W3-16d --json # one JSON object per line
+    python benchmarks/run.py --threads 1 --steps 50
+    python benchmarks/run.py --scaling             # step time against batch, dim, layers, bins
+    python benchmarks/run.py --inference           # log_prob / sample / encode / decode of 100k
+    python benchmarks/run.py --quick --json        # a second or two per workload (tests)
+
+Each workload (and each configuration of the scaling table) is measured in a fresh Python
+process, as a training script would run it: the memory allocator's state left behind by one
+workload changes the next one's time by up to 20 % (see benchmarks/README.md).
+See benchmarks/README.md for what each number means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+WORKLOAD_NAMES = ("W1-b128", "W1-b1024", "W2-2d", "W2-16d", "W3-2d", "W3-16d")
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("workloads", nargs="*", metavar="WORKLOAD",
+                   help=f"any of {', '.join(WORKLOAD_NAMES)} (default: all)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--quick", action="store_true",
+                   help="a few steps only, to check that the benchmark runs (times meaningless)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed steps per workload (default 40, 20 for --scaling)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="BLAS threads (sets OPENBLAS/OMP/MKL_NUM_THREADS before NumPy loads); "
+                        "default: the BLAS library's own choice")
+    p.add_argument("--scaling", action="store_true",
+                   help="the scaling table: step time against batch, dimension, layers, bins")
+    p.add_argument("--inference", action="store_true",
+                   help="time log_prob/sample of the flows and encode/decode of the VAE")
+    p.add_argument("--points", type=int, default=None,
+                   help="points for --inference (default 100000; 5000 with --quick)")
+    p.add_argument("--in-process", action="store_true",
+                   help="measure everything in this process (default: a fresh process each)")
+    p.add_argument("--scaling-index", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    unknown = [w for w in args.workloads if w not in WORKLOAD_NAMES]
+    if unknown:
+        p.error(f"unknown workload(s) {unknown}; expected any of {list(WORKLOAD_NAMES)}")
+    for name in ("steps", "threads", "points"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name}: expected a positive integer, got {value}")
+    if args.warmup is not None and args.warmup < 0:
+        p.error(f"--warmup: expected an integer >= 0, got {args.warmup}")
+    return args
+
+
+def set_threads(n):
+    """Pin the BLAS thread count; must run before NumPy is imported."""
+    if n is not None:
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(n)
+
+
+def _child(args, *extra):
+    """Run this script in a fresh process with ``extra`` arguments; its JSON rows."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--json", "--in-process", *extra]
+    for flag in ("steps", "warmup", "threads"):
+        value = getattr(args, flag)
+        if value is not None:
+            cmd += [f"--{flag}", str(value)]
+    if args.quick:
+        cmd.append("--quick")
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    set_threads(args.threads)
+    # NumPy (through scratchvae) is imported only now, after the thread count is set
+    sys.path.insert(0, HERE)
+    import measure
+
+    steps = args.steps or (3 if args.quick else 40)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
+    threads = measure.blas_threads()
+    emit = measure.emit_json if args.json else None
+
+    def show(rows, fmt):
+        for r in rows:
+            r.setdefault("threads", threads)
+            if emit:
+                emit(r)
+        if not emit:
+            print(fmt(rows), flush=True)
+
+    if args.scaling_index is not None:  # one configuration of the scaling table (a child)
+        show([measure.scaling_row(args.scaling_index, steps=args.steps or
+                                  (3 if args.quick else 20), warmup=warmup, quick=args.quick)],
+             measure.format_scaling)
+        return 0
+
+    did_something = False
+    if args.scaling:
+        n_configs = len(measure.scaling_configs(args.quick))
+        if args.in_process:
+            rows = [measure.scaling_row(i, steps=args.steps or (3 if args.quick else 20),
+                                        warmup=warmup, quick=args.quick)
+                    for i in range(n_configs)]
+        else:
+            rows = [r for i in range(n_configs)
+                    for r in _child(args, "--scaling-index", str(i))]
+        show(measure.add_linear_fits(rows), measure.format_scaling)
+        did_something = True
+    if args.inference:
+        n = args.points or (5000 if args.quick else 100_000)
+        show(measure.inference_table(n), measure.format_inference)
+        did_something = True
+    if args.workloads or not did_something:
+        names = args.workloads or list(WORKLOAD_NAMES)
+        if args.in_process:
+            rows = []
+            for name in names:
+                rows.append(measure.time_workload(name, steps=steps, warmup=warmup))
+                rows[-1]["threads"] = threads
+                if emit:
+                    emit(rows[-1])
+            if not emit:
+                print(measure.format_results(rows, threads))
+        else:
+            rows = []
+            for name in names:
+                rows += _child(args, name)
+                if emit:
+                    emit(rows[-1])
+            if not emit:
+                print(measure.format_results(rows, threads))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

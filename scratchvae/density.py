@@ -1,0 +1,527 @@
+"""Density models: a base distribution pushed through a flow, fit by maximum likelihood.
+
+Direction convention (as everywhere in scratchvae): the flow's ``forward`` is generative
+u -> x, its ``inverse`` normalising x -> u. With an optional fixed standardisation
+``z = (x - shift) / scale`` in front of the flow:
+
+    log p(x | c) = log p_base(u | c) + log|det du/dz| - sum(log scale),   u = T^-1(z; c)
+
+    model = FlowDensity(StandardNormal(2), coupling_flow(2, 6, "spline", rng=rng), dim=2)
+    model.standardize(x_train)                  # optional; NLLs stay in the data's units
+    loss, grads, info = model.nll_and_grads(batch)   # mean NLL in nats and its gradients
+    x = model.sample(1000, rng)
+
+Conditional models take a context ``c`` of shape ``(N, C)``; it reaches every coupling
+conditioner and a ``ConditionalDiagonalGaussian`` base, and its gradient is returned by the
+pure pairs ``log_prob_forward`` / ``log_prob_backward`` and ``rsample_and_log_prob`` /
+``rsample_backward`` (a VAE with a flow posterior needs both).
+Derivations: derivations/11-density-and-conditional-flows.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .flows.bijector import Bijector, Chain, add_context_grads
+from .gaussian import (
+    diag_gaussian_log_prob,
+    diag_gaussian_log_prob_backward,
+    std_normal_log_prob,
+    std_normal_log_prob_backward,
+)
+from .nn import MLP, Module
+
+__all__ = ["StandardNormal", "ConditionalDiagonalGaussian", "FlowDensity",
+           "STANDARDIZE_MIN_SCALE", "bounded_log_std"]
+
+#: Smallest per-dimension scale ``standardize`` divides by.
+STANDARDIZE_MIN_SCALE = 1e-6
+
+
+# ----------------------------------------------------------------------------- validation
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_rng(rng):
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng: expected a np.random.Generator, got {type(rng).__name__}")
+    return rng
+
+
+def _check_temperature(temperature):
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float | np.number) \
+            or not (np.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature: expected a positive finite number, got {temperature!r}")
+    return float(temperature)
+
+
+def _check_array(name, a, n_cols, dtype, n_rows=None):
+    """A finite real ``(N, n_cols)`` array in ``dtype``; ``ValueError`` naming ``name``."""
+    arr = np.asarray(a)
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"{name}: expected a real array, got dtype {arr.dtype}")
+    want = f"({'N' if n_rows is None else n_rows}, {n_cols})"
+    if arr.ndim != 2 or arr.shape[1] != n_cols or arr.shape[0] < 1 or \
+            (n_rows is not None and arr.shape[0] != n_rows):
+        raise ValueError(f"{name}: expected shape {want}, got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name}: expected finite values, got nan or inf")
+    return arr.astype(dtype, copy=False)
+
+
+def _sum_grads(a, b):
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = out[k] + v if k in out else v
+    return out
+
+
+# ----------------------------------------------------------------------------- bases
+class StandardNormal(Module):
+    """The base ``N(0, I)`` in ``dim`` dimensions; no parameters, no context.
+
+    ``log_prob_forward(z) -> (logp (N,), cache)`` and ``log_prob_backward(dlogp, cache) ->
+    (dz, {}, None)``; ``rsample(n, rng, temperature=T) -> (z, cache)`` draws ``z = T eps``.
+    Derivation: derivations/11-density-and-conditional-flows.md#the-base-distributions.
+    """
+
+    context_dim = 0
+
+    def __init__(self, dim, dtype=np.float64):
+        super().__init__()
+        self.dim = _check_int("dim", dim, 1)
+        self.dtype = np.dtype(dtype)
+
+    def log_prob_forward(self, z, context=None):
+        return std_normal_log_prob(z), z
+
+    def log_prob_backward(self, dlogp, cache):
+        return std_normal_log_prob_backward(dlogp, cache), {}, None
+
+    def log_prob(self, z, context=None):
+        """``log N(z; 0, I)`` ``(N,)`` for z ``(N, dim)``."""
+        z = _check_array("z", z, self.dim, self.dtype)
+        return self.log_prob_forward(z)[0]
+
+    def rsample(self, n, rng, context=None, temperature=1.0):
+        z = temperature * rng.standard_normal((n, self.dim)).astype(self.dtype)
+        return z, None
+
+    def rsample_backward(self, dz, cache):
+        return {}, None
+
+    def sample(self, n, rng, context=None, temperature=1.0):
+        """``n`` draws from ``N(0, temperature^2 I)`` ``(n, dim)``."""
+        n = _check_int("n", n, 1)
+        return self.rsample(n, _check_rng(rng), None, _check_temperature(temperature))[0]
+
+
+def bounded_log_std(raw, bound):
+    """Guard: ``log sigma = bound * tanh(raw / bound)`` and its slope ``1 - (log sigma/bound)^2``.
+
+    WHY: ``sigma = exp`` of a network output; unbounded, a large output makes ``sigma`` 0 or
+    inf and the log-density ``-inf`` or NaN. ``tanh`` keeps ``|log sigma| < bound`` for every
+    finite context and is the identity to first order at 0 (the zero-initialised network
+    gives ``N(0, I)`` exactly).
+    Derivation: derivations/11-density-and-conditional-flows.md#a-conditional-gaussian-base.
+    """
+    th = np.tanh(raw / bound)
+    return bound * th, 1.0 - th * th
+
+
+class ConditionalDiagonalGaussian(Module):
+    """A base ``N(mu(c), diag sigma(c)^2)`` whose mean and log-std an MLP reads from the context.
+
+    ``net``: ``MLP([context_dim, *hidden, 2 dim])``, last layer zero (so it starts as
+    ``N(0, I)`` for every context); ``mu = out[:, :dim]``,
+    ``log sigma = log_std_bound * tanh(out[:, dim:] / log_std_bound)`` (``bounded_log_std``).
+    ``log_prob_forward(z, context) -> (logp (N,), cache)``;
+    ``log_prob_backward(dlogp, cache) -> (dz, grads, d_context)`` (grads keyed ``net....``).
+    ``rsample(n, rng, context, temperature) -> (z, cache)``, ``z = mu + T sigma eps``, and
+    ``rsample_backward(dz, cache) -> (grads, d_context)`` (the reparameterisation gradient).
+    Derivation: derivations/11-density-and-conditional-flows.md#a-conditional-gaussian-base.
+    """
+
+    def __init__(self, dim, context_dim, hidden=(64,), rng=None, activation="tanh",
+                 dtype=np.float64, log_std_bound=5.0):
+        super().__init__()
+        self.dim = _check_int("dim", dim, 1)
+        self.context_dim = _check_int("context_dim", context_dim, 1)
+        if rng is not None:
+            _check_rng(rng)
+        if not (np.isfinite(log_std_bound) and log_std_bound > 0):
+            raise ValueError(f"log_std_bound: expected a positive finite number, "
+                             f"got {log_std_bound}")
+        self.log_std_bound = float(log_std_bound)
+        self.dtype = np.dtype(dtype)
+        rng = np.random.default_rng(0) if rng is None else rng
+        sizes = [self.context_dim, *[int(h) for h in hidden], 2 * self.dim]
+        self.net = self.add_child("net", MLP(sizes, activation, rng, dtype, zero_last=True))
+
+    def _check_context(self, context, n):
+        if context is None:
+            raise ValueError(f"context: this base needs a context of shape ({n}, "
+                             f"{self.context_dim}), got None")
+        return _check_array("context", context, self.context_dim, self.dtype, n)
+
+    def mean_and_log_std(self, context):
+        """``mu``, ``log sigma`` ``(N, dim)`` and a cache for ``_params_backward``."""
+        out, c_net = self.net.forward(context)
+        log_sigma, slope = bounded_log_std(out[:, self.dim:], self.log_std_bound)
+        return out[:, :self.dim], log_sigma, (c_net, slope)
+
+    def _params_backward(self, dmu, dlog_sigma, cache):
+        c_net, slope = cache
+        d_ctx, grads = self.net.backward(np.concatenate([dmu, dlog_sigma * slope], axis=1),
+                                         c_net)
+        return self.prefixed("net", grads), d_ctx
+
+    def log_prob_forward(self, z, context):
+        """``log N(z; mu(c), sigma(c)^2)`` ``(N,)`` and a cache.
+
+        Derivation: derivations/11-density-and-conditional-flows.md#a-conditional-gaussian-base.
+        """
+        mu, log_sigma, c_params = self.mean_and_log_std(context)
+        logp, c_g = diag_gaussian_log_prob(z, mu, log_sigma)
+        return logp, (c_g, c_params)
+
+    def log_prob_backward(self, dlogp, cache):
+        """``(dz, grads, d_context)`` of ``<dlogp, logp>``.
+
+        Derivation: derivations/11-density-and-conditional-flows.md#a-conditional-gaussian-base.
+        """
+        c_g, c_params = cache
+        dz, dmu, dls = diag_gaussian_log_prob_backward(dlogp, c_g)
+        grads, d_ctx = self._params_backward(dmu, dls, c_params)
+        return dz, grads, d_ctx
+
+    def log_prob(self, z, context):
+        """``log p(z | context)`` ``(N,)``; z ``(N, dim)``, context ``(N, context_dim)``."""
+        z = _check_array("z", z, self.dim, self.dtype)
+        return self.log_prob_forward(z, self._check_context(context, z.shape[0]))[0]
+
+    def rsample(self, n, rng, context, temperature=1.0):
+        """``z = mu(c) + T sigma(c) eps`` ``(n, dim)`` and a cache (reparameterisation).
+
+        Derivation: derivations/11-density-and-conditional-flows.md#a-conditional-gaussian-base.
+        """
+        mu, log_sigma, c_params = self.mean_and_log_std(context)
+        eps = rng.standard_normal((n, self.dim)).astype(self.dtype)
+        noise = temperature * np.exp(log_sigma) * eps  # z - mu
+        return mu + noise, (noise, c_params)
+
+    def rsample_backward(self, dz, cache):
+        """``(grads, d_context)`` of ``<dz, z>``: ``dmu = dz``, ``dlog sigma = dz (z - mu)``.
+
+        Derivation: derivations/11-density-and-conditional-flows.md#a-conditional-gaussian-base.
+        """
+        noise, c_params = cache
+        return self._params_backward(dz, dz * noise, c_params)
+
+    def sample(self, n, rng, context, temperature=1.0):
+        """``n`` draws ``(n, dim)``, one per row of ``context`` ``(n, context_dim)``."""
+        n = _check_int("n", n, 1)
+        ctx = self._check_context(context, n)
+        return self.rsample(n, _check_rng(rng), ctx, _check_temperature(temperature))[0]
+
+
+# ----------------------------------------------------------------------------- the model
+def _floored_scale(x):
+    """Per-dimension standard deviation, at least ``STANDARDIZE_MIN_SCALE``.
+
+    WHY: ``standardize`` divides by it and adds ``-sum(log scale)``; a constant coordinate has
+    std 0, which gives ``inf`` points and a log-det of ``+inf``.
+    Derivation: derivations/11-density-and-conditional-flows.md#standardisation.
+    """
+    return np.maximum(x.std(axis=0), STANDARDIZE_MIN_SCALE)
+
+
+class FlowDensity(Module):
+    """``p(x | c)``: a base distribution pushed through a flow (forward = generative u -> x).
+
+    ``base``: ``StandardNormal(dim)`` or ``ConditionalDiagonalGaussian(dim, context_dim, ...)``;
+    ``flow``: any bijector on ``dim`` coordinates (e.g. ``coupling_flow``); ``context_dim``:
+    0 for an unconditional model, else the context width every conditioner and the base see.
+    Parameters: ``flow.<...>`` and ``base.<...>``. ``shift`` and ``scale`` (``(dim,)``, 0 and 1
+    until ``standardize`` is called) are a fixed affine map in front of the flow, not
+    trained; save them with a checkpoint (``buffers()``).
+
+    Validation: public methods raise ``ValueError`` naming the argument for a wrong shape, a
+    non-finite value, a missing, superfluous or mis-shaped context.
+    Derivation: derivations/11-density-and-conditional-flows.md#the-density-model.
+    """
+
+    def __init__(self, base, flow, dim, context_dim=0):
+        super().__init__()
+        self.dim = _check_int("dim", dim, 1)
+        self.context_dim = _check_int("context_dim", context_dim, 0)
+        if not isinstance(flow, Bijector):
+            raise ValueError(f"flow: expected a Bijector, got {type(flow).__name__}")
+        if not all(hasattr(base, m) for m in ("log_prob_forward", "log_prob_backward",
+                                               "rsample", "rsample_backward")):
+            raise ValueError(f"base: expected a StandardNormal or ConditionalDiagonalGaussian, "
+                             f"got {type(base).__name__}")
+        if getattr(base, "dim", self.dim) != self.dim:
+            raise ValueError(f"base: expected a base of dimension dim={self.dim}, got {base.dim}")
+        base_ctx = getattr(base, "context_dim", 0)
+        if base_ctx not in (0, self.context_dim):
+            raise ValueError(f"base: its context_dim is {base_ctx}, the model's "
+                             f"context_dim={self.context_dim}")
+        for b in flow.bijectors if isinstance(flow, Chain) else [flow]:
+            if getattr(b, "dim", self.dim) != self.dim:
+                raise ValueError(f"flow: a member has dim {b.dim}, expected dim={self.dim}")
+            if getattr(b, "context_dim", 0) not in (0, self.context_dim):
+                raise ValueError(f"flow: a member has context_dim {b.context_dim}, the "
+                                 f"model's context_dim={self.context_dim}")
+        self.base = self.add_child("base", base)
+        self.flow = self.add_child("flow", flow)
+        params = list(self.params.values())
+        self.dtype = params[0].dtype if params else np.dtype(getattr(base, "dtype", np.float64))
+        self.shift = np.zeros(self.dim, dtype=self.dtype)
+        self.scale = np.ones(self.dim, dtype=self.dtype)
+
+    # -- standardisation
+    def standardize(self, x):
+        """Set ``shift = mean(x)``, ``scale = std(x)`` (floored), per dimension; returns self.
+
+        From then on the flow models ``z = (x - shift) / scale`` and every log-density includes
+        the log-det ``-sum(log scale)`` of that map, so NLLs are in the data's own units.
+        Derivation: derivations/11-density-and-conditional-flows.md#standardisation.
+        """
+        x = _check_array("x", x, self.dim, np.float64)
+        if x.shape[0] < 2:
+            raise ValueError(f"x: expected at least 2 rows to standardise, got {x.shape[0]}")
+        self.shift[...] = x.mean(axis=0)
+        self.scale[...] = _floored_scale(x)
+        return self
+
+    def buffers(self):
+        """The fixed (untrained) arrays: ``{"shift": ..., "scale": ...}``."""
+        return {"shift": self.shift, "scale": self.scale}
+
+    def load_buffers(self, values):
+        """Copy ``shift`` and ``scale`` from ``values`` (e.g. a checkpoint's arrays)."""
+        for k in ("shift", "scale"):
+            v = np.asarray(values[k])
+            if v.shape != (self.dim,):
+                raise ValueError(f"values[{k!r}]: expected shape ({self.dim},), got {v.shape}")
+            getattr(self, k)[...] = v
+        if not (np.all(np.isfinite(self.scale)) and np.all(self.scale > 0)):
+            raise ValueError("values['scale']: expected positive finite scales")
+
+    def _log_scale_sum(self):
+        return np.sum(np.log(self.scale))
+
+    # -- validation
+    def _check_x(self, x, name="x"):
+        return _check_array(name, x, self.dim, self.dtype)
+
+    def _check_context(self, context, n):
+        if self.context_dim == 0:
+            if context is not None:
+                raise ValueError("context: this model is unconditional (context_dim=0), got "
+                                 f"an array of shape {np.shape(context)}")
+            return None
+        if context is None:
+            raise ValueError(f"context: this model needs a context of shape ({n}, "
+                             f"{self.context_dim}), got None")
+        return _check_array("context", context, self.context_dim, self.dtype, n)
+
+    # -- density
+    def log_prob_forward(self, x, context=None):
+        """``log p(x | c)`` ``(N,)`` and a cache for ``log_prob_backward``.
+
+        ``x`` ``(N, dim)``, ``context`` ``(N, context_dim)`` or None. Through the flow's
+        *inverse* (normalising x -> u): ``log p_base(u | c) + log|det du/dz| - sum log scale``.
+        Derivation: derivations/11-density-and-conditional-flows.md#log-density-and-its-gradients.
+        """
+        x = self._check_x(x)
+        ctx = self._check_context(context, x.shape[0])
+        z = (x - self.shift) / self.scale
+        u, logdet, c_flow = self.flow.inverse(z, ctx)
+        logp_u, c_base = self.base.log_prob_forward(u, ctx)
+        logp = logp_u + logdet - self._log_scale_sum()
+        return logp, (c_flow, c_base, logdet, u)
+
+    def log_prob_backward(self, dlogp, cache):
+        """``(dx, grads, d_context)`` of ``<dlogp, log p(x | c)>``; ``d_context`` None if
+        unconditional. grads are keyed like ``self.params``.
+        Derivation: derivations/11-density-and-conditional-flows.md#log-density-and-its-gradients.
+        """
+        c_flow, c_base, _, _ = cache
+        du, g_base, dc_base = self.base.log_prob_backward(dlogp, c_base)
+        # log p = log p_base(u) + logdet: the flow's outputs get (du, dlogp)
+        dz, g_flow, dc_flow = self.flow.backward(du, dlogp, c_flow)
+        grads = {**self.prefixed("base", g_base), **self.prefixed("flow", g_flow)}
+        return dz / self.scale, grads, add_context_grads(dc_base, dc_flow)
+
+    def log_prob(self, x, context=None):
+        """``log p(x | context)`` in nats ``(N,)``; x ``(N, dim)``, context ``(N, context_dim)``.
+
+        Derivation: derivations/11-density-and-conditional-flows.md#the-density-model.
+        """
+        return self.log_prob_forward(x, context)[0]
+
+    def nll_and_grads(self, batch, context=None):
+        """``(loss, grads, info)``: the mean negative log-likelihood of ``batch`` (nats per
+        sample), its gradients keyed like ``self.params``, and ``info = {"logdet": mean inverse
+        log-det of the flow}``. For the context's gradient use ``log_prob_backward``.
+        Derivation:
+        derivations/11-density-and-conditional-flows.md#maximum-likelihood-is-forward-kl.
+        """
+        logp, cache = self.log_prob_forward(batch, context)
+        n = logp.shape[0]
+        _, grads, _ = self.log_prob_backward(np.full(n, -1.0 / n, dtype=logp.dtype), cache)
+        return float(-np.mean(logp)), grads, {"logdet": float(np.mean(cache[2]))}
+
+    def loss_fn(self, batch, rng=None, step=None):
+        """``Trainer``'s ``loss_fn``: ``nll_and_grads`` of a batch whose first ``dim`` columns
+        are x and whose last ``context_dim`` columns are the context (if any)."""
+        batch = np.asarray(batch)
+        if self.context_dim == 0:
+            return self.nll_and_grads(batch)
+        if batch.ndim != 2 or batch.shape[1] != self.dim + self.context_dim:
+            raise ValueError(f"batch: expected shape (N, dim + context_dim = "
+                             f"{self.dim + self.context_dim}), got {batch.shape}")
+        return self.nll_and_grads(batch[:, :self.dim], batch[:, self.dim:])
+
+    def transform(self, x, context=None):
+        """``u = T^{-1}((x - shift) / scale)`` ``(N, dim)``: the data in the base's space.
+
+        Derivation: derivations/11-density-and-conditional-flows.md#the-density-model.
+        """
+        x = self._check_x(x)
+        ctx = self._check_context(context, x.shape[0])
+        return self.flow.inverse((x - self.shift) / self.scale, ctx)[0]
+
+    # -- sampling
+    def _check_sampling(self, n, rng, context, temperature):
+        if n is None and context is not None:
+            n = np.shape(context)[0]
+        n = _check_int("n", n, 1)
+        return n, _check_rng(rng), self._check_context(context, n), \
+            _check_temperature(temperature)
+
+    def rsample_and_log_prob(self, n, rng, context=None, temperature=1.0):
+        """Reparameterised samples ``x`` ``(n, dim)``, ``log p(x | c)`` ``(n,)`` and a cache.
+
+        Through the flow's *forward* (generative u -> x): ``u ~ base`` (std times
+        ``temperature``), ``x = shift + scale T(u)``,
+        ``log p(x) = log p_base(u) - log|det dT/du| - sum log scale``: the *model's*
+        log-density at ``x``, equal to ``log_prob(x)``; at ``temperature != 1`` it is not the
+        log-density of the tempered sampler.
+        Derivation: derivations/11-density-and-conditional-flows.md#sampling.
+        """
+        n, rng, ctx, temperature = self._check_sampling(n, rng, context, temperature)
+        u, c_draw = self.base.rsample(n, rng, ctx, temperature)
+        u = u.astype(self.dtype, copy=False)  # a float64 base in front of a float32 flow
+        logp_u, c_base = self.base.log_prob_forward(u, ctx)
+        z, logdet, c_flow = self.flow.forward(u, ctx)
+        x = self.shift + self.scale * z
+        logp = logp_u - logdet - self._log_scale_sum()
+        return x, logp, (c_draw, c_base, c_flow)
+
+    def rsample_backward(self, dx, dlogp, cache):
+        """``(grads, d_context)`` of ``<dx, x> + <dlogp, log p>`` for ``rsample_and_log_prob``:
+        the reparameterisation gradient (reverse KL, a flow posterior in a VAE).
+        Derivation: derivations/11-density-and-conditional-flows.md#sampling.
+        """
+        c_draw, c_base, c_flow = cache
+        # x = shift + scale z, z = T(u); log p = log p_base(u) - logdet
+        du, g_flow, dc_flow = self.flow.backward(dx * self.scale, -dlogp, c_flow)
+        du_base, g_base, dc_base = self.base.log_prob_backward(dlogp, c_base)
+        g_draw, dc_draw = self.base.rsample_backward(du + du_base, c_draw)
+        grads = {**self.prefixed("flow", g_flow),
+                 **self.prefixed("base", _sum_grads(g_base, g_draw))}
+        return grads, add_context_grads(add_context_grads(dc_flow, dc_base), dc_draw)
+
+    def sample_and_log_prob(self, n, rng, context=None, temperature=1.0):
+        """``x`` ``(n, dim)`` and ``log p(x | c)`` ``(n,)`` (see ``rsample_and_log_prob``).
+
+        Derivation: derivations/11-density-and-conditional-flows.md#sampling.
+        """
+        x, logp, _ = self.rsample_and_log_prob(n, rng, context, temperature)
+        return x, logp
+
+    def sample(self, n, rng, context=None, temperature=1.0):
+        """``n`` samples ``(n, dim)`` (``n`` may be None when a context gives the count).
+
+        ``temperature`` scales the base's standard deviation. That is exact tempering
+        (sampling ``p(x)^{1/T^2}``, normalised) only for a volume-preserving flow, whose
+        log-det does not depend on u; for coupling flows it is a heuristic that
+        concentrates samples on the high-density regions.
+        Derivation: derivations/11-density-and-conditional-flows.md#temperature.
+        """
+        n, rng, ctx, temperature = self._check_sampling(n, rng, context, temperature)
+        u, _ = self.base.rsample(n, rng, ctx, temperature)
+        u = u.astype(self.dtype, copy=False)
+        return self.shift + self.scale * self.flow.forward(u, ctx)[0]
+
+
+# ----------------------------------------------------------------------------- gradcheck registry
+def _register_checks():
+    from .flows.coupling import coupling_flow, randomize_conditioners
+    from .gradcheck import VJPCase, register
+
+    def conditional_model(rng):
+        D, C = 3, 2
+        base = ConditionalDiagonalGaussian(D, C, (5,), rng)
+        randomize_last_layer(base.net, rng, 0.5)
+        flow = coupling_flow(D, 2, "affine", (5,), "tanh", rng=rng, context_dim=C)
+        randomize_conditioners(flow, rng, 0.5)
+        model = FlowDensity(base, flow, D, C)
+        model.shift[...] = rng.standard_normal(D)
+        model.scale[...] = rng.uniform(0.5, 2.0, D)
+        return model, rng.standard_normal((4, D)), rng.standard_normal((4, C))
+
+    @register("density.ConditionalDiagonalGaussian")
+    def _base(rng):
+        base = ConditionalDiagonalGaussian(3, 2, (4,), rng)
+        randomize_last_layer(base.net, rng, 0.7)
+        z, ctx = rng.standard_normal((5, 3)), rng.standard_normal((5, 2))
+
+        def backward(douts):
+            dz, grads, d_ctx = base.log_prob_backward(douts[0], base.log_prob_forward(z, ctx)[1])
+            return {"z": dz, "context": d_ctx, **grads}
+
+        return VJPCase({"z": z, "context": ctx, **base.params},
+                       lambda: base.log_prob_forward(z, ctx)[0], backward, tol=1e-7)
+
+    @register("density.FlowDensity.log_prob")
+    def _log_prob(rng):
+        model, x, ctx = conditional_model(rng)
+
+        def backward(douts):
+            dx, grads, d_ctx = model.log_prob_backward(douts[0],
+                                                       model.log_prob_forward(x, ctx)[1])
+            return {"x": dx, "context": d_ctx, **grads}
+
+        return VJPCase({"x": x, "context": ctx, **model.params},
+                       lambda: model.log_prob_forward(x, ctx)[0], backward, tol=1e-6)
+
+    @register("density.FlowDensity.rsample_and_log_prob")
+    def _rsample(rng):
+        model, _, ctx = conditional_model(rng)
+
+        def run():
+            return model.rsample_and_log_prob(4, np.random.default_rng(7), ctx, 1.3)
+
+        def backward(douts):
+            grads, d_ctx = model.rsample_backward(douts[0], douts[1], run()[2])
+            return {"context": d_ctx, **grads}
+
+        return VJPCase({"context": ctx, **model.params}, lambda: run()[:2], backward, tol=1e-6)
+
+
+def randomize_last_layer(mlp, rng, scale):
+    """Random weights in an MLP's (zero-initialised) last layer; for tests and checks."""
+    last = mlp.layers[-1]
+    last.W[...] = scale * rng.standard_normal(last.W.shape)
+    last.b[...] = scale * rng.standard_normal(last.b.shape)
+    return mlp
+
+
+_register_checks()

@@ -1,0 +1,444 @@
+"""A VAE whose posterior is a normalizing flow: z_0 = mu + sigma * eps, z_K = T_K o ... o T_1(z_0).
+
+    vae = FlowVAE.build(64, 16, posterior="spline", flow_layers=4, amortised=True, rng=rng)
+    loss, grads, info = vae.loss_and_grads(batch, rng)          # as for the mean-field VAE
+    test_elbo = vae.elbo(x_test, rng).elbo.mean(); test_ll = vae.iwae(x_test, rng, K=1000).mean()
+
+The flow runs in its *forward* (generative) direction, the direction the reparameterised
+gradient flows through: the posterior is sampled, never evaluated at given points. Its
+log-density at its own samples follows by the change of variables with the log-dets
+*subtracted* (derivations/13-flow-vae.md#why-the-log-dets-enter-the-kl-with-a-minus-sign), so the
+KL has no closed form and is estimated with the same samples,
+
+    kl = mean_s [ log q0(z_0) - sum_k log|det dT_k| - log p(z_K) ]     (p at z_K, not z_0)
+
+in one group (G = 1). Everything else (the ELBO, beta / warm-up / free bits, the IWAE, the
+sampling modes) is the ``VAE``'s: ``FlowVAE`` only overrides its posterior step
+(``posterior_sample``, ``posterior_sample_backward``, ``posterior_log_ratio``).
+
+Kinds of flow: ``"planar"``, ``"radial"`` (global parameters, ``scratchvae.flows.planar``) and
+``"affine"``, ``"spline"`` (coupling stacks, ``scratchvae.flows.coupling``). A coupling flow can
+be *amortised*: its conditioners then also read a context ``c = a W_c + b_c`` computed from the
+encoder's last hidden activation ``a``, so the shape of q(z|x), not only its location and
+scale, depends on x. Parameters: ``encoder.*``, ``decoder.*``, ``likelihood.*``, ``flow.*`` and,
+amortised, ``context.*``. Derivations: derivations/13-flow-vae.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .flows.bijector import Bijector, Chain
+from .flows.coupling import CouplingBlock, coupling_flow, randomize_conditioners
+from .flows.linear import Permutation
+from .flows.planar import Planar, Radial
+from .gaussian import (
+    kl_standard_normal,
+    softplus_scale_backward,
+    std_normal_log_prob,
+)
+from .likelihoods import Likelihood, make_likelihood
+from .nn import MLP, Linear
+from .vae import VAE, Encoding, _check_rng, _positive_int
+
+__all__ = ["FlowVAE", "EncoderWithHidden", "POSTERIORS", "make_posterior_flow", "randomize_flow"]
+
+#: The posterior flows ``FlowVAE.build`` knows; only the coupling ones can be amortised.
+POSTERIORS = ("planar", "radial", "affine", "spline")
+AMORTISABLE = ("affine", "spline")
+
+
+# ----------------------------------------------------------------------------- the encoder
+class EncoderWithHidden(MLP):
+    """The encoder MLP of an amortised flow posterior: it also hands out its last hidden layer.
+
+    ``sizes = [D, h_1, ..., h_m, 2L]`` as for the VAE's encoder, same parameter names
+    (``layers.{i}.W``, ``layers.{i}.b``). forward: x ``(N, D)`` -> ``[y, a]`` ``(N, 2L + H)``,
+    where ``y`` = ``[mu, raw scale]`` is the ordinary encoder output and ``a`` the activation
+    after the last hidden layer (``H = h_m``; the input x itself when there is no hidden layer),
+    from which ``FlowVAE`` computes the flow's context. backward: the upstream gradient of
+    ``a`` is added to the gradient that reaches the last hidden layer through the output layer.
+    Derivation: derivations/13-flow-vae.md#amortised-flow-parameters-and-the-context.
+    """
+
+    @property
+    def n_out(self):
+        """Width of the ordinary output ``y`` (2L)."""
+        return self.sizes[-1]
+
+    @property
+    def n_hidden(self):
+        """Width of the hidden activation ``a`` that is handed out (H)."""
+        return self.sizes[-2]
+
+    def forward(self, x):
+        caches = []
+        h = x
+        for layer in self.layers[:-1]:
+            h, c_lin = layer.forward(h)
+            h, c_act = self.act.forward(h)
+            caches.append((c_lin, c_act))
+        hidden = h
+        y, c_lin = self.layers[-1].forward(hidden)
+        caches.append((c_lin, None))
+        return np.concatenate([y, hidden], axis=1), caches
+
+    def backward(self, dy, cache):
+        n_out = self.n_out
+        d, d_hidden = dy[:, :n_out], dy[:, n_out:]
+        grads = {}
+        last = len(self.layers) - 1
+        for i in range(last, -1, -1):
+            c_lin, c_act = cache[i]
+            if i < last:
+                d, _ = self.act.backward(d, c_act)
+            d, g = self.layers[i].backward(d, c_lin)
+            grads[f"layers.{i}.W"] = g["W"]
+            grads[f"layers.{i}.b"] = g["b"]
+            if i == last:
+                d = d + d_hidden  # the hidden activation feeds the output layer and the context
+        return d, grads
+
+
+# ----------------------------------------------------------------------------- flows
+def make_posterior_flow(kind, latent_dim, n_layers=4, *, context_dim=0, hidden=(64, 64),
+                        activation="relu", bins=8, bound=4.0, rng=None, dtype=np.float64):
+    """The flow T = T_K o ... o T_1 of a posterior, as a ``Chain`` (forward = generative).
+
+    ``kind``: ``"planar"`` / ``"radial"`` (``n_layers`` layers with global parameters, started
+    near the identity) or ``"affine"`` / ``"spline"`` (``coupling_flow`` with ``n_layers``
+    coupling blocks, conditioners of ``hidden`` units with ``activation``, zero-initialised;
+    ``bins`` and ``bound`` for the spline). A coupling stack ends with the fixed permutation
+    that undoes the ones between its blocks (``_undo_permutations``), so it starts as the
+    identity exactly.
+    ``context_dim > 0`` (coupling kinds only): every conditioner also reads a context.
+    Derivation: derivations/13-flow-vae.md#the-posterior-as-a-flow.
+    """
+    if kind not in POSTERIORS:
+        raise ValueError(f"posterior: expected one of {POSTERIORS}, got {kind!r}")
+    latent_dim = _positive_int(latent_dim, "latent_dim")
+    n_layers = _positive_int(n_layers, "flow_layers")
+    rng = np.random.default_rng(0) if rng is None else rng
+    _check_rng(rng)
+    if context_dim and kind not in AMORTISABLE:
+        raise ValueError(f"amortised: a {kind} flow has global parameters and reads no "
+                         f"context; amortised posteriors need one of {AMORTISABLE}")
+    if kind == "planar":
+        return Chain([Planar(latent_dim, rng, dtype) for _ in range(n_layers)])
+    if kind == "radial":
+        return Chain([Radial(latent_dim, rng, dtype) for _ in range(n_layers)])
+    flow = coupling_flow(latent_dim, n_layers, kind, tuple(hidden), activation, bins=bins,
+                         bound=bound, rng=rng, context_dim=int(context_dim), dtype=dtype)
+    return _undo_permutations(flow)
+
+
+def _undo_permutations(flow):
+    """Append to a coupling ``Chain`` the permutation that undoes the product of its fixed ones.
+
+    WHY: ``coupling_flow`` puts permutations between the blocks, so with zeroed conditioners
+    it is a permutation of the latents, not the identity. The decoder would then see the
+    coordinates of a fresh FlowVAE shuffled with respect to its encoder, and "starts as the
+    mean-field VAE built from the same seed" would be false. The appended permutation has no
+    parameters and log-det 0; the flow's expressiveness is unchanged (it only relabels).
+    Derivation: derivations/13-flow-vae.md#the-posterior-as-a-flow.
+    """
+    order = np.arange(flow.bijectors[0].dim)
+    for b in flow.bijectors:
+        if isinstance(b, Permutation):
+            order = order[b.perm]  # x = u[:, perm]: where each output coordinate comes from
+    if np.array_equal(order, np.arange(order.size)):
+        return flow
+    return Chain([*flow.bijectors, Permutation(np.argsort(order))])
+
+
+def randomize_flow(flow, rng, scale=0.5):
+    """Move every layer of a posterior flow far from the identity (for tests and gradchecks).
+
+    Planar: raw ``w``, ``u`` ~ N(0, 4 scale^2 / D), ``b`` ~ N(0, 1); radial: ``raw_alpha`` ~
+    N(0, 1), ``raw_beta`` ~ N(1, 1); coupling: the zero last layers get N(0, scale^2) weights
+    (``randomize_conditioners``). At the identity every log-det is 0, where a wrong sign
+    cannot show. Returns ``flow``.
+    """
+    for b in flow.bijectors if isinstance(flow, Chain) else [flow]:
+        if isinstance(b, Planar):
+            D = b.w.size
+            b.w[...] = 2.0 * scale * rng.standard_normal(D) / np.sqrt(D)
+            b.u[...] = 2.0 * scale * rng.standard_normal(D) / np.sqrt(D)
+            b.b[...] = rng.standard_normal(1)
+        elif isinstance(b, Radial):
+            b.raw_alpha[...] = rng.normal(0.0, 1.0, 1)
+            b.raw_beta[...] = rng.normal(1.0, 1.0, 1)
+        elif isinstance(b, CouplingBlock):
+            randomize_conditioners(b, rng, scale)
+    return flow
+
+
+def _flow_context_dims(flow):
+    """The context widths the members of ``flow`` expect (0 for members that read none)."""
+    members = flow.bijectors if isinstance(flow, Chain) else [flow]
+    return {int(getattr(b, "context_dim", 0)) for b in members}
+
+
+# ----------------------------------------------------------------------------- the model
+class FlowVAE(VAE):
+    """A VAE with the posterior z_K = T(z_0), z_0 = mu + sigma * eps ~ q0(z|x) = N(mu, sigma^2).
+
+    ``encoder``, ``decoder``, ``likelihood``, ``latent_dim`` and the keyword arguments
+    (``n_samples``, ``warmup``, ``free_bits``, ``sigma_floor``, ``data_dim``, ``dtype``) as for
+    ``VAE``. ``flow``: a ``Bijector`` on ``latent_dim`` coordinates, run forward
+    (generative). ``context``: ``None`` (global flow parameters) or a ``Linear`` from the
+    encoder's last hidden activation to the flow's context (amortised); then ``encoder`` must
+    be an ``EncoderWithHidden``. The KL term is the Monte Carlo estimate
+    ``mean_s [log q0(z_0) - log|det dz_K/dz_0| - log p(z_K)]`` in one group (N, 1).
+    Parameters: ``encoder.*``, ``decoder.*``, ``likelihood.*``, ``flow.*``, ``context.*``.
+    Derivation: derivations/13-flow-vae.md#the-posterior-as-a-flow.
+    """
+
+    def __init__(self, encoder, decoder, likelihood, latent_dim, flow, *, context=None,
+                 **kwargs):
+        super().__init__(encoder, decoder, likelihood, latent_dim, **kwargs)
+        if not isinstance(flow, Bijector):
+            raise ValueError(f"flow: expected a scratchvae.flows.bijector.Bijector, got "
+                             f"{type(flow).__name__}")
+        needs = _flow_context_dims(flow) - {0}
+        if context is None:
+            if needs:
+                raise ValueError(f"context: the flow reads a context of width {sorted(needs)}; "
+                                 "pass a Linear map from the encoder's hidden layer to it")
+        else:
+            if not isinstance(context, Linear):
+                raise ValueError(f"context: expected a scratchvae.nn.Linear or None, got "
+                                 f"{type(context).__name__}")
+            if not isinstance(encoder, EncoderWithHidden):
+                raise ValueError("encoder: an amortised flow posterior needs an "
+                                 f"EncoderWithHidden (its hidden layer feeds the context), got "
+                                 f"{type(encoder).__name__}")
+            if context.n_in != encoder.n_hidden:
+                raise ValueError(f"context: expected {encoder.n_hidden} inputs (the encoder's "
+                                 f"last hidden width), got {context.n_in}")
+            if needs != {context.n_out}:
+                raise ValueError(f"context: the flow reads contexts of width {sorted(needs)}, "
+                                 f"but the context map has {context.n_out} outputs")
+        self.flow = self.add_child("flow", flow)
+        self.context = None if context is None else self.add_child("context", context)
+
+    @property
+    def amortised(self):
+        """True when the flow's conditioners read a context computed from x."""
+        return self.context is not None
+
+    @classmethod
+    def build(cls, data_dim, latent_dim, hidden=(256, 256), activation="tanh",
+              likelihood="bernoulli", posterior="planar", flow_layers=4, amortised=False,
+              context_dim=8, bins=8, bound=4.0, flow_hidden=(64, 64), flow_activation="relu",
+              rng=None, dtype=np.float64, **kwargs):
+        """Encoder MLP D -> hidden -> 2L, decoder MLP L -> reversed(hidden) -> D, a likelihood
+        (as ``VAE.build``; with the same ``rng`` they start with the same weights as the
+        mean-field VAE's), then the flow ``make_posterior_flow(posterior, L, flow_layers, ...)``
+        and, when ``amortised`` (``"affine"`` / ``"spline"`` only), a ``Linear`` context map
+        from the encoder's last hidden layer to ``context_dim`` numbers.
+        ``flow_hidden``, ``flow_activation``: the coupling conditioners; ``bins``, ``bound``:
+        the spline. Other keyword arguments (``n_samples``, ``warmup``, ``free_bits``,
+        ``sigma_floor``) go to the constructor.
+        Derivation: derivations/13-flow-vae.md#the-posterior-as-a-flow.
+        """
+        data_dim = _positive_int(data_dim, "data_dim")
+        latent_dim = _positive_int(latent_dim, "latent_dim")
+        if posterior not in POSTERIORS:
+            raise ValueError(f"posterior: expected one of {POSTERIORS}, got {posterior!r}")
+        if not isinstance(amortised, bool | np.bool_):
+            raise ValueError(f"amortised: expected True or False, got {amortised!r}")
+        if amortised and posterior not in AMORTISABLE:
+            raise ValueError(f"amortised: a {posterior} flow has global parameters and reads no "
+                             f"context; amortised posteriors need one of {AMORTISABLE}")
+        context_dim = _positive_int(context_dim, "context_dim") if amortised else 0
+        hidden = tuple(hidden)
+        rng = np.random.default_rng(0) if rng is None else rng
+        _check_rng(rng)
+        # the same draws, in the same order, as VAE.build: encoder first, then decoder
+        enc_cls = EncoderWithHidden if amortised else MLP
+        encoder = enc_cls([data_dim, *hidden, 2 * latent_dim], activation, rng, dtype)
+        decoder = MLP([latent_dim, *hidden[::-1], data_dim], activation, rng, dtype)
+        if not isinstance(likelihood, Likelihood):
+            likelihood = make_likelihood(likelihood, dtype=dtype)
+        flow = make_posterior_flow(posterior, latent_dim, flow_layers, context_dim=context_dim,
+                                   hidden=flow_hidden, activation=flow_activation, bins=bins,
+                                   bound=bound, rng=rng, dtype=dtype)
+        context = None
+        if amortised:
+            n_hidden = hidden[-1] if hidden else data_dim
+            context = Linear(n_hidden, context_dim, rng, "glorot", dtype)
+        return cls(encoder, decoder, likelihood, latent_dim, flow, context=context,
+                   data_dim=data_dim, dtype=dtype, **kwargs)
+
+    # -- the context
+    def _context_forward(self, h):
+        """c = a W_c + b_c from the hidden part a = h[:, 2L:] of the encoder output (or None).
+
+        Derivation: derivations/13-flow-vae.md#amortised-flow-parameters-and-the-context.
+        """
+        if self.context is None:
+            return None, None
+        return self.context.forward(h[:, 2 * self.latent_dim:])
+
+    # -- the flow posterior: forward
+    def _flow_posterior(self, h, eps):
+        """z_K (S, N, L), log q0(z_0) - log|det| - log p(z_K) (S, N) and the cache.
+
+        Derivation: derivations/13-flow-vae.md#the-monte-carlo-kl.
+        """
+        mu, sigma, log_sigma, scale_cache = self.posterior_stats(h)
+        S, N, L = eps.shape
+        z0 = mu + sigma * eps
+        ctx, ctx_cache = self._context_forward(h)
+        # the S samples of one example share its context: row s*N + n of z0 is (s, n)
+        ctx_rows = None if ctx is None else np.tile(ctx, (S, 1))
+        zK, logdet, flow_cache = self.flow.forward(z0.reshape(S * N, L), ctx_rows)
+        zK, logdet = zK.reshape(S, N, L), logdet.reshape(S, N)
+        # change of variables eps -> z_0 = mu + sigma eps: log q0(z_0) = log N(eps) - sum log sigma
+        log_q0 = std_normal_log_prob(eps) - log_sigma.sum(axis=-1)
+        # ... and z_0 -> z_K: log q_K(z_K) = log q0(z_0) - log|det dz_K/dz_0|; the prior at z_K
+        log_ratio = log_q0 - logdet - std_normal_log_prob(zK)
+        return zK, log_ratio, (eps, zK, scale_cache, ctx_cache, flow_cache)
+
+    def posterior_sample(self, h, eps):
+        """z_K = T(mu + sigma eps) and the Monte Carlo KL term, one group: (N, 1).
+
+        ``h``: encoder output (N, 2L), or (N, 2L + H) when amortised; ``eps``: (S, N, L).
+        ``kl_n = (1/S) sum_s [log q0(z_0s) - log|det dz_K/dz_0|_s - log p(z_Ks)]``; it is an
+        unbiased estimate of KL(q_K(z|x) || p(z)), and it is what enters the ELBO (so the ELBO
+        stays an unbiased estimate of the bound). Returns z_K (S, N, L), kl (N, 1), cache.
+        Derivation: derivations/13-flow-vae.md#the-monte-carlo-kl.
+        """
+        zK, log_ratio, cache = self._flow_posterior(h, eps)
+        return zK, log_ratio.mean(axis=0)[:, None], cache
+
+    def posterior_log_ratio(self, h, eps):
+        """For the IWAE: z_K (S, N, L) and log q_K(z_K|x) - log p(z_K) per sample (S, N).
+
+        Derivation: derivations/13-flow-vae.md#the-importance-weighted-bound.
+        """
+        zK, log_ratio, _ = self._flow_posterior(h, eps)
+        return zK, log_ratio
+
+    # -- the flow posterior: backward
+    def posterior_sample_backward(self, dz, dkl, cache):
+        """Backward of ``posterior_sample``: (dz (S, N, L), dkl (N, 1)) -> (dh, grads).
+
+        With r = dkl / S the upstream of every per-sample term: d z_K = dz + r z_K (from
+        -log p(z_K)), d logdet = -r (the log-det enters with a minus sign), both through the
+        flow's backward to d z_0 and the flow's parameters (and the context); then
+        d mu = sum_s d z_0, d sigma = sum_s d z_0 eps, d log sigma = -sum_s r (from log q0), and
+        the context's backward. ``dh`` has h's shape; ``grads`` are keyed ``flow.*``, ``context.*``.
+        Derivation: derivations/13-flow-vae.md#the-backward-pass-through-the-flow.
+        """
+        eps, zK, scale_cache, ctx_cache, flow_cache = cache
+        S, N, L = eps.shape
+        r = np.broadcast_to(dkl[:, 0] * (1.0 / S), (S, N))
+        # log_ratio = log N(eps) - sum_j log sigma_j - logdet - log p(z_K)
+        dzK = dz + r[..., None] * zK          # d(-log p(z_K))/dz_K = +z_K
+        d_logdet = -r
+        dz0, flow_grads, d_ctx = self.flow.backward(
+            dzK.reshape(S * N, L), np.ascontiguousarray(d_logdet).reshape(S * N), flow_cache)
+        dz0 = dz0.reshape(S, N, L)
+        dmu = dz0.sum(axis=0)
+        dsigma = (dz0 * eps).sum(axis=0)
+        dlog_sigma = np.broadcast_to(-r.sum(axis=0)[:, None], (N, L))
+        draw = softplus_scale_backward(dsigma, dlog_sigma, scale_cache)
+        parts = [dmu, draw]
+        grads = self.prefixed("flow", flow_grads)
+        if self.context is not None:
+            C = self.context.n_out
+            d_c = np.zeros((N, C), dtype=dz.dtype) if d_ctx is None else \
+                d_ctx.reshape(S, N, C).sum(axis=0)  # the S copies of one context add up
+            d_hidden, ctx_grads = self.context.backward(d_c, ctx_cache)
+            parts.append(d_hidden)
+            grads.update(self.prefixed("context", ctx_grads))
+        return np.concatenate(parts, axis=-1), grads
+
+    # -- encodings and samples of q(z|x)
+    def _encode_h(self, x):
+        x = self._check_x(x)
+        return self.encoder(x)
+
+    def encode_base(self, x):
+        """Encoding(mu, sigma) of the base q0(z_0|x) = N(mu, sigma^2), before the flow, (N, L).
+
+        Derivation: derivations/13-flow-vae.md#encoding-interpolation-and-samples.
+        """
+        mu, sigma, _, _ = self.posterior_stats(self._encode_h(x))
+        return Encoding(mu, sigma)
+
+    def encode(self, x):
+        """Encoding(mu, sigma): ``mu = T(mu_0)``, the flow applied to the base mean, and
+        ``sigma`` the base's standard deviation (N, L) each.
+
+        T(mu_0) is the image of the base's centre, a deterministic point of the posterior
+        (for a flow that is the identity, the posterior mean); the mean of q_K itself has no
+        closed form (estimate it from ``posterior_samples``). ``interpolate``,
+        ``unit_activity`` and ``active_units`` use this point.
+        Derivation: derivations/13-flow-vae.md#encoding-interpolation-and-samples.
+        """
+        h = self._encode_h(x)
+        mu, sigma, _, _ = self.posterior_stats(h)
+        ctx, _ = self._context_forward(h)
+        return Encoding(self.flow.forward(mu, ctx)[0], sigma)
+
+    def kl_per_dimension(self, x):
+        """Batch-mean closed-form KL(q0 || p) of each latent dimension of the *base*, (L,).
+
+        A diagnostic of the base Gaussian only: the flow mixes dimensions, so KL(q_K || p) does
+        not split by dimension; its total is ``elbo(x, rng).kl`` (Monte Carlo).
+        Derivation: derivations/13-flow-vae.md#encoding-interpolation-and-samples.
+        """
+        enc = self.encode_base(x)
+        return kl_standard_normal(enc.mu, enc.sigma)[0].mean(axis=0)
+
+    def posterior_samples(self, x, rng, n_samples=None):
+        """Draws z_K ~ q_K(z|x): one per example, (N, L) (``n_samples=None``, the aggregate
+        posterior's sample), or ``n_samples`` per example, (S, N, L).
+
+        Derivation: derivations/13-flow-vae.md#encoding-interpolation-and-samples.
+        """
+        _check_rng(rng)
+        h = self._encode_h(x)
+        S = 1 if n_samples is None else _positive_int(n_samples, "n_samples")
+        z, _, _ = self._flow_posterior(h, self._noise(rng, (S, h.shape[0], self.latent_dim)))
+        return z[0] if n_samples is None else z
+
+
+# ----------------------------------------------------------------------------- gradcheck registry
+def _small_flow_vae(rng, kind, amortised, **kwargs):
+    """A tiny FlowVAE (D = 6, L = 3) with its flow moved far from the identity."""
+    model = FlowVAE.build(6, 3, hidden=(7,), activation="tanh", likelihood="bernoulli",
+                          posterior=kind, flow_layers=2, amortised=amortised, context_dim=2,
+                          bins=4, bound=2.5, flow_hidden=(5,), flow_activation="tanh", rng=rng,
+                          **kwargs)
+    randomize_flow(model.flow, rng, 0.5)
+    return model
+
+
+def _register_checks():
+    from .gradcheck import VJPCase, register
+
+    cases = [(k, False) for k in POSTERIORS] + [(k, True) for k in AMORTISABLE]
+    for kind, amortised in cases:
+        name = f"flow_vae.elbo_terms.{kind}" + (".amortised" if amortised else "")
+
+        @register(name)
+        def _elbo(rng, kind=kind, amortised=amortised):
+            model = _small_flow_vae(rng, kind, amortised)
+            x = (rng.random((5, 6)) < 0.5).astype(float)
+            eps = rng.standard_normal((2, 5, 3))  # S = 2, eps held fixed
+
+            def forward():
+                return model.elbo_terms_forward(x, eps)[:2]
+
+            def backward(douts):
+                return model.elbo_terms_backward(douts[0], douts[1],
+                                                 model.elbo_terms_forward(x, eps)[2])
+
+            return VJPCase(model.params, forward, backward, tol=1e-6)
+
+
+_register_checks()

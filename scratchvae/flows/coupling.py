@@ -1,0 +1,404 @@
+"""Coupling blocks: split the coordinates, condition on one part, transform the other.
+
+Direction convention (as everywhere in scratchvae): ``forward`` is the *generative* direction
+u -> x (base to data), ``inverse`` the *normalising* direction x -> u.
+
+A coupling block leaves the *identity part* ``a`` of its input alone and transforms the other
+part ``b`` with an elementwise, invertible *law* whose parameters a conditioner network reads
+from the identity part (and from a context, for conditional flows):
+
+    forward:   x_a = u_a,   x_b = law(u_b; theta),          theta = conditioner([u_a, c])
+    inverse:   u_a = x_a,   u_b = law^-1(x_b; theta),       theta = conditioner([x_a, c])
+
+Because ``theta`` depends only on the part that passes through unchanged, the inverse can
+recompute it, and the Jacobian is block triangular: its log-determinant is the sum of the
+law's elementwise log-slopes. Two laws:
+
+    AffineLaw(scale_bound)     x_b = u_b * exp(s) + t,  s = B tanh(raw / B)      2 outputs / dim
+    SplineLaw(bins, bound)     the rational-quadratic spline of flows/spline.py  3K-1 outputs / dim
+
+The conditioner's last layer starts at zero, so every block starts as the identity, exactly.
+``coupling_flow`` stacks blocks into a ``Chain``.
+Derivations: derivations/07-coupling.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..nn import MLP
+from .bijector import Bijector, Cache, Chain
+from .linear import Permutation
+from .spline import rq_spline, rq_spline_backward, rq_spline_params_size
+
+__all__ = ["AffineLaw", "SplineLaw", "CouplingBlock", "coupling_flow", "make_law",
+           "default_mask", "bounded_log_scale"]
+
+
+# ----------------------------------------------------------------------------- laws
+def bounded_log_scale(raw, bound):
+    """Guard: the log-scale ``s = bound * tanh(raw / bound)`` and its slope ``ds/draw``.
+
+    WHY: the scale is ``exp(s)`` of a network output. Unbounded, one large conditioner output
+    (a large weight, an input far out) gives ``exp(800) = inf``, and in a deep stack scales
+    multiply, so sampling overflows long before training notices. ``tanh`` keeps
+    ``|s| < bound`` for every finite input (each block stretches by at most ``e^bound``) while
+    staying smooth, and ``s = raw`` to first order near 0, so the zero-initialised conditioner
+    still gives the identity. Slope: ``1 - tanh^2 = 1 - (s / bound)^2``.
+    Derivation: derivations/07-coupling.md#bounding-the-log-scale.
+    """
+    th = np.tanh(raw / bound)
+    return bound * th, 1.0 - th * th
+
+
+class AffineLaw:
+    """The affine (RealNVP) law, elementwise on the transformed part.
+
+    forward (generative u -> x): ``x = u * exp(s) + t``, log-det ``s`` per element;
+    inverse (normalising x -> u): ``u = (x - t) * exp(-s)``, log-det ``-s``.
+    Per transformed dimension the conditioner gives two numbers, ``theta[..., 0]`` (the raw
+    log-scale) and ``theta[..., 1] = t``; ``s = scale_bound * tanh(raw / scale_bound)``
+    (``bounded_log_scale``). ``theta = 0`` is the identity exactly.
+    Shapes: z ``(N, M)``, theta ``(N, M, 2)``; log-dets elementwise ``(N, M)``.
+    Derivation: derivations/07-coupling.md#the-affine-law.
+    """
+
+    name = "affine"
+
+    def __init__(self, scale_bound=2.0):
+        if not (np.isfinite(scale_bound) and scale_bound > 0):
+            raise ValueError(f"scale_bound: expected a positive finite number, got {scale_bound}")
+        self.scale_bound = float(scale_bound)
+        self.n_params = 2
+
+    def __repr__(self):
+        return f"AffineLaw(scale_bound={self.scale_bound})"
+
+    def forward(self, u, theta):
+        s, slope = bounded_log_scale(theta[..., 0], self.scale_bound)
+        scale = np.exp(s)
+        x = u * scale + theta[..., 1]
+        return x, s, (False, scale, slope, u)
+
+    def inverse(self, x, theta):
+        s, slope = bounded_log_scale(theta[..., 0], self.scale_bound)
+        inv_scale = np.exp(-s)
+        u = (x - theta[..., 1]) * inv_scale
+        return u, -s, (True, inv_scale, slope, u)
+
+    def backward(self, d_out, d_logdet, cache):
+        """``(d_in, d_theta)`` of ``L = <d_out, out> + <d_logdet, logdet>``, all elementwise.
+
+        Derivation: derivations/07-coupling.md#gradients-of-the-affine-law.
+        """
+        inverse, factor, slope, u = cache
+        d_theta = np.empty(d_out.shape + (2,), dtype=d_out.dtype)
+        if inverse:
+            # u = (x - t) e^{-s}: du/dx = e^{-s}, du/dt = -e^{-s}, du/ds = -u; logdet = -s
+            d_in = d_out * factor
+            d_theta[..., 1] = -d_in
+            d_s = -d_out * u - d_logdet
+        else:
+            # x = u e^{s} + t: dx/du = e^{s}, dx/dt = 1, dx/ds = u e^{s}; logdet = s
+            d_in = d_out * factor
+            d_theta[..., 1] = d_out
+            d_s = d_out * u * factor + d_logdet
+        d_theta[..., 0] = d_s * slope
+        return d_in, d_theta
+
+
+class SplineLaw:
+    """The rational-quadratic spline law (Durkan et al. 2019), elementwise on the transformed part.
+
+    forward (generative u -> x): ``x = g(u)`` = ``rq_spline(u, w, h, d, inverse=False)``;
+    inverse (normalising x -> u): ``u = g^{-1}(x)`` = ``rq_spline(x, ..., inverse=True)``.
+    Identity with log-det 0 outside ``[-bound, bound]``. Per transformed dimension the
+    conditioner gives ``3K - 1`` numbers: ``K`` width logits, ``K`` height logits and ``K - 1``
+    interior derivative parameters, in that order. ``theta = 0`` is the identity exactly.
+    Shapes: z ``(N, M)``, theta ``(N, M, 3K-1)``; log-dets elementwise ``(N, M)``.
+    Derivation: derivations/07-coupling.md#the-spline-law.
+    """
+
+    name = "spline"
+
+    def __init__(self, bins=8, bound=4.0, min_width=1e-3, min_height=1e-3,
+                 min_derivative=1e-3):
+        if isinstance(bins, bool) or not isinstance(bins, int | np.integer) or bins < 1:
+            raise ValueError(f"bins: expected a positive integer, got {bins!r}")
+        if not (np.isfinite(bound) and bound > 0):
+            raise ValueError(f"bound: expected a positive finite number, got {bound}")
+        self.bins, self.bound = int(bins), float(bound)
+        self.settings = dict(bound=self.bound, min_width=min_width, min_height=min_height,
+                             min_derivative=min_derivative)
+        self.n_params = rq_spline_params_size(self.bins)
+
+    def __repr__(self):
+        return f"SplineLaw(bins={self.bins}, bound={self.bound})"
+
+    def _split(self, theta):
+        K = self.bins
+        return theta[..., :K], theta[..., K:2 * K], theta[..., 2 * K:]
+
+    def forward(self, u, theta):
+        w, h, d = self._split(theta)
+        return rq_spline(u, w, h, d, inverse=False, **self.settings)
+
+    def inverse(self, x, theta):
+        w, h, d = self._split(theta)
+        return rq_spline(x, w, h, d, inverse=True, **self.settings)
+
+    def backward(self, d_out, d_logdet, cache):
+        """``(d_in, d_theta)``: ``rq_spline_backward``, the three gradients side by side.
+
+        Derivation: derivations/07-coupling.md#gradients-of-the-spline-law.
+        """
+        d_in, dw, dh, dd = rq_spline_backward(d_out, d_logdet, cache)
+        return d_in, np.concatenate([dw, dh, dd], axis=-1)
+
+
+def make_law(law, bins=8, bound=4.0, scale_bound=2.0):
+    """A law object from ``"affine"`` / ``"spline"`` (or a law object, returned as is)."""
+    if isinstance(law, AffineLaw | SplineLaw):
+        return law
+    if law == "affine":
+        return AffineLaw(scale_bound)
+    if law == "spline":
+        return SplineLaw(bins, bound)
+    raise ValueError(f"law: expected 'affine', 'spline' or a law object, got {law!r}")
+
+
+# ----------------------------------------------------------------------------- the block
+def default_mask(dim):
+    """Which coordinates a block transforms: the last ``D - ceil(D/2)`` (``True``).
+
+    The identity part is the first ``d = ceil(D/2)``. For ``D = 1`` that would leave nothing to
+    transform, so the single coordinate is transformed and the conditioner sees only the
+    context (or nothing: then the law's parameters are learned constants).
+    Derivation: derivations/07-coupling.md#the-split.
+    """
+    if dim == 1:
+        return np.array([True])
+    return np.arange(dim) >= math.ceil(dim / 2)
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+class CouplingBlock(Bijector):
+    """A coupling block: identity on part ``a``, an elementwise law on part ``b``.
+
+    forward (generative u -> x): ``x_a = u_a``, ``x_b = law.forward(u_b, theta)``;
+    inverse (normalising x -> u): ``u_a = x_a``, ``u_b = law.inverse(x_b, theta)``;
+    with ``theta = conditioner([input_a, context])`` reshaped to ``(N, |b|, law.n_params)``.
+    log-det: the sum over ``b`` of the law's elementwise log-dets (block-triangular Jacobian).
+
+    Arguments: ``dim`` D; ``law`` an ``AffineLaw``/``SplineLaw`` or ``"affine"``/``"spline"``
+    (default settings); ``hidden`` the conditioner's hidden sizes; ``activation`` its
+    nonlinearity; ``rng`` a ``np.random.Generator`` for its weights; ``mask`` a boolean array
+    of length D, ``True`` where a coordinate is *transformed* (default ``default_mask``: the
+    last ``D - ceil(D/2)``); ``context_dim`` C > 0 makes the block conditional (the context
+    ``(N, C)`` is concatenated to the conditioner's input); ``dtype``.
+
+    The conditioner is a ``scratchvae.nn.MLP`` whose last layer is zero, so the block starts
+    as the identity exactly. With an empty identity part and no context (D = 1) it reads a
+    constant 1, so the law's parameters are learned constants. Parameters are
+    ``conditioner.layers.{i}.W`` and ``.b``. ``backward`` returns the gradients for the input
+    (through the direct path and the conditioner), every conditioner parameter and the context.
+    Derivation: derivations/07-coupling.md#the-coupling-block.
+    """
+
+    def __init__(self, dim, law="affine", hidden=(64, 64), activation="relu", rng=None,
+                 mask=None, context_dim=0, dtype=np.float64):
+        super().__init__()
+        self.dim = _check_positive_int("dim", dim)
+        if isinstance(context_dim, bool) or not isinstance(context_dim, int | np.integer) \
+                or context_dim < 0:
+            raise ValueError(f"context_dim: expected an integer >= 0, got {context_dim!r}")
+        self.context_dim = int(context_dim)
+        if rng is not None and not isinstance(rng, np.random.Generator):
+            raise ValueError(f"rng: expected a np.random.Generator, got {type(rng).__name__}")
+        rng = np.random.default_rng(0) if rng is None else rng
+        self.law = make_law(law)
+        self.dtype = np.dtype(dtype)
+        mask = default_mask(self.dim) if mask is None else np.asarray(mask)
+        if mask.shape != (self.dim,) or mask.dtype != bool:
+            raise ValueError(f"mask: expected a boolean array of shape ({self.dim},), got "
+                             f"{mask.dtype} array of shape {mask.shape}")
+        if not mask.any():
+            raise ValueError("mask: expected at least one transformed (True) coordinate, got none")
+        self.mask = mask.copy()
+        self.idx_a = np.flatnonzero(~mask)  # identity part: read by the conditioner
+        self.idx_b = np.flatnonzero(mask)   # transformed part
+        hidden = [int(h) for h in hidden]
+        self.n_in = self.idx_a.size + self.context_dim
+        self.constant_input = self.n_in == 0
+        sizes = [max(self.n_in, 1), *hidden, self.idx_b.size * self.law.n_params]
+        self.conditioner = self.add_child(
+            "conditioner", MLP(sizes, activation, rng, dtype, zero_last=True))
+
+    def __repr__(self):
+        return (f"CouplingBlock(dim={self.dim}, law={self.law!r}, "
+                f"transformed={self.idx_b.tolist()}, context_dim={self.context_dim})")
+
+    # -- the conditioner
+    def _conditioner_input(self, z, context):
+        """``[z_a, context]`` ``(N, |a| + C)``, or a column of ones when both are empty."""
+        if self.context_dim:
+            if context is None:
+                raise ValueError(f"context: this block needs a context of shape "
+                                 f"(N, {self.context_dim}), got None")
+            if np.ndim(context) != 2 or context.shape != (z.shape[0], self.context_dim):
+                raise ValueError(f"context: expected shape ({z.shape[0]}, {self.context_dim}), "
+                                 f"got {np.shape(context)}")
+        if self.constant_input:
+            return np.ones((z.shape[0], 1), dtype=z.dtype)
+        parts = [z[:, self.idx_a]]
+        if self.context_dim:
+            parts.append(np.asarray(context, dtype=z.dtype))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+    def _theta(self, z, context):
+        h, c_cond = self.conditioner.forward(self._conditioner_input(z, context))
+        return h.reshape(z.shape[0], self.idx_b.size, self.law.n_params), c_cond
+
+    # -- the two passes
+    def _run(self, z, context, direction):
+        theta, c_cond = self._theta(z, context)
+        law_pass = self.law.forward if direction == "forward" else self.law.inverse
+        out_b, ld, c_law = law_pass(z[:, self.idx_b], theta)
+        out = z.copy()
+        out[:, self.idx_b] = out_b
+        return out, ld.sum(axis=1), Cache(direction, (c_cond, c_law))
+
+    def forward(self, u, context=None):
+        """Generative u -> x ``(N, D)``; log-det ``log|det dx/du|`` ``(N,)``.
+
+        Derivation: derivations/07-coupling.md#the-coupling-block.
+        """
+        return self._run(u, context, "forward")
+
+    def inverse(self, x, context=None):
+        """Normalising x -> u ``(N, D)``; log-det ``log|det du/dx|`` ``(N,)``.
+
+        Derivation: derivations/07-coupling.md#the-coupling-block.
+        """
+        return self._run(x, context, "inverse")
+
+    def _back(self, d_out, d_logdet, data):
+        """The same for both passes: ``out_a = in_a``, ``out_b = law(in_b; theta(in_a, c))``.
+
+        Derivation: derivations/07-coupling.md#gradients-of-the-block.
+        """
+        c_cond, c_law = data
+        N = d_out.shape[0]
+        d_logdet_b = np.broadcast_to(d_logdet[:, None], (N, self.idx_b.size))
+        d_in_b, d_theta = self.law.backward(d_out[:, self.idx_b], d_logdet_b, c_law)
+        d_cond_in, grads = self.conditioner.backward(d_theta.reshape(N, -1), c_cond)
+        d_in = d_out.copy()  # the identity part's direct path: d out_a / d in_a = I
+        d_in[:, self.idx_b] = d_in_b
+        d_context = None
+        if not self.constant_input:
+            n_a = self.idx_a.size
+            d_in[:, self.idx_a] += d_cond_in[:, :n_a]  # ... plus the path through theta
+            if self.context_dim:
+                d_context = d_cond_in[:, n_a:]
+        return d_in, self.prefixed("conditioner", grads), d_context
+
+    def backward_forward(self, d_x, d_logdet, data):
+        """``(d_u, grads, d_context)`` for the forward pass.
+
+        Derivation: derivations/07-coupling.md#gradients-of-the-block.
+        """
+        return self._back(d_x, d_logdet, data)
+
+    def backward_inverse(self, d_u, d_logdet, data):
+        """``(d_x, grads, d_context)`` for the inverse pass.
+
+        Derivation: derivations/07-coupling.md#gradients-of-the-block.
+        """
+        return self._back(d_u, d_logdet, data)
+
+
+# ----------------------------------------------------------------------------- stacks
+def coupling_flow(dim, n_layers, law="affine", hidden=(64, 64), activation="relu", bins=8,
+                  bound=4.0, rng=None, context_dim=0, dtype=np.float64, scale_bound=2.0,
+                  permutation="auto"):
+    """A stack of ``n_layers`` coupling blocks as a ``Chain`` (forward = generative u -> x).
+
+    Block ``i`` transforms ``default_mask(dim)`` for even ``i`` and its complement for odd ``i``
+    (alternating halves), so after two blocks every coordinate has been transformed. For
+    ``dim > 2`` a fixed ``Permutation`` sits between consecutive blocks so that every
+    coordinate eventually conditions every other: ``permutation="auto"``/``"random"`` draws
+    them from ``rng``; ``"reverse"`` reverses; ``None`` puts none. Every conditioner's last
+    layer is zero, so the whole flow starts as the identity (log-det 0).
+    ``law``: ``"affine"`` (``scale_bound``) or ``"spline"`` (``bins``, ``bound``).
+    ``context_dim > 0``: the context reaches every conditioner.
+    Derivation: derivations/07-coupling.md#stacking-blocks.
+    """
+    dim = _check_positive_int("dim", dim)
+    n_layers = _check_positive_int("n_layers", n_layers)
+    if rng is not None and not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng: expected a np.random.Generator, got {type(rng).__name__}")
+    if permutation not in ("auto", "random", "reverse", None):
+        raise ValueError("permutation: expected 'auto', 'random', 'reverse' or None, got "
+                         f"{permutation!r}")
+    rng = np.random.default_rng(0) if rng is None else rng
+    base_mask = default_mask(dim)
+    bijectors = []
+    for i in range(n_layers):
+        if i > 0 and dim > 2 and permutation is not None:
+            if permutation == "reverse":
+                bijectors.append(Permutation.reverse(dim))
+            else:
+                bijectors.append(Permutation.random(dim, rng))
+        mask = base_mask if (i % 2 == 0 or dim == 1) else ~base_mask
+        bijectors.append(CouplingBlock(dim, make_law(law, bins, bound, scale_bound), hidden,
+                                       activation, rng, mask, context_dim, dtype))
+    return Chain(bijectors)
+
+
+# ----------------------------------------------------------------------------- gradcheck registry
+def randomize_conditioners(flow, rng, scale=1.0):
+    """Give every conditioner's (zero-initialised) last layer random weights, ``scale`` std.
+
+    For tests and checks: a zeroed last layer makes every log-det exactly 0, where a wrong sign
+    or direction cannot show.
+    """
+    blocks = flow.bijectors if isinstance(flow, Chain) else [flow]
+    for b in blocks:
+        if isinstance(b, CouplingBlock):
+            last = b.conditioner.layers[-1]
+            last.W[...] = scale * rng.standard_normal(last.W.shape)
+            last.b[...] = scale * rng.standard_normal(last.b.shape)
+    return flow
+
+
+def _register_checks():
+    from ..gradcheck import BijectorCase, register
+
+    def block_case(rng, law, context_dim):
+        D = 4
+        law = AffineLaw(2.0) if law == "affine" else SplineLaw(bins=5, bound=2.5)
+        block = CouplingBlock(D, law, (6, 5), "tanh", rng, context_dim=context_dim)
+        randomize_conditioners(block, rng, 0.5)
+        ctx = rng.standard_normal((4, context_dim)) if context_dim else None
+        return BijectorCase(block, rng.standard_normal((4, D)), ctx)
+
+    for law in ("affine", "spline"):
+        register(f"flows.coupling.{law}")(lambda rng, law=law: block_case(rng, law, 0))
+        register(f"flows.coupling.{law}.context")(lambda rng, law=law: block_case(rng, law, 3))
+
+    @register("flows.coupling.coupling_flow")
+    def _flow(rng):
+        flow = coupling_flow(3, 3, "spline", (5,), "tanh", bins=4, bound=2.5, rng=rng,
+                             context_dim=2)
+        randomize_conditioners(flow, rng, 0.6)
+        return BijectorCase(flow, rng.standard_normal((3, 3)), rng.standard_normal((3, 2)))
+
+
+_register_checks()

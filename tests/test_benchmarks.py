@@ -1,0 +1,72 @@
+"""The benchmark must not rot: every workload runs through ``benchmarks/run.py --quick --json``
+and prints the documented keys. Times are never asserted (they depend on the machine); the
+float32 path is: every gradient and parameter of every workload must stay float32."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+WORKLOADS = ["W1-b128", "W1-b1024", "W2-2d", "W2-16d", "W3-2d", "W3-16d"]
+TIMING_KEYS = {"workload", "ms", "min_ms", "max_ms", "floor_ms", "peak_mb", "ratio", "threads",
+               "grad_dtypes", "param_dtypes", "page_faults_per_step", "cpu_ms", "floor_cpu_ms"}
+
+
+def run_json(*args):
+    # one BLAS thread: on a busy 2-core machine a second BLAS thread can stall a tiny run
+    out = subprocess.run([sys.executable, str(RUN), "--json", "--quick", "--threads", "1",
+                          "--in-process", *args],
+                         check=True, capture_output=True, text=True, timeout=300).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def workload_rows():
+    return {r["workload"]: r for r in run_json(*WORKLOADS)}
+
+
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_every_workload_prints_the_documented_keys(workload_rows, name):
+    row = workload_rows[name]
+    assert TIMING_KEYS <= set(row)
+    assert row["min_ms"] <= row["ms"] <= row["max_ms"]
+    assert row["floor_ms"] > 0 and row["peak_mb"] > 0
+    assert row["threads"] in (1, None)
+
+
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_float32_path_has_no_float64_upcast(workload_rows, name):
+    row = workload_rows[name]
+    assert row["grad_dtypes"] == ["float32"], row["grad_dtypes"]
+    assert row["param_dtypes"] == ["float32"], row["param_dtypes"]
+
+
+def test_inference_rows_stay_float32():
+    rows = run_json("--inference", "--points", "500")
+    names = {r["inference"] for r in rows}
+    assert {"W2-2d.log_prob", "W3-16d.sample", "W1.encode", "W1.decode"} <= names
+    for r in rows:
+        assert r["dtype"] == "float32", r
+        assert r["ms"] > 0 and r["n"] == 500
+
+
+def test_scaling_rows_carry_a_linear_fit():
+    rows = run_json("--scaling")
+    assert {r["scaling"] for r in rows} == {"batch", "dim", "layers", "bins"}
+    for r in rows:
+        assert {"value", "ms", "floor_ms", "fit_slope_ms", "fit_max_dev"} <= set(r)
+
+
+def test_unknown_workload_is_refused():
+    res = subprocess.run([sys.executable, str(RUN), "W9"], capture_output=True, text=True)
+    assert res.returncode != 0 and "W9" in res.stderr
+
+
+def test_default_mode_measures_in_a_fresh_process():
+    out = subprocess.run([sys.executable, str(RUN), "W3-2d", "--json", "--quick", "--threads",
+                          "1"], check=True, capture_output=True, text=True, timeout=300).stdout
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["workload"] for r in rows] == ["W3-2d"]

@@ -1,0 +1,370 @@
+"""The VAE with a flow posterior: the whole ELBO gradient against finite differences (eps fixed)
+for every posterior kind, global and amortised; the Monte Carlo KL (sign of the log-det, the
+prior at z_K, agreement with closed forms); the IWAE; encodings; a short training run."""
+
+import numpy as np
+import pytest
+
+from scratchvae import nn
+from scratchvae.flow_vae import (
+    AMORTISABLE,
+    POSTERIORS,
+    EncoderWithHidden,
+    FlowVAE,
+    make_posterior_flow,
+    randomize_flow,
+)
+from scratchvae.flows.coupling import CouplingBlock
+from scratchvae.flows.linear import Permutation
+from scratchvae.flows.planar import PLANAR_MIN_W_NORM2, Planar
+from scratchvae.gaussian import diag_gaussian_log_prob, kl_standard_normal, std_normal_log_prob
+from scratchvae.gradcheck import check_module, check_vjp, numerical_jacobian
+from scratchvae.likelihoods import Bernoulli
+from scratchvae.train import Trainer
+from scratchvae.vae import VAE
+
+TOL = 1e-6
+KINDS = [(k, False) for k in POSTERIORS] + [(k, True) for k in AMORTISABLE]
+KIND_IDS = [f"{k}{'-amortised' if a else ''}" for k, a in KINDS]
+
+
+def small_flow_vae(rng, kind, amortised=False, d=6, latent=3, hidden=(7,), layers=2, **kwargs):
+    return FlowVAE.build(d, latent, hidden=hidden, activation="tanh", likelihood="bernoulli",
+                         posterior=kind, flow_layers=layers, amortised=amortised, context_dim=2,
+                         bins=4, bound=2.5, flow_hidden=(5,), flow_activation="tanh", rng=rng,
+                         **kwargs)
+
+
+def random_flow_vae(rng, kind, amortised=False, **kwargs):
+    """Flow moved far from the identity: log-dets far from 0, where a wrong sign shows."""
+    model = small_flow_vae(rng, kind, amortised, **kwargs)
+    randomize_flow(model.flow, rng, 0.5)
+    return model
+
+
+def binary(rng, n=5, d=6):
+    return (rng.random((n, d)) < 0.5).astype(float)
+
+
+def synthetic_binary(rng, n, d=16, k=4, flip=0.05):
+    """Noisy copies of k fixed binary prototypes: a data set with a 2-D latent structure."""
+    protos = np.random.default_rng(0).random((k, d)) < 0.5
+    x = protos[rng.integers(0, k, n)] ^ (rng.random((n, d)) < flip)
+    return x.astype(float)
+
+
+def assert_ok(results):
+    bad = [(r.check, r.error) for r in results if not r.ok]
+    assert not bad, bad
+
+
+def identity_flow(model):
+    """Make every layer of the model's flow the identity exactly (planar: u_hat = 0;
+    coupling: the zero-initialised last layers)."""
+    for b in model.flow.bijectors:
+        if isinstance(b, Planar):
+            s_star = np.log(np.expm1(1.0))  # softplus(s*) = 1: w.u_hat = 0 and u_hat = 0
+            b.u[...] = b.w * s_star / max(np.dot(b.w, b.w), PLANAR_MIN_W_NORM2)
+        elif isinstance(b, CouplingBlock):
+            b.conditioner.layers[-1].W[...] = 0.0
+            b.conditioner.layers[-1].b[...] = 0.0
+    return model
+
+
+def base_and_context(model, x):
+    """mu, sigma, log sigma of q0 and the flow's context, recomputed from the parts."""
+    h = model.encoder(x)
+    mu, sigma, log_sigma, _ = model.posterior_stats(h)
+    ctx = None if model.context is None else model.context(h[:, 2 * model.latent_dim:])
+    return mu, sigma, log_sigma, ctx
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """An amortised spline FlowVAE trained for ~2 s on synthetic binary data."""
+    rng = np.random.default_rng(1)
+    x_train, x_val = synthetic_binary(rng, 400), synthetic_binary(rng, 200)
+    model = FlowVAE.build(16, 2, hidden=(32,), posterior="spline", flow_layers=2,
+                          amortised=True, context_dim=4, flow_hidden=(16,),
+                          rng=np.random.default_rng(0))
+    before = model.elbo(x_val, np.random.default_rng(5), n_samples=10).elbo.mean()
+    Trainer(model, lambda b, r, s: model.loss_and_grads(b, r, step=s), data=x_train, steps=300,
+            batch_size=64, lr=3e-3, quiet=True).run()
+    return model, x_val, before
+
+
+# ----------------------------------------------------------------------------- gradients
+@pytest.mark.parametrize("kind,amortised", KINDS, ids=KIND_IDS)
+def test_flow_posterior_elbo_gradient_every_parameter_eps_fixed(kind, amortised, rng):
+    model = random_flow_vae(rng, kind, amortised)
+    x, eps = binary(rng), rng.standard_normal((3, 5, 3))  # S = 3, eps held fixed
+    res = check_vjp("elbo", model.params, lambda: model.elbo_terms_forward(x, eps)[:2],
+                    lambda d: model.elbo_terms_backward(d[0], d[1],
+                                                        model.elbo_terms_forward(x, eps)[2]),
+                    rng, tol=TOL)
+    names = {r.check for r in res}
+    assert names == {f"d/d{k}" for k in model.params}
+    prefixes = {k.split(".")[0] for k in model.params}
+    assert prefixes == {"encoder", "decoder", "flow"} | ({"context"} if amortised else set())
+    assert_ok(res)
+
+
+@pytest.mark.parametrize("kind,amortised", [("radial", False), ("affine", True)])
+def test_loss_gradient_with_warmup_and_free_bits_in_one_group(kind, amortised, rng):
+    model = random_flow_vae(rng, kind, amortised, n_samples=2, warmup=8)
+    x = binary(rng)
+    kl = model.elbo(x, np.random.default_rng(3), n_samples=2).kl.mean()
+    model.free_bits = 0.5 * abs(kl)  # the one group's KL is above lambda: its gradient flows
+
+    def run():
+        return model.loss_and_grads(x, np.random.default_rng(3), beta=1.3, step=5)
+
+    assert run()[2]["beta"] == pytest.approx(1.3 * 5 / 8)
+    assert_ok(check_vjp("loss", model.params, lambda: np.array(run()[0]),
+                        lambda d: {k: d[0] * g for k, g in run()[1].items()}, rng, tol=TOL))
+
+
+def test_encoder_with_hidden_backward_adds_the_hidden_gradient(rng):
+    enc = EncoderWithHidden([4, 7, 5, 6], "tanh", rng)
+    x = rng.standard_normal((5, 4))
+    out = enc(x)
+    assert out.shape == (5, 6 + 5)
+    plain = nn.MLP([4, 7, 5, 6], "tanh")
+    plain.load_params(enc.params)
+    np.testing.assert_array_equal(out[:, :6], plain(x))  # the ordinary encoder output
+    assert_ok(check_module("enc", enc, x, rng))
+
+
+# ----------------------------------------------------------------------------- the Monte Carlo KL
+@pytest.mark.parametrize("kind,amortised", KINDS, ids=KIND_IDS)
+def test_monte_carlo_kl_subtracts_the_logdet_and_evaluates_the_prior_at_z_k(kind, amortised,
+                                                                            rng):
+    """PITFALLS: KL = E[log q0(z0) - sum log|det J| - log p(z_K)], p at z_K, not z0; the
+    log-det against slogdet of a finite-difference Jacobian, never a cached value."""
+    model = random_flow_vae(rng, kind, amortised)
+    x, eps = binary(rng, n=6), rng.standard_normal((1, 6, 3))
+    mu, sigma, log_sigma, ctx = base_and_context(model, x)
+    z0 = mu + sigma * eps[0]
+    zK, log_ratio = model.posterior_log_ratio(model.encoder(x), eps)
+    np.testing.assert_allclose(zK[0], model.flow(z0, ctx), rtol=1e-13, atol=1e-13)
+    J = numerical_jacobian(lambda z: model.flow(z, ctx), z0)
+    logdet = np.linalg.slogdet(J)[1]
+    assert np.mean(np.abs(logdet)) > 0.1  # far from 0: a flipped sign would show
+    log_q0 = diag_gaussian_log_prob(z0, mu, log_sigma)[0]
+    expected = log_q0 - logdet - std_normal_log_prob(zK[0])
+    np.testing.assert_allclose(log_ratio[0], expected, rtol=1e-7, atol=1e-7)
+    wrong_prior = log_q0 - logdet - std_normal_log_prob(z0)
+    assert np.max(np.abs(log_ratio[0] - wrong_prior)) > 1e-2  # the test can tell z0 from z_K
+    _, kl, _ = model.posterior_sample(model.encoder(x), eps)
+    assert kl.shape == (6, 1)  # one group
+    np.testing.assert_allclose(kl[:, 0], expected, rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind,amortised", [("planar", False), ("affine", False),
+                                            ("spline", True)])
+def test_identity_flow_monte_carlo_kl_equals_closed_form(kind, amortised, rng):
+    """Per sample exactly log q0(z0) - log p(z0); in expectation the closed-form KL."""
+    model = identity_flow(random_flow_vae(rng, kind, amortised))
+    x = binary(rng, n=4)
+    S = 20_000
+    eps = rng.standard_normal((S, 4, 3))
+    mu, sigma, log_sigma, _ = base_and_context(model, x)
+    zK, kl_samples = model.posterior_log_ratio(model.encoder(x), eps)
+    z0 = mu + sigma * eps
+    np.testing.assert_allclose(zK, z0, rtol=1e-12, atol=1e-12)
+    exact = diag_gaussian_log_prob(z0, mu, log_sigma)[0] - std_normal_log_prob(z0)
+    np.testing.assert_allclose(kl_samples, exact, rtol=1e-10, atol=1e-10)
+    closed = kl_standard_normal(mu, sigma, sum_dims=True)[0]  # (N,)
+    se = kl_samples.std(axis=0) / np.sqrt(S)
+    assert np.all(np.abs(kl_samples.mean(axis=0) - closed) < 4 * se), (
+        kl_samples.mean(axis=0), closed, se)
+    assert np.all(se > 0)
+
+
+def test_monte_carlo_kl_of_an_elementwise_affine_flow_matches_the_gaussian_closed_form(rng):
+    """A coupling block whose conditioner ignores its input (zero weights, non-zero biases) is
+    a fixed elementwise affine map, so q_K is Gaussian with mean T(mu) and standard deviation
+    T(mu + sigma) - T(mu): the Monte Carlo KL must match its closed form in expectation."""
+    model = small_flow_vae(rng, "affine", layers=1)
+    last = model.flow.bijectors[0].conditioner.layers[-1]
+    last.b[...] = [0.8, -1.3]  # raw log-scale 0.8 (bounded to 0.79), shift -1.3
+    x = binary(rng, n=4)
+    mu, sigma, _, _ = base_and_context(model, x)
+    mu_K = model.flow(mu)
+    sigma_K = model.flow(mu + sigma) - mu_K
+    assert np.all(np.abs(sigma_K[:, 2] / sigma[:, 2] - 1.0) > 0.5)  # a real change of scale
+    closed = kl_standard_normal(mu_K, sigma_K, sum_dims=True)[0]
+    S = 20_000
+    _, kl_samples = model.posterior_log_ratio(model.encoder(x), rng.standard_normal((S, 4, 3)))
+    se = kl_samples.std(axis=0) / np.sqrt(S)
+    assert np.all(np.abs(kl_samples.mean(axis=0) - closed) < 4 * se), (
+        kl_samples.mean(axis=0), closed, se)
+    # and the closed form of the base alone is clearly different: the test has power
+    base = kl_standard_normal(mu, sigma, sum_dims=True)[0]
+    assert np.all(np.abs(base - closed) > 20 * se)
+
+
+# ----------------------------------------------------------------------------- IWAE and training
+def test_iwae_geq_elbo_on_average(trained):
+    model, x_val, _ = trained
+    x = np.tile(x_val, (4, 1))  # 800 rows
+    elbo = model.elbo(x, np.random.default_rng(0)).elbo
+    iwae = model.iwae(x, np.random.default_rng(1), K=16)
+    d = iwae - elbo
+    assert d.mean() > 3 * d.std() / np.sqrt(len(d)), (d.mean(), d.std())
+
+
+def test_iwae_with_one_sample_estimates_the_elbo(trained):
+    model, x_val, _ = trained
+    x = np.tile(x_val[:50], (20, 1))
+    iw1 = model.iwae(x, np.random.default_rng(0), K=1)
+    el = model.elbo(x, np.random.default_rng(1)).elbo
+    se = np.sqrt(iw1.var() / len(x) + el.var() / len(x))
+    assert abs(iw1.mean() - el.mean()) < 4 * se
+
+
+def test_short_training_improves_the_validation_elbo(trained):
+    model, x_val, before = trained
+    after = model.elbo(x_val, np.random.default_rng(5), n_samples=10).elbo.mean()
+    assert after > before + 3.0, (before, after)
+
+
+def test_training_moves_the_flow_and_the_context(trained):
+    model, x_val, _ = trained
+    fresh = FlowVAE.build(16, 2, hidden=(32,), posterior="spline", flow_layers=2,
+                          amortised=True, context_dim=4, flow_hidden=(16,),
+                          rng=np.random.default_rng(0))
+    for k in ("flow.bijectors.0.conditioner.layers.1.W", "context.W"):
+        assert np.max(np.abs(model.params[k] - fresh.params[k])) > 1e-2, k
+
+
+# ----------------------------------------------------------------------------- model API
+def test_build_starts_from_the_mean_field_vae_weights(rng):
+    """Same rng: the encoder and decoder start as VAE.build's, so comparisons differ only in
+    the posterior."""
+    for amortised in (False, True):
+        vae = VAE.build(6, 3, hidden=(7,), rng=np.random.default_rng(4))
+        fvae = FlowVAE.build(6, 3, hidden=(7,), posterior="affine", amortised=amortised,
+                             rng=np.random.default_rng(4))
+        for k, v in vae.params.items():
+            np.testing.assert_array_equal(fvae.params[k], v)
+
+
+def test_identity_flow_gives_the_mean_field_vae(rng):
+    """With T = id the model is the VAE with a Monte Carlo KL: same rec, same z."""
+    model = identity_flow(small_flow_vae(rng, "spline", amortised=True, latent=4, layers=3))
+    vae = VAE(model.encoder, model.decoder, Bernoulli(), 4)
+    x, eps = binary(rng), rng.standard_normal((2, 5, 4))
+    rec_f, _, _ = model.elbo_terms_forward(x, eps)
+    rec_v, _, _ = vae.elbo_terms_forward(x, eps)
+    np.testing.assert_allclose(rec_f, rec_v, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", AMORTISABLE)
+def test_fresh_coupling_posterior_is_the_identity_despite_its_permutations(kind, rng):
+    model = small_flow_vae(rng, kind, latent=5, layers=4)
+    assert sum(isinstance(b, Permutation) for b in model.flow.bijectors) >= 2
+    z = rng.standard_normal((7, 5))
+    zK, logdet, _ = model.flow.forward(z)
+    np.testing.assert_allclose(zK, z, rtol=1e-13, atol=1e-13)  # the spline: to round-off
+    np.testing.assert_allclose(logdet, 0.0, atol=1e-13)
+    vae = VAE.build(6, 5, hidden=(7,), rng=np.random.default_rng(9))
+    fresh = FlowVAE.build(6, 5, hidden=(7,), posterior=kind, rng=np.random.default_rng(9))
+    x = binary(rng)
+    np.testing.assert_allclose(fresh.reconstruct(x, np.random.default_rng(1)),
+                               vae.reconstruct(x, np.random.default_rng(1)), rtol=1e-12)
+
+
+def test_parameters_have_dotted_names(rng):
+    model = small_flow_vae(rng, "spline", amortised=True)
+    names = set(model.params)
+    assert {"encoder.layers.0.W", "decoder.layers.1.b", "context.W", "context.b",
+            "flow.bijectors.0.conditioner.layers.0.W"} <= names
+    assert model.params["context.W"].shape == (7, 2)  # encoder's hidden width -> context_dim
+    assert model.amortised and not small_flow_vae(rng, "planar").amortised
+    assert {"flow.bijectors.0.w", "flow.bijectors.0.u", "flow.bijectors.0.b"} <= set(
+        small_flow_vae(rng, "planar").params)
+
+
+@pytest.mark.parametrize("kind,amortised", [("planar", False), ("spline", True)])
+def test_encode_and_interpolate_use_the_flow_applied_to_the_base_mean(kind, amortised, rng):
+    model = random_flow_vae(rng, kind, amortised)
+    x = binary(rng, n=4)
+    mu, sigma, _, ctx = base_and_context(model, x)
+    enc, base = model.encode(x), model.encode_base(x)
+    np.testing.assert_allclose(base.mu, mu, rtol=1e-14)
+    np.testing.assert_allclose(base.sigma, sigma, rtol=1e-14)
+    np.testing.assert_allclose(enc.mu, model.flow(mu, ctx), rtol=1e-13)
+    assert np.max(np.abs(enc.mu - mu)) > 1e-2  # the flow is not the identity here
+    path = model.interpolate(x[0], x[1], 5)
+    np.testing.assert_allclose(path[[0, -1]], model.decode(enc.mu[:2]), rtol=1e-12)
+    np.testing.assert_allclose(model.kl_per_dimension(x),
+                               kl_standard_normal(mu, sigma)[0].mean(axis=0), rtol=1e-13)
+    assert model.unit_activity(x).shape == (3,)
+
+
+def test_posterior_samples_are_draws_of_z_k(rng):
+    model = random_flow_vae(rng, "affine", amortised=True)
+    x = binary(rng, n=4)
+    one = model.posterior_samples(x, np.random.default_rng(2))
+    many = model.posterior_samples(x, np.random.default_rng(2), n_samples=3)
+    assert one.shape == (4, 3) and many.shape == (3, 4, 3)
+    np.testing.assert_array_equal(one, many[0])  # the same noise, the same draw
+    mu, sigma, _, ctx = base_and_context(model, x)
+    eps = np.random.default_rng(2).standard_normal((1, 4, 3))
+    np.testing.assert_allclose(one, model.flow(mu + sigma * eps[0], ctx), rtol=1e-13)
+    assert model.reconstruct(x, rng).shape == (4, 6)
+    assert model.sample(5, rng, temperature=0.5).shape == (5, 6)
+
+
+def test_deep_flow_and_extreme_encoder_outputs_give_finite_losses_and_gradients(rng):
+    for kind, amortised in KINDS:
+        model = random_flow_vae(rng, kind, amortised, layers=6, n_samples=2)
+        model.encoder.layers[-1].b[...] = 30.0  # mu = 30 (spline tails), sigma ~ 30
+        x = binary(rng)
+        loss, grads, info = model.loss_and_grads(x, rng)
+        assert np.isfinite(loss) and all(np.isfinite(v) for v in info.values()), kind
+        assert all(np.all(np.isfinite(g)) for g in grads.values()), kind
+        assert np.all(np.isfinite(model.iwae(x, rng, K=5))), kind
+
+
+def test_float32_path_stays_float32(rng):
+    model = small_flow_vae(rng, "spline", amortised=True, dtype=np.float32, n_samples=2)
+    assert all(p.dtype == np.float32 for p in model.params.values())
+    x = binary(rng)
+    loss, grads, _ = model.loss_and_grads(x, rng)
+    assert np.isfinite(loss)
+    assert {g.dtype for g in grads.values()} == {np.dtype(np.float32)}
+    for out in (*model.elbo(x, rng), model.iwae(x, rng, K=4), *model.encode(x),
+                model.posterior_samples(x, rng)):
+        assert out.dtype == np.float32
+
+
+def test_inputs_are_validated(rng):
+    model = small_flow_vae(rng, "affine", amortised=True)
+    plain = small_flow_vae(rng, "affine")
+    x = binary(rng)
+    cases = [
+        (lambda: FlowVAE.build(6, 3, posterior="iaf"), "posterior"),
+        (lambda: FlowVAE.build(6, 3, posterior="planar", amortised=True), "amortised"),
+        (lambda: FlowVAE.build(6, 3, posterior="radial", amortised=1), "amortised"),
+        (lambda: FlowVAE.build(6, 3, posterior="spline", flow_layers=0), "flow_layers"),
+        (lambda: FlowVAE.build(6, 3, posterior="spline", amortised=True, context_dim=0),
+         "context_dim"),
+        (lambda: make_posterior_flow("planar", 3, 2, context_dim=2), "amortised"),
+        (lambda: FlowVAE(plain.encoder, plain.decoder, Bernoulli(), 3, "planar"), "flow"),
+        (lambda: FlowVAE(plain.encoder, plain.decoder, Bernoulli(), 3, model.flow), "context"),
+        (lambda: FlowVAE(plain.encoder, plain.decoder, Bernoulli(), 3, model.flow,
+                         context=model.context), "encoder"),
+        (lambda: FlowVAE(model.encoder, model.decoder, Bernoulli(), 3, model.flow,
+                         context=nn.Linear(7, 5, rng)), "context"),
+        (lambda: FlowVAE(model.encoder, model.decoder, Bernoulli(), 3, model.flow,
+                         context=nn.Linear(4, 2, rng)), "context"),
+        (lambda: model.posterior_samples(x, 3), "rng"),
+        (lambda: model.posterior_samples(x, rng, n_samples=0), "n_samples"),
+        (lambda: model.encode(x[:, :4]), "x"),
+        (lambda: model.loss_and_grads(x * 0.5, rng), "binarise"),
+    ]
+    for call, name in cases:
+        with pytest.raises(ValueError, match=name):
+            call()
