@@ -213,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scratchvae", description="VAEs and normalizing flows "
                                 "from scratch in NumPy, every gradient derived by hand.")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--threads", type=_positive_int, default=1,
+                   help="BLAS threads (one is fastest for models this small)")
     sub = p.add_subparsers(dest="command", required=True)
     from .runs import FLOW_DEFAULTS as F
     from .runs import TARGET_DEFAULTS as T
@@ -314,7 +316,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _limit_blas_threads(argv) -> None:
+    """Speed helper: run BLAS with ``--threads`` threads (default 1), set before NumPy loads.
+
+    WHY: the matrix products of these small models are too small for a second BLAS thread to
+    pay (benchmarks/README.md), and on a machine that is busy with anything else an OpenBLAS
+    thread that waits for its time slice made training steps 10-40x slower. An explicit
+    OPENBLAS_NUM_THREADS / OMP_NUM_THREADS / MKL_NUM_THREADS in the environment wins.
+    """
+    pre = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    pre.add_argument("--threads", type=_positive_int, default=1)
+    threads = str(pre.parse_known_args(argv)[0].threads)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, threads)
+    if "numpy" in sys.modules:  # too late for the environment (main called from Python)
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            return
+        threadpool_limits(int(os.environ["OPENBLAS_NUM_THREADS"]))
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        _limit_blas_threads(argv)
+    except argparse.ArgumentError:  # a bad --threads value: the full parser below says so
+        pass
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

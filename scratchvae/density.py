@@ -229,6 +229,25 @@ class ConditionalDiagonalGaussian(Module):
 
 
 # ----------------------------------------------------------------------------- the model
+#: Rows per block when ``log_prob``, ``transform`` or ``sample`` evaluate many points.
+ROW_BLOCK = 4096
+
+
+def _in_row_blocks(fn, n, *arrays):
+    """Speed helper: ``fn(*row_slices)`` on consecutive blocks of ``block`` rows of ``arrays``
+    (a ``None`` passes through), the results concatenated along rows.
+
+    WHY: evaluating 100,000 points in one pass keeps every layer's cache alive at once (about
+    1 GB for a 16-D flow) and runs 2-3x slower than blocks whose intermediates stay in the CPU's
+    cache. Rows are independent, so the result is the same, up to rounding.
+    """
+    block = ROW_BLOCK  # read at call time (tests shrink it)
+    if n <= block:
+        return fn(*arrays)
+    return np.concatenate([fn(*(None if a is None else a[i:i + block] for a in arrays))
+                           for i in range(0, n, block)])
+
+
 def _floored_scale(x):
     """Per-dimension standard deviation, at least ``STANDARDIZE_MIN_SCALE``.
 
@@ -361,9 +380,13 @@ class FlowDensity(Module):
     def log_prob(self, x, context=None):
         """``log p(x | context)`` in nats ``(N,)``; x ``(N, dim)``, context ``(N, context_dim)``.
 
+        Many points are evaluated in blocks of ``ROW_BLOCK`` rows (``_in_row_blocks``).
         Derivation: derivations/11-density-and-conditional-flows.md#the-density-model.
         """
-        return self.log_prob_forward(x, context)[0]
+        x = self._check_x(x)
+        ctx = self._check_context(context, x.shape[0])
+        return _in_row_blocks(lambda xb, cb: self.log_prob_forward(xb, cb)[0], x.shape[0], x,
+                              ctx)
 
     def nll_and_grads(self, batch, context=None):
         """``(loss, grads, info)``: the mean negative log-likelihood of ``batch`` (nats per
@@ -395,7 +418,8 @@ class FlowDensity(Module):
         """
         x = self._check_x(x)
         ctx = self._check_context(context, x.shape[0])
-        return self.flow.inverse((x - self.shift) / self.scale, ctx)[0]
+        return _in_row_blocks(lambda xb, cb: self.flow.inverse((xb - self.shift) / self.scale,
+                                                               cb)[0], x.shape[0], x, ctx)
 
     # -- sampling
     def _check_sampling(self, n, rng, context, temperature):
@@ -456,9 +480,10 @@ class FlowDensity(Module):
         Derivation: derivations/11-density-and-conditional-flows.md#temperature.
         """
         n, rng, ctx, temperature = self._check_sampling(n, rng, context, temperature)
-        u, _ = self.base.rsample(n, rng, ctx, temperature)
+        u, _ = self.base.rsample(n, rng, ctx, temperature)  # all the noise first, then blocks
         u = u.astype(self.dtype, copy=False)
-        return self.shift + self.scale * self.flow.forward(u, ctx)[0]
+        return _in_row_blocks(lambda ub, cb: self.shift + self.scale * self.flow.forward(ub, cb)[0],
+                              n, u, ctx)
 
 
 # ----------------------------------------------------------------------------- gradcheck registry

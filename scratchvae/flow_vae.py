@@ -12,7 +12,8 @@ KL has no closed form and is estimated with the same samples,
 
     kl = mean_s [ log q0(z_0) - sum_k log|det dT_k| - log p(z_K) ]     (p at z_K, not z_0)
 
-in one group (G = 1). Everything else (the ELBO, beta / warm-up / free bits, the IWAE, the
+in one group (G = 1), by one of three unbiased estimators (``kl_estimator``, below). Everything
+else (the ELBO, beta / warm-up / free bits, the IWAE, the
 sampling modes) is the ``VAE``'s: ``FlowVAE`` only overrides its posterior step
 (``posterior_sample``, ``posterior_sample_backward``, ``posterior_log_ratio``).
 
@@ -21,7 +22,19 @@ Kinds of flow: ``"planar"``, ``"radial"`` (global parameters, ``scratchvae.flows
 be *amortised*: its conditioners then also read a context ``c = a W_c + b_c`` computed from the
 encoder's last hidden activation ``a``, so the shape of q(z|x), not only its location and
 scale, depends on x. Parameters: ``encoder.*``, ``decoder.*``, ``likelihood.*``, ``flow.*`` and,
-amortised, ``context.*``. Derivations: derivations/13-flow-vae.md.
+amortised, ``context.*``.
+
+The KL estimators (``KL_ESTIMATORS``), per sample, all with the same expectation:
+
+    "monte_carlo":      log q0(z_0) - logdet - log p(z_K)            (everything sampled)
+    "analytic_entropy": -H(q0) - logdet - log p(z_K)                  (E log q0 in closed form)
+    "analytic_base":    KL(q0 || p) + [log p(z_0) - log p(z_K) - logdet]  (the default;
+                        per dimension with sigma > 1 only a weight 1/sigma^2 of the swap)
+
+The first two have the *same* gradient with eps fixed (log N(eps) does not depend on the
+parameters); the third also takes E[-log p(z_0)] in closed form, so its correction term and its
+gradient vanish when the flow is the identity: the mean-field VAE's closed-form gradient
+exactly. The IWAE always uses the exact per-sample log q_K. Derivations: derivations/13-flow-vae.md.
 """
 
 from __future__ import annotations
@@ -33,7 +46,9 @@ from .flows.coupling import CouplingBlock, coupling_flow, randomize_conditioners
 from .flows.linear import Permutation
 from .flows.planar import Planar, Radial
 from .gaussian import (
+    LOG_2PI,
     kl_standard_normal,
+    kl_standard_normal_backward,
     softplus_scale_backward,
     std_normal_log_prob,
 )
@@ -41,11 +56,15 @@ from .likelihoods import Likelihood, make_likelihood
 from .nn import MLP, Linear
 from .vae import VAE, Encoding, _check_rng, _positive_int
 
-__all__ = ["FlowVAE", "EncoderWithHidden", "POSTERIORS", "make_posterior_flow", "randomize_flow"]
+__all__ = ["FlowVAE", "EncoderWithHidden", "POSTERIORS", "KL_ESTIMATORS", "closed_form_weight",
+           "make_posterior_flow", "randomize_flow"]
 
 #: The posterior flows ``FlowVAE.build`` knows; only the coupling ones can be amortised.
 POSTERIORS = ("planar", "radial", "affine", "spline")
 AMORTISABLE = ("affine", "spline")
+#: The Monte Carlo estimators of KL(q_K || p) that ``FlowVAE`` can train with, the default first
+#: (derivations/13-flow-vae.md#three-estimators-of-the-kl).
+KL_ESTIMATORS = ("analytic_base", "analytic_entropy", "monte_carlo")
 
 
 # ----------------------------------------------------------------------------- the encoder
@@ -179,6 +198,29 @@ def _flow_context_dims(flow):
     return {int(getattr(b, "context_dim", 0)) for b in members}
 
 
+# ----------------------------------------------------------------------------- the KL estimators
+def closed_form_weight(sigma):
+    """c = min(1, 1 / sigma^2), the weight of the closed-form base KL in ``"analytic_base"``,
+    and dc/dsigma (0 for sigma <= 1, -2 / sigma^3 above), each (N, L).
+
+    WHY: the term that the closed form replaces, log q0(z_0) - log p(z_0) per dimension, has
+    variance mu^2 sigma^2 + (sigma^2 - 1)^2 / 2, which grows like sigma^4. That is harmless
+    when the flow is near the identity (it then *is* the noise of the plain estimator, and the
+    closed form removes it), but a flow that can rescale a dimension (affine or spline coupling)
+    can undo a wide base: sigma_j = 20 shrunk back to a N(0, 1)-like z_K costs nothing in the
+    ELBO, and then the plain estimator has no sigma^4 noise while the closed-form swap adds it
+    (hundreds of nats per sample on the digits). Any weight c that does not depend on eps keeps
+    the estimator unbiased (the swapped term has mean 0); 1 / sigma^2 keeps c^2 times that
+    variance below mu^2 + 1/2 for wide bases and is exactly 1 (the full closed form) otherwise.
+    Derivation: derivations/13-flow-vae.md#three-estimators-of-the-kl.
+    """
+    wide = sigma > 1.0
+    inv2 = 1.0 / np.where(wide, sigma, 1.0) ** 2
+    c = np.where(wide, inv2, 1.0)
+    dc = np.where(wide, -2.0 * inv2 / np.where(wide, sigma, 1.0), 0.0)
+    return c.astype(sigma.dtype, copy=False), dc.astype(sigma.dtype, copy=False)
+
+
 # ----------------------------------------------------------------------------- the model
 class FlowVAE(VAE):
     """A VAE with the posterior z_K = T(z_0), z_0 = mu + sigma * eps ~ q0(z|x) = N(mu, sigma^2).
@@ -188,15 +230,21 @@ class FlowVAE(VAE):
     ``VAE``. ``flow``: a ``Bijector`` on ``latent_dim`` coordinates, run forward
     (generative). ``context``: ``None`` (global flow parameters) or a ``Linear`` from the
     encoder's last hidden activation to the flow's context (amortised); then ``encoder`` must
-    be an ``EncoderWithHidden``. The KL term is the Monte Carlo estimate
-    ``mean_s [log q0(z_0) - log|det dz_K/dz_0| - log p(z_K)]`` in one group (N, 1).
+    be an ``EncoderWithHidden``. The KL term is a Monte Carlo estimate of
+    ``E[log q0(z_0) - log|det dz_K/dz_0| - log p(z_K)]`` in one group (N, 1), by the estimator
+    ``kl_estimator`` (one of ``KL_ESTIMATORS``; default ``"analytic_base"``, the closed-form
+    KL(q0 || p) plus a sampled flow correction; ``"monte_carlo"`` samples every term).
     Parameters: ``encoder.*``, ``decoder.*``, ``likelihood.*``, ``flow.*``, ``context.*``.
     Derivation: derivations/13-flow-vae.md#the-posterior-as-a-flow.
     """
 
     def __init__(self, encoder, decoder, likelihood, latent_dim, flow, *, context=None,
-                 **kwargs):
+                 kl_estimator="analytic_base", **kwargs):
         super().__init__(encoder, decoder, likelihood, latent_dim, **kwargs)
+        if kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"kl_estimator: expected one of {KL_ESTIMATORS}, got "
+                             f"{kl_estimator!r}")
+        self.kl_estimator = kl_estimator
         if not isinstance(flow, Bijector):
             raise ValueError(f"flow: expected a scratchvae.flows.bijector.Bijector, got "
                              f"{type(flow).__name__}")
@@ -238,8 +286,8 @@ class FlowVAE(VAE):
         and, when ``amortised`` (``"affine"`` / ``"spline"`` only), a ``Linear`` context map
         from the encoder's last hidden layer to ``context_dim`` numbers.
         ``flow_hidden``, ``flow_activation``: the coupling conditioners; ``bins``, ``bound``:
-        the spline. Other keyword arguments (``n_samples``, ``warmup``, ``free_bits``,
-        ``sigma_floor``) go to the constructor.
+        the spline. Other keyword arguments (``kl_estimator``, ``n_samples``, ``warmup``,
+        ``free_bits``, ``sigma_floor``) go to the constructor.
         Derivation: derivations/13-flow-vae.md#the-posterior-as-a-flow.
         """
         data_dim = _positive_int(data_dim, "data_dim")
@@ -283,7 +331,7 @@ class FlowVAE(VAE):
 
     # -- the flow posterior: forward
     def _flow_posterior(self, h, eps):
-        """z_K (S, N, L), log q0(z_0) - log|det| - log p(z_K) (S, N) and the cache.
+        """z_K (S, N, L), the exact log q_K(z_K|x) - log p(z_K) (S, N) and the cache.
 
         Derivation: derivations/13-flow-vae.md#the-monte-carlo-kl.
         """
@@ -299,22 +347,50 @@ class FlowVAE(VAE):
         log_q0 = std_normal_log_prob(eps) - log_sigma.sum(axis=-1)
         # ... and z_0 -> z_K: log q_K(z_K) = log q0(z_0) - log|det dz_K/dz_0|; the prior at z_K
         log_ratio = log_q0 - logdet - std_normal_log_prob(zK)
-        return zK, log_ratio, (eps, zK, scale_cache, ctx_cache, flow_cache)
+        parts = (mu, sigma, log_sigma, z0, zK, logdet)
+        return zK, log_ratio, (eps, parts, scale_cache, ctx_cache, flow_cache)
+
+    def _kl_samples(self, log_ratio, parts, eps):
+        """The per-sample KL terms (S, N) of ``self.kl_estimator``; all have the same mean.
+
+        ``"monte_carlo"``: the exact ``log q0(z_0) - logdet - log p(z_K)`` (= ``log_ratio``).
+        ``"analytic_entropy"``: ``-H(q0) - logdet - log p(z_K)``, where
+        ``-H(q0) = -sum_j log sigma_j - L/2 (1 + log 2 pi)`` is the mean of ``log q0(z_0)``.
+        ``"analytic_base"``: ``sum_j [c_j KL_j(q0 || p) + (1 - c_j) l_j] + 1/2 |z_K|^2
+        - 1/2 |z_0|^2 - logdet`` with ``l_j = -eps_j^2 / 2 - log sigma_j + z_0j^2 / 2`` the
+        sampled ``log q0 - log p`` of dimension j and ``c = closed_form_weight(sigma)``: where
+        sigma <= 1, the closed-form base KL plus a sampled correction
+        ``log p(z_0) - log p(z_K) - logdet`` that is exactly 0 for the identity flow.
+        Derivation: derivations/13-flow-vae.md#three-estimators-of-the-kl.
+        """
+        mu, sigma, log_sigma, z0, zK, logdet = parts
+        if self.kl_estimator == "monte_carlo":
+            return log_ratio
+        if self.kl_estimator == "analytic_entropy":
+            neg_entropy = -log_sigma.sum(axis=-1) - 0.5 * mu.shape[-1] * (1.0 + LOG_2PI)
+            return neg_entropy - logdet - std_normal_log_prob(zK)
+        c, _ = closed_form_weight(sigma)
+        kl0, _ = kl_standard_normal(mu, sigma)  # (N, L)
+        ell0 = 0.5 * (z0 * z0 - eps * eps) - log_sigma  # (S, N, L)
+        base = np.sum(c * kl0 + (1.0 - c) * ell0, axis=-1)
+        return base + 0.5 * (np.sum(zK * zK, axis=-1) - np.sum(z0 * z0, axis=-1)) - logdet
 
     def posterior_sample(self, h, eps):
-        """z_K = T(mu + sigma eps) and the Monte Carlo KL term, one group: (N, 1).
+        """z_K = T(mu + sigma eps) and the estimated KL term, one group: (N, 1).
 
         ``h``: encoder output (N, 2L), or (N, 2L + H) when amortised; ``eps``: (S, N, L).
-        ``kl_n = (1/S) sum_s [log q0(z_0s) - log|det dz_K/dz_0|_s - log p(z_Ks)]``; it is an
-        unbiased estimate of KL(q_K(z|x) || p(z)), and it is what enters the ELBO (so the ELBO
-        stays an unbiased estimate of the bound). Returns z_K (S, N, L), kl (N, 1), cache.
-        Derivation: derivations/13-flow-vae.md#the-monte-carlo-kl.
+        ``kl_n = (1/S) sum_s k_sn`` with ``k_sn`` the per-sample term of ``self.kl_estimator``
+        (``_kl_samples``); each is an unbiased estimate of KL(q_K(z|x) || p(z)), so the ELBO
+        stays an unbiased estimate of the bound. Returns z_K (S, N, L), kl (N, 1), cache.
+        Derivation: derivations/13-flow-vae.md#three-estimators-of-the-kl.
         """
         zK, log_ratio, cache = self._flow_posterior(h, eps)
-        return zK, log_ratio.mean(axis=0)[:, None], cache
+        kl = self._kl_samples(log_ratio, cache[1], eps).mean(axis=0)
+        return zK, kl[:, None], cache
 
     def posterior_log_ratio(self, h, eps):
-        """For the IWAE: z_K (S, N, L) and log q_K(z_K|x) - log p(z_K) per sample (S, N).
+        """For the IWAE: z_K (S, N, L) and the exact log q_K(z_K|x) - log p(z_K) per sample (S, N),
+        whatever ``kl_estimator`` is (the importance weights need the true density ratio).
 
         Derivation: derivations/13-flow-vae.md#the-importance-weighted-bound.
         """
@@ -328,33 +404,52 @@ class FlowVAE(VAE):
         With r = dkl / S the upstream of every per-sample term: d z_K = dz + r z_K (from
         -log p(z_K)), d logdet = -r (the log-det enters with a minus sign), both through the
         flow's backward to d z_0 and the flow's parameters (and the context); then
-        d mu = sum_s d z_0, d sigma = sum_s d z_0 eps, d log sigma = -sum_s r (from log q0), and
-        the context's backward. ``dh`` has h's shape; ``grads`` are keyed ``flow.*``, ``context.*``.
+        d mu = sum_s d z_0 and d sigma = sum_s d z_0 eps. The base's own term:
+        ``"monte_carlo"`` and ``"analytic_entropy"``: d log sigma = -sum_s r (the same gradient;
+        log N(eps) has none); ``"analytic_base"`` with c = ``closed_form_weight(sigma)``: d z_0
+        gets -r c z_0, d log sigma = -(1 - c) sum_s r, (d mu, d sigma) get
+        c dkl (mu, sigma - 1/sigma) from the closed-form KL(q0 || p), and d sigma gets
+        dc/dsigma sum_s r (KL_j - l_j) through the weight.
+        ``dh`` has h's shape; ``grads`` are keyed ``flow.*``, ``context.*``.
         Derivation: derivations/13-flow-vae.md#the-backward-pass-through-the-flow.
         """
-        eps, zK, scale_cache, ctx_cache, flow_cache = cache
+        eps, parts, scale_cache, ctx_cache, flow_cache = cache
+        mu, sigma, log_sigma, z0, zK, _ = parts
         S, N, L = eps.shape
         r = np.broadcast_to(dkl[:, 0] * (1.0 / S), (S, N))
-        # log_ratio = log N(eps) - sum_j log sigma_j - logdet - log p(z_K)
         dzK = dz + r[..., None] * zK          # d(-log p(z_K))/dz_K = +z_K
         d_logdet = -r
         dz0, flow_grads, d_ctx = self.flow.backward(
             dzK.reshape(S * N, L), np.ascontiguousarray(d_logdet).reshape(S * N), flow_cache)
         dz0 = dz0.reshape(S, N, L)
+        r_sum = -r.sum(axis=0)[:, None]      # (N, 1): minus the summed weights
+        if self.kl_estimator == "analytic_base":
+            c, dc_dsigma = closed_form_weight(sigma)
+            # -1/2 |z_0|^2 of the correction and (1 - c) * z_0^2 / 2 of l: together -c z_0
+            dz0 = dz0 - r[..., None] * c * z0
+            kl0, kl_cache = kl_standard_normal(mu, sigma)
+            ell0 = 0.5 * (z0 * z0 - eps * eps) - log_sigma
+            dc = np.sum(r[..., None] * (kl0 - ell0), axis=0)  # (N, L)
+            dmu_kl, dsigma_kl = kl_standard_normal_backward(c * dkl, kl_cache)
+            dlog_sigma = (1.0 - c) * r_sum    # -log sigma_j inside (1 - c_j) l_j
+        else:  # -sum_j log sigma_j in log q0 (or in -H(q0)): the same term, the same gradient
+            dlog_sigma = np.broadcast_to(r_sum, (N, L))
         dmu = dz0.sum(axis=0)
         dsigma = (dz0 * eps).sum(axis=0)
-        dlog_sigma = np.broadcast_to(-r.sum(axis=0)[:, None], (N, L))
+        if self.kl_estimator == "analytic_base":
+            dmu = dmu + dmu_kl
+            dsigma = dsigma + dsigma_kl + dc * dc_dsigma
         draw = softplus_scale_backward(dsigma, dlog_sigma, scale_cache)
-        parts = [dmu, draw]
+        dh_parts = [dmu, draw]
         grads = self.prefixed("flow", flow_grads)
         if self.context is not None:
             C = self.context.n_out
             d_c = np.zeros((N, C), dtype=dz.dtype) if d_ctx is None else \
                 d_ctx.reshape(S, N, C).sum(axis=0)  # the S copies of one context add up
             d_hidden, ctx_grads = self.context.backward(d_c, ctx_cache)
-            parts.append(d_hidden)
+            dh_parts.append(d_hidden)
             grads.update(self.prefixed("context", ctx_grads))
-        return np.concatenate(parts, axis=-1), grads
+        return np.concatenate(dh_parts, axis=-1), grads
 
     # -- encodings and samples of q(z|x)
     def _encode_h(self, x):
@@ -421,13 +516,17 @@ def _small_flow_vae(rng, kind, amortised, **kwargs):
 def _register_checks():
     from .gradcheck import VJPCase, register
 
-    cases = [(k, False) for k in POSTERIORS] + [(k, True) for k in AMORTISABLE]
-    for kind, amortised in cases:
+    cases = [(k, False, KL_ESTIMATORS[0]) for k in POSTERIORS]
+    cases += [(k, True, KL_ESTIMATORS[0]) for k in AMORTISABLE]
+    cases += [("planar", False, e) for e in KL_ESTIMATORS[1:]]
+    cases += [("spline", True, e) for e in KL_ESTIMATORS[1:]]
+    for kind, amortised, estimator in cases:
         name = f"flow_vae.elbo_terms.{kind}" + (".amortised" if amortised else "")
+        name += "" if estimator == KL_ESTIMATORS[0] else f".{estimator}"
 
         @register(name)
-        def _elbo(rng, kind=kind, amortised=amortised):
-            model = _small_flow_vae(rng, kind, amortised)
+        def _elbo(rng, kind=kind, amortised=amortised, estimator=estimator):
+            model = _small_flow_vae(rng, kind, amortised, kl_estimator=estimator)
             x = (rng.random((5, 6)) < 0.5).astype(float)
             eps = rng.standard_normal((2, 5, 3))  # S = 2, eps held fixed
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
@@ -70,3 +71,41 @@ def test_default_mode_measures_in_a_fresh_process():
                           "1"], check=True, capture_output=True, text=True, timeout=300).stdout
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["workload"] for r in rows] == ["W3-2d"]
+
+
+def _float64_arrays(obj, path="", out=None):
+    """Paths of every floating array that is not float32 inside nested tuples/lists/dicts."""
+    out = [] if out is None else out
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind == "f" and obj.dtype != np.float32:
+            out.append((path, obj.dtype))
+    elif isinstance(obj, tuple | list):
+        for i, o in enumerate(obj):
+            _float64_arrays(o, f"{path}[{i}]", out)
+    elif isinstance(obj, dict):
+        for k, o in obj.items():
+            _float64_arrays(o, f"{path}.{k}", out)
+    return out
+
+
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_no_float64_array_anywhere_in_a_float32_step(name):
+    # not only the gradients: every cached intermediate of forward and backward stays float32
+    sys.path.insert(0, str(RUN.parent))
+    from workloads import WORKLOADS as BUILDERS
+
+    model = BUILDERS[name]().model
+    rng = np.random.default_rng(0)
+    if name.startswith("W1"):
+        x = (rng.random((8, 64)) > 0.5).astype(np.float32)
+        eps = rng.standard_normal((1, 8, model.latent_dim), dtype=np.float32)
+        rec, kl, cache = model.elbo_terms_forward(x, eps)
+        grads = model.elbo_terms_backward(np.full(8, -0.125, np.float32),
+                                          np.full(kl.shape, 0.125, np.float32), cache)
+        found = _float64_arrays((rec, kl, cache, grads))
+    else:
+        x = rng.standard_normal((8, model.dim)).astype(np.float32)
+        logp, cache = model.log_prob_forward(x)
+        dx, grads, _ = model.log_prob_backward(np.full(8, -0.125, np.float32), cache)
+        found = _float64_arrays((logp, cache, dx, grads))
+    assert found == []

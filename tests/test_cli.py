@@ -195,3 +195,17 @@ def test_resume_without_a_checkpoint_is_a_clean_error(tmp_path, capsys):
     code, _, err = run_cli(["train-flow", *TINY_FLOW, "--resume", "--out",
                             str(tmp_path / "empty")], capsys)
     assert code == 2 and "checkpoint" in err
+
+
+def test_threads_option_is_checked_and_limits_blas(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--threads", "0", "gradcheck", "nn.Linear"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("--threads") >= 1 and err.count("error:") == 1  # said once, not twice
+    code = subprocess.run([sys.executable, "-c", (
+        "import scratchvae.cli as c; c._limit_blas_threads(['--threads', '1']);"
+        "import os; print(os.environ['OPENBLAS_NUM_THREADS'])")],
+        capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items()
+                                                       if not k.endswith("NUM_THREADS")})
+    assert code.stdout.strip() == "1"

@@ -1,6 +1,7 @@
 """The VAE with a flow posterior: the whole ELBO gradient against finite differences (eps fixed)
-for every posterior kind, global and amortised; the Monte Carlo KL (sign of the log-det, the
-prior at z_K, agreement with closed forms); the IWAE; encodings; a short training run."""
+for every posterior kind, global and amortised, and every KL estimator; the Monte Carlo KL (sign
+of the log-det, the prior at z_K, agreement with closed forms); the three KL estimators (same
+mean, their gradients, their variances); the IWAE; encodings; a short training run."""
 
 import numpy as np
 import pytest
@@ -8,13 +9,16 @@ import pytest
 from scratchvae import nn
 from scratchvae.flow_vae import (
     AMORTISABLE,
+    KL_ESTIMATORS,
     POSTERIORS,
     EncoderWithHidden,
     FlowVAE,
+    closed_form_weight,
     make_posterior_flow,
     randomize_flow,
 )
 from scratchvae.flows.coupling import CouplingBlock
+from scratchvae.flows.elementwise import ElementwiseAffine
 from scratchvae.flows.linear import Permutation
 from scratchvae.flows.planar import PLANAR_MIN_W_NORM2, Planar
 from scratchvae.gaussian import diag_gaussian_log_prob, kl_standard_normal, std_normal_log_prob
@@ -109,6 +113,17 @@ def test_flow_posterior_elbo_gradient_every_parameter_eps_fixed(kind, amortised,
     assert_ok(res)
 
 
+@pytest.mark.parametrize("estimator", ["monte_carlo", "analytic_entropy"])
+@pytest.mark.parametrize("kind,amortised", [("planar", False), ("spline", True)])
+def test_other_kl_estimators_elbo_gradient_eps_fixed(kind, amortised, estimator, rng):
+    model = random_flow_vae(rng, kind, amortised, kl_estimator=estimator)
+    x, eps = binary(rng), rng.standard_normal((2, 5, 3))
+    assert_ok(check_vjp("elbo", model.params, lambda: model.elbo_terms_forward(x, eps)[:2],
+                        lambda d: model.elbo_terms_backward(d[0], d[1],
+                                                            model.elbo_terms_forward(x, eps)[2]),
+                        rng, tol=TOL))
+
+
 @pytest.mark.parametrize("kind,amortised", [("radial", False), ("affine", True)])
 def test_loss_gradient_with_warmup_and_free_bits_in_one_group(kind, amortised, rng):
     model = random_flow_vae(rng, kind, amortised, n_samples=2, warmup=8)
@@ -155,6 +170,7 @@ def test_monte_carlo_kl_subtracts_the_logdet_and_evaluates_the_prior_at_z_k(kind
     np.testing.assert_allclose(log_ratio[0], expected, rtol=1e-7, atol=1e-7)
     wrong_prior = log_q0 - logdet - std_normal_log_prob(z0)
     assert np.max(np.abs(log_ratio[0] - wrong_prior)) > 1e-2  # the test can tell z0 from z_K
+    model.kl_estimator = "monte_carlo"  # the plain estimator is this very sum, sample by sample
     _, kl, _ = model.posterior_sample(model.encoder(x), eps)
     assert kl.shape == (6, 1)  # one group
     np.testing.assert_allclose(kl[:, 0], expected, rtol=1e-7, atol=1e-7)
@@ -164,7 +180,7 @@ def test_monte_carlo_kl_subtracts_the_logdet_and_evaluates_the_prior_at_z_k(kind
                                             ("spline", True)])
 def test_identity_flow_monte_carlo_kl_equals_closed_form(kind, amortised, rng):
     """Per sample exactly log q0(z0) - log p(z0); in expectation the closed-form KL."""
-    model = identity_flow(random_flow_vae(rng, kind, amortised))
+    model = identity_flow(random_flow_vae(rng, kind, amortised, kl_estimator="monte_carlo"))
     x = binary(rng, n=4)
     S = 20_000
     eps = rng.standard_normal((S, 4, 3))
@@ -195,6 +211,7 @@ def test_monte_carlo_kl_of_an_elementwise_affine_flow_matches_the_gaussian_close
     assert np.all(np.abs(sigma_K[:, 2] / sigma[:, 2] - 1.0) > 0.5)  # a real change of scale
     closed = kl_standard_normal(mu_K, sigma_K, sum_dims=True)[0]
     S = 20_000
+    model.kl_estimator = "monte_carlo"
     _, kl_samples = model.posterior_log_ratio(model.encoder(x), rng.standard_normal((S, 4, 3)))
     se = kl_samples.std(axis=0) / np.sqrt(S)
     assert np.all(np.abs(kl_samples.mean(axis=0) - closed) < 4 * se), (
@@ -204,10 +221,175 @@ def test_monte_carlo_kl_of_an_elementwise_affine_flow_matches_the_gaussian_close
     assert np.all(np.abs(base - closed) > 20 * se)
 
 
+# ----------------------------------------------------------------------------- the three estimators
+def kl_per_sample(model, x, eps):
+    """The per-sample KL terms (S, N) of the model's estimator: the S copies of x are treated
+    as S * N examples with one sample each (row s * N + n)."""
+    S, N, L = eps.shape
+    h = np.tile(model.encoder(x), (S, 1))
+    return model.posterior_sample(h, eps.reshape(1, S * N, L))[1][:, 0].reshape(S, N)
+
+
+def kl_gradients(model, x, eps, chunks):
+    """Gradients of the batch KL alone (rec weight 0), one dict per eps chunk."""
+    N = x.shape[0]
+    out = []
+    for e in np.array_split(eps, chunks):
+        _, kl, cache = model.elbo_terms_forward(x, e)
+        out.append(model.elbo_terms_backward(np.zeros(N), np.full((N, 1), 1.0 / N), cache))
+    return out
+
+
+def stacked(grads, prefix):
+    """(chunks, P) array of the flattened gradients whose names start with ``prefix``."""
+    keys = sorted(k for k in grads[0] if k.startswith(prefix))
+    return np.array([np.concatenate([g[k].ravel() for k in keys]) for g in grads])
+
+
+@pytest.mark.parametrize("kind,amortised", [("planar", False), ("spline", True)])
+def test_kl_estimators_have_the_same_mean(kind, amortised, rng):
+    """Far from the identity, the three estimators agree in expectation: their paired
+    differences have mean 0 within 4 standard errors, and the IWAE's log-ratio is the exact
+    one whatever the estimator."""
+    model = random_flow_vae(rng, kind, amortised)
+    x, S = binary(rng, n=4), 4000
+    eps = rng.standard_normal((S, 4, 3))
+    log_ratio = model.posterior_log_ratio(model.encoder(x), eps)[1]
+    est = {}
+    for name in KL_ESTIMATORS:
+        model.kl_estimator = name
+        est[name] = kl_per_sample(model, x, eps)
+        # the IWAE's log-ratio is the exact one whatever the estimator
+        np.testing.assert_array_equal(model.posterior_log_ratio(model.encoder(x), eps)[1],
+                                      log_ratio)
+    np.testing.assert_allclose(est["monte_carlo"], log_ratio, rtol=1e-12, atol=1e-12)
+    for name in ("analytic_entropy", "analytic_base"):
+        d = est[name] - est["monte_carlo"]
+        assert np.max(np.abs(d)) > 1e-3  # a different estimator, sample by sample
+        se = d.std(axis=0) / np.sqrt(S)
+        assert np.all(np.abs(d.mean(axis=0)) < 4 * se), (name, d.mean(axis=0), se)
+
+
+def test_analytic_entropy_has_exactly_the_monte_carlo_gradient(rng):
+    """log N(eps) does not depend on the parameters: with eps fixed the two estimators differ
+    in value but not in gradient (derivations/13-flow-vae.md#three-estimators-of-the-kl)."""
+    x, eps = binary(rng), rng.standard_normal((3, 5, 3))
+    out = {}
+    for name in ("monte_carlo", "analytic_entropy"):
+        model = random_flow_vae(np.random.default_rng(8), "spline", True, kl_estimator=name)
+        rec, kl, cache = model.elbo_terms_forward(x, eps)
+        out[name] = kl, model.elbo_terms_backward(-np.ones(5), np.ones((5, 1)), cache)
+    assert np.min(np.abs(out["monte_carlo"][0] - out["analytic_entropy"][0])) > 1e-3
+    for k, g in out["monte_carlo"][1].items():
+        np.testing.assert_allclose(out["analytic_entropy"][1][k], g, rtol=1e-12, atol=1e-13,
+                                   err_msg=k)
+
+
+def test_identity_flow_analytic_base_is_the_mean_field_vae_exactly(rng):
+    """T = id and every sigma <= 1 (closed-form weight 1): the correction
+    1/2|z_K|^2 - 1/2|z_0|^2 - logdet is 0 with zero gradient, so the loss and every encoder and
+    decoder gradient are the mean-field VAE's (closed-form KL)."""
+    model = identity_flow(random_flow_vae(rng, "affine", latent=4, layers=3))
+    model.encoder.layers[-1].b[4:] = -2.5  # raw scale: sigma = softplus(raw) < 1
+    vae = VAE(model.encoder, model.decoder, Bernoulli(), 4)
+    x = binary(rng)
+    assert np.all(model.encode_base(x).sigma < 1.0)
+    lf, gf, _ = model.loss_and_grads(x, np.random.default_rng(3))
+    lv, gv, _ = vae.loss_and_grads(x, np.random.default_rng(3))
+    assert lf == pytest.approx(lv, rel=1e-12)
+    for k, g in gv.items():
+        np.testing.assert_allclose(gf[k], g, rtol=1e-10, atol=1e-12, err_msg=k)
+    model.kl_estimator = "monte_carlo"  # the plain estimator differs: its KL is noisy
+    assert abs(model.loss_and_grads(x, np.random.default_rng(3))[0] - lv) > 1e-3
+
+
+def test_kl_value_variances_follow_their_closed_forms_at_the_identity(rng):
+    """T = id, per dimension with eps_j ~ N(0, 1): Var[MC] = mu^2 sigma^2 + (sigma^2 - 1)^2 / 2,
+    Var[entropy] = mu^2 sigma^2 + sigma^4 / 2, Var[base] = (1 - c)^2 Var[MC] (0 where
+    sigma <= 1). So the analytic entropy is the lower-variance value only where
+    sigma < 1/sqrt(2); near the prior (sigma ~ 1) the plain estimator is better, because
+    log N(eps) cancels -log p(z_0)."""
+    model = identity_flow(random_flow_vae(rng, "planar", latent=4, layers=1))
+    x, S = binary(rng, n=3), 20_000
+    enc = model.encoder.layers[-1]
+    enc.W[...] = 0.0
+    enc.b[...] = [0.5, -1.0, 0.0, 1.5, -3.0, -0.5, 0.55, 3.0]  # sigma: ~0.05, 0.47, 1.0, 3.05
+    mu, sigma, _, _ = base_and_context(model, x)
+    eps = rng.standard_normal((S, 3, 4))
+    var = {}
+    for name in KL_ESTIMATORS:
+        model.kl_estimator = name
+        var[name] = kl_per_sample(model, x, eps).var(axis=0)
+    ms = (mu * sigma) ** 2
+    np.testing.assert_allclose(var["monte_carlo"], (ms + 0.5 * (sigma**2 - 1) ** 2).sum(-1),
+                               rtol=0.05)
+    np.testing.assert_allclose(var["analytic_entropy"], (ms + 0.5 * sigma**4).sum(-1),
+                               rtol=0.05)
+    c = closed_form_weight(sigma)[0]
+    assert np.any(c < 0.5) and np.any(c == 1.0)
+    np.testing.assert_allclose(var["analytic_base"],
+                               ((1 - c) ** 2 * (ms + 0.5 * (sigma**2 - 1) ** 2)).sum(-1),
+                               rtol=0.05)
+
+
+def test_closed_form_weight_keeps_the_kl_noise_bounded_when_the_flow_undoes_a_wide_base(rng):
+    """A base with sigma = 20 and a flow that scales it back to ~N(0, 1): the plain estimator
+    is quiet, the full closed-form swap (weight 1) has a variance ~ L sigma^4 / 2, and the
+    weighted analytic_base stays within a small multiple of the plain one and unbiased."""
+    plain = small_flow_vae(rng, "affine", latent=4)
+    flow = ElementwiseAffine(4)
+    model = FlowVAE(plain.encoder, plain.decoder, Bernoulli(), 4, flow)
+    last = model.encoder.layers[-1]
+    last.W[...] = 0.0
+    last.b[...] = [0.3, -0.2, 0.1, 0.0, 20.0, 20.0, 20.0, 20.0]  # sigma ~ 20
+    x, S = binary(rng, n=3), 20_000
+    mu, sigma, _, _ = base_and_context(model, x)
+    flow.log_scale[...] = -np.log(sigma[0])
+    eps = rng.standard_normal((S, 3, 4))
+    est = {}
+    for name in ("monte_carlo", "analytic_base"):
+        model.kl_estimator = name
+        est[name] = kl_per_sample(model, x, eps)
+    zK = model.posterior_samples(x, np.random.default_rng(0), n_samples=S)
+    z0 = mu + sigma * eps
+    full_swap = (kl_standard_normal(mu, sigma, sum_dims=True)[0] - flow.log_scale.sum()
+                 + 0.5 * (np.sum(zK**2, -1) - np.sum(z0**2, -1)))
+    v_mc, v_base = est["monte_carlo"].var(0), est["analytic_base"].var(0)
+    assert np.all(full_swap.var(0) > 1000 * v_mc), (full_swap.var(0), v_mc)
+    assert np.all(v_base < 4 * v_mc + 2.0), (v_base, v_mc)
+    d = est["analytic_base"] - est["monte_carlo"]
+    assert np.all(np.abs(d.mean(0)) < 4 * d.std(0) / np.sqrt(S))
+
+
+def test_analytic_base_gradient_is_unbiased_and_less_noisy_near_the_identity(rng):
+    """Chunks of eps: the mean KL gradients of analytic_base and monte_carlo agree within 5
+    standard errors (paired). Near the identity the base estimator's encoder gradients vary far
+    less from chunk to chunk; the flow's and the context's gradients are the same numbers (the
+    closed form acts on mu and sigma only)."""
+    x, eps = binary(rng, n=4), rng.standard_normal((1600, 4, 3))
+    grads = {}
+    for name in ("analytic_base", "monte_carlo"):
+        model = small_flow_vae(np.random.default_rng(2), "affine", True, kl_estimator=name)
+        randomize_flow(model.flow, np.random.default_rng(3), 0.05)
+        grads[name] = kl_gradients(model, x, eps, 40)
+    base, mc = stacked(grads["analytic_base"], ""), stacked(grads["monte_carlo"], "")
+    d = base - mc
+    se = d.std(axis=0) / np.sqrt(len(d)) + 1e-12
+    assert np.max(np.abs(d.mean(axis=0)) / se) < 5
+    v_base = stacked(grads["analytic_base"], "encoder").var(axis=0).sum()
+    v_mc = stacked(grads["monte_carlo"], "encoder").var(axis=0).sum()
+    assert v_base < 0.25 * v_mc, (v_base, v_mc)
+    for prefix in ("flow", "context"):
+        np.testing.assert_allclose(stacked(grads["analytic_base"], prefix),
+                                   stacked(grads["monte_carlo"], prefix), rtol=1e-12, atol=1e-14)
+
+
 # ----------------------------------------------------------------------------- IWAE and training
 def test_iwae_geq_elbo_on_average(trained):
     model, x_val, _ = trained
-    x = np.tile(x_val, (4, 1))  # 800 rows
+    # 3200 rows: the default (analytic_base) ELBO estimate has no log q - log p(x, z)
+    # cancellation, so per row it is noisier than the plain Monte Carlo one
+    x = np.tile(x_val, (16, 1))
     elbo = model.elbo(x, np.random.default_rng(0)).elbo
     iwae = model.iwae(x, np.random.default_rng(1), K=16)
     d = iwae - elbo
@@ -346,6 +528,7 @@ def test_inputs_are_validated(rng):
     x = binary(rng)
     cases = [
         (lambda: FlowVAE.build(6, 3, posterior="iaf"), "posterior"),
+        (lambda: FlowVAE.build(6, 3, kl_estimator="closed_form"), "kl_estimator"),
         (lambda: FlowVAE.build(6, 3, posterior="planar", amortised=True), "amortised"),
         (lambda: FlowVAE.build(6, 3, posterior="radial", amortised=1), "amortised"),
         (lambda: FlowVAE.build(6, 3, posterior="spline", flow_layers=0), "flow_layers"),

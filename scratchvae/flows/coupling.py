@@ -397,8 +397,11 @@ def _register_checks():
     def _flow(rng):
         flow = coupling_flow(3, 3, "spline", (5,), "tanh", bins=4, bound=2.5, rng=rng,
                              context_dim=2)
-        randomize_conditioners(flow, rng, 0.6)
-        return BijectorCase(flow, rng.standard_normal((3, 3)), rng.standard_normal((3, 2)))
+        randomize_conditioners(flow, rng, 0.4)
+        # a stack of splines curves sharply: Richardson extrapolation keeps the finite
+        # differences' truncation error below the tolerance (tests/test_coupling.py: fd_step)
+        return BijectorCase(flow, rng.standard_normal((3, 3)), rng.standard_normal((3, 2)),
+                            richardson=True)
 
 
 _register_checks()
