@@ -101,7 +101,8 @@ def plot_gaussianization(x, u, path):
     with the standard normal density over the latter."""
     plt = _plt()
     D = min(x.shape[1], 4)
-    fig, axes = plt.subplots(2, D, figsize=(3.2 * D, 5.4), squeeze=False)
+    fig, axes = plt.subplots(2, D, figsize=(3.2 * D, 5.8), squeeze=False,
+                             constrained_layout=True)  # titles clear of the tick labels
     grid = np.linspace(-4, 4, 200)
     for j in range(D):
         axes[0, j].hist(x[:, j], bins=80, density=True, color="tab:blue")
@@ -110,7 +111,7 @@ def plot_gaussianization(x, u, path):
         axes[1, j].plot(grid, np.exp(-grid**2 / 2) / np.sqrt(2 * np.pi), "k--", lw=1,
                         label="N(0, 1)")
         axes[1, j].set_title(f"$u_{j + 1} = T^{{-1}}(x)_{j + 1}$")
-    axes[1, 0].legend()
+    axes[1, 0].legend(loc="upper left", fontsize=8)
     fig.suptitle("Gaussianization: the flow's inverse maps the data to the base")
     return _save(fig, path)
 

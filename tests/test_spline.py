@@ -61,10 +61,17 @@ def fd_step(x, w, h, d, bound, inverse, relative=1e-3):
 
 
 def steps_for_all(x, w, h, d, bound, inverse):
-    """Steps for the input (``fd_step``) and 1e-4 for the logits: with Richardson the
-    truncation error is O(step^4), while a smaller step lets the rounding error of the outputs
-    swamp a parameter gradient that is small (a point in a bin of height 0.01 barely moves)."""
-    return {"x": fd_step(x, w, h, d, bound, inverse), "w": 1e-4, "h": 1e-4, "d": 1e-4}
+    """Steps for the input (``fd_step``) and for the logits of each point's spline:
+    1e-4 / sqrt(slope) where the slope at the point exceeds 1, used with Richardson.
+
+    Two errors pull the logits' step in opposite directions: where the map is steep a logit
+    moves the output sharply and a large step's truncation error shows; where a gradient is
+    small (a point in a bin of height 0.01) the outputs' rounding error swamps a small step.
+    The square root sits between the two for every case hypothesis has found."""
+    slope = np.exp(rq_spline(x, w, h, d, inverse=inverse, bound=bound)[1])
+    per_point = (1e-4 / np.sqrt(np.maximum(1.0, slope)))[..., None]
+    return {"x": fd_step(x, w, h, d, bound, inverse), "w": per_point * np.ones_like(w),
+            "h": per_point * np.ones_like(h), "d": per_point * np.ones_like(d)}
 
 
 def _float32_tolerance(bound, logdet32, logdet64):
