@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from ..nn import MLP
+from ..nn import MLP, sum_over_features
 from .bijector import Bijector, Cache, Chain
 from .linear import Permutation
 from .spline import rq_spline, rq_spline_backward, rq_spline_params_size
@@ -79,33 +79,41 @@ class AffineLaw:
     def forward(self, u, theta):
         s, slope = bounded_log_scale(theta[..., 0], self.scale_bound)
         scale = np.exp(s)
-        x = u * scale + theta[..., 1]
+        x = u * scale
+        x += theta[..., 1]
         return x, s, (False, scale, slope, u)
 
     def inverse(self, x, theta):
         s, slope = bounded_log_scale(theta[..., 0], self.scale_bound)
-        inv_scale = np.exp(-s)
-        u = (x - theta[..., 1]) * inv_scale
-        return u, -s, (True, inv_scale, slope, u)
+        logdet = -s
+        inv_scale = np.exp(logdet)  # e^{-s}
+        u = x - theta[..., 1]
+        u *= inv_scale
+        return u, logdet, (True, inv_scale, slope, u)
 
     def backward(self, d_out, d_logdet, cache):
         """``(d_in, d_theta)`` of ``L = <d_out, out> + <d_logdet, logdet>``, all elementwise.
 
+        ``d_out`` ``(N, M)``; ``d_logdet`` ``(N, M)`` or anything that broadcasts to it (the
+        block passes ``(N, 1)``: one upstream gradient per row).
         Derivation: derivations/07-coupling.md#gradients-of-the-affine-law.
         """
         inverse, factor, slope, u = cache
         d_theta = np.empty(d_out.shape + (2,), dtype=d_out.dtype)
+        d_raw, d_t = d_theta[..., 0], d_theta[..., 1]  # views: written in place below
+        d_in = d_out * factor
         if inverse:
             # u = (x - t) e^{-s}: du/dx = e^{-s}, du/dt = -e^{-s}, du/ds = -u; logdet = -s
-            d_in = d_out * factor
-            d_theta[..., 1] = -d_in
-            d_s = -d_out * u - d_logdet
+            np.negative(d_in, out=d_t)         # d_t = -d_out e^{-s}
+            d_s = d_out * u
+            d_s += d_logdet
+            np.negative(d_s, out=d_s)          # d_s = -d_out u - d_logdet
         else:
             # x = u e^{s} + t: dx/du = e^{s}, dx/dt = 1, dx/ds = u e^{s}; logdet = s
-            d_in = d_out * factor
-            d_theta[..., 1] = d_out
-            d_s = d_out * u * factor + d_logdet
-        d_theta[..., 0] = d_s * slope
+            d_t[...] = d_out                   # d_t = d_out
+            d_s = d_in * u                     # d_out e^{s} u
+            d_s += d_logdet                    # d_s = d_out u e^{s} + d_logdet
+        np.multiply(d_s, slope, out=d_raw)     # d_raw = d_s ds/draw
         return d_in, d_theta
 
 
@@ -152,8 +160,11 @@ class SplineLaw:
     def backward(self, d_out, d_logdet, cache):
         """``(d_in, d_theta)``: ``rq_spline_backward``, the three gradients side by side.
 
+        ``d_out`` ``(N, M)``; ``d_logdet`` ``(N, M)`` or anything that broadcasts to it.
         Derivation: derivations/07-coupling.md#gradients-of-the-spline-law.
         """
+        if d_logdet.shape != d_out.shape:
+            d_logdet = np.broadcast_to(d_logdet, d_out.shape)
         d_in, dw, dh, dd = rq_spline_backward(d_out, d_logdet, cache)
         return d_in, np.concatenate([dw, dh, dd], axis=-1)
 
@@ -181,6 +192,21 @@ def default_mask(dim):
     if dim == 1:
         return np.array([True])
     return np.arange(dim) >= math.ceil(dim / 2)
+
+
+def _columns(idx):
+    """Speed: the columns ``idx`` (sorted indices) as ``slice(lo, hi)`` when they are one run
+    ``lo, ..., hi - 1``, else ``idx`` itself.
+
+    Both select the same columns, ``z[:, _columns(idx)]`` equals ``z[:, idx]``. A slice reads a
+    view and writes in place where an index array gathers into a copy and scatters element by
+    element; the default masks (and their complements) are always one run, a general mask
+    keeps its index array.
+    """
+    if idx.size == 0:
+        return slice(0, 0)
+    lo, hi = int(idx[0]), int(idx[-1]) + 1
+    return slice(lo, hi) if hi - lo == idx.size else idx
 
 
 def _check_positive_int(name, value):
@@ -234,6 +260,7 @@ class CouplingBlock(Bijector):
         self.mask = mask.copy()
         self.idx_a = np.flatnonzero(~mask)  # identity part: read by the conditioner
         self.idx_b = np.flatnonzero(mask)   # transformed part
+        self._cols_a, self._cols_b = _columns(self.idx_a), _columns(self.idx_b)
         hidden = [int(h) for h in hidden]
         self.n_in = self.idx_a.size + self.context_dim
         self.constant_input = self.n_in == 0
@@ -257,7 +284,7 @@ class CouplingBlock(Bijector):
                                  f"got {np.shape(context)}")
         if self.constant_input:
             return np.ones((z.shape[0], 1), dtype=z.dtype)
-        parts = [z[:, self.idx_a]]
+        parts = [z[:, self._cols_a]]
         if self.context_dim:
             parts.append(np.asarray(context, dtype=z.dtype))
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
@@ -270,10 +297,10 @@ class CouplingBlock(Bijector):
     def _run(self, z, context, direction):
         theta, c_cond = self._theta(z, context)
         law_pass = self.law.forward if direction == "forward" else self.law.inverse
-        out_b, ld, c_law = law_pass(z[:, self.idx_b], theta)
-        out = z.copy()
-        out[:, self.idx_b] = out_b
-        return out, ld.sum(axis=1), Cache(direction, (c_cond, c_law))
+        out_b, ld, c_law = law_pass(z[:, self._cols_b], theta)
+        out = z.copy()  # out_a = in_a (one contiguous copy is cheaper than copying the part)
+        out[:, self._cols_b] = out_b
+        return out, sum_over_features(ld), Cache(direction, (c_cond, c_law))
 
     def forward(self, u, context=None):
         """Generative u -> x ``(N, D)``; log-det ``log|det dx/du|`` ``(N,)``.
@@ -296,15 +323,17 @@ class CouplingBlock(Bijector):
         """
         c_cond, c_law = data
         N = d_out.shape[0]
-        d_logdet_b = np.broadcast_to(d_logdet[:, None], (N, self.idx_b.size))
-        d_in_b, d_theta = self.law.backward(d_out[:, self.idx_b], d_logdet_b, c_law)
+        cols_a, cols_b = self._cols_a, self._cols_b
+        # every element's log-det enters the block's with weight 1: d_logdet per row, (N, 1),
+        # broadcast over the transformed coordinates
+        d_in_b, d_theta = self.law.backward(d_out[:, cols_b], d_logdet[:, None], c_law)
         d_cond_in, grads = self.conditioner.backward(d_theta.reshape(N, -1), c_cond)
         d_in = d_out.copy()  # the identity part's direct path: d out_a / d in_a = I
-        d_in[:, self.idx_b] = d_in_b
+        d_in[:, cols_b] = d_in_b
         d_context = None
         if not self.constant_input:
             n_a = self.idx_a.size
-            d_in[:, self.idx_a] += d_cond_in[:, :n_a]  # ... plus the path through theta
+            d_in[:, cols_a] += d_cond_in[:, :n_a]  # ... plus the path through theta
             if self.context_dim:
                 d_context = d_cond_in[:, n_a:]
         return d_in, self.prefixed("conditioner", grads), d_context
