@@ -92,42 +92,37 @@ def cmd_gradcheck(args) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
-def cmd_train_flow(args) -> int:
-    from .runs import train_flow
+def _settings(args, defaults) -> dict:
+    """The command's settings: every key of the run's defaults, read off the parsed options
+    (each option is named after its setting, ``--n-train`` -> ``n_train``)."""
+    return {k: getattr(args, k) for k in defaults}
 
-    _, metrics = train_flow(
-        out=args.out, quiet=args.quiet, resume=args.resume, figures=not args.no_figures,
-        data=args.data, flow=args.flow, layers=args.layers, bins=args.bins, bound=args.bound,
-        hidden=args.hidden, activation=args.activation, steps=args.steps, batch=args.batch,
-        lr=args.lr, seed=args.seed, dtype=args.dtype, conditional=args.conditional,
-        n_train=args.n_train, lr_schedule=args.lr_schedule)
+
+def _run_kwargs(args) -> dict:
+    return dict(out=args.out, quiet=args.quiet, resume=args.resume,
+                figures=not args.no_figures)
+
+
+def cmd_train_flow(args) -> int:
+    from .runs import FLOW_DEFAULTS, train_flow
+
+    _, metrics = train_flow(**_run_kwargs(args), **_settings(args, FLOW_DEFAULTS))
     _report("flow", metrics, args.out, args.quiet)
     return _exit_code(metrics)
 
 
 def cmd_train_vae(args) -> int:
-    from .runs import train_vae
+    from .runs import VAE_DEFAULTS, train_vae
 
-    _, metrics = train_vae(
-        out=args.out, quiet=args.quiet, resume=args.resume, figures=not args.no_figures,
-        data=args.data, likelihood=args.likelihood, latent=args.latent, hidden=args.hidden,
-        activation=args.activation, epochs=args.epochs, batch=args.batch, lr=args.lr,
-        lr_schedule=args.lr_schedule,
-        beta=args.beta, warmup=args.warmup, free_bits=args.free_bits, samples=args.samples,
-        iwae_k=args.iwae_k, posterior=args.posterior, flow_layers=args.flow_layers,
-        amortised=args.amortised, bins=args.bins, seed=args.seed, dtype=args.dtype)
+    _, metrics = train_vae(**_run_kwargs(args), **_settings(args, VAE_DEFAULTS))
     _report("vae", metrics, args.out, args.quiet)
     return _exit_code(metrics)
 
 
 def cmd_fit_target(args) -> int:
-    from .runs import fit_target
+    from .runs import TARGET_DEFAULTS, fit_target
 
-    _, metrics = fit_target(
-        out=args.out, quiet=args.quiet, resume=args.resume, figures=not args.no_figures,
-        target=args.target, flow=args.flow, layers=args.layers, hidden=args.hidden,
-        bins=args.bins, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
-        n_estimate=args.n_estimate)
+    _, metrics = fit_target(**_run_kwargs(args), **_settings(args, TARGET_DEFAULTS))
     _report("target", metrics, args.out, args.quiet)
     return _exit_code(metrics)
 
