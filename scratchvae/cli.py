@@ -156,14 +156,17 @@ def cmd_demo(args) -> int:
     fast = args.fast
     t0 = time.perf_counter()
     say = (lambda *a: None) if args.quiet else print
-    say("scratchvae demo: a spline flow on two moons, then a VAE on 8x8 digits")
     flow_dir = os.path.join(out, "flow-moons")
+    vae_dir = os.path.join(out, "vae-digits")
+    if any(os.path.exists(os.path.join(d, "checkpoint.npz")) for d in (flow_dir, vae_dir)):
+        raise ValueError(f"out: {out!r} already holds a demo; choose another --out, or delete "
+                         "that folder to run it again (nothing in it is overwritten)")
+    say("scratchvae demo: a spline flow on two moons, then a VAE on 8x8 digits")
     _, fm = train_flow(out=flow_dir, quiet=args.quiet, data="moons", flow="spline",
                        layers=4, hidden=(64, 64), steps=60 if fast else 1500,
                        n_train=4000 if fast else 50_000, seed=args.seed)
     say(f"  flow: test NLL {fm['test_nll']:.3f} nats on moons "
         f"({fm['steps']} steps, {fm['seconds']:.1f} s)")
-    vae_dir = os.path.join(out, "vae-digits")
     try:
         from . import data as datasets
         datasets.load_digits("binary")

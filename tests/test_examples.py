@@ -47,3 +47,6 @@ def test_demo_fast_mode_writes_its_figures(tmp_path):
                  "vae-digits/prior_samples.png", "vae-digits/interpolation.png", "demo.json"):
         assert (out / name).is_file(), name
     assert str(out) in result.stdout or "figures in" in result.stdout
+    again = run(["-m", "scratchvae", "demo", "--fast", "--out", str(out)], tmp_path, tmp_path)
+    assert again.returncode == 2 and "already holds a demo" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
