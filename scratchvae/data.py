@@ -43,6 +43,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import i0e, logsumexp
 
+from .checks import check_count
+
 __all__ = [
     "Dataset",
     "TOY_DATASETS",
@@ -139,7 +141,7 @@ def load_bars_and_stripes(side: int = 8, n_train: int = 1000, n_val: int = 350,
     """
     for arg, value in (("side", side), ("n_train", n_train), ("n_val", n_val),
                        ("n_test", n_test)):
-        _check_count(value, arg)
+        check_count(value, arg)
     if not 0 <= flip < 0.5:
         raise ValueError(f"flip: expected a probability in [0, 0.5), got {flip}")
     rng = np.random.default_rng([seed, 3])
@@ -251,16 +253,10 @@ def _check_toy_name(name):
         raise ValueError(f"name: expected one of {', '.join(TOY_DATASETS)}, got {name!r}")
 
 
-def _check_count(value, arg, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{arg}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def sample_toy(name: str, n: int, rng: np.random.Generator):
     """``n`` points of a toy set from ``rng``: ``(x (n, 2) float64, labels (n,) int or None)``."""
     _check_toy_name(name)
-    n = _check_count(n, "n")
+    n = check_count(n, "n")
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng: expected a np.random.Generator, got {type(rng).__name__}")
     x, labels = _RECIPES[name](n, rng)
@@ -276,9 +272,9 @@ def load_toy(name: str, n_train: int, seed: int = 0, n_test: int = 10_000,
     ``entropy`` is the exact differential entropy in nats where ``toy_entropy`` knows it.
     """
     _check_toy_name(name)
-    n_train = _check_count(n_train, "n_train")
-    n_test = _check_count(n_test, "n_test")
-    n_val = _check_count(n_val, "n_val")
+    n_train = check_count(n_train, "n_train")
+    n_test = check_count(n_test, "n_test")
+    n_val = check_count(n_val, "n_val")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
     parts = [sample_toy(name, n, np.random.default_rng([int(seed), stream]))

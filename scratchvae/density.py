@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .checks import check_count, check_rng
 from .flows.bijector import Bijector, Chain, add_context_grads
 from .gaussian import (
     diag_gaussian_log_prob,
@@ -39,18 +40,6 @@ STANDARDIZE_MIN_SCALE = 1e-6
 
 
 # ----------------------------------------------------------------------------- validation
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_rng(rng):
-    if not isinstance(rng, np.random.Generator):
-        raise ValueError(f"rng: expected a np.random.Generator, got {type(rng).__name__}")
-    return rng
-
-
 def _check_temperature(temperature):
     if isinstance(temperature, bool) or not isinstance(temperature, int | float | np.number) \
             or not (np.isfinite(temperature) and temperature > 0):
@@ -92,7 +81,7 @@ class StandardNormal(Module):
 
     def __init__(self, dim, dtype=np.float64):
         super().__init__()
-        self.dim = _check_int("dim", dim, 1)
+        self.dim = check_count(dim, "dim")
         self.dtype = np.dtype(dtype)
 
     def log_prob_forward(self, z, context=None):
@@ -115,8 +104,8 @@ class StandardNormal(Module):
 
     def sample(self, n, rng, context=None, temperature=1.0):
         """``n`` draws from ``N(0, temperature^2 I)`` ``(n, dim)``."""
-        n = _check_int("n", n, 1)
-        return self.rsample(n, _check_rng(rng), None, _check_temperature(temperature))[0]
+        n = check_count(n, "n")
+        return self.rsample(n, check_rng(rng), None, _check_temperature(temperature))[0]
 
 
 def bounded_log_std(raw, bound):
@@ -148,10 +137,10 @@ class ConditionalDiagonalGaussian(Module):
     def __init__(self, dim, context_dim, hidden=(64,), rng=None, activation="tanh",
                  dtype=np.float64, log_std_bound=5.0):
         super().__init__()
-        self.dim = _check_int("dim", dim, 1)
-        self.context_dim = _check_int("context_dim", context_dim, 1)
+        self.dim = check_count(dim, "dim")
+        self.context_dim = check_count(context_dim, "context_dim")
         if rng is not None:
-            _check_rng(rng)
+            check_rng(rng)
         if not (np.isfinite(log_std_bound) and log_std_bound > 0):
             raise ValueError(f"log_std_bound: expected a positive finite number, "
                              f"got {log_std_bound}")
@@ -223,9 +212,9 @@ class ConditionalDiagonalGaussian(Module):
 
     def sample(self, n, rng, context, temperature=1.0):
         """``n`` draws ``(n, dim)``, one per row of ``context`` ``(n, context_dim)``."""
-        n = _check_int("n", n, 1)
+        n = check_count(n, "n")
         ctx = self._check_context(context, n)
-        return self.rsample(n, _check_rng(rng), ctx, _check_temperature(temperature))[0]
+        return self.rsample(n, check_rng(rng), ctx, _check_temperature(temperature))[0]
 
 
 # ----------------------------------------------------------------------------- the model
@@ -275,8 +264,8 @@ class FlowDensity(Module):
 
     def __init__(self, base, flow, dim, context_dim=0):
         super().__init__()
-        self.dim = _check_int("dim", dim, 1)
-        self.context_dim = _check_int("context_dim", context_dim, 0)
+        self.dim = check_count(dim, "dim")
+        self.context_dim = check_count(context_dim, "context_dim", 0)
         if not isinstance(flow, Bijector):
             raise ValueError(f"flow: expected a Bijector, got {type(flow).__name__}")
         if not all(hasattr(base, m) for m in ("log_prob_forward", "log_prob_backward",
@@ -425,8 +414,8 @@ class FlowDensity(Module):
     def _check_sampling(self, n, rng, context, temperature):
         if n is None and context is not None:
             n = np.shape(context)[0]
-        n = _check_int("n", n, 1)
-        return n, _check_rng(rng), self._check_context(context, n), \
+        n = check_count(n, "n")
+        return n, check_rng(rng), self._check_context(context, n), \
             _check_temperature(temperature)
 
     def rsample_and_log_prob(self, n, rng, context=None, temperature=1.0):

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .checks import check_rng
 from .flows.bijector import Bijector, Chain
 from .flows.coupling import CouplingBlock, coupling_flow, randomize_conditioners
 from .flows.linear import Permutation
@@ -54,7 +55,7 @@ from .gaussian import (
 )
 from .likelihoods import Likelihood, make_likelihood
 from .nn import MLP, Linear
-from .vae import VAE, Encoding, _check_rng, _positive_int
+from .vae import VAE, Encoding, _positive_int
 
 __all__ = ["FlowVAE", "EncoderWithHidden", "POSTERIORS", "KL_ESTIMATORS", "closed_form_weight",
            "make_posterior_flow", "randomize_flow"]
@@ -138,7 +139,7 @@ def make_posterior_flow(kind, latent_dim, n_layers=4, *, context_dim=0, hidden=(
     latent_dim = _positive_int(latent_dim, "latent_dim")
     n_layers = _positive_int(n_layers, "flow_layers")
     rng = np.random.default_rng(0) if rng is None else rng
-    _check_rng(rng)
+    check_rng(rng)
     if context_dim and kind not in AMORTISABLE:
         raise ValueError(f"amortised: a {kind} flow has global parameters and reads no "
                          f"context; amortised posteriors need one of {AMORTISABLE}")
@@ -302,7 +303,7 @@ class FlowVAE(VAE):
         context_dim = _positive_int(context_dim, "context_dim") if amortised else 0
         hidden = tuple(hidden)
         rng = np.random.default_rng(0) if rng is None else rng
-        _check_rng(rng)
+        check_rng(rng)
         # the same draws, in the same order, as VAE.build: encoder first, then decoder
         enc_cls = EncoderWithHidden if amortised else MLP
         encoder = enc_cls([data_dim, *hidden, 2 * latent_dim], activation, rng, dtype)
@@ -495,7 +496,7 @@ class FlowVAE(VAE):
 
         Derivation: derivations/13-flow-vae.md#encoding-interpolation-and-samples.
         """
-        _check_rng(rng)
+        check_rng(rng)
         h = self._encode_h(x)
         S = 1 if n_samples is None else _positive_int(n_samples, "n_samples")
         z, _, _ = self._flow_posterior(h, self._noise(rng, (S, h.shape[0], self.latent_dim)))

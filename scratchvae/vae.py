@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .checks import check_rng
 from .gaussian import (
     SIGMA_FLOOR,
     kl_standard_normal,
@@ -157,11 +158,6 @@ def _check_mode(mode):
         raise ValueError(f"mode: expected 'mean' or 'sample', got {mode!r}")
 
 
-def _check_rng(rng, name="rng"):
-    if not isinstance(rng, np.random.Generator):
-        raise ValueError(f"{name}: expected a numpy.random.Generator, got {type(rng).__name__}")
-
-
 # ----------------------------------------------------------------------------- the model
 class VAE(Module):
     """A VAE with a diagonal-Gaussian posterior, a N(0, I) prior and a likelihood p(x|z).
@@ -227,7 +223,7 @@ class VAE(Module):
         latent_dim = _positive_int(latent_dim, "latent_dim")
         hidden = tuple(hidden)
         rng = np.random.default_rng(0) if rng is None else rng
-        _check_rng(rng)
+        check_rng(rng)
         encoder = MLP([data_dim, *hidden, 2 * latent_dim], activation, rng, dtype)
         decoder = MLP([latent_dim, *hidden[::-1], data_dim], activation, rng, dtype)
         if not isinstance(likelihood, Likelihood):
@@ -348,7 +344,7 @@ class VAE(Module):
         derivations/04-elbo-and-iwae.md#beta-warm-up-and-free-bits.
         """
         x = self._check_x(batch, "batch")
-        _check_rng(rng)
+        check_rng(rng)
         if not (np.isfinite(beta) and beta >= 0):
             raise ValueError(f"beta: expected a non-negative number, got {beta!r}")
         N = x.shape[0]
@@ -385,7 +381,7 @@ class VAE(Module):
         derivations/04-elbo-and-iwae.md#the-monte-carlo-estimate.
         """
         x = self._check_x(x)
-        _check_rng(rng)
+        check_rng(rng)
         S = _positive_int(n_samples, "n_samples")
         rec, kl = np.empty(len(x), self.dtype), np.empty(len(x), self.dtype)
         for a, b in self._row_blocks(len(x), S, max_rows):  # memory blocks, not samples
@@ -403,7 +399,7 @@ class VAE(Module):
         derivations/04-elbo-and-iwae.md#the-importance-weighted-bound.
         """
         x = self._check_x(x)
-        _check_rng(rng)
+        check_rng(rng)
         K = _positive_int(K, "K")
         N, L = x.shape[0], self.latent_dim
         log_w = np.empty((K, N), dtype=self.dtype)
@@ -430,7 +426,7 @@ class VAE(Module):
 
         derivations/04-elbo-and-iwae.md#sampling-modes.
         """
-        _check_rng(rng)
+        check_rng(rng)
         mu, sigma = self.encode(x)
         S = 1 if n_samples is None else _positive_int(n_samples, "n_samples")
         z = mu + sigma * self._noise(rng, (S,) + mu.shape)
@@ -475,7 +471,7 @@ class VAE(Module):
         out = _forward_in_blocks(self.decoder, z)
         if mode == "mean":
             return self.likelihood.mean(out)
-        _check_rng(rng)
+        check_rng(rng)
         return self.likelihood.sample(out, rng)
 
     def sample(self, n, rng, temperature=1.0, mode="mean"):
@@ -485,7 +481,7 @@ class VAE(Module):
         Returns (n, D). derivations/04-elbo-and-iwae.md#sampling-modes.
         """
         n = _positive_int(n, "n")
-        _check_rng(rng)
+        check_rng(rng)
         _check_mode(mode)
         if not (np.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature: expected a positive number, got {temperature!r}")
@@ -498,7 +494,7 @@ class VAE(Module):
         derivations/04-elbo-and-iwae.md#sampling-modes.
         """
         x = self._check_x(x)
-        _check_rng(rng)
+        check_rng(rng)
         _check_mode(mode)
         h = self.encoder(x)
         z, _, _ = self.posterior_sample(h, self._noise(rng, (1, len(x), self.latent_dim)))

@@ -35,6 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .checks import check_count, check_rng
 from .flows.bijector import Chain
 from .flows.elementwise import ElementwiseAffine
 from .flows.planar import Planar, Radial
@@ -57,18 +58,6 @@ KINDS = ("gaussian", "planar", "radial", "affine", "spline")
 
 
 # ----------------------------------------------------------------------------- validation
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
-
-
-def _check_rng(rng):
-    if not isinstance(rng, np.random.Generator):
-        raise ValueError(f"rng: expected a np.random.Generator, got {type(rng).__name__}")
-    return rng
-
-
 def _check_points(name, x, dim):
     x = np.asarray(x)
     if x.ndim != 2 or x.shape[1] != dim or x.shape[0] < 1:
@@ -114,14 +103,14 @@ class Variational(Module):
 
     def __init__(self, flow, dim, kind="custom"):
         super().__init__()
-        self.dim = _check_positive_int("dim", dim)
+        self.dim = check_count(dim, "dim")
         self.flow = self.add_child("flow", flow)
         self.kind = str(kind)
 
     def draw_base(self, n, rng):
         """``n`` base samples ``u ~ N(0, I)`` ``(n, dim)`` in the parameters' dtype."""
-        n = _check_positive_int("n", n)
-        u = _check_rng(rng).standard_normal((n, self.dim))
+        n = check_count(n, "n")
+        u = check_rng(rng).standard_normal((n, self.dim))
         return u.astype(self._dtype(), copy=False)
 
     def _dtype(self):
@@ -182,11 +171,11 @@ def make_variational(kind="gaussian", dim=2, n_layers=8, hidden=(64, 64), rng=No
     """
     if kind not in KINDS:
         raise ValueError(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
-    dim = _check_positive_int("dim", dim)
-    rng = np.random.default_rng(0) if rng is None else _check_rng(rng)
+    dim = check_count(dim, "dim")
+    rng = np.random.default_rng(0) if rng is None else check_rng(rng)
     bijectors = [ElementwiseAffine(dim, dtype=dtype)]
     if kind != "gaussian":
-        n_layers = _check_positive_int("n_layers", n_layers)
+        n_layers = check_count(n_layers, "n_layers")
     if kind in ("planar", "radial"):
         layer = Planar if kind == "planar" else Radial
         bijectors += [layer(dim, rng, dtype) for _ in range(n_layers)]
@@ -245,7 +234,7 @@ def reverse_kl_loss_fn(q, target, n):
     Derivation: derivations/14-reverse-kl.md#the-reparameterised-gradient.
     """
     _check_target(target)
-    n = _check_positive_int("n", n)
+    n = check_count(n, "n")
 
     def loss_fn(batch, rng, step):
         return reverse_kl_loss_and_grads(q, target, n, rng)
@@ -305,9 +294,9 @@ def importance_estimate(q, target, n, rng, chunk=65_536):
     if not isinstance(q, Variational):
         raise ValueError(f"q: expected a Variational, got {type(q).__name__}")
     _check_target(target)
-    n = _check_positive_int("n", n)
-    chunk = _check_positive_int("chunk", chunk)
-    _check_rng(rng)
+    n = check_count(n, "n")
+    chunk = check_count(chunk, "chunk")
+    check_rng(rng)
     parts = []
     for start in range(0, n, chunk):
         x, log_q = q.sample_and_log_prob(min(chunk, n - start), rng)

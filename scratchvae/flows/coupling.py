@@ -28,6 +28,7 @@ import math
 
 import numpy as np
 
+from ..checks import check_count
 from ..nn import MLP, sum_over_features
 from .bijector import Bijector, Cache, Chain
 from .linear import Permutation
@@ -209,12 +210,6 @@ def _columns(idx):
     return slice(lo, hi) if hi - lo == idx.size else idx
 
 
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
-
-
 class CouplingBlock(Bijector):
     """A coupling block: identity on part ``a``, an elementwise law on part ``b``.
 
@@ -241,7 +236,7 @@ class CouplingBlock(Bijector):
     def __init__(self, dim, law="affine", hidden=(64, 64), activation="relu", rng=None,
                  mask=None, context_dim=0, dtype=np.float64):
         super().__init__()
-        self.dim = _check_positive_int("dim", dim)
+        self.dim = check_count(dim, "dim")
         if isinstance(context_dim, bool) or not isinstance(context_dim, int | np.integer) \
                 or context_dim < 0:
             raise ValueError(f"context_dim: expected an integer >= 0, got {context_dim!r}")
@@ -369,8 +364,8 @@ def coupling_flow(dim, n_layers, law="affine", hidden=(64, 64), activation="relu
     ``context_dim > 0``: the context reaches every conditioner.
     Derivation: derivations/07-coupling.md#stacking-blocks.
     """
-    dim = _check_positive_int("dim", dim)
-    n_layers = _check_positive_int("n_layers", n_layers)
+    dim = check_count(dim, "dim")
+    n_layers = check_count(n_layers, "n_layers")
     if rng is not None and not isinstance(rng, np.random.Generator):
         raise ValueError(f"rng: expected a np.random.Generator, got {type(rng).__name__}")
     if permutation not in ("auto", "random", "reverse", None):

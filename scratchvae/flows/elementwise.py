@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..checks import check_count
 from ..nn import log_sigmoid, sigmoid
 from .bijector import Bijector, Cache, Inverse
 
@@ -24,12 +25,6 @@ __all__ = ["ElementwiseAffine", "Sigmoid", "Logit", "INTERVAL_END_EPS"]
 #: How far inside [low, high] the logit clips a point: this many machine epsilons of the
 #: dtype, times the interval's scale max(|low|, |high|, high - low) (``_clip_to_open_interval``).
 INTERVAL_END_EPS = 2.0
-
-
-def _check_dim(dim):
-    if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 1:
-        raise ValueError(f"dim: expected a positive integer, got {dim!r}")
-    return int(dim)
 
 
 # ----------------------------------------------------------------------------- affine
@@ -50,7 +45,7 @@ class ElementwiseAffine(Bijector):
 
     def __init__(self, dim, dtype=np.float64):
         super().__init__()
-        self.dim = _check_dim(dim)
+        self.dim = check_count(dim, "dim")
         self.dtype = np.dtype(dtype)
         self.log_scale = self.add_param("log_scale", np.zeros(self.dim, dtype=self.dtype))
         self.shift = self.add_param("shift", np.zeros(self.dim, dtype=self.dtype))

@@ -18,9 +18,10 @@ import numpy as np
 import scipy.linalg
 from scipy.linalg import solve_triangular
 
+from ..checks import check_count, check_rng
 from ..nn import sigmoid, softplus
 from .bijector import Bijector, Cache
-from .elementwise import ElementwiseAffine, _check_dim
+from .elementwise import ElementwiseAffine
 
 __all__ = ["Permutation", "ActNorm", "LULinear", "ACTNORM_MIN_STD", "LU_MIN_DIAGONAL"]
 
@@ -29,12 +30,6 @@ ACTNORM_MIN_STD = 1e-6
 
 #: Smallest diagonal entry of U in LULinear (diag = softplus(raw_diag) + LU_MIN_DIAGONAL).
 LU_MIN_DIAGONAL = 1e-3
-
-
-def _check_rng(rng):
-    if not isinstance(rng, np.random.Generator):
-        raise ValueError(f"rng: expected a np.random.Generator, got {type(rng).__name__}")
-    return rng
 
 
 # ----------------------------------------------------------------------------- permutation
@@ -73,7 +68,7 @@ class Permutation(Bijector):
 
         Derivation: derivations/09-linear-bijectors.md#permutations.
         """
-        return cls(np.arange(_check_dim(dim))[::-1])
+        return cls(np.arange(check_count(dim, "dim"))[::-1])
 
     @classmethod
     def random(cls, dim, rng):
@@ -81,7 +76,7 @@ class Permutation(Bijector):
 
         Derivation: derivations/09-linear-bijectors.md#permutations.
         """
-        return cls(_check_rng(rng).permutation(_check_dim(dim)))
+        return cls(check_rng(rng).permutation(check_count(dim, "dim")))
 
     def forward(self, u, context=None):
         return u[:, self.perm], np.zeros(u.shape[0], dtype=u.dtype), Cache("forward", None)
@@ -202,9 +197,9 @@ class LULinear(Bijector):
 
     def __init__(self, dim, rng=None, dtype=np.float64, identity_init=False):
         super().__init__()
-        self.dim = D = _check_dim(dim)
+        self.dim = D = check_count(dim, "dim")
         self.dtype = np.dtype(dtype)
-        rng = np.random.default_rng(0) if rng is None else _check_rng(rng)
+        rng = np.random.default_rng(0) if rng is None else check_rng(rng)
         if identity_init:
             perm, lower, upper = np.arange(D), np.zeros((D, D)), np.zeros((D, D))
             # softplus(raw) + floor = 1, computed in the target dtype so it is 1 exactly

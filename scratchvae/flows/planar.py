@@ -35,9 +35,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..checks import check_count, check_rng
 from ..nn import sigmoid, softplus
 from .bijector import Bijector, Cache
-from .elementwise import _check_dim
 
 __all__ = [
     "Planar",
@@ -63,12 +63,6 @@ PLANAR_MIN_W_NORM2 = 1e-12
 #: Iteration cap of the planar inverse's safeguarded Newton solver. Bisection alone halves the
 #: bracket each step, so 200 steps shrink any finite bracket below a float64 rounding error.
 PLANAR_MAX_ITER = 200
-
-
-def _check_rng(rng):
-    if not isinstance(rng, np.random.Generator):
-        raise ValueError(f"rng: expected a np.random.Generator, got {type(rng).__name__}")
-    return rng
 
 
 # ----------------------------------------------------------------------------- guards
@@ -355,9 +349,9 @@ class Planar(Bijector):
 
     def __init__(self, dim, rng=None, dtype=np.float64):
         super().__init__()
-        self.dim = D = _check_dim(dim)
+        self.dim = D = check_count(dim, "dim")
         self.dtype = np.dtype(dtype)
-        rng = np.random.default_rng(0) if rng is None else _check_rng(rng)
+        rng = np.random.default_rng(0) if rng is None else check_rng(rng)
         w = rng.standard_normal(D) / np.sqrt(D)
         # u = w s* / |w|^2 with softplus(s*) = 1 gives w.u = s*, m(s*) = 0 and u_hat = 0
         s_star = np.log(np.expm1(1.0))
@@ -572,9 +566,9 @@ class Radial(Bijector):
 
     def __init__(self, dim, rng=None, dtype=np.float64):
         super().__init__()
-        self.dim = D = _check_dim(dim)
+        self.dim = D = check_count(dim, "dim")
         self.dtype = np.dtype(dtype)
-        rng = np.random.default_rng(0) if rng is None else _check_rng(rng)
+        rng = np.random.default_rng(0) if rng is None else check_rng(rng)
         self.z0 = self.add_param("z0", rng.standard_normal(D).astype(self.dtype))
         self.raw_alpha = self.add_param("raw_alpha", np.zeros(1, dtype=self.dtype))
         self.raw_beta = self.add_param("raw_beta",
