@@ -75,7 +75,9 @@ def log_mean_exp(a, axis=0):
     """log(mean(exp(a))) along ``axis``, stable for entries of any size (e.g. -1e5).
 
     ``m + log mean exp(a - m)`` with m the largest entry: the largest term becomes exp(0) = 1,
-    nothing overflows, and the sum is at least 1/K of the mean, so the log is finite.
+    nothing overflows, and the sum is at least 1/K of the mean, so the log is finite. The same
+    function estimates log Z from importance weights
+    (derivations/14-reverse-kl.md#importance-sampling-estimate-of-log-z).
     derivations/04-elbo-and-iwae.md#stable-log-mean-exp.
     """
     a = np.asarray(a)

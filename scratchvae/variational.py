@@ -41,6 +41,7 @@ from .flows.elementwise import ElementwiseAffine
 from .flows.planar import Planar, Radial
 from .gaussian import std_normal_log_prob
 from .nn import Module
+from .vae import log_mean_exp  # the IWAE's stable log-mean-exp serves log Z too
 
 __all__ = [
     "KINDS",
@@ -243,18 +244,6 @@ def reverse_kl_loss_fn(q, target, n):
 
 
 # ----------------------------------------------------------------------------- log Z and ESS
-def log_mean_exp(a):
-    """``log((1/n) sum_i exp(a_i))`` of a 1-D array, stable: the maximum is taken out first.
-
-    Derivation: derivations/14-reverse-kl.md#importance-sampling-estimate-of-log-z.
-    """
-    a = np.asarray(a, dtype=np.float64)
-    m = np.max(a)
-    if not np.isfinite(m):
-        return float(m)
-    return float(m + np.log(np.mean(np.exp(a - m))))
-
-
 def kish_ess(log_w):
     """Kish's effective sample size ``(sum w)^2 / sum w^2`` from log-weights, stable:
     ``exp(2 logsumexp(log_w) - logsumexp(2 log_w))``, computed with the maximum taken out.
@@ -304,7 +293,7 @@ def importance_estimate(q, target, n, rng, chunk=65_536):
     log_w = np.concatenate(parts)
     ess = kish_ess(log_w)
     stderr = float(np.std(log_w, ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
-    return ImportanceEstimate(float(np.mean(log_w)), stderr, log_mean_exp(log_w), ess,
+    return ImportanceEstimate(float(np.mean(log_w)), stderr, float(log_mean_exp(log_w)), ess,
                               ess / n, n)
 
 
