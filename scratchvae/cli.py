@@ -131,19 +131,12 @@ def cmd_sample(args) -> int:
     import numpy as np
 
     from .runs import sample_run
+    from .train import atomic_write
 
     if not args.out.endswith(".npy"):
         raise ValueError(f"out: expected a .npy file name, got {args.out!r}")
     x = sample_run(args.run, args.n, args.temperature, args.seed, args.label)
-    folder = os.path.dirname(os.path.abspath(args.out))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(args.out)}")  # atomic
-    try:
-        np.save(tmp, x)
-        os.replace(tmp, args.out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(args.out, lambda f: np.save(f, x), suffix=".npy")
     if not args.quiet:
         print(f"wrote {x.shape[0]} samples of dimension {x.shape[1]} to {args.out}")
     return 0

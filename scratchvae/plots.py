@@ -5,9 +5,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import numpy as np
 
 __all__ = [
@@ -29,19 +26,14 @@ def _plt():
 
 
 def _save(fig, path) -> str:
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    os.close(fd)
+    """Write ``fig`` as a PNG atomically and close it."""
+    from .train import atomic_write
+
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110,
+                                                          bbox_inches="tight"), suffix=".png")
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         _plt().close(fig)
-    return path
 
 
 def _box(x, pad=0.1):

@@ -34,21 +34,23 @@ import numpy as np
 
 from .optim import Adam, clip_grad_norm
 
-__all__ = ["Trainer", "FitResult", "Progress", "atomic_save_npz", "load_npz", "batch_indices"]
+__all__ = ["Trainer", "FitResult", "Progress", "atomic_write", "atomic_save_npz",
+           "atomic_write_text", "load_npz", "batch_indices"]
 
 
 # ----------------------------------------------------------------------------- files
-def atomic_save_npz(path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` to ``path`` (.npz) atomically: a temporary file in the same folder,
-    flushed and fsynced, then renamed over the target. An interrupted write never leaves a
-    half-written file behind."""
+def atomic_write(path, write, mode: str = "wb", suffix: str = "") -> str:
+    """Write a file atomically: ``write(f)`` fills a temporary file in the same folder, which is
+    flushed, fsynced and then renamed over ``path``. An interrupted write never leaves a
+    half-written file behind, and a failed one leaves the old file as it was. Returns ``path``.
+    """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -56,24 +58,17 @@ def atomic_save_npz(path, arrays: dict[str, np.ndarray]) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    return path
+
+
+def atomic_save_npz(path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` to ``path`` (.npz) atomically (``atomic_write``)."""
+    atomic_write(path, lambda f: np.savez(f, **arrays), suffix=".npz")
 
 
 def atomic_write_text(path, text: str) -> None:
-    """Write a text file atomically (temporary file, then rename)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write a text file atomically (``atomic_write``)."""
+    atomic_write(path, lambda f: f.write(text), mode="w")
 
 
 def load_npz(path) -> dict[str, np.ndarray]:
