@@ -279,17 +279,6 @@ def _flow_figures(model, ds, path, context_dim, split, test_rows, history):
 
 
 # ----------------------------------------------------------------------------- VAEs
-def _vae_data(settings):
-    ds = datasets.load_dataset(str(settings["data"]), seed=settings["seed"])
-    if settings["likelihood"] == "bernoulli":
-        values = np.unique(ds.train[: min(len(ds.train), 5000)])
-        if not np.all(np.isin(values, (0.0, 1.0))):
-            raise ValueError(f"data: the Bernoulli likelihood needs binary (0/1) data, but "
-                             f"{ds.name!r} has other values; binarise it, or use "
-                             "--likelihood gaussian-shared (grey levels are not Bernoulli)")
-    return ds
-
-
 def _build_vae(settings, dim, rng):
     from .vae import VAE
 
@@ -330,10 +319,12 @@ def train_vae(out=None, quiet=False, resume=False, figures=True, stop_after=None
     if settings["posterior"] not in posteriors:
         raise ValueError(f"posterior: expected one of {posteriors}, got {settings['posterior']!r}")
     dtype = _dtype(settings["dtype"])
-    ds = _vae_data(settings)
+    ds = datasets.load_dataset(str(settings["data"]), seed=settings["seed"])
     train, val, test = (a.astype(dtype) for a in (ds.train, ds.val, ds.test))
     rng = np.random.default_rng([settings["seed"], 7])
     model = _build_vae(settings, train.shape[1], rng)
+    for split in (train, val, test):  # e.g. grey levels refused by the Bernoulli likelihood
+        model.likelihood.validate(split, f"data {ds.name!r}")
     per_epoch = math.ceil(len(train) / settings["batch"])
     steps = settings["epochs"] * per_epoch
     beta = settings["beta"]
