@@ -117,7 +117,9 @@ def format_results(rows, threads):
     head = (f"{'workload':<10} {'ms/step':>9} {'min':>8} {'max':>8} {'floor ms':>9} "
             f"{'ratio':>6} {'cpu ms':>8} {'cpu flr':>8} {'peak MB':>8} {'step MB':>8} "
             f"{'faults':>7}")
-    lines = [f"BLAS threads: {threads}", head, "-" * len(head)]
+    allocator = rows[0].get("allocator", "?") if rows else "?"
+    lines = [f"BLAS threads: {threads}; malloc: {allocator} (see benchmarks/README.md)", head,
+             "-" * len(head)]
     for r in rows:
         lines.append(f"{r['workload']:<10} {r['ms']:>9.2f} {r['min_ms']:>8.2f} "
                      f"{r['max_ms']:>8.2f} {r['floor_ms']:>9.2f} {r['ratio']:>6.2f} "

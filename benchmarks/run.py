@@ -45,9 +45,9 @@ def parse_args(argv=None):
                    help="time log_prob/sample of the flows and encode/decode of the VAE")
     p.add_argument("--points", type=int, default=None,
                    help="points for --inference (default 100000; 5000 with --quick)")
-    p.add_argument("--keep-freed-memory", action="store_true",
-                   help="run the measuring processes with glibc's malloc told to keep freed "
-                        "memory (no page faults from heap trimming; see README)")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc's malloc as it is (default: keep freed memory in the "
+                        "process, as scratchvae's Trainer does; see README)")
     p.add_argument("--in-process", action="store_true",
                    help="measure everything in this process (default: a fresh process each)")
     p.add_argument("--scaling-index", type=int, default=None, help=argparse.SUPPRESS)
@@ -71,10 +71,6 @@ def set_threads(n):
             os.environ[var] = str(n)
 
 
-#: glibc settings that keep freed memory in the process (read when a process starts)
-KEEP_FREED_MEMORY = "glibc.malloc.trim_threshold=268435456:glibc.malloc.mmap_threshold=33554432"
-
-
 def _child(args, *extra):
     """Run this script in a fresh process with ``extra`` arguments; its JSON rows."""
     cmd = [sys.executable, os.path.abspath(__file__), "--json", "--in-process", *extra]
@@ -84,22 +80,23 @@ def _child(args, *extra):
             cmd += [f"--{flag}", str(value)]
     if args.quick:
         cmd.append("--quick")
-    env = dict(os.environ)
-    if args.keep_freed_memory:
-        env["GLIBC_TUNABLES"] = KEEP_FREED_MEMORY
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    if args.default_malloc:
+        cmd.append("--default-malloc")
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.keep_freed_memory and args.in_process:
-        print("note: --keep-freed-memory applies to fresh processes only (glibc reads its "
-              "settings at start); ignored with --in-process", file=sys.stderr)
     set_threads(args.threads)
     # NumPy (through scratchvae) is imported only now, after the thread count is set
     sys.path.insert(0, HERE)
     import measure
+
+    from scratchvae.memory import keep_freed_memory
+    # a training step measured as scratchvae's Trainer runs it: freed memory kept in the
+    # process (scratchvae/memory.py); --default-malloc measures glibc's defaults instead
+    allocator = "default" if args.default_malloc or not keep_freed_memory() else "kept"
 
     steps = args.steps or (3 if args.quick else 40)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
@@ -109,6 +106,7 @@ def main(argv=None):
     def show(rows, fmt):
         for r in rows:
             r.setdefault("threads", threads)
+            r.setdefault("allocator", allocator)
             if emit:
                 emit(r)
         if not emit:
@@ -143,6 +141,7 @@ def main(argv=None):
             for name in names:
                 rows.append(measure.time_workload(name, steps=steps, warmup=warmup))
                 rows[-1]["threads"] = threads
+                rows[-1]["allocator"] = allocator
                 if emit:
                     emit(rows[-1])
             if not emit:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import memory
 from .optim import Adam, clip_grad_norm
 
 __all__ = ["Trainer", "FitResult", "Progress", "atomic_write", "atomic_save_npz",
@@ -155,13 +156,17 @@ class Trainer:
     to 0 over ``steps``). ``clip``: global-norm gradient clipping bound, or None.
     ``on_eval(trainer)`` is called after each evaluation, at a step boundary where the
     parameters, the optimiser and the RNG agree (a place to write a checkpoint).
+    ``keep_freed_memory``: ``run`` first calls ``scratchvae.memory.keep_freed_memory()``, so
+    the temporaries of one step reuse the memory of the last instead of faulting in fresh
+    pages (10-20 % of a step; identical results). False leaves the allocator alone.
     """
 
     def __init__(self, model, loss_fn: Callable, *, data=None, steps: int, batch_size: int = 128,
                  lr: float = 1e-3, seed: int = 0, eval_fn: Callable | None = None,
                  eval_every: int | None = None, keep_best: bool = True, clip: float | None = None,
                  lr_schedule: str = "constant", quiet: bool = False, desc: str = "",
-                 log_every: int | None = None, on_eval: Callable | None = None):
+                 log_every: int | None = None, on_eval: Callable | None = None,
+                 keep_freed_memory: bool = True):
         if int(steps) < 1:
             raise ValueError(f"steps: expected a positive number of steps, got {steps}")
         if int(batch_size) < 1:
@@ -175,6 +180,7 @@ class Trainer:
         self.base_lr, self.lr_schedule, self.clip = float(lr), lr_schedule, clip
         self.eval_fn, self.keep_best, self.quiet, self.desc = eval_fn, keep_best, quiet, desc
         self.on_eval = on_eval
+        self.keep_freed_memory = bool(keep_freed_memory)
         self.eval_every = int(eval_every) if eval_every else max(1, self.steps // 20)
         self.log_every = int(log_every) if log_every else max(1, min(self.eval_every, 100))
         self.params = model.params
@@ -213,6 +219,8 @@ class Trainer:
     def run(self, stop_after: int | None = None) -> FitResult:
         """Train until ``steps`` (or, for tests of resuming, until step ``stop_after``)."""
         end = self.steps if stop_after is None else min(self.steps, int(stop_after))
+        if self.keep_freed_memory:
+            memory.keep_freed_memory()  # speed only: see scratchvae/memory.py
         progress = Progress(self.steps, self.step, self.quiet, self.desc)
         stopped = None
         t0 = time.perf_counter()
