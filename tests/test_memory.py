@@ -40,10 +40,11 @@ def _faults(mode):
 @pytest.mark.skipif(not GLIBC, reason="the thresholds are glibc's")
 def test_page_faults_of_repeated_temporaries_disappear():
     # default glibc: the freed 24 MB exceed the (dynamic) trim threshold and go back to the
-    # kernel every step, so each step faults its pages in again (~6000 4 kB pages per step)
+    # kernel every step, so each step faults its pages in again (measured here: ~800 faults
+    # per step; the kernel maps some of the 6000 pages in larger blocks)
     default = _faults("default")
     kept = _faults("keep")
-    assert default > 10 * 1000
+    assert default > 10 * 300
     assert kept < 200
 
 
