@@ -118,4 +118,22 @@ def test_adam_keeps_each_parameters_dtype_and_exposes_its_moments_by_name():
     np.testing.assert_allclose(params["a"], 1 - 0.1, rtol=1e-6)
     np.testing.assert_allclose(opt.m["b"], 0.1 * np.arange(4.0))
     np.testing.assert_allclose(opt.v["c"], [0.001], rtol=1e-6)
-    assert set(opt.state_dict()) == {"t", "m.a", "m.b", "m.c", "v.a", "v.b", "v.c"}
+    assert set(opt.state_dict()) == {"t", "m_sum.a", "m_sum.b", "m_sum.c", "v_sum.a",
+                                     "v_sum.b", "v_sum.c"}
+
+
+def test_adam_loads_a_checkpoint_that_saved_the_papers_moments():
+    rng = np.random.default_rng(0)
+    pa, pb = {"p": np.ones(5)}, {"p": np.ones(5)}
+    a, b = optim.Adam(pa, lr=0.01), optim.Adam(pb, lr=0.01)
+    grads = [{"p": rng.standard_normal(5)} for _ in range(6)]
+    for g in grads[:3]:
+        a.step(g)
+    old_format = {"t": np.array(a.t), **{f"m.{k}": x for k, x in a.m.items()},
+                  **{f"v.{k}": x for k, x in a.v.items()}}
+    pb["p"][...] = pa["p"]
+    b.load_state_dict(old_format)
+    for g in grads[3:]:
+        a.step(g)
+        b.step(g)
+    np.testing.assert_allclose(pb["p"], pa["p"], rtol=1e-14)
