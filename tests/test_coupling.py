@@ -398,6 +398,11 @@ def test_bad_arguments_name_the_argument():
         AffineLaw(0.0)
     with pytest.raises(ValueError, match="bins"):
         SplineLaw(bins=0)
+    # the settings are checked once, when the law is made (its hot path runs unchecked)
+    with pytest.raises(ValueError, match="min_width"):
+        SplineLaw(bins=8, min_width=0.2)
+    with pytest.raises(ValueError, match="min_derivative"):
+        SplineLaw(bins=8, min_derivative=0.0)
     with pytest.raises(ValueError, match="bound"):
         SplineLaw(bound=-1.0)
     with pytest.raises(ValueError, match="n_layers"):
@@ -412,3 +417,32 @@ def test_bad_arguments_name_the_argument():
         block.inverse(u, rng.standard_normal((4, 3)))
     with pytest.raises(ValueError, match="context"):
         block.inverse(u, rng.standard_normal((5, 2)))
+
+
+@given(seed=testing.seeds(), n=testing.batch_sizes(), m=testing.dims(1, 4),
+       inverse=st.booleans())
+def test_spline_law_gives_the_same_numbers_for_theta_in_any_layout(seed, n, m, inverse):
+    # the block's conditioner hands the law a features-first theta (nn.features_first_affine);
+    # a C-ordered theta, as a test or another caller builds it, must give the same values
+    rng = np.random.default_rng(seed)
+    law = SplineLaw(bins=5, bound=2.5)
+    z = rng.standard_normal((n, m)) * 2.0  # some points in the tails
+    theta_c = rng.standard_normal((n, m, law.n_params))
+    theta_f = np.asfortranarray(theta_c.reshape(n, -1)).reshape(n, m, law.n_params)
+    assert n * m == 1 or not theta_f.flags.c_contiguous
+    run = law.inverse if inverse else law.forward
+    (out_c, ld_c, cache_c), (out_f, ld_f, cache_f) = run(z, theta_c), run(z, theta_f)
+    np.testing.assert_array_equal(out_c, out_f)
+    np.testing.assert_array_equal(ld_c, ld_f)
+    d_out, d_logdet = rng.standard_normal((n, m)), rng.standard_normal((n, 1))
+    for a, b in zip(law.backward(d_out, d_logdet, cache_c), law.backward(d_out, d_logdet, cache_f)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_spline_block_conditioner_computes_theta_features_first():
+    spline = CouplingBlock(4, SplineLaw(bins=4), (8,), rng=np.random.default_rng(0))
+    affine = CouplingBlock(4, "affine", (8,), rng=np.random.default_rng(0))
+    assert spline.conditioner.layers[-1].features_first
+    assert not affine.conditioner.layers[-1].features_first
+    theta, _ = spline._theta(np.ones((6, 4)), None)
+    assert theta.shape == (6, 2, 11) and not theta.flags.c_contiguous

@@ -32,7 +32,12 @@ from ..checks import check_count
 from ..nn import MLP, sum_over_features
 from .bijector import Bijector, Cache, Chain
 from .linear import Permutation
-from .spline import rq_spline, rq_spline_backward, rq_spline_params_size
+from .spline import (
+    check_spline_settings,
+    rq_spline_bins_first,
+    rq_spline_bins_first_backward,
+    rq_spline_params_size,
+)
 
 __all__ = ["AffineLaw", "SplineLaw", "CouplingBlock", "coupling_flow", "make_law",
            "default_mask", "bounded_log_scale"]
@@ -139,35 +144,68 @@ class SplineLaw:
         if not (np.isfinite(bound) and bound > 0):
             raise ValueError(f"bound: expected a positive finite number, got {bound}")
         self.bins, self.bound = int(bins), float(bound)
-        self.settings = dict(bound=self.bound, min_width=min_width, min_height=min_height,
-                             min_derivative=min_derivative)
+        # the settings are checked once here (the hot path runs unchecked)
+        K = self.bins
+        check_spline_settings(K, self.bound, min_width, min_height, min_derivative)
+        self.settings = dict(bound=self.bound, min_width=float(min_width),
+                             min_height=float(min_height), min_derivative=float(min_derivative))
         self.n_params = rq_spline_params_size(self.bins)
 
     def __repr__(self):
         return f"SplineLaw(bins={self.bins}, bound={self.bound})"
 
-    def _split(self, theta):
-        K = self.bins
-        return theta[..., :K], theta[..., K:2 * K], theta[..., 2 * K:]
+    # the block's conditioner computes theta features first (``nn.Linear.features_first``):
+    # each parameter slot is then a contiguous row in memory, which ``_tables`` reads as the
+    # spline's bins-first tables without gathering element by element
+    features_first = True
+
+    def _tables(self, theta):
+        """``theta`` ``(N, M, 3K-1)``, any layout -> bin tables ``w``, ``h`` ``(K, n)`` and
+        ``d`` ``(K-1, n)``, ``n = M N``, points in the order ``(m, i)`` (column ``m N + i``
+        is element ``(i, m)``).
+
+        Speed: for a features-first theta each table is a view (``M = 1``) or a copy of
+        contiguous runs of ``N`` numbers; a C-ordered theta is gathered element by element.
+        """
+        N, M, _ = theta.shape
+        K, n = self.bins, N * M
+        slots = theta.transpose(2, 1, 0)  # (3K-1, M, N)
+        return (slots[:K].reshape(K, n), slots[K:2 * K].reshape(K, n),
+                slots[2 * K:].reshape(K - 1, n))
+
+    def _run(self, z, theta, inverse):
+        N, M = z.shape
+        w, h, d = self._tables(theta)
+        out, logdet, cache = rq_spline_bins_first(z.T.reshape(N * M), w, h, d, inverse,
+                                                  **self.settings)
+        # back from the (m, i) order: (M, N) -> (N, M), views
+        return out.reshape(M, N).T, logdet.reshape(M, N).T, cache
 
     def forward(self, u, theta):
-        w, h, d = self._split(theta)
-        return rq_spline(u, w, h, d, inverse=False, **self.settings)
+        return self._run(u, theta, inverse=False)
 
     def inverse(self, x, theta):
-        w, h, d = self._split(theta)
-        return rq_spline(x, w, h, d, inverse=True, **self.settings)
+        return self._run(x, theta, inverse=True)
 
     def backward(self, d_out, d_logdet, cache):
-        """``(d_in, d_theta)``: ``rq_spline_backward``, the three gradients side by side.
+        """``(d_in, d_theta)``: ``rq_spline_bins_first_backward``, the three gradients side by
+        side as ``(N, M, 3K-1)`` (a view of a features-first array, which the conditioner's
+        last layer multiplies as it is).
 
         ``d_out`` ``(N, M)``; ``d_logdet`` ``(N, M)`` or anything that broadcasts to it.
         Derivation: derivations/07-coupling.md#gradients-of-the-spline-law.
         """
-        if d_logdet.shape != d_out.shape:
-            d_logdet = np.broadcast_to(d_logdet, d_out.shape)
-        d_in, dw, dh, dd = rq_spline_backward(d_out, d_logdet, cache)
-        return d_in, np.concatenate([dw, dh, dd], axis=-1)
+        N, M = d_out.shape
+        K, n = self.bins, N * M
+        dl = np.empty((M, N), dtype=d_out.dtype)
+        dl[...] = np.transpose(d_logdet)  # (N, 1) or (N, M) upstream, in the (m, i) order
+        d_in, dw, dh, dd = rq_spline_bins_first_backward(d_out.T.reshape(n), dl.reshape(n),
+                                                         cache)
+        d_slots = np.empty((M, self.n_params, N), dtype=dw.dtype)
+        d_slots[:, :K] = dw.reshape(K, M, N).transpose(1, 0, 2)
+        d_slots[:, K:2 * K] = dh.reshape(K, M, N).transpose(1, 0, 2)
+        d_slots[:, 2 * K:] = dd.reshape(K - 1, M, N).transpose(1, 0, 2)
+        return d_in.reshape(M, N).T, d_slots.transpose(2, 0, 1)
 
 
 def make_law(law, bins=8, bound=4.0, scale_bound=2.0):
@@ -262,6 +300,8 @@ class CouplingBlock(Bijector):
         sizes = [max(self.n_in, 1), *hidden, self.idx_b.size * self.law.n_params]
         self.conditioner = self.add_child(
             "conditioner", MLP(sizes, activation, rng, dtype, zero_last=True))
+        # speed: the spline law reads theta slot by slot (SplineLaw.features_first)
+        self.conditioner.layers[-1].features_first = getattr(self.law, "features_first", False)
 
     def __repr__(self):
         return (f"CouplingBlock(dim={self.dim}, law={self.law!r}, "

@@ -22,6 +22,11 @@ to their intervals.
 Layout: internally every per-bin table is *bins first*, ``(K+1, n)`` with ``n`` the number of
 points, so that sums over bins run along the long axis, where NumPy vectorises; a reduction
 over a short last axis pays a per-row overhead that made it ~10x slower here.
+``rq_spline``/``rq_spline_backward`` take and give the natural bins-last ``S + (K,)`` arrays
+and run ``rq_spline_bins_first``/``rq_spline_bins_first_backward``, which take the tables
+bins first (as views of any layout) and the points flat, in whatever order the caller
+chose: the coupling law hands them over in the layout its conditioner computes, without
+copies.
 
 Derivation: derivations/08-rq-spline.md.
 """
@@ -34,8 +39,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["rq_spline", "rq_spline_backward", "rq_spline_params_size", "knots", "Knots",
-           "SplineCache"]
+__all__ = ["rq_spline", "rq_spline_backward", "rq_spline_bins_first",
+           "rq_spline_bins_first_backward", "rq_spline_params_size", "check_spline_settings",
+           "knots", "Knots", "SplineCache"]
 
 
 # ----------------------------------------------------------------------------- parametrisation
@@ -59,12 +65,13 @@ def rq_spline_params_size(K: int) -> int:
 
 
 def _bins_first(a, n):
-    """``S + (M,)`` -> a fresh, contiguous ``(M, n)`` copy (free to be worked on in place).
+    """``S + (M,)`` -> ``(M, n)``, the points in C order: a view (a copy only where ``a``'s
+    layout does not allow one). Read only: the spline writes into fresh tables.
 
     (``reshape`` then ``.T`` rather than ``np.moveaxis``: the same view, without moveaxis's
     per-call overhead of several microseconds.)
     """
-    return a.reshape(n, a.shape[-1]).T.copy()  # always a copy: the caller writes into it
+    return a.reshape(n, a.shape[-1]).T
 
 
 def _sum_over_bins(a):
@@ -81,8 +88,9 @@ def _bins_last(a, shape):
     return a.T.reshape(tuple(shape) + (a.shape[0],))
 
 
-def _knot_positions(logits, n, bound, minimum):
-    """Knots ``(K+1, n)`` from unnormalised bin sizes ``S + (K,)``; also the softmax ``(K, n)``.
+def _knot_positions(logits, bound, minimum):
+    """Knots ``(K+1, n)`` from unnormalised bin sizes ``(K, n)`` (bins first, any layout); also
+    the softmax ``(K, n)``.
 
     Bin fractions ``omega = minimum + (1 - K minimum) softmax(logits)``; knots
     ``-bound + 2 bound cumsum(omega)``, the first pinned to ``-bound`` and the last to
@@ -90,23 +98,29 @@ def _knot_positions(logits, n, bound, minimum):
     bound, and the tails would not meet the spline).
     Derivation: derivations/08-rq-spline.md#parametrisation.
     """
-    softmax = _bins_first(logits, n)  # a fresh copy, turned into the softmax in place
-    softmax -= softmax.max(axis=0)    # stable softmax: exp never overflows
+    # stable softmax: exp never overflows. The shifted logits are a fresh C-ordered table
+    # (whatever the layout of ``logits``), turned into the softmax in place.
+    softmax = np.subtract(logits, logits.max(axis=0), order="C")
     np.exp(softmax, out=softmax)
     softmax *= 1.0 / _sum_over_bins(softmax)
-    K = softmax.shape[0]
+    K, n = softmax.shape
     positions = np.empty((K + 1, n), dtype=softmax.dtype)
     positions[0] = -bound
     # interior knot i (1 <= i < K) is -bound + 2 bound sum_{j<i} omega_j, with
     # sum_{j<i} omega_j = i minimum + (1 - K minimum) sum_{j<i} softmax_j; the running sums
-    # as one product with a triangle of ones (np.cumsum along the short bins axis is ~10x
-    # slower)
+    # as one product with a triangle of ones (np.cumsum along the bins axis is ~10x slower)
     inner = positions[1:K]
-    np.matmul(np.tri(K - 1, dtype=softmax.dtype), softmax[:-1], out=inner)
+    np.matmul(_lower_triangle_of_ones(K - 1, softmax.dtype), softmax[:-1], out=inner)
     inner *= 2.0 * bound * (1.0 - K * minimum)
     inner += (2.0 * bound * minimum * np.arange(1, K, dtype=softmax.dtype) - bound)[:, None]
     positions[K] = bound
     return positions, softmax
+
+
+@functools.cache
+def _lower_triangle_of_ones(size, dtype):
+    """``np.tri(size)`` in ``dtype``, built once per size and dtype (speed: a constant)."""
+    return np.tri(size, dtype=dtype)
 
 
 def _derivative_shift(min_derivative):
@@ -155,12 +169,12 @@ def _one_minus_softplus_shift(min_derivative, dtype):
     return 1.0 - softplus_c
 
 
-def _padded_derivatives(d, n):
-    """Raw interior derivative parameters ``S + (K-1,)`` -> ``(K+1, n)`` with a zero row at
-    each end: a zero parameter has slope exactly 1, the slope the two end knots must have."""
-    K1 = d.shape[-1] + 2
-    padded = np.zeros((K1, n), dtype=d.dtype)
-    padded[1:-1] = d.reshape(n, K1 - 2).T
+def _padded_derivatives(d):
+    """Raw interior derivative parameters ``(K-1, n)`` (bins first, any layout) -> ``(K+1, n)``
+    with a zero row at each end: a zero parameter has slope exactly 1, the slope the two end
+    knots must have."""
+    padded = np.zeros((d.shape[0] + 2, d.shape[1]), dtype=d.dtype)
+    padded[1:-1] = d
     return padded
 
 
@@ -172,9 +186,9 @@ def knots(w, h, d, bound=3.0, min_width=1e-3, min_height=1e-3, min_derivative=1e
     """
     w, h, d, _ = _check_params(None, w, h, d, bound, min_width, min_height, min_derivative)
     S, n = w.shape[:-1], math.prod(w.shape[:-1])
-    xs, _ = _knot_positions(w, n, float(bound), float(min_width))
-    ys, _ = _knot_positions(h, n, float(bound), float(min_height))
-    slopes, _ = _knot_slopes(_padded_derivatives(d, n), float(min_derivative))
+    xs, _ = _knot_positions(_bins_first(w, n), float(bound), float(min_width))
+    ys, _ = _knot_positions(_bins_first(h, n), float(bound), float(min_height))
+    slopes, _ = _knot_slopes(_padded_derivatives(_bins_first(d, n)), float(min_derivative))
     return Knots(_bins_last(xs, S), _bins_last(ys, S), _bins_last(slopes, S))
 
 
@@ -290,13 +304,27 @@ def rq_spline(x, w, h, d, inverse=False, bound=3.0, min_width=1e-3, min_height=1
     derivations/08-rq-spline.md#log-determinant, derivations/08-rq-spline.md#inverse and
     derivations/08-rq-spline.md#guards.
     """
-    x, w, h, d, dtype = _check_params(x, w, h, d, bound, min_width, min_height, min_derivative)
-    bound, min_width, min_height = float(bound), float(min_width), float(min_height)
+    x, w, h, d, _ = _check_params(x, w, h, d, bound, min_width, min_height, min_derivative)
     S, n = x.shape, x.size
-    xs, softmax_w = _knot_positions(w, n, bound, min_width)
-    ys, softmax_h = _knot_positions(h, n, bound, min_height)
+    out, logdet, cache = rq_spline_bins_first(
+        x.reshape(n), _bins_first(w, n), _bins_first(h, n), _bins_first(d, n), inverse,
+        float(bound), float(min_width), float(min_height), float(min_derivative))
+    return out.reshape(S), logdet.reshape(S), cache._replace(shape=S)
 
-    v_in = x.reshape(n)
+
+def rq_spline_bins_first(v_in, w, h, d, inverse, bound, min_width, min_height, min_derivative):
+    """``rq_spline`` on flat points and bins-first tables, without input checks.
+
+    ``v_in`` ``(n,)``; ``w``, ``h`` ``(K, n)``; ``d`` ``(K-1, n)``: column ``i`` of each table
+    belongs to point ``i``. The tables may be views of any layout (they are only read).
+    Settings are floats, checked by the caller (``rq_spline`` or ``SplineLaw``). Returns
+    ``(out (n,), logdet (n,), cache)``; ``rq_spline`` documents the rest.
+    Derivation: derivations/08-rq-spline.md#forward-map.
+    """
+    n = v_in.shape[0]
+    xs, softmax_w = _knot_positions(w, bound, min_width)
+    ys, softmax_h = _knot_positions(h, bound, min_height)
+
     inside = (v_in >= -bound) & (v_in <= bound)
     v = _clip_to_interval(v_in, bound)  # guard: tails are evaluated at the bound, then masked
 
@@ -308,7 +336,7 @@ def rq_spline(x, w, h, d, inverse=False, bound=3.0, min_width=1e-3, min_height=1
     wk = xs.take(right) - xk
     hk = ys.take(right) - yk
     s = hk / wk
-    d_raw = _padded_derivatives(d, n)
+    d_raw = _padded_derivatives(d)
     # the slopes at the bin's two knots, (2, n): one call for both
     (dk, dk1), (slope_dk, slope_dk1) = _knot_slopes(d_raw.take(np.stack([left, right])),
                                                     float(min_derivative))
@@ -338,10 +366,10 @@ def rq_spline(x, w, h, d, inverse=False, bound=3.0, min_width=1e-3, min_height=1
     # guard: round-off must not carry an inside point outside the interval, where the way
     # back would take the tail branch
     spline_out = _clip_to_interval(spline_out, bound)
-    out = _mask_tails(inside, spline_out, v_in).reshape(S)
-    logdet = _mask_tails(inside, logdet, 0.0).reshape(S)
-    cache = SplineCache(bool(inverse), S, bound, min_width, min_height, inside, k, xi, s, wk, hk,
-                        dk, dk1, g, den, m, jac, softmax_w, softmax_h, slope_dk, slope_dk1)
+    out = _mask_tails(inside, spline_out, v_in)
+    logdet = _mask_tails(inside, logdet, 0.0)
+    cache = SplineCache(bool(inverse), (n,), bound, min_width, min_height, inside, k, xi, s, wk,
+                        hk, dk, dk1, g, den, m, jac, softmax_w, softmax_h, slope_dk, slope_dk1)
     return out, logdet, cache
 
 
@@ -357,17 +385,27 @@ def rq_spline_backward(dout, dlogdet, cache: SplineCache):
     derivations/08-rq-spline.md#gradients-of-the-inverse-map and
     derivations/08-rq-spline.md#chain-through-the-parametrisation.
     """
-    c = cache
-    if np.shape(dout) != c.shape or np.shape(dlogdet) != c.shape:
-        raise ValueError(f"dout, dlogdet: expected shape {c.shape} (the input's), got "
+    if np.shape(dout) != cache.shape or np.shape(dlogdet) != cache.shape:
+        raise ValueError(f"dout, dlogdet: expected shape {cache.shape} (the input's), got "
                          f"{np.shape(dout)} and {np.shape(dlogdet)}")
-    n = c.k.size
-    dout = np.reshape(dout, n)
+    n = cache.k.size
+    d_in, dw, dh, dd = rq_spline_bins_first_backward(
+        np.reshape(dout, n), np.reshape(dlogdet, n), cache)
+    S = cache.shape
+    return d_in.reshape(S), _bins_last(dw, S), _bins_last(dh, S), _bins_last(dd, S)
+
+
+def rq_spline_bins_first_backward(dout, dlogdet, cache: SplineCache):
+    """``rq_spline_backward`` on flat points: ``dout``, ``dlogdet`` ``(n,)`` ->
+    ``(d_in (n,), dw (K, n), dh (K, n), dd (K-1, n))``, the tables bins first and C-ordered.
+    Derivation: derivations/08-rq-spline.md#gradients-of-the-forward-map.
+    """
+    c = cache
     # guard: zero the upstream gradients of tail points *before* they meet any local
     # partial, so tail points add exactly zero to the parameters (their partials, taken at
     # the clipped point, are finite: 0 * finite = 0)
     dout_in = np.where(c.inside, dout, 0.0)
-    dl_in = np.where(c.inside, np.reshape(dlogdet, n), 0.0)
+    dl_in = np.where(c.inside, dlogdet, 0.0)
 
     xi, s, wk, hk, dk, dk1 = c.xi, c.s, c.wk, c.hk, c.dk, c.dk1
     one_minus_xi = 1.0 - xi
@@ -392,7 +430,7 @@ def rq_spline_backward(dout, dlogdet, cache: SplineCache):
         dy_f, dl_f = dout_in, dl_in
         dxi = dout_in * wk * c.jac + dl_in * dell_dxi
         d_in = dxi / wk
-    d_in = _mask_tails(c.inside, d_in, dout).reshape(c.shape)
+    d_in = _mask_tails(c.inside, d_in, dout)
 
     # partials of y = y_k + h_k g(xi, s, d_k, d_k1), contracted with dy_f; plus those of ell
     hk_t_den2 = hk * t * inv_den * inv_den
@@ -414,7 +452,7 @@ def rq_spline_backward(dout, dlogdet, cache: SplineCache):
     dh = _logit_gradients(dyk, dhk, below, at, c.softmax_h, c.bound, c.min_height)
     # knot k has raw parameter d[k-1], knot k+1 has d[k]; the end knots have none
     dd = (ddk * c.slope_dk) * at[1:] + (ddk1 * c.slope_dk1) * at[:-1]
-    return d_in, _bins_last(dw, c.shape), _bins_last(dh, c.shape), _bins_last(dd, c.shape)
+    return d_in, dw, dh, dd
 
 
 def _logit_gradients(d_left, d_size, below, at, softmax, bound, minimum):
@@ -457,6 +495,14 @@ def _check_params(x, w, h, d, bound, min_width, min_height, min_derivative):
             src = "x.shape" if x is not None else "w.shape[:-1]"
             raise ValueError(f"{name}: expected shape {want} ({src} + (K={K}"
                              f"{' - 1' if name == 'd' else ''},)), got {arrays[name].shape}")
+    check_spline_settings(K, bound, min_width, min_height, min_derivative)
+    if x is not None:
+        return arrays["x"], w, h, d, dtype
+    return w, h, d, dtype
+
+
+def check_spline_settings(K, bound, min_width, min_height, min_derivative):
+    """``ValueError`` naming the setting unless ``K`` bins with these settings make a spline."""
     if not (np.isfinite(bound) and bound > 0):
         raise ValueError(f"bound: expected a positive finite number, got {bound}")
     for name, value in (("min_width", min_width), ("min_height", min_height)):
@@ -465,9 +511,6 @@ def _check_params(x, w, h, d, bound, min_width, min_height, min_derivative):
     if not 0 < min_derivative <= 0.5:
         raise ValueError("min_derivative: expected 0 < min_derivative <= 1/2 (the identity at "
                          f"zero parameters is then exact), got {min_derivative}")
-    if x is not None:
-        return arrays["x"], w, h, d, dtype
-    return w, h, d, dtype
 
 
 # ----------------------------------------------------------------------------- gradcheck
