@@ -13,7 +13,16 @@ import tracemalloc
 
 import numpy as np
 from floor import MatmulFloor
-from workloads import WORKLOADS, digit_like_data, flow_data, make_vae, make_w2, make_w3
+from workloads import (
+    AT_BATCH,
+    FIXED_COST_BATCH,
+    WORKLOADS,
+    digit_like_data,
+    flow_data,
+    make_vae,
+    make_w2,
+    make_w3,
+)
 
 
 def blas_threads():
@@ -95,6 +104,7 @@ def time_workload(name, steps=40, warmup=5, factory=None):
         floor_cpu_ms.append(1e3 * (c1 - c0))
     ms, min_ms, max_ms = _summary(step_ms)
     f_ms = round(statistics.median(floor_ms), 3)
+    fixed = fixed_cost_ms(name, steps, warmup) if name in AT_BATCH else None
     return {
         "workload": w.name,
         "ms": ms, "min_ms": min_ms, "max_ms": max_ms,
@@ -110,19 +120,45 @@ def time_workload(name, steps=40, warmup=5, factory=None):
         "param_dtypes": dtypes_of(w.model.params.values()),
         "n_params": int(sum(p.size for p in w.model.params.values())),
         "gflops_floor": round(floor.flops() / (f_ms * 1e6), 2) if f_ms > 0 else None,
+        "fixed_ms": fixed,
     }
+
+
+def fixed_cost_ms(name, steps, warmup):
+    """The part of a step that does not grow with the batch: the same model and step at
+    ``FIXED_COST_BATCH`` rows, minus that batch's own matmul floor (median ms).
+
+    At 8 rows the arithmetic is negligible and what remains is the cost of the step's NumPy
+    calls and Python: each call costs about a microsecond however small its arrays. A step
+    at any batch costs at least ``floor_ms + fixed_ms``; with NumPy the only way below that
+    is fewer calls per step.
+    """
+    w = AT_BATCH[name](FIXED_COST_BATCH)
+    floor = MatmulFloor(w.layers)
+    for _ in range(warmup):
+        w.step()
+        floor.run()
+    diffs = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        w.step()
+        t1 = time.perf_counter()
+        floor.run()
+        diffs.append(1e3 * ((t1 - t0) - (time.perf_counter() - t1)))
+    return round(statistics.median(diffs), 3)
 
 
 def format_results(rows, threads):
     head = (f"{'workload':<10} {'ms/step':>9} {'min':>8} {'max':>8} {'floor ms':>9} "
-            f"{'ratio':>6} {'cpu ms':>8} {'cpu flr':>8} {'peak MB':>8} {'step MB':>8} "
-            f"{'faults':>7}")
+            f"{'ratio':>6} {'fixed':>7} {'cpu ms':>8} {'cpu flr':>8} {'peak MB':>8} "
+            f"{'step MB':>8} {'faults':>7}")
     allocator = rows[0].get("allocator", "?") if rows else "?"
     lines = [f"BLAS threads: {threads}; malloc: {allocator} (see benchmarks/README.md)", head,
              "-" * len(head)]
     for r in rows:
         lines.append(f"{r['workload']:<10} {r['ms']:>9.2f} {r['min_ms']:>8.2f} "
                      f"{r['max_ms']:>8.2f} {r['floor_ms']:>9.2f} {r['ratio']:>6.2f} "
+                     f"{r['fixed_ms'] if r.get('fixed_ms') is not None else float('nan'):>7.2f} "
                      f"{r['cpu_ms']:>8.2f} {r['floor_cpu_ms']:>8.2f} "
                      f"{r['peak_mb']:>8.1f} {r['step_mb']:>8.1f} "
                      f"{r['page_faults_per_step']:>7.0f}")

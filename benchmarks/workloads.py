@@ -150,14 +150,19 @@ def make_w3(dim, batch=512, n_layers=4, hidden=None, bins=8, name=None):
                      name=name or f"W3-{dim}d")
 
 
-WORKLOADS = {
-    "W1-b128": lambda: make_vae(128),
-    "W1-b1024": lambda: make_vae(1024),
-    "W2-2d": lambda: make_w2(2),
-    "W2-16d": lambda: make_w2(16),
-    "W3-2d": lambda: make_w3(2),
-    "W3-16d": lambda: make_w3(16),
+#: each workload as a function of its batch size
+AT_BATCH = {
+    "W1-b128": lambda b=128: make_vae(b, name="W1-b128"),
+    "W1-b1024": lambda b=1024: make_vae(b, name="W1-b1024"),
+    "W2-2d": lambda b=512: make_w2(2, batch=b),
+    "W2-16d": lambda b=512: make_w2(16, batch=b),
+    "W3-2d": lambda b=512: make_w3(2, batch=b),
+    "W3-16d": lambda b=512: make_w3(16, batch=b),
 }
+WORKLOADS = {name: (lambda f=f: f()) for name, f in AT_BATCH.items()}
+
+#: the batch at which ``measure.time_workload`` measures a step's fixed cost
+FIXED_COST_BATCH = 8
 
 
 def flow_of(workload: Workload) -> Chain:

@@ -10,10 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from scratchvae.memory import _glibc
+
+GLIBC = _glibc() is not None
+
 RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 WORKLOADS = ["W1-b128", "W1-b1024", "W2-2d", "W2-16d", "W3-2d", "W3-16d"]
 TIMING_KEYS = {"workload", "ms", "min_ms", "max_ms", "floor_ms", "peak_mb", "ratio", "threads",
-               "grad_dtypes", "param_dtypes", "page_faults_per_step", "cpu_ms", "floor_cpu_ms"}
+               "grad_dtypes", "param_dtypes", "page_faults_per_step", "cpu_ms", "floor_cpu_ms",
+               "fixed_ms", "allocator"}
 
 
 def run_json(*args):
@@ -36,6 +41,13 @@ def test_every_workload_prints_the_documented_keys(workload_rows, name):
     assert row["min_ms"] <= row["ms"] <= row["max_ms"]
     assert row["floor_ms"] > 0 and row["peak_mb"] > 0
     assert row["threads"] in (1, None)
+    assert row["allocator"] == ("kept" if GLIBC else "default")
+    assert isinstance(row["fixed_ms"], float)
+
+
+def test_default_malloc_leaves_the_allocator_alone():
+    row, = run_json("W2-2d", "--default-malloc")
+    assert row["allocator"] == "default"
 
 
 @pytest.mark.parametrize("name", WORKLOADS)
