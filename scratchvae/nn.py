@@ -194,6 +194,7 @@ def features_first_affine(x, W, b):
     nothing is copied). For a consumer that reads the output one feature at a time, as the
     spline coupling law reads its parameters as bins-first tables; ``Linear.backward`` takes
     the gradient in either layout. ``Linear.features_first = True`` selects it.
+    derivations/07-coupling.md#the-spline-law.
     """
     y_t = np.dot(W.T, x.T)
     y_t += b[:, None]
