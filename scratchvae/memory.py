@@ -24,7 +24,6 @@ system without glibc (macOS, Windows, musl) it does nothing and returns False.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import platform
 
@@ -34,9 +33,10 @@ __all__ = ["keep_freed_memory", "TRIM_THRESHOLD", "MMAP_THRESHOLD"]
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
-#: default thresholds (bytes); glibc caps the mmap threshold at 32 MiB on 64-bit systems
+#: default thresholds (bytes): the mmap threshold is the largest that every glibc accepts
+#: (mallopt(3): 32 MiB on 64-bit systems, 512 KiB on 32-bit ones)
 TRIM_THRESHOLD = 256 * 2**20
-MMAP_THRESHOLD = 32 * 2**20
+MMAP_THRESHOLD = 32 * 2**20 if ctypes.sizeof(ctypes.c_void_p) == 8 else 512 * 2**10
 
 
 @functools.cache
@@ -44,9 +44,8 @@ def _glibc():
     """glibc's ``mallopt`` as a ctypes function, or None when the C library is not glibc."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
-    name = ctypes.util.find_library("c") or "libc.so.6"
     try:
-        mallopt = ctypes.CDLL(name).mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own symbols, glibc's among them
     except (OSError, AttributeError):
         return None
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
@@ -63,15 +62,18 @@ def keep_freed_memory(trim_threshold: int = TRIM_THRESHOLD,
                       mmap_threshold: int = MMAP_THRESHOLD) -> bool:
     """Raise glibc's trim and mmap thresholds (bytes) so freed memory stays in the process.
 
-    Returns True when the settings took effect, False where there is no glibc (then nothing
-    happened). Process-wide, idempotent, safe to call at any time: it affects allocations made
-    afterwards. See the module docstring for why and what it costs.
+    Returns True when both settings took effect, False where there is no glibc or glibc
+    refused the mmap threshold (then nothing was changed). Process-wide, idempotent, safe to
+    call at any time: it affects allocations made afterwards. See the module docstring for
+    why and what it costs.
     """
     _check_threshold(trim_threshold, "trim_threshold", 2**31 - 1)
-    _check_threshold(mmap_threshold, "mmap_threshold", MMAP_THRESHOLD)
+    _check_threshold(mmap_threshold, "mmap_threshold", 2**31 - 1)
     mallopt = _glibc()
     if mallopt is None:
         return False
-    # mallopt returns 1 on success, 0 on error
-    return bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold)) and \
-        bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold))
+    # mallopt returns 1 on success, 0 when glibc refuses the value (older versions refuse a
+    # mmap threshold above their cap); the trim threshold is set only after it
+    if not mallopt(_M_MMAP_THRESHOLD, mmap_threshold):
+        return False
+    return bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))

@@ -117,11 +117,12 @@ class Adam(_Optimiser):
     Derivation: derivations/01-linear-and-mlp.md#optimisers.
 
     Speed: the state is kept as the unnormalised sums ``M = m / (1-b1)`` and
-    ``V = v / (1-b2)``, whose updates ``M <- b1 M + g``, ``V <- b2 V + g^2`` take two passes
-    over the parameters each instead of three; the factors ``1-b1`` and ``sqrt(1-b2)`` go into
-    the step size and ``eps`` (the same update, two fewer passes of a dozen). ``m`` and ``v``
-    give the paper's moments; ``state_dict`` saves the sums, so a resumed run continues bit
-    for bit. The buffers are flat (``_FlatBuffers``); the update allocates nothing.
+    ``V = v / (1-b2)``, whose updates ``M <- b1 M + g``, ``V <- b2 V + g^2`` take one pass
+    over the parameters fewer each (no ``(1-b) g`` to form); the factors ``1-b1`` and
+    ``sqrt(1-b2)`` go into the step size and ``eps`` (the same update, two passes fewer of a
+    dozen). ``m`` and ``v`` return the paper's moments as new arrays (copies: writing into
+    them changes nothing); ``state_dict`` saves the sums, so a resumed run continues bit for
+    bit. The buffers are flat (``_FlatBuffers``); the update allocates nothing.
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
@@ -136,12 +137,12 @@ class Adam(_Optimiser):
 
     @property
     def m(self):
-        """The first moment estimates ``m`` (paper), per parameter: ``(1-b1) M``."""
+        """The first moment estimates ``m`` (paper), per parameter: ``(1-b1) M``, as copies."""
         return {k: (1.0 - self.b1) * a for k, a in self._m_sum.views.items()}
 
     @property
     def v(self):
-        """The second moment estimates ``v`` (paper), per parameter: ``(1-b2) V``."""
+        """The second moment estimates ``v`` (paper), per parameter: ``(1-b2) V``, as copies."""
         return {k: (1.0 - self.b2) * a for k, a in self._v_sum.views.items()}
 
     def step(self, grads):

@@ -446,3 +446,31 @@ def test_spline_block_conditioner_computes_theta_features_first():
     assert not affine.conditioner.layers[-1].features_first
     theta, _ = spline._theta(np.ones((6, 4)), None)
     assert theta.shape == (6, 2, 11) and not theta.flags.c_contiguous
+
+
+def test_spline_law_broadcasts_d_logdet_like_the_affine_law():
+    # (N, 1) per row, (M,) per coordinate, (N, M) per element: NumPy's broadcasting rules
+    rng = np.random.default_rng(0)
+    law = SplineLaw(bins=4, bound=2.0)
+    N, M = 3, 2
+    z, theta = rng.standard_normal((N, M)), rng.standard_normal((N, M, law.n_params))
+    cache = law.forward(z, theta)[2]
+    d_out = rng.standard_normal((N, M))
+    for d_logdet in (rng.standard_normal((N, 1)), rng.standard_normal(M),
+                     rng.standard_normal((N, M))):
+        full = np.ascontiguousarray(np.broadcast_to(d_logdet, (N, M)))
+        for a, b in zip(law.backward(d_out, d_logdet, cache), law.backward(d_out, full, cache)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_spline_law_computes_in_the_wider_dtype_of_points_and_parameters():
+    # float64 points with float32 parameters: knots in float64, as rq_spline does
+    rng = np.random.default_rng(1)
+    law = SplineLaw(bins=8, bound=3.0)
+    z = rng.standard_normal((200, 2))
+    theta = (3.0 * rng.standard_normal((200, 2, law.n_params))).astype(np.float32)
+    out, logdet, _ = law.forward(z, theta)
+    out_64, logdet_64, _ = law.forward(z, theta.astype(np.float64))
+    assert out.dtype == logdet.dtype == np.float64
+    np.testing.assert_array_equal(out, out_64)
+    np.testing.assert_array_equal(logdet, logdet_64)

@@ -43,9 +43,10 @@ def test_page_faults_of_repeated_temporaries_disappear():
     # kernel every step, so each step faults its pages in again (measured here: ~800 faults
     # per step; the kernel maps some of the 6000 pages in larger blocks)
     default = _faults("default")
+    if default < 100:  # e.g. transparent huge pages set to "always": a few faults map it all
+        pytest.skip(f"this kernel maps the churned memory with {default} faults in all")
     kept = _faults("keep")
-    assert default > 10 * 300
-    assert kept < 200
+    assert kept < default / 20
 
 
 @pytest.mark.skipif(not GLIBC, reason="the thresholds are glibc's")
@@ -63,7 +64,7 @@ def test_without_glibc_nothing_happens(monkeypatch):
     ({"trim_threshold": 0}, "trim_threshold"),
     ({"trim_threshold": -5}, "trim_threshold"),
     ({"trim_threshold": 1.5e6}, "trim_threshold"),
-    ({"mmap_threshold": 64 * 2**20}, "mmap_threshold"),  # above glibc's cap
+    ({"mmap_threshold": 0}, "mmap_threshold"),
     ({"mmap_threshold": True}, "mmap_threshold"),
 ])
 def test_bad_thresholds_are_refused_by_name(kwargs, name):

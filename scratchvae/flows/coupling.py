@@ -175,6 +175,10 @@ class SplineLaw:
 
     def _run(self, z, theta, inverse):
         N, M = z.shape
+        # one working dtype for points and parameters (free when they already agree): knots
+        # built in float32 for float64 points would lose the round trip's accuracy
+        dtype = np.result_type(z, theta, np.float32)
+        z, theta = z.astype(dtype, copy=False), theta.astype(dtype, copy=False)
         w, h, d = self._tables(theta)
         out, logdet, cache = rq_spline_bins_first(z.T.reshape(N * M), w, h, d, inverse,
                                                   **self.settings)
@@ -197,8 +201,8 @@ class SplineLaw:
         """
         N, M = d_out.shape
         K, n = self.bins, N * M
-        dl = np.empty((M, N), dtype=d_out.dtype)
-        dl[...] = np.transpose(d_logdet)  # (N, 1) or (N, M) upstream, in the (m, i) order
+        dl = np.empty((M, N), dtype=np.result_type(d_out, d_logdet))
+        dl.T[...] = d_logdet  # any shape that broadcasts to (N, M), stored in the (m, i) order
         d_in, dw, dh, dd = rq_spline_bins_first_backward(d_out.T.reshape(n), dl.reshape(n),
                                                          cache)
         d_slots = np.empty((M, self.n_params, N), dtype=dw.dtype)
