@@ -14,7 +14,6 @@ import tracemalloc
 import numpy as np
 from floor import MatmulFloor
 from workloads import (
-    AT_BATCH,
     FIXED_COST_BATCH,
     WORKLOADS,
     digit_like_data,
@@ -84,27 +83,10 @@ def time_workload(name, steps=40, warmup=5, factory=None):
     w, peak_mb, step_mb = build_and_measure_memory(factory)
     grads = w.grads()
     floor = MatmulFloor(w.layers)
-    for _ in range(warmup):
-        w.step()
-        floor.run()
-    step_ms, cpu_ms, floor_ms, floor_cpu_ms, faults = [], [], [], [], 0
-    loss = None
-    for _ in range(steps):
-        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        c0, t0 = time.process_time(), time.perf_counter()
-        loss = w.step()
-        t1, c1 = time.perf_counter(), time.process_time()
-        step_ms.append(1e3 * (t1 - t0))
-        cpu_ms.append(1e3 * (c1 - c0))
-        faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
-        c0, t0 = time.process_time(), time.perf_counter()
-        floor.run()
-        t1, c1 = time.perf_counter(), time.process_time()
-        floor_ms.append(1e3 * (t1 - t0))
-        floor_cpu_ms.append(1e3 * (c1 - c0))
+    step_ms, cpu_ms, floor_ms, floor_cpu_ms, faults, loss = _interleaved(w, floor, steps, warmup)
     ms, min_ms, max_ms = _summary(step_ms)
     f_ms = round(statistics.median(floor_ms), 3)
-    fixed = fixed_cost_ms(name, steps, warmup) if name in AT_BATCH else None
+    fixed = fixed_cost_ms(name, steps, warmup) if name in WORKLOADS else None
     return {
         "workload": w.name,
         "ms": ms, "min_ms": min_ms, "max_ms": max_ms,
@@ -133,19 +115,34 @@ def fixed_cost_ms(name, steps, warmup):
     at any batch costs at least ``floor_ms + fixed_ms``; with NumPy the only way below that
     is fewer calls per step.
     """
-    w = AT_BATCH[name](FIXED_COST_BATCH)
-    floor = MatmulFloor(w.layers)
+    w = WORKLOADS[name](FIXED_COST_BATCH)
+    step_ms, _, floor_ms, _, _, _ = _interleaved(w, MatmulFloor(w.layers), steps, warmup)
+    return round(statistics.median([s - f for s, f in zip(step_ms, floor_ms)]), 3)
+
+
+def _interleaved(w, floor, steps, warmup):
+    """``warmup`` untimed step/floor pairs, then ``steps`` timed ones, alternating so both see
+    the same machine load. Returns per-step lists of wall and CPU ms for the step and for the
+    floor, the minor page faults of all steps together and the last loss."""
     for _ in range(warmup):
         w.step()
         floor.run()
-    diffs = []
+    step_ms, cpu_ms, floor_ms, floor_cpu_ms, faults = [], [], [], [], 0
+    loss = None
     for _ in range(steps):
-        t0 = time.perf_counter()
-        w.step()
-        t1 = time.perf_counter()
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        c0, t0 = time.process_time(), time.perf_counter()
+        loss = w.step()
+        t1, c1 = time.perf_counter(), time.process_time()
+        step_ms.append(1e3 * (t1 - t0))
+        cpu_ms.append(1e3 * (c1 - c0))
+        faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+        c0, t0 = time.process_time(), time.perf_counter()
         floor.run()
-        diffs.append(1e3 * ((t1 - t0) - (time.perf_counter() - t1)))
-    return round(statistics.median(diffs), 3)
+        t1, c1 = time.perf_counter(), time.process_time()
+        floor_ms.append(1e3 * (t1 - t0))
+        floor_cpu_ms.append(1e3 * (c1 - c0))
+    return step_ms, cpu_ms, floor_ms, floor_cpu_ms, faults, loss
 
 
 def format_results(rows, threads):

@@ -150,8 +150,9 @@ def make_w3(dim, batch=512, n_layers=4, hidden=None, bins=8, name=None):
                      name=name or f"W3-{dim}d")
 
 
-#: each workload as a function of its batch size
-AT_BATCH = {
+#: each workload's builder; the optional argument changes its batch size (``measure`` times
+#: the same step at ``FIXED_COST_BATCH`` rows for the fixed cost)
+WORKLOADS = {
     "W1-b128": lambda b=128: make_vae(b, name="W1-b128"),
     "W1-b1024": lambda b=1024: make_vae(b, name="W1-b1024"),
     "W2-2d": lambda b=512: make_w2(2, batch=b),
@@ -159,7 +160,6 @@ AT_BATCH = {
     "W3-2d": lambda b=512: make_w3(2, batch=b),
     "W3-16d": lambda b=512: make_w3(16, batch=b),
 }
-WORKLOADS = {name: (lambda f=f: f()) for name, f in AT_BATCH.items()}
 
 #: the batch at which ``measure.time_workload`` measures a step's fixed cost
 FIXED_COST_BATCH = 8

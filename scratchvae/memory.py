@@ -52,10 +52,11 @@ def _glibc():
     return mallopt
 
 
-def _check_threshold(value, name, largest):
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= largest:
-        raise ValueError(f"{name}: expected a number of bytes in (0, {largest}], got {value!r}")
-    return value
+def _check_threshold(value, name):
+    """A threshold is a C int of bytes: in (0, 2^31 - 1]."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**31:
+        raise ValueError(f"{name}: expected a number of bytes in (0, {2**31 - 1}], got "
+                         f"{value!r}")
 
 
 def keep_freed_memory(trim_threshold: int = TRIM_THRESHOLD,
@@ -67,8 +68,8 @@ def keep_freed_memory(trim_threshold: int = TRIM_THRESHOLD,
     call at any time: it affects allocations made afterwards. See the module docstring for
     why and what it costs.
     """
-    _check_threshold(trim_threshold, "trim_threshold", 2**31 - 1)
-    _check_threshold(mmap_threshold, "mmap_threshold", 2**31 - 1)
+    _check_threshold(trim_threshold, "trim_threshold")
+    _check_threshold(mmap_threshold, "mmap_threshold")
     mallopt = _glibc()
     if mallopt is None:
         return False

@@ -141,12 +141,9 @@ class SplineLaw:
                  min_derivative=1e-3):
         if isinstance(bins, bool) or not isinstance(bins, int | np.integer) or bins < 1:
             raise ValueError(f"bins: expected a positive integer, got {bins!r}")
-        if not (np.isfinite(bound) and bound > 0):
-            raise ValueError(f"bound: expected a positive finite number, got {bound}")
-        self.bins, self.bound = int(bins), float(bound)
         # the settings are checked once here (the hot path runs unchecked)
-        K = self.bins
-        check_spline_settings(K, self.bound, min_width, min_height, min_derivative)
+        check_spline_settings(int(bins), bound, min_width, min_height, min_derivative)
+        self.bins, self.bound = int(bins), float(bound)
         self.settings = dict(bound=self.bound, min_width=float(min_width),
                              min_height=float(min_height), min_derivative=float(min_derivative))
         self.n_params = rq_spline_params_size(self.bins)

@@ -186,7 +186,7 @@ def knots(w, h, d, bound=3.0, min_width=1e-3, min_height=1e-3, min_derivative=1e
     Same parametrisation as ``rq_spline``: ``w``, ``h`` ``S + (K,)``, ``d`` ``S + (K-1,)``.
     For plots and tests. Derivation: derivations/08-rq-spline.md#parametrisation.
     """
-    w, h, d, _ = _check_params(None, w, h, d, bound, min_width, min_height, min_derivative)
+    w, h, d = _check_params(None, w, h, d, bound, min_width, min_height, min_derivative)
     S, n = w.shape[:-1], math.prod(w.shape[:-1])
     xs, _ = _knot_positions(_bins_first(w, n), float(bound), float(min_width))
     ys, _ = _knot_positions(_bins_first(h, n), float(bound), float(min_height))
@@ -315,7 +315,7 @@ def rq_spline(x, w, h, d, inverse=False, bound=3.0, min_width=1e-3, min_height=1
     derivations/08-rq-spline.md#log-determinant, derivations/08-rq-spline.md#inverse and
     derivations/08-rq-spline.md#guards.
     """
-    x, w, h, d, _ = _check_params(x, w, h, d, bound, min_width, min_height, min_derivative)
+    x, w, h, d = _check_params(x, w, h, d, bound, min_width, min_height, min_derivative)
     S, n = x.shape, x.size
     out, logdet, cache = rq_spline_bins_first(
         x.reshape(n), _bins_first(w, n), _bins_first(h, n), _bins_first(d, n), inverse,
@@ -508,8 +508,8 @@ def _check_params(x, w, h, d, bound, min_width, min_height, min_derivative):
                              f"{' - 1' if name == 'd' else ''},)), got {arrays[name].shape}")
     check_spline_settings(K, bound, min_width, min_height, min_derivative)
     if x is not None:
-        return arrays["x"], w, h, d, dtype
-    return w, h, d, dtype
+        return arrays["x"], w, h, d
+    return w, h, d
 
 
 def check_spline_settings(K, bound, min_width, min_height, min_derivative):
