@@ -491,30 +491,28 @@ def _register_checks():
         model.scale[...] = rng.uniform(0.5, 2.0, D)
         return model, rng.standard_normal((4, D)), rng.standard_normal((4, C))
 
+    def log_prob_case(module, name, x, ctx, tol):
+        """The VJP of ``module.log_prob_forward(x, ctx)`` for ``x`` (called ``name``), the
+        context and every parameter: the one check shared by the base and the flow."""
+        def backward(douts):
+            dx, grads, d_ctx = module.log_prob_backward(douts[0],
+                                                        module.log_prob_forward(x, ctx)[1])
+            return {name: dx, "context": d_ctx, **grads}
+
+        return VJPCase({name: x, "context": ctx, **module.params},
+                       lambda: module.log_prob_forward(x, ctx)[0], backward, tol=tol)
+
     @register("density.ConditionalDiagonalGaussian")
     def _base(rng):
         base = ConditionalDiagonalGaussian(3, 2, (4,), rng)
         randomize_last_layer(base.net, rng, 0.7)
         z, ctx = rng.standard_normal((5, 3)), rng.standard_normal((5, 2))
-
-        def backward(douts):
-            dz, grads, d_ctx = base.log_prob_backward(douts[0], base.log_prob_forward(z, ctx)[1])
-            return {"z": dz, "context": d_ctx, **grads}
-
-        return VJPCase({"z": z, "context": ctx, **base.params},
-                       lambda: base.log_prob_forward(z, ctx)[0], backward, tol=1e-7)
+        return log_prob_case(base, "z", z, ctx, tol=1e-7)
 
     @register("density.FlowDensity.log_prob")
     def _log_prob(rng):
         model, x, ctx = conditional_model(rng)
-
-        def backward(douts):
-            dx, grads, d_ctx = model.log_prob_backward(douts[0],
-                                                       model.log_prob_forward(x, ctx)[1])
-            return {"x": dx, "context": d_ctx, **grads}
-
-        return VJPCase({"x": x, "context": ctx, **model.params},
-                       lambda: model.log_prob_forward(x, ctx)[0], backward, tol=1e-6)
+        return log_prob_case(model, "x", x, ctx, tol=1e-6)
 
     @register("density.FlowDensity.rsample_and_log_prob")
     def _rsample(rng):
