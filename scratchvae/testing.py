@@ -36,6 +36,7 @@ __all__ = [
     "assert_module_gradients",
     "assert_function_gradients",
     "assert_bijector",
+    "assert_ignores_context",
     "assert_checks_pass",
 ]
 
@@ -114,3 +115,14 @@ def assert_bijector(bijector, x, context=None, tol=1e-6, seed=0, roundtrip_tol=1
     assert_checks_pass(gradcheck.check_bijector(type(bijector).__name__, bijector, x, rng,
                                                 context, tol, directions=directions,
                                                 roundtrip_tol=roundtrip_tol))
+
+
+def assert_ignores_context(bijector, u, context) -> None:
+    """An unconditional bijector takes a context and ignores it: in both directions the
+    outputs and log-dets equal those without one, and ``backward`` returns no context
+    gradient (None)."""
+    for direction in ("forward", "inverse"):
+        out, logdet, cache = getattr(bijector, direction)(u, context)
+        out0, logdet0, _ = getattr(bijector, direction)(u)
+        assert np.array_equal(out, out0) and np.array_equal(logdet, logdet0), direction
+        assert bijector.backward(np.ones_like(out), np.ones(len(u)), cache)[2] is None, direction
