@@ -1,4 +1,4 @@
-"""Input checks shared by the public entry points (DESIGN.md, "Errors"): each raises a
+"""Input checks shared by the public entry points (docs/design.md, "Errors"): each raises a
 ``ValueError`` that names the argument, says what was expected and shows what came."""
 
 from __future__ import annotations

@@ -475,65 +475,9 @@ class FlowDensity(Module):
                               n, u, ctx)
 
 
-# ----------------------------------------------------------------------------- gradcheck registry
-def _register_checks():
-    from .flows.coupling import coupling_flow, randomize_conditioners
-    from .gradcheck import VJPCase, register
-
-    def conditional_model(rng):
-        D, C = 3, 2
-        base = ConditionalDiagonalGaussian(D, C, (5,), rng)
-        randomize_last_layer(base.net, rng, 0.5)
-        flow = coupling_flow(D, 2, "affine", (5,), "tanh", rng=rng, context_dim=C)
-        randomize_conditioners(flow, rng, 0.5)
-        model = FlowDensity(base, flow, D, C)
-        model.shift[...] = rng.standard_normal(D)
-        model.scale[...] = rng.uniform(0.5, 2.0, D)
-        return model, rng.standard_normal((4, D)), rng.standard_normal((4, C))
-
-    def log_prob_case(module, name, x, ctx, tol):
-        """The VJP of ``module.log_prob_forward(x, ctx)`` for ``x`` (called ``name``), the
-        context and every parameter: the one check shared by the base and the flow."""
-        def backward(douts):
-            dx, grads, d_ctx = module.log_prob_backward(douts[0],
-                                                        module.log_prob_forward(x, ctx)[1])
-            return {name: dx, "context": d_ctx, **grads}
-
-        return VJPCase({name: x, "context": ctx, **module.params},
-                       lambda: module.log_prob_forward(x, ctx)[0], backward, tol=tol)
-
-    @register("density.ConditionalDiagonalGaussian")
-    def _base(rng):
-        base = ConditionalDiagonalGaussian(3, 2, (4,), rng)
-        randomize_last_layer(base.net, rng, 0.7)
-        z, ctx = rng.standard_normal((5, 3)), rng.standard_normal((5, 2))
-        return log_prob_case(base, "z", z, ctx, tol=1e-7)
-
-    @register("density.FlowDensity.log_prob")
-    def _log_prob(rng):
-        model, x, ctx = conditional_model(rng)
-        return log_prob_case(model, "x", x, ctx, tol=1e-6)
-
-    @register("density.FlowDensity.rsample_and_log_prob")
-    def _rsample(rng):
-        model, _, ctx = conditional_model(rng)
-
-        def run():
-            return model.rsample_and_log_prob(4, np.random.default_rng(7), ctx, 1.3)
-
-        def backward(douts):
-            grads, d_ctx = model.rsample_backward(douts[0], douts[1], run()[2])
-            return {"context": d_ctx, **grads}
-
-        return VJPCase({"context": ctx, **model.params}, lambda: run()[:2], backward, tol=1e-6)
-
-
 def randomize_last_layer(mlp, rng, scale):
     """Random weights in an MLP's (zero-initialised) last layer; for tests and checks."""
     last = mlp.layers[-1]
     last.W[...] = scale * rng.standard_normal(last.W.shape)
     last.b[...] = scale * rng.standard_normal(last.b.shape)
     return mlp
-
-
-_register_checks()

@@ -14,14 +14,15 @@ because elements that are zero up to round-off would otherwise dominate.
 Log-determinants are checked against ``np.linalg.slogdet`` of a finite-difference Jacobian
 (derivations/00-conventions.md#checking-a-log-determinant), never against a cached value.
 
-A registry lets every component register a small random instance with inputs; the tests and
-``scratchvae gradcheck`` iterate over everything that exists.
+This module is the checker: the numerics, the case types, ``register``, ``run_checks`` and
+``format_table``. The cases, a small random instance of every component with inputs, live in
+the registry ``scratchvae.gradcheck_cases``, which ``registered()`` loads; the tests and
+``scratchvae gradcheck`` iterate over everything registered there.
 """
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ __all__ = [
     "VJPCase",
     "register",
     "registered",
+    "check_component",
     "run_checks",
     "format_table",
 ]
@@ -72,24 +74,11 @@ def numerical_gradient(f: Callable[[], float], x: np.ndarray, h: float = DEFAULT
     """Central-difference gradient of the scalar ``f()`` with respect to the array ``x``.
 
     ``x`` is perturbed *in place* one entry at a time and restored, so ``f`` may read it
-    through any reference (a module's parameter, a closed-over input).
+    through any reference (a module's parameter, a closed-over input): ``numerical_vjp`` of
+    the one output ``f()`` with upstream gradient 1.
     Derivation: derivations/00-conventions.md#checking-a-gradient-by-central-differences.
     """
-    if x.dtype != np.float64:
-        raise ValueError(f"x: finite differences need float64, got {x.dtype}")
-    grad = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), grad.reshape(-1)
-    if not np.shares_memory(flat, x):
-        raise ValueError("x: must be contiguous so it can be perturbed in place")
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + h
-        fp = float(f())
-        flat[i] = old - h
-        fm = float(f())
-        flat[i] = old
-        gflat[i] = (fp - fm) / (2.0 * h)
-    return grad
+    return numerical_vjp(lambda: float(f()), (1.0,), x, h)
 
 
 def numerical_vjp(forward: Callable[[], tuple], douts: tuple, x: np.ndarray,
@@ -376,9 +365,6 @@ class VJPCase:
 
 _REGISTRY: dict[str, Callable] = {}
 
-# modules that register nothing and may need optional dependencies
-_NOT_SCANNED = {"cli", "__main__", "plots", "gradcheck", "testing"}
-
 
 def register(name: str):
     """Decorator: ``@register("nn.Linear")`` on ``builder(rng) -> case or list of cases``."""
@@ -390,16 +376,9 @@ def register(name: str):
     return deco
 
 
-def _import_all():
-    import scratchvae
-    for info in pkgutil.walk_packages(scratchvae.__path__, prefix="scratchvae."):
-        if info.name.rsplit(".", 1)[-1] not in _NOT_SCANNED:
-            importlib.import_module(info.name)
-
-
 def registered() -> dict[str, Callable]:
-    """Every registered component (imports the whole package first)."""
-    _import_all()
+    """Every registered component (loads the registry ``scratchvae.gradcheck_cases`` first)."""
+    importlib.import_module("scratchvae.gradcheck_cases")
     return dict(sorted(_REGISTRY.items()))
 
 
@@ -418,30 +397,39 @@ def run_case(name: str, case, rng: np.random.Generator) -> list[CheckResult]:
     raise TypeError(f"case: unknown case type {type(case).__name__}")
 
 
+def check_component(name: str, seed: int = 0) -> list[CheckResult]:
+    """Build the one registered component ``name`` and run its checks.
+
+    Its generator is seeded by ``seed`` and the name, not by a position: a component gets the
+    same random case whether it runs alone or among others, and registering a new one changes
+    no other's case.
+    """
+    reg = registered()
+    if name not in reg:
+        raise ValueError(f"name: unknown component {name!r}; known: {', '.join(reg)}")
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    cases = reg[name](rng)
+    results = []
+    for case in cases if isinstance(cases, list | tuple) else [cases]:
+        results += run_case(name, case, rng)
+    return results
+
+
 def run_checks(names: list[str] | None = None, seed: int = 0) -> list[CheckResult]:
-    """Build every (or the named) registered component and run its checks.
+    """Build every (or the named) registered component and run its checks (``check_component``).
 
     A name selects every component equal to it or starting with ``name + "."`` (so
     ``nn`` selects ``nn.Linear`` and ``nn.MLP``).
     """
     reg = registered()
     if names:
-        chosen = {k: v for k, v in reg.items()
-                  if any(k == n or k.startswith(n + ".") for n in names)}
+        chosen = [k for k in reg if any(k == n or k.startswith(n + ".") for n in names)]
         unknown = [n for n in names if not any(k == n or k.startswith(n + ".") for k in reg)]
         if unknown:
             raise ValueError(f"component: unknown {unknown}; known: {', '.join(reg)}")
     else:
-        chosen = reg
-    results = []
-    for name, builder in chosen.items():
-        # seeded by the name, not the position: a component gets the same random case whether
-        # it runs alone or among others, and registering a new one changes no other's case
-        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-        cases = builder(rng)
-        for case in cases if isinstance(cases, list | tuple) else [cases]:
-            results += run_case(name, case, rng)
-    return results
+        chosen = list(reg)
+    return [r for name in chosen for r in check_component(name, seed)]
 
 
 def format_table(results: list[CheckResult]) -> str:

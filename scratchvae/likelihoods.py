@@ -234,39 +234,3 @@ def make_likelihood(name, dtype=np.float64, **kwargs) -> Likelihood:
     if key not in LIKELIHOODS:
         raise ValueError(f"likelihood: expected one of {sorted(LIKELIHOODS)}, got {name!r}")
     return LIKELIHOODS[key](dtype=dtype, **kwargs)
-
-
-# ----------------------------------------------------------------------------- gradcheck registry
-def _register_checks():
-    from .gradcheck import VJPCase, register
-
-    def case(lik, x, out):
-        arrays = {"out": out, **lik.params}
-
-        def forward():
-            return lik.log_prob_forward(x, out)[0]
-
-        def backward(douts):
-            _, cache = lik.log_prob_forward(x, out)
-            dout, grads = lik.log_prob_backward(douts[0], cache)
-            return {"out": dout, **grads}
-
-        return VJPCase(arrays, forward, backward)
-
-    @register("likelihoods.bernoulli")
-    def _bern(rng):
-        x = (rng.random((5, 4)) < 0.5).astype(float)
-        return case(Bernoulli(), x, 2.0 * rng.standard_normal((3, 5, 4)))  # S = 3 samples
-
-    @register("likelihoods.gaussian_fixed")
-    def _gfix(rng):
-        return case(GaussianFixedVariance(0.3), rng.random((5, 4)),
-                    rng.standard_normal((3, 5, 4)))
-
-    @register("likelihoods.gaussian_shared")
-    def _gshared(rng):
-        return case(GaussianSharedVariance(init_log_var=-0.7), rng.random((5, 4)),
-                    rng.standard_normal((3, 5, 4)))
-
-
-_register_checks()

@@ -436,28 +436,3 @@ class MLP(Module):
             grads[f"layers.{i}.W"] = g["W"]
             grads[f"layers.{i}.b"] = g["b"]
         return d, grads
-
-
-# ----------------------------------------------------------------------------- gradcheck registry
-def _register_checks():
-    from .gradcheck import ModuleCase, register
-
-    for act in ACTIVATIONS:
-        @register(f"nn.{act}")
-        def _build(rng, act=act):
-            # inputs kept away from the kinks of relu/leaky-relu/elu at 0
-            x = rng.standard_normal((4, 5))
-            x += np.sign(x) * 0.1
-            return ModuleCase(make_activation(act), x)
-
-    @register("nn.Linear")
-    def _linear(rng):
-        return ModuleCase(Linear(5, 3, rng), rng.standard_normal((4, 5)))
-
-    for act in ("tanh", "relu", "elu"):
-        @register(f"nn.MLP.{act}")
-        def _mlp(rng, act=act):
-            return ModuleCase(MLP([4, 7, 6, 3], act, rng), rng.standard_normal((5, 4)))
-
-
-_register_checks()

@@ -467,19 +467,3 @@ def reference_log_z(target: Target, n: int = 801, bounds=None, chunk: int = 250_
     m = np.max(terms)
     h1, h2 = g1[1] - g1[0], g2[1] - g2[0]
     return float(m + np.log(np.sum(np.exp(terms - m))) + np.log(h1 * h2))
-
-
-def _register_checks():
-    from .gradcheck import FunctionCase, register
-
-    for name in TARGETS:
-        @register(f"targets.{name}")
-        def _build(rng, name=name):
-            fn, backward, bounds, _, _ = _specs()[name]
-            lo, hi = _check_bounds(bounds)
-            z = rng.uniform(lo, hi, size=(6, 2))
-            z[np.hypot(z[:, 0], z[:, 1]) < 0.1] += 0.5  # away from u1's kink at the origin
-            return FunctionCase(fn, backward, {"z": z})
-
-
-_register_checks()

@@ -1,6 +1,7 @@
-"""The command line end to end on tiny settings: every subcommand writes what DESIGN.md lists,
-every user mistake ends in one line and a non-zero exit code, nothing in --out is lost, and an
-interrupted and resumed run ends with bit-for-bit the parameters of an uninterrupted one."""
+"""The command line end to end on tiny settings: every subcommand writes what docs/design.md lists
+("The command line"), every user mistake ends in one line and a non-zero exit code, nothing in
+--out is lost, and an interrupted and resumed run ends with bit-for-bit the parameters of an
+uninterrupted one."""
 
 import json
 import os

@@ -1,4 +1,5 @@
-"""Code and derivations point at each other (DESIGN.md, "Derivations and code point at each other").
+"""Code and derivations point at each other (docs/design.md, "Derivations and code point at each
+other").
 
 1. Every ``derivations/FILE.md#anchor`` written in the package resolves to a file and heading.
 2. Every ``scratchvae.module.name`` written in a derivation resolves to a real object.

@@ -1,5 +1,5 @@
-"""The VAE with a flow posterior: the whole ELBO gradient against finite differences (eps fixed)
-for every posterior kind, global and amortised, and every KL estimator; the Monte Carlo KL (sign
+"""The VAE with a flow posterior (the whole ELBO's gradient for every posterior kind and KL
+estimator is a registered gradient-check case): the Monte Carlo KL (sign
 of the log-det, the prior at z_K, agreement with closed forms); the three KL estimators (same
 mean, their gradients, their variances); the IWAE; encodings; a short training run."""
 
@@ -98,30 +98,13 @@ def trained():
 
 
 # ----------------------------------------------------------------------------- gradients
+# The whole ELBO's gradient for every posterior kind, global and amortised, and every KL
+# estimator is the registered case flow_vae.elbo_terms.* (scratchvae/gradcheck_cases/models.py,
+# run by tests/test_gradcheck.py); this checks that those cases see every part of the model.
 @pytest.mark.parametrize("kind,amortised", KINDS, ids=KIND_IDS)
-def test_flow_posterior_elbo_gradient_every_parameter_eps_fixed(kind, amortised, rng):
-    model = random_flow_vae(rng, kind, amortised)
-    x, eps = binary(rng), rng.standard_normal((3, 5, 3))  # S = 3, eps held fixed
-    res = check_vjp("elbo", model.params, lambda: model.elbo_terms_forward(x, eps)[:2],
-                    lambda d: model.elbo_terms_backward(d[0], d[1],
-                                                        model.elbo_terms_forward(x, eps)[2]),
-                    rng, tol=TOL)
-    names = {r.check for r in res}
-    assert names == {f"d/d{k}" for k in model.params}
-    prefixes = {k.split(".")[0] for k in model.params}
+def test_every_part_of_the_model_is_a_parameter(kind, amortised, rng):
+    prefixes = {k.split(".")[0] for k in small_flow_vae(rng, kind, amortised).params}
     assert prefixes == {"encoder", "decoder", "flow"} | ({"context"} if amortised else set())
-    assert_ok(res)
-
-
-@pytest.mark.parametrize("estimator", ["monte_carlo", "analytic_entropy"])
-@pytest.mark.parametrize("kind,amortised", [("planar", False), ("spline", True)])
-def test_other_kl_estimators_elbo_gradient_eps_fixed(kind, amortised, estimator, rng):
-    model = random_flow_vae(rng, kind, amortised, kl_estimator=estimator)
-    x, eps = binary(rng), rng.standard_normal((2, 5, 3))
-    assert_ok(check_vjp("elbo", model.params, lambda: model.elbo_terms_forward(x, eps)[:2],
-                        lambda d: model.elbo_terms_backward(d[0], d[1],
-                                                            model.elbo_terms_forward(x, eps)[2]),
-                        rng, tol=TOL))
 
 
 @pytest.mark.parametrize("kind,amortised", [("radial", False), ("affine", True)])

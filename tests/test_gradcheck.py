@@ -1,12 +1,14 @@
 """The checker itself: it passes right derivatives and fails wrong ones."""
 
+import pathlib
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from hypothesis import given
 
-from scratchvae import gradcheck, nn
+from scratchvae import gradcheck, nn, testing
 from scratchvae.cli import main
 
 
@@ -63,17 +65,56 @@ def test_check_logdet_catches_a_sign_error(rng):
     assert not gradcheck.check_logdet("lin", lambda z: (z @ A.T, -true), x).ok
 
 
-def test_every_registered_component_passes():
-    results = gradcheck.run_checks()
-    assert results
-    bad = [r for r in results if not r.ok]
-    assert not bad, gradcheck.format_table(bad)
+# ----------------------------------------------------------------------------- the registry
+ROOT = pathlib.Path(gradcheck.__file__).parent
+COMPONENTS = sorted(gradcheck.registered())
+
+
+@pytest.mark.parametrize("name", COMPONENTS)
+def test_registered_component_passes(name):
+    """Every case of the registry (scratchvae/gradcheck_cases/), one test each: the only place
+    the suite checks those gradients, so each is written once."""
+    results = gradcheck.check_component(name)
+    assert results and {r.component for r in results} == {name}
+    testing.assert_checks_pass(results)
+
+
+@given(seed=testing.seeds())
+def test_registered_vae_cases_pass_at_any_seed(seed):
+    # the VAE's whole-ELBO and loss cases at hypothesis-drawn seeds (a random model, data and
+    # noise each time), as tests/test_vae.py did before the cases moved into the registry
+    testing.assert_checks_pass(gradcheck.run_checks(["vae"], seed=seed))
+
+
+def test_a_component_gets_the_same_case_alone_or_among_others():
+    # cases are seeded by the component's name, not by their position in the run
+    alone = gradcheck.check_component("nn.Linear")
+    among = [r for r in gradcheck.run_checks(["nn"]) if r.component == "nn.Linear"]
+    assert [(r.check, r.error) for r in alone] == [(r.check, r.error) for r in among]
+
+
+def test_library_modules_register_nothing_at_import():
+    # the cases live in scratchvae.gradcheck_cases: importing the library builds no instance
+    # (pkgutil.walk_packages would import every subpackage, the registry too, to look inside)
+    names = [f"scratchvae.{p.relative_to(ROOT).with_suffix('').as_posix().replace('/', '.')}"
+             for p in ROOT.rglob("*.py")
+             if "gradcheck_cases" not in p.parts and p.stem not in ("__init__", "__main__")]
+    assert "scratchvae.flows.spline" in names and "scratchvae.vae" in names
+    code = ("import importlib, sys\nfrom scratchvae import gradcheck\n"
+            "for name in sys.argv[1:]:\n    importlib.import_module(name)\n"
+            "print(len(gradcheck._REGISTRY))\n")
+    out = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "0"
 
 
 def test_cli_gradcheck_exits_0_and_lists_components(capsys):
     assert main(["gradcheck", "nn"]) == 0
-    out = capsys.readouterr().out
-    assert "nn.Linear" in out and "nn.MLP.tanh" in out and "FAIL" not in out.split("\n")[-1][:0]
+    lines = capsys.readouterr().out.strip().split("\n")
+    rows = lines[2:-1]  # after the header and its rule, before the summary
+    assert {r.split()[0] for r in rows} == {n for n in COMPONENTS if n.startswith("nn.")}
+    assert all(r.endswith("  ok") for r in rows)
+    assert lines[-1] == f"{len(rows)} checks, 0 FAIL"
 
 
 def test_cli_gradcheck_exits_1_on_a_broken_component(monkeypatch, capsys):

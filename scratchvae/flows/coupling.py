@@ -441,32 +441,3 @@ def randomize_conditioners(flow, rng, scale=1.0):
             last.W[...] = scale * rng.standard_normal(last.W.shape)
             last.b[...] = scale * rng.standard_normal(last.b.shape)
     return flow
-
-
-def _register_checks():
-    from ..gradcheck import BijectorCase, register
-
-    def block_case(rng, law, context_dim):
-        D = 4
-        law = AffineLaw(2.0) if law == "affine" else SplineLaw(bins=5, bound=2.5)
-        block = CouplingBlock(D, law, (6, 5), "tanh", rng, context_dim=context_dim)
-        randomize_conditioners(block, rng, 0.5)
-        ctx = rng.standard_normal((4, context_dim)) if context_dim else None
-        return BijectorCase(block, rng.standard_normal((4, D)), ctx)
-
-    for law in ("affine", "spline"):
-        register(f"flows.coupling.{law}")(lambda rng, law=law: block_case(rng, law, 0))
-        register(f"flows.coupling.{law}.context")(lambda rng, law=law: block_case(rng, law, 3))
-
-    @register("flows.coupling.coupling_flow")
-    def _flow(rng):
-        flow = coupling_flow(3, 3, "spline", (5,), "tanh", bins=4, bound=2.5, rng=rng,
-                             context_dim=2)
-        randomize_conditioners(flow, rng, 0.4)
-        # a stack of splines curves sharply: Richardson extrapolation keeps the finite
-        # differences' truncation error below the tolerance (tests/test_coupling.py: fd_step)
-        return BijectorCase(flow, rng.standard_normal((3, 3)), rng.standard_normal((3, 2)),
-                            richardson=True)
-
-
-_register_checks()

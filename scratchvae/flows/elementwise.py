@@ -184,29 +184,3 @@ class Logit(Inverse):
     def __init__(self, low=0.0, high=1.0, dtype=np.float64):
         super().__init__(Sigmoid(low, high, dtype))
         self.low, self.high = self.base.low, self.base.high
-
-
-# ----------------------------------------------------------------------------- gradcheck registry
-def _register_checks():
-    from ..gradcheck import BijectorCase, register
-
-    @register("flows.elementwise.ElementwiseAffine")
-    def _affine(rng):
-        b = ElementwiseAffine(4)
-        b.log_scale[...] = rng.normal(0.4, 0.7, 4)
-        b.shift[...] = rng.standard_normal(4)
-        return BijectorCase(b, rng.standard_normal((5, 4)))
-
-    @register("flows.elementwise.Sigmoid")
-    def _sigmoid(rng):
-        # u within +-3: the logit's derivatives near the ends outgrow finite differences
-        return BijectorCase(Sigmoid(-1.0, 2.5), np.clip(rng.standard_normal((5, 3)), -3, 3))
-
-    @register("flows.elementwise.Logit")
-    def _logit(rng):
-        low, high = -2.0, 0.5
-        t = sigmoid(np.clip(rng.standard_normal((5, 3)), -3, 3))
-        return BijectorCase(Logit(low, high), low + (high - low) * t)  # inside the interval
-
-
-_register_checks()

@@ -613,22 +613,3 @@ def random_radial(dim, rng, dtype=np.float64):
     layer.raw_alpha[...] = rng.normal(0.0, 1.0, 1)
     layer.raw_beta[...] = rng.normal(1.0, 1.0, 1)
     return layer
-
-
-def _register_checks():
-    from ..gradcheck import BijectorCase, register
-
-    @register("flows.planar.Planar")
-    def _planar(rng):
-        layer = random_planar(3, rng)
-        # points whose pre-activation is O(1): where tanh bends and the log-det is far from 0
-        z = rng.standard_normal((5, 3))
-        return BijectorCase(layer, z)
-
-    @register("flows.planar.Radial")
-    def _radial(rng):
-        layer = random_radial(3, rng)
-        return BijectorCase(layer, layer.z0 + rng.standard_normal((5, 3)))
-
-
-_register_checks()

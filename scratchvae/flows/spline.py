@@ -533,25 +533,3 @@ def _points_inside_bins(rng, positions, margin=0.05):
     left = np.take_along_axis(positions, k, axis=-1)[..., 0]
     right = np.take_along_axis(positions, k + 1, axis=-1)[..., 0]
     return left + rng.uniform(margin, 1.0 - margin, size=left.shape) * (right - left)
-
-
-def _register_checks():
-    from ..gradcheck import FunctionCase, register
-
-    def case(rng, inverse):
-        N, D, K, bound = 4, 3, 5, 2.5
-        w, h = rng.standard_normal((N, D, K)), rng.standard_normal((N, D, K))
-        d = rng.standard_normal((N, D, K - 1))
-        kn = knots(w, h, d, bound)
-        x = _points_inside_bins(rng, kn.y if inverse else kn.x)
-        x[0] = rng.choice([-1.0, 1.0], D) * rng.uniform(1.1, 2.0, D) * bound  # a row of tails
-        # tolerance 1e-6, as for every bijector: the inverse reaches x through the root of a
-        # quadratic, whose round-off the finite differences amplify to a few 1e-7
-        return FunctionCase(rq_spline, rq_spline_backward, {"x": x, "w": w, "h": h, "d": d},
-                            kwargs={"inverse": inverse, "bound": bound}, tol=1e-6)
-
-    register("flows.spline.forward")(lambda rng: case(rng, inverse=False))
-    register("flows.spline.inverse")(lambda rng: case(rng, inverse=True))
-
-
-_register_checks()
