@@ -200,6 +200,18 @@ def _common(p, out_required=True):
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
 
 
+def _fit_options(p, defaults, length):
+    """The options of a fit by gradient steps: the network, its length (``steps`` or
+    ``epochs``), the batch, the learning rate and its schedule."""
+    p.add_argument("--hidden", type=_sizes, default=defaults["hidden"])
+    p.add_argument("--activation", default=defaults["activation"])
+    p.add_argument(f"--{length}", type=_positive_int, default=defaults[length])
+    p.add_argument("--batch", type=_positive_int, default=defaults["batch"])
+    p.add_argument("--lr", type=_positive_float, default=defaults["lr"])
+    p.add_argument("--lr-schedule", choices=["cosine", "constant"],
+                   default=defaults["lr_schedule"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scratchvae", description="VAEs and normalizing flows "
                                 "from scratch in NumPy, every gradient derived by hand.")
@@ -228,12 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="coupling layers (default: 4 for spline, 8 for affine)")
     f.add_argument("--bins", type=_positive_int, default=F["bins"])
     f.add_argument("--bound", type=_positive_float, default=F["bound"])
-    f.add_argument("--hidden", type=_sizes, default=F["hidden"])
-    f.add_argument("--activation", default=F["activation"])
-    f.add_argument("--steps", type=_positive_int, default=F["steps"])
-    f.add_argument("--batch", type=_positive_int, default=F["batch"])
-    f.add_argument("--lr", type=_positive_float, default=F["lr"])
-    f.add_argument("--lr-schedule", choices=["cosine", "constant"], default=F["lr_schedule"])
+    _fit_options(f, F, "steps")
     f.add_argument("--n-train", type=_positive_int, default=F["n_train"],
                    help="training points drawn for a toy data set")
     f.add_argument("--dtype", choices=["float64", "float32"], default=F["dtype"])
@@ -249,12 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
                    default=V["likelihood"],
                    help="gaussian-shared learns one variance (grey data)")
     v.add_argument("--latent", type=_positive_int, default=V["latent"])
-    v.add_argument("--hidden", type=_sizes, default=V["hidden"])
-    v.add_argument("--activation", default=V["activation"])
-    v.add_argument("--epochs", type=_positive_int, default=V["epochs"])
-    v.add_argument("--batch", type=_positive_int, default=V["batch"])
-    v.add_argument("--lr", type=_positive_float, default=V["lr"])
-    v.add_argument("--lr-schedule", choices=["cosine", "constant"], default=V["lr_schedule"])
+    _fit_options(v, V, "epochs")
     v.add_argument("--beta", type=_nonneg_float, default=V["beta"])
     v.add_argument("--warmup", type=int, default=V["warmup"], help="steps of linear beta warm-up")
     v.add_argument("--free-bits", type=_nonneg_float, default=V["free_bits"],

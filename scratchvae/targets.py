@@ -209,39 +209,33 @@ def _two_waves(z, shift, dshift, s1, s2):
 
 
 def u3_log_prob(z):
-    """u3 with its envelope: ``log(e^{b1} + e^{b2}) - E(z1)``, ``b1 = -1/2 ((z2 - w1)/0.35)^2``,
-    ``b2 = -1/2 ((z2 - w1 + w2) / 0.35)^2``. ``z`` ``(N, 2)`` -> ``(logp (N,), cache)``.
+    """u3 with its envelope: ``_two_waves`` with ``shift = w2 = 3 exp(-1/2 ((z1 - 1) / 0.6)^2)``,
+    ``s1 = s2 = 0.35``. ``z`` ``(N, 2)`` -> ``(logp (N,), cache)``.
 
     Derivation: derivations/15-targets.md#u3-and-u4-two-waves.
     """
-    w2, dw2 = _bump(z[:, 0])
-    return _two_waves(z, w2, dw2, 0.35, 0.35)
-
-
-def u3_log_prob_backward(dlogp, cache):
-    """``dz = dlogp[:, None] * grad log p~`` ``(N, 2)``.
-
-    Derivation: derivations/15-targets.md#u3-and-u4-two-waves.
-    """
-    return _backward(dlogp, cache)
+    return _two_waves(z, *_bump(z[:, 0]), 0.35, 0.35)
 
 
 def u4_log_prob(z):
-    """u4 with its envelope: ``log(e^{b1} + e^{b2}) - E(z1)``, ``b1 = -1/2 ((z2 - w1)/0.4)^2``,
-    ``b2 = -1/2 ((z2 - w1 + w3) / 0.35)^2``. ``z`` ``(N, 2)`` -> ``(logp (N,), cache)``.
+    """u4 with its envelope: ``_two_waves`` with ``shift = w3 = 3 sigma((z1 - 1) / 0.3)``,
+    ``s1 = 0.4``, ``s2 = 0.35``. ``z`` ``(N, 2)`` -> ``(logp (N,), cache)``.
 
     Derivation: derivations/15-targets.md#u3-and-u4-two-waves.
     """
-    w3, dw3 = _step(z[:, 0])
-    return _two_waves(z, w3, dw3, 0.4, 0.35)
+    return _two_waves(z, *_step(z[:, 0]), 0.4, 0.35)
 
 
-def u4_log_prob_backward(dlogp, cache):
-    """``dz = dlogp[:, None] * grad log p~`` ``(N, 2)``.
+def u3_log_prob_backward(dlogp, cache):
+    """``dz = dlogp[:, None] * grad log p~`` ``(N, 2)``, for u3 and u4 alike (both cache
+    their gradient): ``u4_log_prob_backward`` is this function.
 
     Derivation: derivations/15-targets.md#u3-and-u4-two-waves.
     """
     return _backward(dlogp, cache)
+
+
+u4_log_prob_backward = u3_log_prob_backward
 
 
 def banana_log_prob(z):

@@ -5,18 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..gaussian import (
-    diag_gaussian_log_prob,
-    diag_gaussian_log_prob_backward,
-    kl_standard_normal,
-    kl_standard_normal_backward,
-    reparameterize,
-    reparameterize_backward,
-    softplus_scale,
-    softplus_scale_backward,
-    std_normal_log_prob,
-    std_normal_log_prob_backward,
-)
+from .. import gaussian
 from ..gradcheck import FunctionCase, VJPCase, register
 from ..likelihoods import Bernoulli, GaussianFixedVariance, GaussianSharedVariance
 from ..targets import TARGETS, make_target
@@ -25,30 +14,30 @@ from ..targets import TARGETS, make_target
 # ----------------------------------------------------------------------------- gaussian
 @register("gaussian.std_normal_log_prob")
 def _std(rng):
-    return FunctionCase(lambda z: (std_normal_log_prob(z), z),
-                        lambda d, z: (std_normal_log_prob_backward(d, z),),
+    return FunctionCase(lambda z: (gaussian.std_normal_log_prob(z), z),
+                        lambda d, z: (gaussian.std_normal_log_prob_backward(d, z),),
                         {"z": 2.0 * rng.standard_normal((5, 3))})
 
 
 @register("gaussian.diag_gaussian_log_prob")
 def _diag(rng):
-    return FunctionCase(diag_gaussian_log_prob, diag_gaussian_log_prob_backward,
+    return FunctionCase(gaussian.diag_gaussian_log_prob, gaussian.diag_gaussian_log_prob_backward,
                         {"z": rng.standard_normal((5, 3)), "mu": rng.standard_normal((5, 3)),
                          "log_sigma": 0.5 * rng.standard_normal((5, 3))})
 
 
 @register("gaussian.softplus_scale")
 def _scale(rng):
-    return FunctionCase(softplus_scale,
-                        lambda ds, dls, c: (softplus_scale_backward(ds, dls, c),),
+    return FunctionCase(gaussian.softplus_scale,
+                        lambda ds, dls, c: (gaussian.softplus_scale_backward(ds, dls, c),),
                         {"raw": 2.0 * rng.standard_normal((5, 3))})
 
 
 @register("gaussian.reparameterize")
 def _reparam(rng):
     eps = rng.standard_normal((4, 5, 3))  # S = 4 samples, held fixed
-    return FunctionCase(lambda mu, sigma: reparameterize(mu, sigma, eps),
-                        reparameterize_backward,
+    return FunctionCase(lambda mu, sigma: gaussian.reparameterize(mu, sigma, eps),
+                        gaussian.reparameterize_backward,
                         {"mu": rng.standard_normal((5, 3)),
                          "sigma": rng.uniform(0.2, 2.0, (5, 3))})
 
@@ -56,8 +45,8 @@ def _reparam(rng):
 for _summed in (False, True):
     @register(f"gaussian.kl_standard_normal.{'sum' if _summed else 'per_dim'}")
     def _kl(rng, summed=_summed):
-        return FunctionCase(lambda mu, sigma: kl_standard_normal(mu, sigma, summed),
-                            kl_standard_normal_backward,
+        return FunctionCase(lambda mu, sigma: gaussian.kl_standard_normal(mu, sigma, summed),
+                            gaussian.kl_standard_normal_backward,
                             {"mu": rng.standard_normal((5, 3)),
                              "sigma": rng.uniform(0.2, 2.0, (5, 3))})
 
