@@ -170,3 +170,18 @@ def test_make_likelihood_and_errors():
         Bernoulli().log_prob(np.zeros((2, 3)), np.zeros((2, 4)))
     with pytest.raises(ValueError, match="x"):
         GaussianFixedVariance().log_prob(np.array([[np.nan, 0.0]]), np.zeros((1, 2)))
+
+
+@pytest.mark.parametrize("variance", [0.05, 3.0])
+def test_gaussian_fixed_variance_expected_log_prob_is_minus_the_entropy(variance, rng):
+    # a second check of the normaliser -D/2 log(2 pi var), by another route than scipy: under
+    # its own samples, E[-log p(x|m)] is the entropy D/2 log(2 pi e var). -log p is that
+    # constant plus chi^2_D / 2 - D/2, whose standard deviation is sqrt(D/2): with 200000
+    # draws the mean is within 4 sqrt(D/2) / sqrt(200000) = 0.011 nats; dropping the factor D
+    # or the sign of log var moves it by more than 1 nat
+    D, n = 3, 200_000
+    lik = GaussianFixedVariance(variance)
+    m = np.broadcast_to(rng.random((1, D)), (n, D))
+    x = lik.sample(m, rng)
+    entropy = 0.5 * D * np.log(2 * np.pi * np.e * variance)
+    assert abs(-lik.log_prob(x, m).mean() - entropy) < 4 * np.sqrt(D / 2) / np.sqrt(n)

@@ -510,3 +510,22 @@ def test_softplus_of_extreme_derivative_logits_does_not_overflow():
         np.testing.assert_allclose(softplus, [0.0, 0.0, np.log(2.0), 50.0, 1e4], rtol=1e-6,
                                    atol=1e-20)
         np.testing.assert_allclose(slope, [0.0, 0.0, 0.5, 1.0, 1.0], atol=1e-20)
+
+
+@pytest.mark.parametrize("min_derivative", [1e-3, 0.25, 0.5])
+@pytest.mark.parametrize("inverse", [False, True])
+def test_derivative_at_a_knot_is_min_derivative_plus_shifted_softplus(min_derivative, inverse,
+                                                                      rng):
+    # a second check of the shift c = log(expm1(1 - min_derivative)), through the public
+    # rq_spline alone: zero w and h put the knots at -B + 2 B k / K in both spaces, and the
+    # derivative there is min_derivative + softplus(d_k + c) (derivations/08-rq-spline.md)
+    K, B = 5, 2.0
+    d = 2.0 * rng.standard_normal(K - 1)
+    w = h = np.zeros((K - 1, K))
+    knots_x = -B + 2.0 * B * np.arange(1, K) / K  # the interior knots
+    c = np.log(np.expm1(1.0 - min_derivative))
+    slope = min_derivative + np.logaddexp(0.0, d + c)
+    _, logdet, _ = rq_spline(knots_x, w, h, np.broadcast_to(d, (K - 1, K - 1)),
+                             inverse=inverse, bound=B, min_derivative=min_derivative)
+    np.testing.assert_allclose(logdet, -np.log(slope) if inverse else np.log(slope),
+                               rtol=1e-9, atol=1e-12)

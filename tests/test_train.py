@@ -152,3 +152,23 @@ def test_progress_prints_plain_lines_when_not_a_terminal(capsys):
     assert "fit step 10/10 loss=0.1" in stream.getvalue()
     q = train.Progress(10, quiet=True, stream=stream)
     q.update(10, {"loss": 1.0})
+
+
+def test_trainer_feeds_every_row_once_per_epoch_in_a_new_order():
+    # a second check of the batch order, through the fit loop rather than batch_indices: the
+    # rows the loss sees over each epoch are the data set, once each, shuffled afresh
+    data = np.arange(10.0)[:, None]  # row i holds i
+    model = nn.Linear(1, 1, np.random.default_rng(0))
+    seen = []
+
+    def loss_fn(batch, rng, step):
+        seen.append(batch[:, 0].astype(int))
+        return 0.0, {k: np.zeros_like(p) for k, p in model.params.items()}, {}
+
+    train.Trainer(model, loss_fn, data=data, steps=6, batch_size=4, quiet=True).run()
+    assert [len(b) for b in seen] == [4, 4, 2] * 2
+    epochs = [np.concatenate(seen[:3]), np.concatenate(seen[3:])]
+    for order in epochs:
+        assert sorted(order) == list(range(10))
+    assert not np.array_equal(epochs[0], epochs[1])
+    assert not np.array_equal(epochs[0], np.arange(10))  # shuffled, not in file order

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from scipy.stats import norm
 
 from scratchvae import nn
 from scratchvae.gaussian import (
@@ -395,3 +396,21 @@ def test_training_a_few_epochs_on_digits_improves_the_validation_elbo():
             batch_size=128, lr=3e-3, quiet=True).run()  # 10 epochs
     after = val_elbo()
     assert after > before + 10.0, (before, after)  # measured: about -48.3 -> -24.4 nats
+
+
+def test_posterior_log_ratio_is_log_q_minus_log_p_by_scipy(rng):
+    """The IWAE's log weight subtracts ``log q(z|x) - log p(z)``; q's density carries
+    ``-sum log sigma`` (a second check of that sign, beside
+    test_iwae_with_one_sample_estimates_the_elbo, with log sigma far from 0)."""
+    vae = small_vae(rng)
+    last = vae.encoder.layers[-1]
+    last.W[...] = rng.standard_normal(last.W.shape)
+    last.b[...] = rng.standard_normal(last.b.shape)
+    x = data_for(rng, "bernoulli")
+    mu, sigma = vae.encode(x)
+    assert np.max(np.abs(np.log(sigma))) > 0.3
+    eps = rng.standard_normal((3,) + mu.shape)
+    z, log_ratio = vae.posterior_log_ratio(vae.encoder(x), eps)
+    np.testing.assert_allclose(z, mu + sigma * eps, rtol=1e-12)
+    expected = norm.logpdf(z, mu, sigma).sum(axis=-1) - norm.logpdf(z).sum(axis=-1)
+    np.testing.assert_allclose(log_ratio, expected, rtol=1e-10, atol=1e-12)
