@@ -395,12 +395,17 @@ def coupling_flow(dim, n_layers, law="affine", hidden=(64, 64), activation="relu
                   permutation="auto"):
     """A stack of ``n_layers`` coupling blocks as a ``Chain`` (forward = generative u -> x).
 
-    Block ``i`` transforms ``default_mask(dim)`` for even ``i`` and its complement for odd ``i``
-    (alternating halves), so after two blocks every coordinate has been transformed. For
-    ``dim > 2`` a fixed ``Permutation`` sits between consecutive blocks so that every
-    coordinate eventually conditions every other: ``permutation="auto"``/``"random"`` draws
-    them from ``rng``; ``"reverse"`` reverses; ``None`` puts none. Every conditioner's last
-    layer is zero, so the whole flow starts as the identity (log-det 0).
+    The blocks come in *pairs*: block ``2k`` transforms ``default_mask(dim)`` (the last
+    ``D - ceil(D/2)`` positions), block ``2k + 1`` its complement, with nothing between the two,
+    so each complete pair transforms every coordinate exactly once. For ``dim > 2`` a fixed
+    ``Permutation`` sits between consecutive *pairs* (never inside one, where it could undo
+    the alternation), so that the halves regroup: ``permutation="auto"``/``"random"`` draws
+    them from ``rng``, ``"reverse"`` reverses, ``None`` puts none. Guarantees, for every
+    ``dim`` and mode (with conditioners that do depend on their inputs): after 2 blocks every
+    coordinate has been transformed; after 2 blocks (``dim <= 3``), 3 (``permutation=None``)
+    or 4 (otherwise) every output depends on every input. A single block transforms only its
+    mask. Every conditioner's last layer is zero, so the flow starts as the fixed product of
+    its permutations (the identity for ``dim <= 2`` or ``permutation=None``; log-det 0).
     ``law``: ``"affine"`` (``scale_bound``) or ``"spline"`` (``bins``, ``bound``).
     ``context_dim > 0``: the context reaches every conditioner.
     Derivation: derivations/07-coupling.md#stacking-blocks.
@@ -416,7 +421,9 @@ def coupling_flow(dim, n_layers, law="affine", hidden=(64, 64), activation="relu
     base_mask = default_mask(dim)
     bijectors = []
     for i in range(n_layers):
-        if i > 0 and dim > 2 and permutation is not None:
+        # a new pair starts: regroup the halves (inside a pair, a permutation would move
+        # the half just transformed back under the next block's mask: issue 13)
+        if i > 0 and i % 2 == 0 and dim > 2 and permutation is not None:
             if permutation == "reverse":
                 bijectors.append(Permutation.reverse(dim))
             else:
