@@ -550,3 +550,24 @@ def test_a_single_block_transforms_only_its_mask():
     # what passes_through detects: one block leaves the identity half unchanged
     flow, u = random_stack(1, 5, 1, "affine", "reverse")
     assert passes_through(stack_jacobian(flow, u)) == [(0, 0), (1, 1), (2, 2)]
+
+
+# ----------------------------------------------------------------------------- zero parameters
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("bins, bound", [(5, 3.0), (8, 4.0)])
+def test_zero_parameter_spline_stack_is_the_identity_up_to_rounding_with_log_det_exactly_0(
+        dtype, bins, bound):
+    # issue 13: "identity up to rounding, log-det exactly 0" (derivations/08-rq-spline.md):
+    # each block moves a point by at most one rounding of y_k + h_k (x - x_k) / w_k, never
+    # more; the log-det is 0 exactly, not to rounding
+    rng = np.random.default_rng(3)
+    flow = coupling_flow(4, 3, SplineLaw(bins=bins, bound=bound), (8,), "tanh", rng=rng,
+                         dtype=dtype, permutation=None)
+    u = rng.uniform(-1.2 * bound, 1.2 * bound, (500, 4)).astype(dtype)
+    ulp = np.spacing(np.asarray(bound, dtype))  # the largest spacing inside [-B, B]
+    for direction in ("forward", "inverse"):
+        out, logdet, _ = getattr(flow, direction)(u)
+        assert out.dtype == dtype
+        assert np.all(logdet == 0.0)
+        # three blocks, each transforming each coordinate at most twice (blocks 0 and 2)
+        assert np.max(np.abs(out - u)) <= 2 * ulp
