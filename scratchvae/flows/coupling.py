@@ -17,7 +17,9 @@ law's elementwise log-slopes. Two laws:
     AffineLaw(scale_bound)     x_b = u_b * exp(s) + t,  s = B tanh(raw / B)      2 outputs / dim
     SplineLaw(bins, bound)     the rational-quadratic spline of flows/spline.py  3K-1 outputs / dim
 
-The conditioner's last layer starts at zero, so every block starts as the identity, exactly.
+The conditioner's last layer starts at zero, so every block starts as the identity up to
+rounding, log-det exactly 0 (the affine law exactly; the spline's bin formula can move a point
+by one rounding unless its bin widths are powers of two).
 ``coupling_flow`` stacks blocks into a ``Chain``.
 Derivations: derivations/07-coupling.md.
 """
@@ -265,10 +267,11 @@ class CouplingBlock(Bijector):
     ``(N, C)`` is concatenated to the conditioner's input); ``dtype``.
 
     The conditioner is a ``scratchvae.nn.MLP`` whose last layer is zero, so the block starts
-    as the identity exactly. With an empty identity part and no context (D = 1) it reads a
-    constant 1, so the law's parameters are learned constants. Parameters are
-    ``conditioner.layers.{i}.W`` and ``.b``. ``backward`` returns the gradients for the input
-    (through the direct path and the conditioner), every conditioner parameter and the context.
+    as the identity up to rounding, log-det exactly 0. With an empty identity part and no
+    context (D = 1) it reads a constant 1, so the law's parameters are learned constants.
+    Parameters are ``conditioner.layers.{i}.W`` and ``.b``. ``backward`` returns the gradients
+    for the input (through the direct path and the conditioner), every conditioner parameter
+    and the context.
     Derivation: derivations/07-coupling.md#the-coupling-block.
     """
 
