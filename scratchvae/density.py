@@ -73,7 +73,8 @@ class StandardNormal(Module):
     """The base ``N(0, I)`` in ``dim`` dimensions; no parameters, no context.
 
     ``log_prob_forward(z) -> (logp (N,), cache)`` and ``log_prob_backward(dlogp, cache) ->
-    (dz, {}, None)``; ``rsample(n, rng, temperature=T) -> (z, cache)`` draws ``z = T eps``.
+    (dz, {}, None)``; ``rsample(n, rng, temperature=T) -> (z, cache)`` draws
+    ``z = sqrt(T) eps`` ~ N(0, T I).
     Derivation: derivations/11-density-and-conditional-flows.md#the-base-distributions.
     """
 
@@ -96,14 +97,15 @@ class StandardNormal(Module):
         return self.log_prob_forward(z)[0]
 
     def rsample(self, n, rng, context=None, temperature=1.0):
-        z = temperature * rng.standard_normal((n, self.dim)).astype(self.dtype)
+        # the temperature scales the variance: N(0, T I) (derivations/00-conventions.md)
+        z = np.sqrt(temperature) * rng.standard_normal((n, self.dim)).astype(self.dtype)
         return z, None
 
     def rsample_backward(self, dz, cache):
         return {}, None
 
     def sample(self, n, rng, context=None, temperature=1.0):
-        """``n`` draws from ``N(0, temperature^2 I)`` ``(n, dim)``."""
+        """``n`` draws from ``N(0, temperature I)`` ``(n, dim)``."""
         n = check_count(n, "n")
         return self.rsample(n, check_rng(rng), None, _check_temperature(temperature))[0]
 
@@ -129,7 +131,7 @@ class ConditionalDiagonalGaussian(Module):
     ``log sigma = log_std_bound * tanh(out[:, dim:] / log_std_bound)`` (``bounded_log_std``).
     ``log_prob_forward(z, context) -> (logp (N,), cache)``;
     ``log_prob_backward(dlogp, cache) -> (dz, grads, d_context)`` (grads keyed ``net....``).
-    ``rsample(n, rng, context, temperature) -> (z, cache)``, ``z = mu + T sigma eps``, and
+    ``rsample(n, rng, context, temperature) -> (z, cache)``, ``z = mu + sqrt(T) sigma eps``, and
     ``rsample_backward(dz, cache) -> (grads, d_context)`` (the reparameterisation gradient).
     Derivation: derivations/11-density-and-conditional-flows.md#a-conditional-gaussian-base.
     """
@@ -193,13 +195,14 @@ class ConditionalDiagonalGaussian(Module):
         return self.log_prob_forward(z, self._check_context(context, z.shape[0]))[0]
 
     def rsample(self, n, rng, context, temperature=1.0):
-        """``z = mu(c) + T sigma(c) eps`` ``(n, dim)`` and a cache (reparameterisation).
+        """``z = mu(c) + sqrt(T) sigma(c) eps`` ``(n, dim)`` and a cache (reparameterisation);
+        the temperature ``T`` scales the variance.
 
         Derivation: derivations/11-density-and-conditional-flows.md#a-conditional-gaussian-base.
         """
         mu, log_sigma, c_params = self.mean_and_log_std(context)
         eps = rng.standard_normal((n, self.dim)).astype(self.dtype)
-        noise = temperature * np.exp(log_sigma) * eps  # z - mu
+        noise = np.sqrt(temperature) * np.exp(log_sigma) * eps  # z - mu
         return mu + noise, (noise, c_params)
 
     def rsample_backward(self, dz, cache):
@@ -421,7 +424,7 @@ class FlowDensity(Module):
     def rsample_and_log_prob(self, n, rng, context=None, temperature=1.0):
         """Reparameterised samples ``x`` ``(n, dim)``, ``log p(x | c)`` ``(n,)`` and a cache.
 
-        Through the flow's *forward* (generative u -> x): ``u ~ base`` (std times
+        Through the flow's *forward* (generative u -> x): ``u ~ base`` (variance times
         ``temperature``), ``x = shift + scale T(u)``,
         ``log p(x) = log p_base(u) - log|det dT/du| - sum log scale``: the *model's*
         log-density at ``x``, equal to ``log_prob(x)``; at ``temperature != 1`` it is not the

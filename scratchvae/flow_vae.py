@@ -130,7 +130,7 @@ def make_posterior_flow(kind, latent_dim, n_layers=4, *, context_dim=0, hidden=(
     coupling blocks, conditioners of ``hidden`` units with ``activation``, zero-initialised;
     ``bins`` and ``bound`` for the spline). A coupling stack ends with the fixed permutation
     that undoes the ones between its blocks (``_undo_permutations``), so it starts as the
-    identity exactly.
+    identity up to rounding, log-det exactly 0.
     ``context_dim > 0`` (coupling kinds only): every conditioner also reads a context.
     Derivation: derivations/13-flow-vae.md#the-posterior-as-a-flow.
     """

@@ -99,12 +99,44 @@ def linear_warmup(beta, step, warmup):
 
 
 def _nearly_parallel(omega):
-    """True when the angle between the two endpoints is too small for slerp's 1/sin(omega).
+    """True when the two endpoints point the same way: angle below 1e-6 rad.
 
-    Below 1e-6 rad, sin(omega) ~ omega and slerp equals lerp to ~1e-12; dividing by a sin that
-    is 0 (identical directions) would give NaN. derivations/04-elbo-and-iwae.md#interpolation.
+    WHY: slerp divides by sin(omega), which is 0 for identical directions (NaN). Below 1e-6 rad,
+    sin(omega) ~ omega and slerp equals lerp to ~1e-12, so lerp is the right answer there.
+    derivations/04-elbo-and-iwae.md#interpolation.
     """
-    return abs(np.sin(omega)) < 1e-6
+    return omega < 1e-6
+
+
+def _nearly_antiparallel(omega):
+    """True when the two endpoints point in opposite directions: angle within 1e-6 of pi.
+
+    WHY: sin(omega) -> 0 here too, but slerp is *not* lerp: lerp runs through the origin (for
+    ``z1 = -z0`` its midpoint is 0, where a high-dimensional N(0, I) has no mass), and slerp's
+    weights are 0/0 because every half great circle from ``z0`` to ``-z0`` is equally short. The
+    caller picks one of them (``_antiparallel_path``).
+    derivations/04-elbo-and-iwae.md#interpolation.
+    """
+    return np.pi - omega < 1e-6
+
+
+def _antiparallel_path(z0, z1, t):
+    """The half great circle from ``z0`` to the opposite direction of ``z1``, through the unit
+    vector ``p`` orthogonal to ``z0`` built from the coordinate axis least aligned with it;
+    the norm goes linearly from |z0| to |z1|: ``((1-t)|z0| + t|z1|)(cos(pi t) z0/|z0| +
+    sin(pi t) p)``. Returns None in one dimension, where no orthogonal direction exists.
+    derivations/04-elbo-and-iwae.md#interpolation.
+    """
+    if z0.size < 2:
+        return None
+    n0 = np.linalg.norm(z0)
+    d0 = z0 / n0
+    e = np.zeros_like(z0)
+    e[np.argmin(np.abs(d0))] = 1.0
+    p = e - np.dot(e, d0) * d0
+    p /= np.linalg.norm(p)
+    radius = (1.0 - t) * n0 + t * np.linalg.norm(z1)
+    return radius * (np.cos(np.pi * t) * d0 + np.sin(np.pi * t) * p)
 
 
 def interpolate_latents(z0, z1, n, method="linear"):
@@ -113,6 +145,8 @@ def interpolate_latents(z0, z1, n, method="linear"):
     Linear: (1-t) z0 + t z1. Spherical: sin((1-t) w)/sin w z0 + sin(t w)/sin w z1, where w is
     the angle between z0 and z1; it keeps the norm when |z0| = |z1|, so the path stays on the
     shell where a high-dimensional N(0, I) puts its mass instead of cutting through the centre.
+    Guards: (nearly) parallel endpoints give lerp (equal to slerp there); (nearly) opposite
+    ones a half great circle (``_antiparallel_path``; lerp in one dimension).
     Shapes: z0, z1 (L,) -> (n, L). derivations/04-elbo-and-iwae.md#interpolation.
     """
     z0, z1 = np.asarray(z0), np.asarray(z1)
@@ -127,7 +161,12 @@ def interpolate_latents(z0, z1, n, method="linear"):
         norms = np.linalg.norm(z0) * np.linalg.norm(z1)
         cos = np.clip(np.dot(z0, z1) / norms, -1.0, 1.0) if norms > 0 else 1.0
         omega = float(np.arccos(cos))
-        if not _nearly_parallel(omega):
+        if _nearly_antiparallel(omega):
+            path = _antiparallel_path(z0, z1, t)
+            if path is not None:
+                path[-1] = z1  # exact endpoint (cos(pi) d0 |z1| is -|z1| d0 up to rounding)
+                return path
+        elif not _nearly_parallel(omega):
             s = np.sin(omega)
             return (np.sin((1.0 - t) * omega) / s) * z0 + (np.sin(t * omega) / s) * z1
     return (1.0 - t) * z0 + t * z1

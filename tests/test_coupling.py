@@ -326,19 +326,21 @@ def test_coupling_flow_bijector_properties(seed, n, d, law, context_dim, permuta
     assert_flow_properties(flow, u, ctx, seed)
 
 
-def test_coupling_flow_alternates_halves_and_permutes_between_blocks():
+def test_coupling_flow_alternates_halves_and_permutes_between_pairs():
     flow = coupling_flow(2, 4, "spline", (4,), rng=np.random.default_rng(0))
     assert [type(b) for b in flow.bijectors] == [CouplingBlock] * 4  # D = 2: no permutation
     assert [b.idx_b.tolist() for b in flow.bijectors] == [[1], [0], [1], [0]]
-    flow = coupling_flow(5, 3, "affine", (4,), rng=np.random.default_rng(0))
+    flow = coupling_flow(5, 5, "affine", (4,), rng=np.random.default_rng(0))
     kinds = [type(b) for b in flow.bijectors]
-    assert kinds == [CouplingBlock, Permutation, CouplingBlock, Permutation, CouplingBlock]
+    assert kinds == [CouplingBlock, CouplingBlock, Permutation, CouplingBlock, CouplingBlock,
+                     Permutation, CouplingBlock]
     masks = [b.mask for b in flow.bijectors if isinstance(b, CouplingBlock)]
-    np.testing.assert_array_equal(masks[1], ~masks[0])
-    np.testing.assert_array_equal(masks[2], masks[0])
-    rev = coupling_flow(5, 2, "affine", (4,), rng=np.random.default_rng(0),
+    np.testing.assert_array_equal(masks[0], default_mask(5))
+    for i in range(1, 5):  # inside a pair and across a permutation alike
+        np.testing.assert_array_equal(masks[i], ~masks[i - 1])
+    rev = coupling_flow(5, 3, "affine", (4,), rng=np.random.default_rng(0),
                         permutation="reverse")
-    assert rev.bijectors[1].perm.tolist() == [4, 3, 2, 1, 0]
+    assert rev.bijectors[2].perm.tolist() == [4, 3, 2, 1, 0]
     assert len(coupling_flow(5, 3, rng=np.random.default_rng(0), permutation=None).bijectors) == 3
 
 
@@ -367,10 +369,11 @@ def test_context_reaches_every_conditioner():
 
 
 def test_parameter_names_are_dotted_and_complete():
-    flow = coupling_flow(3, 2, "affine", (4,), rng=np.random.default_rng(0))
+    flow = coupling_flow(3, 3, "affine", (4,), rng=np.random.default_rng(0))
     names = sorted(flow.params)
     assert "bijectors.0.conditioner.layers.0.W" in names
-    assert "bijectors.2.conditioner.layers.1.b" in names  # bijectors.1 is the permutation
+    assert "bijectors.3.conditioner.layers.1.b" in names  # bijectors.2 is the permutation
+    assert not any(n.startswith("bijectors.2.") for n in names)
     u = np.random.default_rng(1).standard_normal((3, 3))
     out, _, cache = flow.inverse(u)
     _, grads, d_ctx = flow.backward(np.ones_like(out), np.ones(3), cache)
@@ -474,3 +477,97 @@ def test_spline_law_computes_in_the_wider_dtype_of_points_and_parameters():
     assert out.dtype == logdet.dtype == np.float64
     np.testing.assert_array_equal(out, out_64)
     np.testing.assert_array_equal(logdet, logdet_64)
+
+
+# ----------------------------------------------------------------------------- coverage (issue 13)
+def blocks_for_full_dependence(dim, permutation):
+    """The number of blocks after which every output of ``coupling_flow`` depends on every
+    input: derivations/07-coupling.md#stacking-blocks (the tracking table)."""
+    if dim <= 3:
+        return 2
+    return 3 if permutation is None else 4
+
+
+def stack_jacobian(flow, u):
+    """The finite-difference Jacobian ``dx/du`` of a stack at the single point ``u`` (1, D)."""
+    return gradcheck.numerical_jacobian(lambda z: flow.forward(z)[0], u, 1e-7)[0]
+
+
+def passes_through(J, tol=1e-5):
+    """The pairs (i, j) where output i is input j unchanged: row i of ``J`` is the unit vector
+    e_j (a coordinate no block transformed, up to the permutations).
+
+    Only the row is asked about: such a coordinate may still condition others, so its column
+    need not be a unit vector (the bug of issue 13 had exactly that: "a unit row *and* column"
+    would have missed it).
+    """
+    D = J.shape[0]
+    off_unit = np.abs(J[:, None, :] - np.eye(D)[None, :, :]).max(axis=2)  # [i, j]: |row i - e_j|
+    return [(int(i), int(j)) for i, j in zip(*np.nonzero(off_unit < tol))]
+
+
+def random_stack(seed, dim, n_layers, law, permutation):
+    rng = np.random.default_rng(seed)
+    flow = coupling_flow(dim, n_layers, law, (4,), "tanh", bins=4, bound=3.0, rng=rng,
+                         permutation=permutation)
+    randomize_conditioners(flow, rng, 0.5)
+    # inside the spline's bound, where it is not the identity (a spline maps [-B, B] onto
+    # itself, so every block's input stays inside)
+    return flow, 0.3 * rng.standard_normal((1, dim))
+
+
+permutations = st.sampled_from(["auto", "random", "reverse", None])
+
+
+@given(testing.seeds(), testing.dims(1, 20), st.integers(2, 6), laws, permutations)
+def test_coupling_flow_transforms_every_coordinate(seed, d, n_layers, law, permutation):
+    # issue 13: a permutation inside a pair undid the alternating masks, and the first
+    # floor(D/2) coordinates passed through every block unchanged. Two blocks transform all.
+    flow, u = random_stack(seed, d, n_layers, law, permutation)
+    assert passes_through(stack_jacobian(flow, u)) == []
+
+
+@given(testing.seeds(), testing.dims(1, 20), st.integers(1, 6), laws, permutations)
+def test_every_output_depends_on_every_input_after_the_stated_blocks(
+        seed, d, extra, law, permutation):
+    k = blocks_for_full_dependence(d, permutation)
+    flow, u = random_stack(seed, d, k + extra - 1, law, permutation)
+    block_at = [i for i, b in enumerate(flow.bijectors) if isinstance(b, CouplingBlock)]
+    first_k = Chain(flow.bijectors[:block_at[k - 1] + 1])
+    assert np.all(np.abs(stack_jacobian(first_k, u)) > 1e-6)
+    assert np.all(np.abs(stack_jacobian(flow, u)) > 1e-6)  # and it stays so
+
+
+@pytest.mark.parametrize("d", [3, 4, 5, 6])
+@pytest.mark.parametrize("n_layers", [4, 8])
+def test_reverse_permutation_does_not_undo_the_alternating_masks(d, n_layers):
+    # the case of issue 13, exactly: reverse permutations and 4 or 8 layers
+    flow, u = random_stack(0, d, n_layers, "affine", "reverse")
+    assert passes_through(stack_jacobian(flow, u)) == []
+
+
+def test_a_single_block_transforms_only_its_mask():
+    # what passes_through detects: one block leaves the identity half unchanged
+    flow, u = random_stack(1, 5, 1, "affine", "reverse")
+    assert passes_through(stack_jacobian(flow, u)) == [(0, 0), (1, 1), (2, 2)]
+
+
+# ----------------------------------------------------------------------------- zero parameters
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("bins, bound", [(5, 3.0), (8, 4.0)])
+def test_zero_parameter_spline_stack_is_the_identity_up_to_rounding_with_log_det_exactly_0(
+        dtype, bins, bound):
+    # issue 13: "identity up to rounding, log-det exactly 0" (derivations/08-rq-spline.md):
+    # each block moves a point by at most one rounding of y_k + h_k (x - x_k) / w_k, never
+    # more; the log-det is 0 exactly, not to rounding
+    rng = np.random.default_rng(3)
+    flow = coupling_flow(4, 3, SplineLaw(bins=bins, bound=bound), (8,), "tanh", rng=rng,
+                         dtype=dtype, permutation=None)
+    u = rng.uniform(-1.2 * bound, 1.2 * bound, (500, 4)).astype(dtype)
+    ulp = np.spacing(np.asarray(bound, dtype))  # the largest spacing inside [-B, B]
+    for direction in ("forward", "inverse"):
+        out, logdet, _ = getattr(flow, direction)(u)
+        assert out.dtype == dtype
+        assert np.all(logdet == 0.0)
+        # three blocks, each transforming each coordinate at most twice (blocks 0 and 2)
+        assert np.max(np.abs(out - u)) <= 2 * ulp

@@ -89,7 +89,7 @@ def test_standard_normal_log_prob_and_samples(rng):
     base = StandardNormal(3)
     z = rng.standard_normal((5, 3))
     np.testing.assert_allclose(base.log_prob(z), norm.logpdf(z).sum(1), rtol=1e-12)
-    s = base.sample(100_000, rng, temperature=0.5)
+    s = base.sample(100_000, rng, temperature=0.25)  # N(0, T I): the std is sqrt(T)
     np.testing.assert_allclose(s.std(0), 0.5, rtol=0.02)
     assert base.params == {}
 
@@ -126,7 +126,7 @@ def test_conditional_gaussian_samples_have_the_mean_and_std_it_evaluates(rng):
     base = ConditionalDiagonalGaussian(2, 1, (4,), rng)
     randomize_last_layer(base.net, rng, 1.0)
     ctx = np.full((200_000, 1), 0.7)
-    s = base.sample(200_000, rng, ctx, temperature=1.5)
+    s = base.sample(200_000, rng, ctx, temperature=2.25)  # the variance times T
     mu, log_sigma, _ = base.mean_and_log_std(ctx[:1])
     np.testing.assert_allclose(s.mean(0), mu[0], atol=0.02)
     np.testing.assert_allclose(s.std(0), 1.5 * np.exp(log_sigma[0]), rtol=0.01)
@@ -263,25 +263,27 @@ def test_sample_and_log_prob_agrees_with_log_prob(temperature, context_dim):
     np.testing.assert_array_equal(x2, x3)
 
 
-def test_temperature_scales_the_base_standard_deviation():
+def test_temperature_scales_the_base_variance():
+    # one convention with VAE.sample: u ~ N(0, T I), std sqrt(T)
     rng = np.random.default_rng(14)
     model = random_model(rng, 2, "affine", scale=0.5)
-    x = model.sample(50_000, rng, temperature=0.5)
+    x = model.sample(50_000, rng, temperature=0.25)
     np.testing.assert_allclose(model.transform(x).std(0), 0.5, rtol=0.02)
 
 
 def test_temperature_is_exact_tempering_for_a_volume_preserving_flow():
-    # x = P u with u ~ N(0, T^2 I): the density is p(x)^(1/T^2), normalised; for a flow whose
+    # x = P u with u ~ N(0, T I): the density is p(x)^(1/T), normalised; for a flow whose
     # log-det varies with u it is not (derivations/11-density-and-conditional-flows.md)
-    T = 0.6
+    T = 0.36
     model = FlowDensity(StandardNormal(2), Chain([Permutation([1, 0])]), 2)
     assert model.flow.volume_preserving
     x = model.sample(200_000, np.random.default_rng(0), temperature=T)
     g = np.array([[0.3, -0.2], [1.0, 0.5], [-0.4, 0.8]])
-    tempered = model.log_prob(g) / T**2
-    normaliser = logsumexp(tempered) - logsumexp(norm.logpdf(g, scale=T).sum(1))
-    np.testing.assert_allclose(tempered - normaliser, norm.logpdf(g, scale=T).sum(1), atol=1e-12)
-    np.testing.assert_allclose(x.std(0), T, rtol=0.01)
+    tempered = model.log_prob(g) / T
+    sd = np.sqrt(T)
+    normaliser = logsumexp(tempered) - logsumexp(norm.logpdf(g, scale=sd).sum(1))
+    np.testing.assert_allclose(tempered - normaliser, norm.logpdf(g, scale=sd).sum(1), atol=1e-12)
+    np.testing.assert_allclose(x.std(0), sd, rtol=0.01)
 
 
 # ----------------------------------------------------------------------------- fitting

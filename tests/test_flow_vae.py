@@ -427,7 +427,7 @@ def test_identity_flow_gives_the_mean_field_vae(rng):
 
 @pytest.mark.parametrize("kind", AMORTISABLE)
 def test_fresh_coupling_posterior_is_the_identity_despite_its_permutations(kind, rng):
-    model = small_flow_vae(rng, kind, latent=5, layers=4)
+    model = small_flow_vae(rng, kind, latent=5, layers=6)  # two permutations
     assert sum(isinstance(b, Permutation) for b in model.flow.bijectors) >= 2
     z = rng.standard_normal((7, 5))
     zK, logdet, _ = model.flow.forward(z)

@@ -375,6 +375,27 @@ def test_slerp_nearly_parallel_endpoints_fall_back_to_linear(rng):
     assert np.all(np.isfinite(interpolate_latents(np.zeros(3), a[:3], 4, "spherical")))
 
 
+def test_slerp_antiparallel_endpoints_take_a_half_great_circle(rng):
+    # issue 13: |sin w| < 1e-6 also fires at w = pi, where lerp runs through the origin
+    a = rng.standard_normal(6)
+    for b in (-a, -a * (1 + 1e-15), -a + 1e-9 * rng.standard_normal(6)):
+        with np.errstate(all="raise"):
+            path = interpolate_latents(a, b, 9, "spherical")
+        np.testing.assert_allclose(path[0], a, rtol=0, atol=1e-15)
+        np.testing.assert_array_equal(path[-1], b)
+        # equal norms: on the sphere all the way, never through the centre
+        np.testing.assert_allclose(np.linalg.norm(path, axis=1), np.linalg.norm(a), rtol=1e-8)
+        assert abs(np.dot(path[4], a)) < 1e-8 * np.dot(a, a)  # the midpoint is orthogonal to a
+    assert np.linalg.norm(interpolate_latents(a, -a, 9, "linear")[4]) == 0.0  # lerp's midpoint
+    # unequal norms: the radius goes linearly from |a| to |b|
+    path = interpolate_latents(a, -3.0 * a, 5, "spherical")
+    np.testing.assert_allclose(np.linalg.norm(path, axis=1),
+                               np.linalg.norm(a) * np.array([1.0, 1.5, 2.0, 2.5, 3.0]), rtol=1e-12)
+    # one dimension: no orthogonal direction, lerp
+    np.testing.assert_array_equal(interpolate_latents(np.array([2.0]), np.array([-1.0]), 3,
+                                                      "spherical"), [[2.0], [0.5], [-1.0]])
+
+
 # ----------------------------------------------------------------------------- training
 def test_short_training_improves_the_validation_elbo(trained):
     vae, x_val, before = trained

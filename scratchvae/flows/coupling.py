@@ -17,7 +17,9 @@ law's elementwise log-slopes. Two laws:
     AffineLaw(scale_bound)     x_b = u_b * exp(s) + t,  s = B tanh(raw / B)      2 outputs / dim
     SplineLaw(bins, bound)     the rational-quadratic spline of flows/spline.py  3K-1 outputs / dim
 
-The conditioner's last layer starts at zero, so every block starts as the identity, exactly.
+The conditioner's last layer starts at zero, so every block starts as the identity up to
+rounding, log-det exactly 0 (the affine law exactly; the spline's bin formula can move a point
+by one rounding unless its bin widths are powers of two).
 ``coupling_flow`` stacks blocks into a ``Chain``.
 Derivations: derivations/07-coupling.md.
 """
@@ -265,10 +267,11 @@ class CouplingBlock(Bijector):
     ``(N, C)`` is concatenated to the conditioner's input); ``dtype``.
 
     The conditioner is a ``scratchvae.nn.MLP`` whose last layer is zero, so the block starts
-    as the identity exactly. With an empty identity part and no context (D = 1) it reads a
-    constant 1, so the law's parameters are learned constants. Parameters are
-    ``conditioner.layers.{i}.W`` and ``.b``. ``backward`` returns the gradients for the input
-    (through the direct path and the conditioner), every conditioner parameter and the context.
+    as the identity up to rounding, log-det exactly 0. With an empty identity part and no
+    context (D = 1) it reads a constant 1, so the law's parameters are learned constants.
+    Parameters are ``conditioner.layers.{i}.W`` and ``.b``. ``backward`` returns the gradients
+    for the input (through the direct path and the conditioner), every conditioner parameter
+    and the context.
     Derivation: derivations/07-coupling.md#the-coupling-block.
     """
 
@@ -395,12 +398,17 @@ def coupling_flow(dim, n_layers, law="affine", hidden=(64, 64), activation="relu
                   permutation="auto"):
     """A stack of ``n_layers`` coupling blocks as a ``Chain`` (forward = generative u -> x).
 
-    Block ``i`` transforms ``default_mask(dim)`` for even ``i`` and its complement for odd ``i``
-    (alternating halves), so after two blocks every coordinate has been transformed. For
-    ``dim > 2`` a fixed ``Permutation`` sits between consecutive blocks so that every
-    coordinate eventually conditions every other: ``permutation="auto"``/``"random"`` draws
-    them from ``rng``; ``"reverse"`` reverses; ``None`` puts none. Every conditioner's last
-    layer is zero, so the whole flow starts as the identity (log-det 0).
+    The blocks come in *pairs*: block ``2k`` transforms ``default_mask(dim)`` (the last
+    ``D - ceil(D/2)`` positions), block ``2k + 1`` its complement, with nothing between the two,
+    so each complete pair transforms every coordinate exactly once. For ``dim > 2`` a fixed
+    ``Permutation`` sits between consecutive *pairs* (never inside one, where it could undo
+    the alternation), so that the halves regroup: ``permutation="auto"``/``"random"`` draws
+    them from ``rng``, ``"reverse"`` reverses, ``None`` puts none. Guarantees, for every
+    ``dim`` and mode (with conditioners that do depend on their inputs): after 2 blocks every
+    coordinate has been transformed; after 2 blocks (``dim <= 3``), 3 (``permutation=None``)
+    or 4 (otherwise) every output depends on every input. A single block transforms only its
+    mask. Every conditioner's last layer is zero, so the flow starts as the fixed product of
+    its permutations (the identity for ``dim <= 2`` or ``permutation=None``; log-det 0).
     ``law``: ``"affine"`` (``scale_bound``) or ``"spline"`` (``bins``, ``bound``).
     ``context_dim > 0``: the context reaches every conditioner.
     Derivation: derivations/07-coupling.md#stacking-blocks.
@@ -416,7 +424,9 @@ def coupling_flow(dim, n_layers, law="affine", hidden=(64, 64), activation="relu
     base_mask = default_mask(dim)
     bijectors = []
     for i in range(n_layers):
-        if i > 0 and dim > 2 and permutation is not None:
+        # a new pair starts: regroup the halves (inside a pair, a permutation would move
+        # the half just transformed back under the next block's mask: issue 13)
+        if i > 0 and i % 2 == 0 and dim > 2 and permutation is not None:
             if permutation == "reverse":
                 bijectors.append(Permutation.reverse(dim))
             else:
