@@ -1,6 +1,6 @@
 # %% [markdown]
 # # Property-testing your own bijector with scratchvae.testing
-# Write forward, inverse and one backward; `assert_bijector` checks round trips, the
+# Write _forward, _inverse and their backward passes; `assert_bijector` checks round trips, the
 # log-det against slogdet of a finite-difference Jacobian (both ways), and every gradient.
 # A deliberately wrong bijector is caught. derivations/00-conventions.md
 
@@ -19,12 +19,12 @@ class Cube(Bijector):
         super().__init__()
         self.a = self.add_param("a", np.full(dim, float(a)))
 
-    def forward(self, u, context=None):
+    def _forward(self, u, context=None):
         x = u + self.a * u**3
         slope = 1 + 3 * self.a * u**2
         return x, np.log(slope).sum(axis=1), Cache("forward", (u, slope))
 
-    def inverse(self, x, context=None):
+    def _inverse(self, x, context=None):
         u = np.cbrt(x / self.a)  # start near the solution, then Newton
         for _ in range(60):
             u = u - (u + self.a * u**3 - x) / (1 + 3 * self.a * u**2)
@@ -49,8 +49,8 @@ class Cube(Bijector):
 class WrongCube(Cube):
     """The classic sign error: the inverse pass returns the forward log-det."""
 
-    def inverse(self, x, context=None):
-        u, logdet, cache = super().inverse(x, context)
+    def _inverse(self, x, context=None):
+        u, logdet, cache = super()._inverse(x, context)
         return u, -logdet, cache
 
 

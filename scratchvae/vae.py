@@ -34,7 +34,7 @@ from .gaussian import (
     std_normal_log_prob,
 )
 from .likelihoods import Likelihood, make_likelihood
-from .nn import MLP, Module, sum_over_batch
+from .nn import MLP, Layer, Module, sum_over_batch
 
 __all__ = [
     "VAE",
@@ -164,9 +164,9 @@ def _check_mode(mode):
 class VAE(Module):
     """A VAE with a diagonal-Gaussian posterior, a N(0, I) prior and a likelihood p(x|z).
 
-    ``encoder``: a Module mapping x (N, D) to (N, 2L) = [mu, raw scale]
+    ``encoder``: a Layer mapping x (N, D) to (N, 2L) = [mu, raw scale]
     (sigma = softplus(raw) + sigma_floor, derivations/02-gaussian.md#the-scale-parametrisation).
-    ``decoder``: a Module mapping z (M, L) to the likelihood's parameters (M, D).
+    ``decoder``: a Layer mapping z (M, L) to the likelihood's parameters (M, D).
     ``likelihood``: a ``Likelihood`` (its parameters appear as ``likelihood.*``).
     ``n_samples``: Monte Carlo samples S of z per example in ``loss_and_grads``.
     ``warmup``: steps of the linear beta warm-up (0: none). ``free_bits``: lambda, in nats per
@@ -178,8 +178,8 @@ class VAE(Module):
                  free_bits=0.0, sigma_floor=SIGMA_FLOOR, data_dim=None, dtype=None):
         super().__init__()
         for name, m in (("encoder", encoder), ("decoder", decoder)):
-            if not isinstance(m, Module):
-                raise ValueError(f"{name}: expected a scratchvae.nn.Module, got "
+            if not isinstance(m, Layer):
+                raise ValueError(f"{name}: expected a scratchvae.nn.Layer, got "
                                  f"{type(m).__name__}")
         if not isinstance(likelihood, Likelihood):
             raise ValueError(f"likelihood: expected a scratchvae.likelihoods.Likelihood, got "
@@ -325,9 +325,9 @@ class VAE(Module):
         derivations/04-elbo-and-iwae.md#the-backward-pass.
         """
         enc_cache, q_cache, dec_cache, lik_cache, (S, N) = cache
-        dlogp = np.broadcast_to(drec * (1.0 / S), (S, N))  # rec = mean over the S samples
-        dout, lik_grads = self.likelihood.log_prob_backward(dlogp, lik_cache)
-        dz, dec_grads = self._decode_backward(dout, dec_cache)
+        d_logp = np.broadcast_to(drec * (1.0 / S), (S, N))  # rec = mean over the S samples
+        _, lik_grads, d_out = self.likelihood.log_prob_backward(d_logp, lik_cache)
+        dz, dec_grads = self._decode_backward(d_out, dec_cache)
         dh, q_grads = self.posterior_sample_backward(dz, dkl, q_cache)
         _, enc_grads = self.encoder.backward(dh, enc_cache)
         grads = {**self.prefixed("encoder", enc_grads), **self.prefixed("decoder", dec_grads),
