@@ -31,19 +31,19 @@ class Cube(Bijector):
         slope = 1 + 3 * self.a * u**2
         return u, -np.log(slope).sum(axis=1), Cache("inverse", (u, slope))
 
-    def backward_forward(self, dx, dlogdet, data):
+    def backward_forward(self, d_x, d_logdet, data):
         u, slope = data
-        dslope = dlogdet[:, None] / slope
-        du = dx * slope + dslope * 6 * self.a * u
-        da = (dx * u**3 + dslope * 3 * u**2).sum(axis=0)
-        return du, {"a": da}, None
+        d_slope = d_logdet[:, None] / slope
+        d_u = d_x * slope + d_slope * 6 * self.a * u
+        d_a = (d_x * u**3 + d_slope * 3 * u**2).sum(axis=0)
+        return d_u, {"a": d_a}, None
 
-    def backward_inverse(self, du, dlogdet, data):
+    def backward_inverse(self, d_u, d_logdet, data):
         u, slope = data  # u = T^-1(x): du/dx = 1/slope, du/da = -u^3/slope
-        g = du - dlogdet[:, None] * 6 * self.a * u / slope  # total derivative wrt u
-        dx = g / slope
-        da = (-g * u**3 / slope - dlogdet[:, None] * 3 * u**2 / slope).sum(axis=0)
-        return dx, {"a": da}, None
+        g = d_u - d_logdet[:, None] * 6 * self.a * u / slope  # total derivative wrt u
+        d_x = g / slope
+        d_a = (-g * u**3 / slope - d_logdet[:, None] * 3 * u**2 / slope).sum(axis=0)
+        return d_x, {"a": d_a}, None
 
 
 class WrongCube(Cube):

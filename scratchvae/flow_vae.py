@@ -95,9 +95,9 @@ class EncoderWithHidden(MLP):
         caches.append((c_lin, None))
         return np.concatenate([y, hidden], axis=1), caches
 
-    def backward(self, dy, cache):
+    def backward(self, d_out, cache):
         n_out = self.n_out
-        d, d_hidden = dy[:, :n_out], dy[:, n_out:]
+        d, d_hidden = d_out[:, :n_out], d_out[:, n_out:]
         grads = {}
         last = len(self.layers) - 1
         for i in range(last, -1, -1):
