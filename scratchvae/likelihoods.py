@@ -8,7 +8,7 @@ dimensions (derivations/03-likelihoods.md#the-reconstruction-term):
     logp, cache = lik.log_prob_forward(x, out)     # x (N, D), out (..., N, D) -> (..., N)
     _, grads, d_out = lik.log_prob_backward(d_logp, cache)  # grads keyed like lik.params
 
-This is the ``Density`` contract (``scratchvae.density``) with the decoder output in the place
+This is the ``Density`` contract (``scratchvae.bases``) with the decoder output in the place
 of the context: a likelihood is the density of the data given ``out``. The data are never
 differentiated, so the first gradient (``d_x``) is None. ``out`` may carry leading sample
 axes (S Monte Carlo samples of z per example); ``x`` broadcasts over them. Every log-density
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .density import Density
+from .bases import Density
 from .gaussian import LOG_2PI
 from .nn import sigmoid, softplus_fast, sum_over_features
 

@@ -35,8 +35,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .bases import Density
 from .checks import check_count, check_rng
-from .density import Density, push_forward, push_forward_backward
+from .density import push_forward, push_forward_backward
 from .flows.bijector import Chain
 from .flows.elementwise import ElementwiseAffine
 from .flows.planar import Planar, Radial

@@ -1,6 +1,6 @@
 """Bad input at the public entry points of every bijector and density (issue 15, item 9).
 
-The check lives once, in ``Bijector.forward``/``inverse`` (``bijector.check_points``), which call
+The check lives once, in ``Bijector.forward``/``inverse`` (``checks.check_points``), which call
 the subclass' ``_forward``/``_inverse``; a ``Chain`` checks its input once and calls its
 members' unchecked passes.
 """
