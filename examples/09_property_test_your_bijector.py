@@ -1,6 +1,6 @@
 # %% [markdown]
 # # Property-testing your own bijector with scratchvae.testing
-# Write forward, inverse and one backward; `assert_bijector` checks round trips, the
+# Write _forward, _inverse and their backward passes; `assert_bijector` checks round trips, the
 # log-det against slogdet of a finite-difference Jacobian (both ways), and every gradient.
 # A deliberately wrong bijector is caught. derivations/00-conventions.md
 
@@ -19,38 +19,38 @@ class Cube(Bijector):
         super().__init__()
         self.a = self.add_param("a", np.full(dim, float(a)))
 
-    def forward(self, u, context=None):
+    def _forward(self, u, context=None):
         x = u + self.a * u**3
         slope = 1 + 3 * self.a * u**2
         return x, np.log(slope).sum(axis=1), Cache("forward", (u, slope))
 
-    def inverse(self, x, context=None):
+    def _inverse(self, x, context=None):
         u = np.cbrt(x / self.a)  # start near the solution, then Newton
         for _ in range(60):
             u = u - (u + self.a * u**3 - x) / (1 + 3 * self.a * u**2)
         slope = 1 + 3 * self.a * u**2
         return u, -np.log(slope).sum(axis=1), Cache("inverse", (u, slope))
 
-    def backward_forward(self, dx, dlogdet, data):
+    def backward_forward(self, d_x, d_logdet, data):
         u, slope = data
-        dslope = dlogdet[:, None] / slope
-        du = dx * slope + dslope * 6 * self.a * u
-        da = (dx * u**3 + dslope * 3 * u**2).sum(axis=0)
-        return du, {"a": da}, None
+        d_slope = d_logdet[:, None] / slope
+        d_u = d_x * slope + d_slope * 6 * self.a * u
+        d_a = (d_x * u**3 + d_slope * 3 * u**2).sum(axis=0)
+        return d_u, {"a": d_a}, None
 
-    def backward_inverse(self, du, dlogdet, data):
+    def backward_inverse(self, d_u, d_logdet, data):
         u, slope = data  # u = T^-1(x): du/dx = 1/slope, du/da = -u^3/slope
-        g = du - dlogdet[:, None] * 6 * self.a * u / slope  # total derivative wrt u
-        dx = g / slope
-        da = (-g * u**3 / slope - dlogdet[:, None] * 3 * u**2 / slope).sum(axis=0)
-        return dx, {"a": da}, None
+        g = d_u - d_logdet[:, None] * 6 * self.a * u / slope  # total derivative wrt u
+        d_x = g / slope
+        d_a = (-g * u**3 / slope - d_logdet[:, None] * 3 * u**2 / slope).sum(axis=0)
+        return d_x, {"a": d_a}, None
 
 
 class WrongCube(Cube):
     """The classic sign error: the inverse pass returns the forward log-det."""
 
-    def inverse(self, x, context=None):
-        u, logdet, cache = super().inverse(x, context)
+    def _inverse(self, x, context=None):
+        u, logdet, cache = super()._inverse(x, context)
         return u, -logdet, cache
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["check_count", "check_rng"]
+__all__ = ["check_count", "check_rng", "check_points"]
 
 
 def check_count(value, name: str, minimum: int = 1) -> int:
@@ -21,3 +21,28 @@ def check_rng(rng, name: str = "rng") -> np.random.Generator:
     if not isinstance(rng, np.random.Generator):
         raise ValueError(f"{name}: expected a np.random.Generator, got {type(rng).__name__}")
     return rng
+
+
+def check_points(name, a, dim, dtype, n_rows=None):
+    """The entry check of every public bijector pass: a finite real ``(N, dim)`` array.
+
+    ``dim`` None accepts any width (an elementwise bijector); ``n_rows`` asks for that many
+    rows (a context beside its points). Integers are converted to ``dtype`` (the bijector's
+    parameters'; float64 when it has none), floats to ``dtype`` when one is given, so an int
+    array round-trips. ``ValueError`` names ``name``, the expected shape and what came.
+    Used by every bijector (``Bijector.forward``/``inverse``) and every density.
+    """
+    want = f"({'N' if n_rows is None else n_rows}, {'D' if dim is None else dim})"
+    if isinstance(a, str | bytes):
+        raise ValueError(f"{name}: expected a real array of shape {want}, got a string")
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "iuf":
+        raise ValueError(f"{name}: expected a real array of shape {want}, got dtype {arr.dtype}")
+    if arr.ndim != 2 or (dim is not None and arr.shape[1] != dim) or \
+            (n_rows is not None and arr.shape[0] != n_rows):
+        raise ValueError(f"{name}: expected shape {want}, got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name}: expected finite values, got nan or inf")
+    if dtype is None:
+        dtype = arr.dtype if arr.dtype.kind == "f" else np.float64
+    return arr.astype(dtype, copy=False)

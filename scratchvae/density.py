@@ -12,9 +12,17 @@ u -> x, its ``inverse`` normalising x -> u. With an optional fixed standardisati
     x = model.sample(1000, rng)
 
 Conditional models take a context ``c`` of shape ``(N, C)``; it reaches every coupling
-conditioner and a ``ConditionalDiagonalGaussian`` base, and its gradient is returned by the
-pure pairs ``log_prob_forward`` / ``log_prob_backward`` and ``rsample_and_log_prob`` /
-``rsample_backward`` (a VAE with a flow posterior needs both).
+conditioner and a ``ConditionalDiagonalGaussian`` base. ``FlowDensity`` implements the
+``Density`` contract of ``scratchvae.bases`` (where the bases live too): two pure pairs that
+also return the context's gradient,
+
+    logp, cache = p.log_prob_forward(x, context)           # (N, D) -> (N,)
+    d_x, grads, d_context = p.log_prob_backward(d_logp, cache)
+    x, logp, cache = p.rsample_and_log_prob(n, rng, context, temperature)
+    grads, d_context = p.rsample_backward(d_x, d_logp, cache)
+
+"A distribution pushed through a flow" is written once, here, as the pair ``push_forward`` /
+``push_forward_backward``, which ``FlowDensity``, ``Variational`` and ``FlowVAE`` all use.
 Derivations: derivations/11-density-and-conditional-flows.md.
 """
 
@@ -22,202 +30,53 @@ from __future__ import annotations
 
 import numpy as np
 
+from .bases import (
+    ConditionalDiagonalGaussian,
+    Density,
+    StandardNormal,
+    _check_array,
+    _check_temperature,
+    bounded_log_std,
+)
 from .checks import check_count, check_rng
 from .flows.bijector import Bijector, Chain, add_context_grads
-from .gaussian import (
-    diag_gaussian_log_prob,
-    diag_gaussian_log_prob_backward,
-    std_normal_log_prob,
-    std_normal_log_prob_backward,
-)
-from .nn import MLP, Module
 
-__all__ = ["StandardNormal", "ConditionalDiagonalGaussian", "FlowDensity",
-           "STANDARDIZE_MIN_SCALE", "bounded_log_std"]
+__all__ = ["Density", "StandardNormal", "ConditionalDiagonalGaussian", "FlowDensity",
+           "push_forward", "push_forward_backward", "STANDARDIZE_MIN_SCALE", "bounded_log_std"]
 
 #: Smallest per-dimension scale ``standardize`` divides by.
 STANDARDIZE_MIN_SCALE = 1e-6
 
 
-# ----------------------------------------------------------------------------- validation
-def _check_temperature(temperature):
-    if isinstance(temperature, bool) or not isinstance(temperature, int | float | np.number) \
-            or not (np.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature: expected a positive finite number, got {temperature!r}")
-    return float(temperature)
+# ----------------------------------------------------------------------------- the push-forward
+def push_forward(flow, u, logp_u, context=None):
+    """A distribution pushed through a flow's forward (generative) pass, for points ``u`` of
+    it with log-density ``logp_u`` ``(N,)``: ``x = T(u)`` and, by the change of variables,
+    ``log p(x) = logp_u - log|det dT/du|``.
 
-
-def _check_array(name, a, n_cols, dtype, n_rows=None):
-    """A finite real ``(N, n_cols)`` array in ``dtype``; ``ValueError`` naming ``name``."""
-    arr = np.asarray(a)
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(f"{name}: expected a real array, got dtype {arr.dtype}")
-    want = f"({'N' if n_rows is None else n_rows}, {n_cols})"
-    if arr.ndim != 2 or arr.shape[1] != n_cols or arr.shape[0] < 1 or \
-            (n_rows is not None and arr.shape[0] != n_rows):
-        raise ValueError(f"{name}: expected shape {want}, got {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name}: expected finite values, got nan or inf")
-    return arr.astype(dtype, copy=False)
-
-
-def _sum_grads(a, b):
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = out[k] + v if k in out else v
-    return out
-
-
-# ----------------------------------------------------------------------------- bases
-class StandardNormal(Module):
-    """The base ``N(0, I)`` in ``dim`` dimensions; no parameters, no context.
-
-    ``log_prob_forward(z) -> (logp (N,), cache)`` and ``log_prob_backward(dlogp, cache) ->
-    (dz, {}, None)``; ``rsample(n, rng, temperature=T) -> (z, cache)`` draws
-    ``z = sqrt(T) eps`` ~ N(0, T I).
-    Derivation: derivations/11-density-and-conditional-flows.md#the-base-distributions.
+    Returns ``(x, logp, logdet, cache)``: ``logdet`` too, for estimators that use it alone.
+    The one implementation behind ``FlowDensity.rsample_and_log_prob``, ``Variational.push``
+    and ``FlowVAE``'s posterior. ``u`` must be checked already (inner call, no re-check).
+    Derivation: derivations/11-density-and-conditional-flows.md#sampling.
     """
-
-    context_dim = 0
-
-    def __init__(self, dim, dtype=np.float64):
-        super().__init__()
-        self.dim = check_count(dim, "dim")
-        self.dtype = np.dtype(dtype)
-
-    def log_prob_forward(self, z, context=None):
-        return std_normal_log_prob(z), z
-
-    def log_prob_backward(self, dlogp, cache):
-        return std_normal_log_prob_backward(dlogp, cache), {}, None
-
-    def log_prob(self, z, context=None):
-        """``log N(z; 0, I)`` ``(N,)`` for z ``(N, dim)``."""
-        z = _check_array("z", z, self.dim, self.dtype)
-        return self.log_prob_forward(z)[0]
-
-    def rsample(self, n, rng, context=None, temperature=1.0):
-        # the temperature scales the variance: N(0, T I) (derivations/00-conventions.md)
-        z = np.sqrt(temperature) * rng.standard_normal((n, self.dim)).astype(self.dtype)
-        return z, None
-
-    def rsample_backward(self, dz, cache):
-        return {}, None
-
-    def sample(self, n, rng, context=None, temperature=1.0):
-        """``n`` draws from ``N(0, temperature I)`` ``(n, dim)``."""
-        n = check_count(n, "n")
-        return self.rsample(n, check_rng(rng), None, _check_temperature(temperature))[0]
+    x, logdet, cache = flow._forward(u, context)
+    return x, logp_u - logdet, logdet, cache
 
 
-def bounded_log_std(raw, bound):
-    """Guard: ``log sigma = bound * tanh(raw / bound)`` and its slope ``1 - (log sigma/bound)^2``.
+def push_forward_backward(flow, d_x, d_logp, cache, d_logdet=None):
+    """Backward of ``push_forward``: the gradients of ``<d_x, x> + <d_logp, logp>
+    (+ <d_logdet, logdet>)`` as ``(d_u, d_logp_u, grads, d_context)``.
 
-    WHY: ``sigma = exp`` of a network output; unbounded, a large output makes ``sigma`` 0 or
-    inf and the log-density ``-inf`` or NaN. ``tanh`` keeps ``|log sigma| < bound`` for every
-    finite context and is the identity to first order at 0 (the zero-initialised network
-    gives ``N(0, I)`` exactly).
-    Derivation: derivations/11-density-and-conditional-flows.md#a-conditional-gaussian-base.
+    ``logp = logp_u - logdet``, so the flow's backward receives ``d_logdet - d_logp`` and
+    ``logp_u`` receives ``d_logp`` unchanged (``d_logp`` None: 0; ``grads`` keyed like
+    ``flow.params``). Derivation: derivations/11-density-and-conditional-flows.md#sampling.
     """
-    th = np.tanh(raw / bound)
-    return bound * th, 1.0 - th * th
-
-
-class ConditionalDiagonalGaussian(Module):
-    """A base ``N(mu(c), diag sigma(c)^2)`` whose mean and log-std an MLP reads from the context.
-
-    ``net``: ``MLP([context_dim, *hidden, 2 dim])``, last layer zero (so it starts as
-    ``N(0, I)`` for every context); ``mu = out[:, :dim]``,
-    ``log sigma = log_std_bound * tanh(out[:, dim:] / log_std_bound)`` (``bounded_log_std``).
-    ``log_prob_forward(z, context) -> (logp (N,), cache)``;
-    ``log_prob_backward(dlogp, cache) -> (dz, grads, d_context)`` (grads keyed ``net....``).
-    ``rsample(n, rng, context, temperature) -> (z, cache)``, ``z = mu + sqrt(T) sigma eps``, and
-    ``rsample_backward(dz, cache) -> (grads, d_context)`` (the reparameterisation gradient).
-    Derivation: derivations/11-density-and-conditional-flows.md#a-conditional-gaussian-base.
-    """
-
-    def __init__(self, dim, context_dim, hidden=(64,), rng=None, activation="tanh",
-                 dtype=np.float64, log_std_bound=5.0):
-        super().__init__()
-        self.dim = check_count(dim, "dim")
-        self.context_dim = check_count(context_dim, "context_dim")
-        if rng is not None:
-            check_rng(rng)
-        if not (np.isfinite(log_std_bound) and log_std_bound > 0):
-            raise ValueError(f"log_std_bound: expected a positive finite number, "
-                             f"got {log_std_bound}")
-        self.log_std_bound = float(log_std_bound)
-        self.dtype = np.dtype(dtype)
-        rng = np.random.default_rng(0) if rng is None else rng
-        sizes = [self.context_dim, *[int(h) for h in hidden], 2 * self.dim]
-        self.net = self.add_child("net", MLP(sizes, activation, rng, dtype, zero_last=True))
-
-    def _check_context(self, context, n):
-        if context is None:
-            raise ValueError(f"context: this base needs a context of shape ({n}, "
-                             f"{self.context_dim}), got None")
-        return _check_array("context", context, self.context_dim, self.dtype, n)
-
-    def mean_and_log_std(self, context):
-        """``mu``, ``log sigma`` ``(N, dim)`` and a cache for ``_params_backward``."""
-        out, c_net = self.net.forward(context)
-        log_sigma, slope = bounded_log_std(out[:, self.dim:], self.log_std_bound)
-        return out[:, :self.dim], log_sigma, (c_net, slope)
-
-    def _params_backward(self, dmu, dlog_sigma, cache):
-        c_net, slope = cache
-        d_ctx, grads = self.net.backward(np.concatenate([dmu, dlog_sigma * slope], axis=1),
-                                         c_net)
-        return self.prefixed("net", grads), d_ctx
-
-    def log_prob_forward(self, z, context):
-        """``log N(z; mu(c), sigma(c)^2)`` ``(N,)`` and a cache.
-
-        Derivation: derivations/11-density-and-conditional-flows.md#a-conditional-gaussian-base.
-        """
-        mu, log_sigma, c_params = self.mean_and_log_std(context)
-        logp, c_g = diag_gaussian_log_prob(z, mu, log_sigma)
-        return logp, (c_g, c_params)
-
-    def log_prob_backward(self, dlogp, cache):
-        """``(dz, grads, d_context)`` of ``<dlogp, logp>``.
-
-        Derivation: derivations/11-density-and-conditional-flows.md#a-conditional-gaussian-base.
-        """
-        c_g, c_params = cache
-        dz, dmu, dls = diag_gaussian_log_prob_backward(dlogp, c_g)
-        grads, d_ctx = self._params_backward(dmu, dls, c_params)
-        return dz, grads, d_ctx
-
-    def log_prob(self, z, context):
-        """``log p(z | context)`` ``(N,)``; z ``(N, dim)``, context ``(N, context_dim)``."""
-        z = _check_array("z", z, self.dim, self.dtype)
-        return self.log_prob_forward(z, self._check_context(context, z.shape[0]))[0]
-
-    def rsample(self, n, rng, context, temperature=1.0):
-        """``z = mu(c) + sqrt(T) sigma(c) eps`` ``(n, dim)`` and a cache (reparameterisation);
-        the temperature ``T`` scales the variance.
-
-        Derivation: derivations/11-density-and-conditional-flows.md#a-conditional-gaussian-base.
-        """
-        mu, log_sigma, c_params = self.mean_and_log_std(context)
-        eps = rng.standard_normal((n, self.dim)).astype(self.dtype)
-        noise = np.sqrt(temperature) * np.exp(log_sigma) * eps  # z - mu
-        return mu + noise, (noise, c_params)
-
-    def rsample_backward(self, dz, cache):
-        """``(grads, d_context)`` of ``<dz, z>``: ``dmu = dz``, ``dlog sigma = dz (z - mu)``.
-
-        Derivation: derivations/11-density-and-conditional-flows.md#a-conditional-gaussian-base.
-        """
-        noise, c_params = cache
-        return self._params_backward(dz, dz * noise, c_params)
-
-    def sample(self, n, rng, context, temperature=1.0):
-        """``n`` draws ``(n, dim)``, one per row of ``context`` ``(n, context_dim)``."""
-        n = check_count(n, "n")
-        ctx = self._check_context(context, n)
-        return self.rsample(n, check_rng(rng), ctx, _check_temperature(temperature))[0]
+    if d_logp is None:
+        d_flow_logdet = d_logdet
+    else:
+        d_flow_logdet = -d_logp if d_logdet is None else d_logdet - d_logp
+    d_u, grads, d_context = flow.backward(d_x, d_flow_logdet, cache)
+    return d_u, d_logp, grads, d_context
 
 
 # ----------------------------------------------------------------------------- the model
@@ -250,7 +109,7 @@ def _floored_scale(x):
     return np.maximum(x.std(axis=0), STANDARDIZE_MIN_SCALE)
 
 
-class FlowDensity(Module):
+class FlowDensity(Density):
     """``p(x | c)``: a base distribution pushed through a flow (forward = generative u -> x).
 
     ``base``: ``StandardNormal(dim)`` or ``ConditionalDiagonalGaussian(dim, context_dim, ...)``;
@@ -271,18 +130,17 @@ class FlowDensity(Module):
         self.context_dim = check_count(context_dim, "context_dim", 0)
         if not isinstance(flow, Bijector):
             raise ValueError(f"flow: expected a Bijector, got {type(flow).__name__}")
-        if not all(hasattr(base, m) for m in ("log_prob_forward", "log_prob_backward",
-                                               "rsample", "rsample_backward")):
-            raise ValueError(f"base: expected a StandardNormal or ConditionalDiagonalGaussian, "
-                             f"got {type(base).__name__}")
-        if getattr(base, "dim", self.dim) != self.dim:
+        if not isinstance(base, Density):
+            raise ValueError(f"base: expected a Density (StandardNormal or "
+                             f"ConditionalDiagonalGaussian), got {type(base).__name__}")
+        if base.dim not in (None, self.dim):
             raise ValueError(f"base: expected a base of dimension dim={self.dim}, got {base.dim}")
         base_ctx = getattr(base, "context_dim", 0)
         if base_ctx not in (0, self.context_dim):
             raise ValueError(f"base: its context_dim is {base_ctx}, the model's "
                              f"context_dim={self.context_dim}")
         for b in flow.bijectors if isinstance(flow, Chain) else [flow]:
-            if getattr(b, "dim", self.dim) != self.dim:
+            if b.dim not in (None, self.dim):
                 raise ValueError(f"flow: a member has dim {b.dim}, expected dim={self.dim}")
             if getattr(b, "context_dim", 0) not in (0, self.context_dim):
                 raise ValueError(f"flow: a member has context_dim {b.context_dim}, the "
@@ -352,22 +210,22 @@ class FlowDensity(Module):
         x = self._check_x(x)
         ctx = self._check_context(context, x.shape[0])
         z = (x - self.shift) / self.scale
-        u, logdet, c_flow = self.flow.inverse(z, ctx)
+        u, logdet, c_flow = self.flow._inverse(z, ctx)
         logp_u, c_base = self.base.log_prob_forward(u, ctx)
         logp = logp_u + logdet - self._log_scale_sum()
         return logp, (c_flow, c_base, logdet, u)
 
-    def log_prob_backward(self, dlogp, cache):
-        """``(dx, grads, d_context)`` of ``<dlogp, log p(x | c)>``; ``d_context`` None if
+    def log_prob_backward(self, d_logp, cache):
+        """``(d_x, grads, d_context)`` of ``<d_logp, log p(x | c)>``; ``d_context`` None if
         unconditional. grads are keyed like ``self.params``.
         Derivation: derivations/11-density-and-conditional-flows.md#log-density-and-its-gradients.
         """
         c_flow, c_base, _, _ = cache
-        du, g_base, dc_base = self.base.log_prob_backward(dlogp, c_base)
-        # log p = log p_base(u) + logdet: the flow's outputs get (du, dlogp)
-        dz, g_flow, dc_flow = self.flow.backward(du, dlogp, c_flow)
+        d_u, g_base, dc_base = self.base.log_prob_backward(d_logp, c_base)
+        # log p = log p_base(u) + logdet: the flow's outputs get (d_u, d_logp)
+        d_z, g_flow, dc_flow = self.flow.backward(d_u, d_logp, c_flow)
         grads = {**self.prefixed("base", g_base), **self.prefixed("flow", g_flow)}
-        return dz / self.scale, grads, add_context_grads(dc_base, dc_flow)
+        return d_z / self.scale, grads, add_context_grads(dc_base, dc_flow)
 
     def log_prob(self, x, context=None):
         """``log p(x | context)`` in nats ``(N,)``; x ``(N, dim)``, context ``(N, context_dim)``.
@@ -377,6 +235,8 @@ class FlowDensity(Module):
         """
         x = self._check_x(x)
         ctx = self._check_context(context, x.shape[0])
+        if x.shape[0] == 0:  # no points, no log-densities (the flow never sees an empty batch)
+            return np.zeros(0, dtype=self.dtype)
         return _in_row_blocks(lambda xb, cb: self.log_prob_forward(xb, cb)[0], x.shape[0], x,
                               ctx)
 
@@ -410,8 +270,10 @@ class FlowDensity(Module):
         """
         x = self._check_x(x)
         ctx = self._check_context(context, x.shape[0])
-        return _in_row_blocks(lambda xb, cb: self.flow.inverse((xb - self.shift) / self.scale,
-                                                               cb)[0], x.shape[0], x, ctx)
+        if x.shape[0] == 0:
+            return np.zeros((0, self.dim), dtype=self.dtype)
+        return _in_row_blocks(lambda xb, cb: self.flow._inverse((xb - self.shift) / self.scale,
+                                                                cb)[0], x.shape[0], x, ctx)
 
     # -- sampling
     def _check_sampling(self, n, rng, context, temperature):
@@ -432,27 +294,25 @@ class FlowDensity(Module):
         Derivation: derivations/11-density-and-conditional-flows.md#sampling.
         """
         n, rng, ctx, temperature = self._check_sampling(n, rng, context, temperature)
-        u, c_draw = self.base.rsample(n, rng, ctx, temperature)
-        u = u.astype(self.dtype, copy=False)  # a float64 base in front of a float32 flow
-        logp_u, c_base = self.base.log_prob_forward(u, ctx)
-        z, logdet, c_flow = self.flow.forward(u, ctx)
+        u, logp_u, c_base = self.base.rsample_and_log_prob(n, rng, ctx, temperature)
+        # a float64 base in front of a float32 flow
+        u, logp_u = u.astype(self.dtype, copy=False), logp_u.astype(self.dtype, copy=False)
+        z, logp_z, _, c_push = push_forward(self.flow, u, logp_u, ctx)
         x = self.shift + self.scale * z
-        logp = logp_u - logdet - self._log_scale_sum()
-        return x, logp, (c_draw, c_base, c_flow)
+        return x, logp_z - self._log_scale_sum(), (c_base, c_push)
 
-    def rsample_backward(self, dx, dlogp, cache):
-        """``(grads, d_context)`` of ``<dx, x> + <dlogp, log p>`` for ``rsample_and_log_prob``:
-        the reparameterisation gradient (reverse KL, a flow posterior in a VAE).
+    def rsample_backward(self, d_x, d_logp, cache):
+        """``(grads, d_context)`` of ``<d_x, x> + <d_logp, log p>`` for
+        ``rsample_and_log_prob``: the reparameterisation gradient (reverse KL, a flow posterior).
         Derivation: derivations/11-density-and-conditional-flows.md#sampling.
         """
-        c_draw, c_base, c_flow = cache
-        # x = shift + scale z, z = T(u); log p = log p_base(u) - logdet
-        du, g_flow, dc_flow = self.flow.backward(dx * self.scale, -dlogp, c_flow)
-        du_base, g_base, dc_base = self.base.log_prob_backward(dlogp, c_base)
-        g_draw, dc_draw = self.base.rsample_backward(du + du_base, c_draw)
-        grads = {**self.prefixed("flow", g_flow),
-                 **self.prefixed("base", _sum_grads(g_base, g_draw))}
-        return grads, add_context_grads(add_context_grads(dc_flow, dc_base), dc_draw)
+        c_base, c_push = cache
+        # x = shift + scale z, (z, log p) = push_forward(u, log p_base(u))
+        d_u, d_logp_u, g_flow, dc_flow = push_forward_backward(self.flow, d_x * self.scale,
+                                                               d_logp, c_push)
+        g_base, dc_base = self.base.rsample_backward(d_u, d_logp_u, c_base)
+        grads = {**self.prefixed("flow", g_flow), **self.prefixed("base", g_base)}
+        return grads, add_context_grads(dc_flow, dc_base)
 
     def sample_and_log_prob(self, n, rng, context=None, temperature=1.0):
         """``x`` ``(n, dim)`` and ``log p(x | c)`` ``(n,)`` (see ``rsample_and_log_prob``).
@@ -472,10 +332,10 @@ class FlowDensity(Module):
         Derivation: derivations/11-density-and-conditional-flows.md#temperature.
         """
         n, rng, ctx, temperature = self._check_sampling(n, rng, context, temperature)
-        u, _ = self.base.rsample(n, rng, ctx, temperature)  # all the noise first, then blocks
+        u = self.base.draw(n, rng, ctx, temperature)  # all the noise first, then blocks
         u = u.astype(self.dtype, copy=False)
-        return _in_row_blocks(lambda ub, cb: self.shift + self.scale * self.flow.forward(ub, cb)[0],
-                              n, u, ctx)
+        return _in_row_blocks(
+            lambda ub, cb: self.shift + self.scale * self.flow._forward(ub, cb)[0], n, u, ctx)
 
 
 def randomize_last_layer(mlp, rng, scale):
@@ -484,3 +344,4 @@ def randomize_last_layer(mlp, rng, scale):
     last.W[...] = scale * rng.standard_normal(last.W.shape)
     last.b[...] = scale * rng.standard_normal(last.b.shape)
     return mlp
+

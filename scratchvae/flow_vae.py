@@ -24,17 +24,10 @@ encoder's last hidden activation ``a``, so the shape of q(z|x), not only its loc
 scale, depends on x. Parameters: ``encoder.*``, ``decoder.*``, ``likelihood.*``, ``flow.*`` and,
 amortised, ``context.*``.
 
-The KL estimators (``KL_ESTIMATORS``), per sample, all with the same expectation:
-
-    "monte_carlo":      log q0(z_0) - logdet - log p(z_K)            (everything sampled)
-    "analytic_entropy": -H(q0) - logdet - log p(z_K)                  (E log q0 in closed form)
-    "analytic_base":    KL(q0 || p) + [log p(z_0) - log p(z_K) - logdet]  (the default;
-                        per dimension with sigma > 1 only a weight 1/sigma^2 of the swap)
-
-The first two have the *same* gradient with eps fixed (log N(eps) does not depend on the
-parameters); the third also takes E[-log p(z_0)] in closed form, so its correction term and its
-gradient vanish when the flow is the identity: the mean-field VAE's closed-form gradient
-exactly. The IWAE always uses the exact per-sample log q_K. Derivations: derivations/13-flow-vae.md.
+The three estimators (``KL_ESTIMATORS``: ``"analytic_base"``, the default, ``"analytic_entropy"``,
+``"monte_carlo"``) are pure forward/backward pairs in ``scratchvae.kl_estimators``, chosen from
+its table ``KL_ESTIMATOR_PAIRS``; the posterior step here is the same for all of them. The IWAE
+always uses the exact per-sample log q_K. Derivations: derivations/13-flow-vae.md.
 """
 
 from __future__ import annotations
@@ -42,30 +35,29 @@ from __future__ import annotations
 import numpy as np
 
 from .checks import check_rng
+from .density import push_forward, push_forward_backward
 from .flows.bijector import Bijector, Chain
 from .flows.coupling import CouplingBlock, coupling_flow, randomize_conditioners
 from .flows.linear import Permutation
 from .flows.planar import Planar, Radial
-from .gaussian import (
-    LOG_2PI,
-    kl_standard_normal,
-    kl_standard_normal_backward,
-    softplus_scale_backward,
-    std_normal_log_prob,
+from .gaussian import kl_standard_normal, softplus_scale_backward, std_normal_log_prob
+from .kl_estimators import (
+    KL_ESTIMATOR_PAIRS,
+    KL_ESTIMATORS,
+    PosteriorSample,
+    add_paths,
+    closed_form_weight,
 )
 from .likelihoods import Likelihood, make_likelihood
 from .nn import MLP, Linear
 from .vae import VAE, Encoding, _positive_int
 
-__all__ = ["FlowVAE", "EncoderWithHidden", "POSTERIORS", "KL_ESTIMATORS", "closed_form_weight",
-           "make_posterior_flow", "randomize_flow"]
+__all__ = ["FlowVAE", "EncoderWithHidden", "POSTERIORS", "KL_ESTIMATORS", "KL_ESTIMATOR_PAIRS",
+           "PosteriorSample", "closed_form_weight", "make_posterior_flow", "randomize_flow"]
 
 #: The posterior flows ``FlowVAE.build`` knows; only the coupling ones can be amortised.
 POSTERIORS = ("planar", "radial", "affine", "spline")
 AMORTISABLE = ("affine", "spline")
-#: The Monte Carlo estimators of KL(q_K || p) that ``FlowVAE`` can train with, the default first
-#: (derivations/13-flow-vae.md#three-estimators-of-the-kl).
-KL_ESTIMATORS = ("analytic_base", "analytic_entropy", "monte_carlo")
 
 
 # ----------------------------------------------------------------------------- the encoder
@@ -103,9 +95,9 @@ class EncoderWithHidden(MLP):
         caches.append((c_lin, None))
         return np.concatenate([y, hidden], axis=1), caches
 
-    def backward(self, dy, cache):
+    def backward(self, d_out, cache):
         n_out = self.n_out
-        d, d_hidden = dy[:, :n_out], dy[:, n_out:]
+        d, d_hidden = d_out[:, :n_out], d_out[:, n_out:]
         grads = {}
         last = len(self.layers) - 1
         for i in range(last, -1, -1):
@@ -197,29 +189,6 @@ def _flow_context_dims(flow):
     """The context widths the members of ``flow`` expect (0 for members that read none)."""
     members = flow.bijectors if isinstance(flow, Chain) else [flow]
     return {int(getattr(b, "context_dim", 0)) for b in members}
-
-
-# ----------------------------------------------------------------------------- the KL estimators
-def closed_form_weight(sigma):
-    """c = min(1, 1 / sigma^2), the weight of the closed-form base KL in ``"analytic_base"``,
-    and dc/dsigma (0 for sigma <= 1, -2 / sigma^3 above), each (N, L).
-
-    WHY: the term that the closed form replaces, log q0(z_0) - log p(z_0) per dimension, has
-    variance mu^2 sigma^2 + (sigma^2 - 1)^2 / 2, which grows like sigma^4. That is harmless
-    when the flow is near the identity (it then *is* the noise of the plain estimator, and the
-    closed form removes it), but a flow that can rescale a dimension (affine or spline coupling)
-    can undo a wide base: sigma_j = 20 shrunk back to a N(0, 1)-like z_K costs nothing in the
-    ELBO, and then the plain estimator has no sigma^4 noise while the closed-form swap adds it
-    (hundreds of nats per sample on the digits). Any weight c that does not depend on eps keeps
-    the estimator unbiased (the swapped term has mean 0); 1 / sigma^2 keeps c^2 times that
-    variance below mu^2 + 1/2 for wide bases and is exactly 1 (the full closed form) otherwise.
-    Derivation: derivations/13-flow-vae.md#three-estimators-of-the-kl.
-    """
-    wide = sigma > 1.0
-    inv2 = 1.0 / np.where(wide, sigma, 1.0) ** 2
-    c = np.where(wide, inv2, 1.0)
-    dc = np.where(wide, -2.0 * inv2 / np.where(wide, sigma, 1.0), 0.0)
-    return c.astype(sigma.dtype, copy=False), dc.astype(sigma.dtype, copy=False)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -332,62 +301,38 @@ class FlowVAE(VAE):
 
     # -- the flow posterior: forward
     def _flow_posterior(self, h, eps):
-        """z_K (S, N, L), the exact log q_K(z_K|x) - log p(z_K) (S, N) and the cache.
-
+        """The ``PosteriorSample`` of ``z_K = T(mu + sigma eps)`` and a cache: the base q0 by
+        the change of variables eps -> z_0 = mu + sigma eps,
+        ``log q0(z_0) = log N(eps) - sum log sigma``, then ``density.push_forward`` through
+        the flow (``log q_K(z_K) = log q0(z_0) - logdet``).
         Derivation: derivations/13-flow-vae.md#the-monte-carlo-kl.
         """
         mu, sigma, log_sigma, scale_cache = self.posterior_stats(h)
         S, N, L = eps.shape
         z0 = mu + sigma * eps
+        log_q0 = std_normal_log_prob(eps) - log_sigma.sum(axis=-1)
         ctx, ctx_cache = self._context_forward(h)
         # the S samples of one example share its context: row s*N + n of z0 is (s, n)
         ctx_rows = None if ctx is None else np.tile(ctx, (S, 1))
-        zK, logdet, flow_cache = self.flow.forward(z0.reshape(S * N, L), ctx_rows)
-        zK, logdet = zK.reshape(S, N, L), logdet.reshape(S, N)
-        # change of variables eps -> z_0 = mu + sigma eps: log q0(z_0) = log N(eps) - sum log sigma
-        log_q0 = std_normal_log_prob(eps) - log_sigma.sum(axis=-1)
-        # ... and z_0 -> z_K: log q_K(z_K) = log q0(z_0) - log|det dz_K/dz_0|; the prior at z_K
-        log_ratio = log_q0 - logdet - std_normal_log_prob(zK)
-        parts = (mu, sigma, log_sigma, z0, zK, logdet)
-        return zK, log_ratio, (eps, parts, scale_cache, ctx_cache, flow_cache)
-
-    def _kl_samples(self, log_ratio, parts, eps):
-        """The per-sample KL terms (S, N) of ``self.kl_estimator``; all have the same mean.
-
-        ``"monte_carlo"``: the exact ``log q0(z_0) - logdet - log p(z_K)`` (= ``log_ratio``).
-        ``"analytic_entropy"``: ``-H(q0) - logdet - log p(z_K)``, where
-        ``-H(q0) = -sum_j log sigma_j - L/2 (1 + log 2 pi)`` is the mean of ``log q0(z_0)``.
-        ``"analytic_base"``: ``sum_j [c_j KL_j(q0 || p) + (1 - c_j) l_j] + 1/2 |z_K|^2
-        - 1/2 |z_0|^2 - logdet`` with ``l_j = -eps_j^2 / 2 - log sigma_j + z_0j^2 / 2`` the
-        sampled ``log q0 - log p`` of dimension j and ``c = closed_form_weight(sigma)``: where
-        sigma <= 1, the closed-form base KL plus a sampled correction
-        ``log p(z_0) - log p(z_K) - logdet`` that is exactly 0 for the identity flow.
-        Derivation: derivations/13-flow-vae.md#three-estimators-of-the-kl.
-        """
-        mu, sigma, log_sigma, z0, zK, logdet = parts
-        if self.kl_estimator == "monte_carlo":
-            return log_ratio
-        if self.kl_estimator == "analytic_entropy":
-            neg_entropy = -log_sigma.sum(axis=-1) - 0.5 * mu.shape[-1] * (1.0 + LOG_2PI)
-            return neg_entropy - logdet - std_normal_log_prob(zK)
-        c, _ = closed_form_weight(sigma)
-        kl0, _ = kl_standard_normal(mu, sigma)  # (N, L)
-        ell0 = 0.5 * (z0 * z0 - eps * eps) - log_sigma  # (S, N, L)
-        base = np.sum(c * kl0 + (1.0 - c) * ell0, axis=-1)
-        return base + 0.5 * (np.sum(zK * zK, axis=-1) - np.sum(z0 * z0, axis=-1)) - logdet
+        zK, log_q, logdet, push_cache = push_forward(self.flow, z0.reshape(S * N, L),
+                                                     log_q0.reshape(S * N), ctx_rows)
+        sample = PosteriorSample(eps, mu, sigma, log_sigma, z0, zK.reshape(S, N, L),
+                                 logdet.reshape(S, N), log_q.reshape(S, N))
+        return sample, (scale_cache, ctx_cache, push_cache)
 
     def posterior_sample(self, h, eps):
         """z_K = T(mu + sigma eps) and the estimated KL term, one group: (N, 1).
 
         ``h``: encoder output (N, 2L), or (N, 2L + H) when amortised; ``eps``: (S, N, L).
         ``kl_n = (1/S) sum_s k_sn`` with ``k_sn`` the per-sample term of ``self.kl_estimator``
-        (``_kl_samples``); each is an unbiased estimate of KL(q_K(z|x) || p(z)), so the ELBO
-        stays an unbiased estimate of the bound. Returns z_K (S, N, L), kl (N, 1), cache.
+        (its pair in ``KL_ESTIMATOR_PAIRS``); each is an unbiased estimate of
+        KL(q_K(z|x) || p(z)), so the ELBO stays an unbiased estimate of the bound.
+        Returns z_K (S, N, L), kl (N, 1), cache.
         Derivation: derivations/13-flow-vae.md#three-estimators-of-the-kl.
         """
-        zK, log_ratio, cache = self._flow_posterior(h, eps)
-        kl = self._kl_samples(log_ratio, cache[1], eps).mean(axis=0)
-        return zK, kl[:, None], cache
+        sample, caches = self._flow_posterior(h, eps)
+        kl, kl_cache = KL_ESTIMATOR_PAIRS[self.kl_estimator][0](sample)
+        return sample.zK, kl, (sample, kl_cache, caches)
 
     def posterior_log_ratio(self, h, eps):
         """For the IWAE: z_K (S, N, L) and the exact log q_K(z_K|x) - log p(z_K) per sample (S, N),
@@ -395,62 +340,50 @@ class FlowVAE(VAE):
 
         Derivation: derivations/13-flow-vae.md#the-importance-weighted-bound.
         """
-        zK, log_ratio, _ = self._flow_posterior(h, eps)
-        return zK, log_ratio
+        sample, _ = self._flow_posterior(h, eps)
+        return sample.zK, sample.log_q - std_normal_log_prob(sample.zK)
 
     # -- the flow posterior: backward
-    def posterior_sample_backward(self, dz, dkl, cache):
-        """Backward of ``posterior_sample``: (dz (S, N, L), dkl (N, 1)) -> (dh, grads).
+    def posterior_sample_backward(self, d_z, d_kl, cache):
+        """Backward of ``posterior_sample``: (d_z (S, N, L), d_kl (N, 1)) -> (d_h, grads).
 
-        With r = dkl / S the upstream of every per-sample term: d z_K = dz + r z_K (from
-        -log p(z_K)), d logdet = -r (the log-det enters with a minus sign), both through the
-        flow's backward to d z_0 and the flow's parameters (and the context); then
-        d mu = sum_s d z_0 and d sigma = sum_s d z_0 eps. The base's own term:
-        ``"monte_carlo"`` and ``"analytic_entropy"``: d log sigma = -sum_s r (the same gradient;
-        log N(eps) has none); ``"analytic_base"`` with c = ``closed_form_weight(sigma)``: d z_0
-        gets -r c z_0, d log sigma = -(1 - c) sum_s r, (d mu, d sigma) get
-        c dkl (mu, sigma - 1/sigma) from the closed-form KL(q0 || p), and d sigma gets
-        dc/dsigma sum_s r (KL_j - l_j) through the weight.
-        ``dh`` has h's shape; ``grads`` are keyed ``flow.*``, ``context.*``.
+        The estimator's backward gives the gradients of the sample's fields; ``d_z`` adds to
+        its ``z_K``. Then, in reverse order: ``density.push_forward_backward`` through the flow
+        (``d z_0``, the flow's parameters and the context; ``d log q0`` passes through), the
+        estimator's own ``d z_0``, the reparameterisation ``d mu = sum_s d z_0``,
+        ``d sigma = sum_s d z_0 eps``, ``log q0 = log N(eps) - sum log sigma`` and the scale.
+        ``d_h`` has h's shape; ``grads`` are keyed ``flow.*``, ``context.*``.
         Derivation: derivations/13-flow-vae.md#the-backward-pass-through-the-flow.
         """
-        eps, parts, scale_cache, ctx_cache, flow_cache = cache
-        mu, sigma, log_sigma, z0, zK, _ = parts
-        S, N, L = eps.shape
-        r = np.broadcast_to(dkl[:, 0] * (1.0 / S), (S, N))
-        dzK = dz + r[..., None] * zK          # d(-log p(z_K))/dz_K = +z_K
-        d_logdet = -r
-        dz0, flow_grads, d_ctx = self.flow.backward(
-            dzK.reshape(S * N, L), np.ascontiguousarray(d_logdet).reshape(S * N), flow_cache)
-        dz0 = dz0.reshape(S, N, L)
-        r_sum = -r.sum(axis=0)[:, None]      # (N, 1): minus the summed weights
-        if self.kl_estimator == "analytic_base":
-            c, dc_dsigma = closed_form_weight(sigma)
-            # -1/2 |z_0|^2 of the correction and (1 - c) * z_0^2 / 2 of l: together -c z_0
-            dz0 = dz0 - r[..., None] * c * z0
-            kl0, kl_cache = kl_standard_normal(mu, sigma)
-            ell0 = 0.5 * (z0 * z0 - eps * eps) - log_sigma
-            dc = np.sum(r[..., None] * (kl0 - ell0), axis=0)  # (N, L)
-            dmu_kl, dsigma_kl = kl_standard_normal_backward(c * dkl, kl_cache)
-            dlog_sigma = (1.0 - c) * r_sum    # -log sigma_j inside (1 - c_j) l_j
-        else:  # -sum_j log sigma_j in log q0 (or in -H(q0)): the same term, the same gradient
-            dlog_sigma = np.broadcast_to(r_sum, (N, L))
-        dmu = dz0.sum(axis=0)
-        dsigma = (dz0 * eps).sum(axis=0)
-        if self.kl_estimator == "analytic_base":
-            dmu = dmu + dmu_kl
-            dsigma = dsigma + dsigma_kl + dc * dc_dsigma
-        draw = softplus_scale_backward(dsigma, dlog_sigma, scale_cache)
-        dh_parts = [dmu, draw]
+        s, kl_cache, (scale_cache, ctx_cache, push_cache) = cache
+        S, N, L = s.eps.shape
+        paths = KL_ESTIMATOR_PAIRS[self.kl_estimator][1](d_kl, kl_cache)
+        d_zK = add_paths(d_z, paths, "zK")
+        d_log_q, d_logdet = add_paths(None, paths, "log_q"), add_paths(None, paths, "logdet")
+        d_z0, d_log_q0, flow_grads, d_ctx = push_forward_backward(
+            self.flow, d_zK.reshape(S * N, L),
+            None if d_log_q is None else np.ascontiguousarray(d_log_q).reshape(S * N),
+            push_cache,
+            None if d_logdet is None else np.ascontiguousarray(d_logdet).reshape(S * N))
+        d_z0 = add_paths(d_z0.reshape(S, N, L), paths, "z0")
+        # z_0 = mu + sigma eps
+        d_mu = add_paths(d_z0.sum(axis=0), paths, "mu")
+        d_sigma = add_paths((d_z0 * s.eps).sum(axis=0), paths, "sigma")
+        d_log_sigma = add_paths(None, paths, "log_sigma")
+        if d_log_q0 is not None:                # log q0 = log N(eps) - sum_j log sigma_j
+            d_from_q0 = np.broadcast_to(-d_log_q0.reshape(S, N).sum(axis=0)[:, None], (N, L))
+            d_log_sigma = d_from_q0 if d_log_sigma is None else d_log_sigma + d_from_q0
+        d_raw = softplus_scale_backward(d_sigma, d_log_sigma, scale_cache)
+        d_h_parts = [d_mu, d_raw]
         grads = self.prefixed("flow", flow_grads)
         if self.context is not None:
             C = self.context.n_out
-            d_c = np.zeros((N, C), dtype=dz.dtype) if d_ctx is None else \
+            d_c = np.zeros((N, C), dtype=d_z.dtype) if d_ctx is None else \
                 d_ctx.reshape(S, N, C).sum(axis=0)  # the S copies of one context add up
             d_hidden, ctx_grads = self.context.backward(d_c, ctx_cache)
-            dh_parts.append(d_hidden)
+            d_h_parts.append(d_hidden)
             grads.update(self.prefixed("context", ctx_grads))
-        return np.concatenate(dh_parts, axis=-1), grads
+        return np.concatenate(d_h_parts, axis=-1), grads
 
     # -- encodings and samples of q(z|x)
     def _encode_h(self, x):
@@ -499,5 +432,6 @@ class FlowVAE(VAE):
         check_rng(rng)
         h = self._encode_h(x)
         S = 1 if n_samples is None else _positive_int(n_samples, "n_samples")
-        z, _, _ = self._flow_posterior(h, self._noise(rng, (S, h.shape[0], self.latent_dim)))
-        return z[0] if n_samples is None else z
+        sample, _ = self._flow_posterior(h, self._noise(rng, (S, h.shape[0], self.latent_dim)))
+        return sample.zK[0] if n_samples is None else sample.zK
+

@@ -70,13 +70,13 @@ def std_normal_log_prob(z):
     return -0.5 * np.sum(z * z, axis=-1) - (0.5 * d * LOG_2PI)
 
 
-def std_normal_log_prob_backward(dlogp, z):
-    """Gradient of ``std_normal_log_prob``: d log p / dz = -z, so ``dz = -dlogp[..., None] z``.
+def std_normal_log_prob_backward(d_logp, z):
+    """Gradient of ``std_normal_log_prob``: d log p / dz = -z, so ``d_z = -d_logp[..., None] z``.
 
-    Shapes: dlogp (...), z (..., D) -> dz (..., D).
+    Shapes: d_logp (...), z (..., D) -> d_z (..., D).
     derivations/02-gaussian.md#standard-normal-log-density.
     """
-    return -dlogp[..., None] * z
+    return -d_logp[..., None] * z
 
 
 def diag_gaussian_log_prob(z, mu, log_sigma):
@@ -93,17 +93,17 @@ def diag_gaussian_log_prob(z, mu, log_sigma):
     return logp, (u, inv_sigma, np.shape(z), np.shape(mu), np.shape(log_sigma))
 
 
-def diag_gaussian_log_prob_backward(dlogp, cache):
+def diag_gaussian_log_prob_backward(d_logp, cache):
     """Gradients of ``diag_gaussian_log_prob``.
 
     Local derivatives: d/dz = -u/sigma, d/dmu = +u/sigma, d/dlog_sigma = u^2 - 1.
-    Shapes: dlogp (...) -> (dz, dmu, dlog_sigma), each shaped like that forward input.
+    Shapes: d_logp (...) -> (d_z, d_mu, d_log_sigma), each shaped like that forward input.
     derivations/02-gaussian.md#diagonal-gaussian-log-density.
     """
     u, inv_sigma, z_shape, mu_shape, ls_shape = cache
-    g = dlogp[..., None]
-    dz_full = -g * u * inv_sigma
-    return (_unbroadcast(dz_full, z_shape), _unbroadcast(-dz_full, mu_shape),
+    g = d_logp[..., None]
+    d_z_full = -g * u * inv_sigma
+    return (_unbroadcast(d_z_full, z_shape), _unbroadcast(-d_z_full, mu_shape),
             _unbroadcast(g * (u * u - 1.0), ls_shape))
 
 
@@ -122,16 +122,16 @@ def softplus_scale(raw, floor=SIGMA_FLOOR):
     return sigma, np.log(sigma), (raw, sigma)
 
 
-def softplus_scale_backward(dsigma, dlog_sigma, cache):
+def softplus_scale_backward(d_sigma, d_log_sigma, cache):
     """Gradient of ``softplus_scale``: d sigma/d raw = sigmoid(raw), d log sigma = d sigma / sigma.
 
-    ``draw = (dsigma + dlog_sigma / sigma) * sigmoid(raw)``; either upstream may be None (zero).
+    ``d_raw = (d_sigma + d_log_sigma / sigma) * sigmoid(raw)``; either upstream may be None (zero).
     derivations/02-gaussian.md#the-scale-parametrisation.
     """
     raw, sigma = cache
-    d = np.zeros_like(sigma) if dsigma is None else dsigma
-    if dlog_sigma is not None:
-        d = d + dlog_sigma / sigma
+    d = np.zeros_like(sigma) if d_sigma is None else d_sigma
+    if d_log_sigma is not None:
+        d = d + d_log_sigma / sigma
     return d * sigmoid(raw)
 
 
@@ -174,13 +174,13 @@ def reparameterize(mu, sigma, eps):
     return z, ReparamCache(eps, np.shape(mu), np.shape(sigma))
 
 
-def reparameterize_backward(dz, cache):
+def reparameterize_backward(d_z, cache):
     """Gradient of ``reparameterize``: dz/dmu = 1, dz/dsigma = eps, summed over sample axes.
 
-    Shapes: dz like z -> (dmu like mu, dsigma like sigma).
+    Shapes: d_z like z -> (d_mu like mu, d_sigma like sigma).
     derivations/02-gaussian.md#reparameterisation.
     """
-    return _unbroadcast(dz, cache.mu_shape), _unbroadcast(dz * cache.eps, cache.sigma_shape)
+    return _unbroadcast(d_z, cache.mu_shape), _unbroadcast(d_z * cache.eps, cache.sigma_shape)
 
 
 # ----------------------------------------------------------------------------- KL
@@ -201,13 +201,13 @@ def kl_standard_normal(mu, sigma, sum_dims=False):
     return kl, (mu, sigma)
 
 
-def kl_standard_normal_backward(dkl, cache):
+def kl_standard_normal_backward(d_kl, cache):
     """Gradient of ``kl_standard_normal``: dKL/dmu = mu, dKL/dsigma = sigma - 1/sigma.
 
-    ``dkl`` has the forward output's shape, (N, D) or (N,) (summed form).
-    Returns (dmu, dsigma), each (N, D).
+    ``d_kl`` has the forward output's shape, (N, D) or (N,) (summed form).
+    Returns (d_mu, d_sigma), each (N, D).
     derivations/02-gaussian.md#gradient-of-the-kl.
     """
     mu, sigma = cache
-    g = dkl if np.ndim(dkl) == np.ndim(mu) else dkl[..., None]
+    g = d_kl if np.ndim(d_kl) == np.ndim(mu) else d_kl[..., None]
     return g * mu, g * (sigma - 1.0 / sigma)

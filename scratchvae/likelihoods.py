@@ -5,20 +5,24 @@ The decoder outputs one number per data dimension, ``out`` (logits for the Berno
 the Gaussians); a likelihood turns it into a log-density of the data, summed over data
 dimensions (derivations/03-likelihoods.md#the-reconstruction-term):
 
-    logp, cache = lik.log_prob_forward(x, out)          # x (N, D), out (..., N, D) -> (..., N)
-    dout, grads = lik.log_prob_backward(dlogp, cache)   # grads keyed like lik.params
+    logp, cache = lik.log_prob_forward(x, out)     # x (N, D), out (..., N, D) -> (..., N)
+    _, grads, d_out = lik.log_prob_backward(d_logp, cache)  # grads keyed like lik.params
 
-``out`` may carry leading sample axes (S Monte Carlo samples of z per example); ``x`` broadcasts
-over them. Every log-density includes its constants: the Gaussian ones are true densities, so
-a squared error appears as what it is, ``-||x - m||^2 / (2 var) - D/2 log(2 pi var)``.
+This is the ``Density`` contract (``scratchvae.bases``) with the decoder output in the place
+of the context: a likelihood is the density of the data given ``out``. The data are never
+differentiated, so the first gradient (``d_x``) is None. ``out`` may carry leading sample
+axes (S Monte Carlo samples of z per example); ``x`` broadcasts over them. Every log-density
+includes its constants: the Gaussian ones are true densities, so a squared error appears as
+what it is, ``-||x - m||^2 / (2 var) - D/2 log(2 pi var)``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .bases import Density
 from .gaussian import LOG_2PI
-from .nn import Module, sigmoid, softplus_fast, sum_over_features
+from .nn import sigmoid, softplus_fast, sum_over_features
 
 __all__ = [
     "Likelihood",
@@ -30,8 +34,11 @@ __all__ = [
 ]
 
 
-class Likelihood(Module):
-    """Base class: ``log_prob_forward``/``log_prob_backward``, ``mean``, ``sample``, ``validate``.
+class Likelihood(Density):
+    """The likelihood contract (abstract): the ``Density`` pair with the decoder output ``out``
+    as the context, ``log_prob_forward(x, out) -> (logp, cache)`` and
+    ``log_prob_backward(d_logp, cache) -> (None, grads, d_out)``; plus ``mean(out)``,
+    ``sample(out, rng)`` and ``validate(x)``.
 
     derivations/03-likelihoods.md#the-reconstruction-term.
     """
@@ -64,7 +71,7 @@ class Likelihood(Module):
     def log_prob_forward(self, x, out):  # pragma: no cover - interface
         raise NotImplementedError
 
-    def log_prob_backward(self, dlogp, cache):  # pragma: no cover - interface
+    def log_prob_backward(self, d_logp, cache):  # pragma: no cover - interface
         raise NotImplementedError
 
     def mean(self, out):  # pragma: no cover - interface
@@ -102,10 +109,10 @@ class Bernoulli(Likelihood):
         logp = sum_over_features(x * out - softplus_fast(out))
         return logp, (x, out)
 
-    def log_prob_backward(self, dlogp, cache):
+    def log_prob_backward(self, d_logp, cache):
         x, out = cache
         # d/dl (x l - softplus(l)) = x - sigmoid(l)
-        return dlogp[..., None] * (x - sigmoid(out)), {}
+        return None, {}, d_logp[..., None] * (x - sigmoid(out))
 
     def mean(self, out):
         """E[x | l] = sigmoid(l) (pixel probabilities)."""
@@ -142,10 +149,10 @@ class GaussianFixedVariance(Likelihood):
         logp = (-0.5 / self.variance) * np.sum(r * r, axis=-1) - 0.5 * d * (LOG_2PI + self.log_var)
         return logp, r
 
-    def log_prob_backward(self, dlogp, cache):
+    def log_prob_backward(self, d_logp, cache):
         r = cache
         # d/dm of -(x - m)^2 / (2 var) = (x - m) / var
-        return dlogp[..., None] * r * (1.0 / self.variance), {}
+        return None, {}, d_logp[..., None] * r * (1.0 / self.variance)
 
     def mean(self, out):
         return out
@@ -199,14 +206,14 @@ class GaussianSharedVariance(Likelihood):
         inside = (v == self.log_var)  # the clip's local derivative: 1 inside, 0 outside
         return logp, (r, inv_var, inside)
 
-    def log_prob_backward(self, dlogp, cache):
+    def log_prob_backward(self, d_logp, cache):
         r, inv_var, inside = cache
-        g = dlogp[..., None]
-        dout = g * r * inv_var
+        g = d_logp[..., None]
+        d_out = g * r * inv_var
         # d/dv of -(r^2 e^-v + v)/2 = (r^2 e^-v - 1)/2, summed over pixels and examples
-        dv = 0.5 * np.sum(g * (r * r * inv_var - 1.0))
-        dv = np.reshape(dv, (1,)).astype(self.log_var.dtype) * inside
-        return dout, {"log_var": dv}
+        d_v = 0.5 * np.sum(g * (r * r * inv_var - 1.0))
+        d_v = np.reshape(d_v, (1,)).astype(self.log_var.dtype) * inside
+        return None, {"log_var": d_v}, d_out
 
     @property
     def variance(self):

@@ -1,10 +1,11 @@
-"""Networks by hand: the Module contract, Linear, activations and the MLP.
+"""Networks by hand: the parameter tree (Module), the layer contract (Layer), Linear,
+activations and the MLP.
 
-Every piece is a pair of passes with no hidden state between them
+Every layer is a pair of passes with no hidden state between them
 (derivations/00-conventions.md#the-forward-cache-backward-contract):
 
     y, cache = layer.forward(x)
-    dx, grads = layer.backward(dy, cache)      # grads keyed like layer.params
+    d_in, grads = layer.backward(d_out, cache)   # grads keyed like layer.params
 
 Arrays are batch-first, ``(N, D)``. Each activation's local derivative sits right next
 to its forward; the derivations are in derivations/01-linear-and-mlp.md.
@@ -18,6 +19,7 @@ import numpy as np
 
 __all__ = [
     "Module",
+    "Layer",
     "Linear",
     "Tanh",
     "ReLU",
@@ -109,21 +111,21 @@ def ones_vector(n, dtype):
     return ones
 
 
-# ----------------------------------------------------------------------------- the contract
+# ----------------------------------------------------------------------------- the tree
 class Module:
-    """Base class: own parameters, named children, dotted names for the whole tree.
+    """The parameter tree, and nothing else: own parameters, named children, dotted names.
 
     ``module.params`` is a flat dict of *references* to the parameter arrays of the whole
-    tree, keyed by dotted names (``"layers.0.W"``); optimisers update these arrays in place.
-    ``backward`` returns its gradients in a dict with the same keys.
-    Contract: derivations/00-conventions.md#the-forward-cache-backward-contract.
+    tree, keyed by dotted names (``"layers.0.W"``); optimisers update these arrays in place,
+    and every backward pass returns its gradients in a dict with the same keys. A ``Module``
+    has no passes of its own: what it computes is the business of the contract it implements
+    (``Layer`` here, ``Bijector``, ``Density``, ``Likelihood``; docs/design.md lists them).
     """
 
     def __init__(self):
         self._own: dict[str, np.ndarray] = {}
         self._children: dict[str, Module] = {}
 
-    # -- tree bookkeeping
     def add_param(self, name: str, value: np.ndarray) -> np.ndarray:
         if "." in name:
             raise ValueError(f"parameter name {name!r} must not contain '.'")
@@ -165,11 +167,23 @@ class Module:
         """A child's grads under this module's dotted names."""
         return {f"{prefix}.{k}": v for k, v in grads.items()}
 
-    # -- the two passes
+
+# ----------------------------------------------------------------------------- the layer contract
+class Layer(Module):
+    """The layer contract: one input, one output, a cache between the two passes.
+
+        y, cache = layer.forward(x)                 # x (N, n_in) -> y (N, n_out)
+        d_in, grads = layer.backward(d_out, cache)  # grads keyed like layer.params
+
+    ``backward`` returns the gradient of ``<d_out, y>`` with respect to ``x`` and to every
+    parameter; it reads only the cache, never recomputes the forward pass.
+    Contract: derivations/00-conventions.md#the-forward-cache-backward-contract.
+    """
+
     def forward(self, x):  # pragma: no cover - interface
         raise NotImplementedError
 
-    def backward(self, dy, cache):  # pragma: no cover - interface
+    def backward(self, d_out, cache):  # pragma: no cover - interface
         raise NotImplementedError
 
     def forward_inplace(self, x):
@@ -177,9 +191,9 @@ class Module:
         pre-activations). By default the same as ``forward``."""
         return self.forward(x)
 
-    def backward_inplace(self, dy, cache):
-        """``backward`` that may overwrite ``dy`` (the pair of ``forward_inplace``)."""
-        return self.backward(dy, cache)
+    def backward_inplace(self, d_out, cache):
+        """``backward`` that may overwrite ``d_out`` (the pair of ``forward_inplace``)."""
+        return self.backward(d_out, cache)
 
     def __call__(self, x):
         return self.forward(x)[0]
@@ -201,7 +215,7 @@ def features_first_affine(x, W, b):
     return y_t.T
 
 
-class Linear(Module):
+class Linear(Layer):
     """Affine map y = x W + b.
 
     Shapes: x (N, n_in), W (n_in, n_out), b (n_out,), y (N, n_out).
@@ -251,7 +265,7 @@ class Linear(Module):
 
 
 # ----------------------------------------------------------------------------- activations
-class Identity(Module):
+class Identity(Layer):
     """y = x; dy/dx = 1."""
 
     def forward(self, x):
@@ -261,7 +275,7 @@ class Identity(Module):
         return dy, {}
 
 
-class Tanh(Module):
+class Tanh(Layer):
     """y = tanh(x); dy/dx = 1 - y^2 (derivations/01-linear-and-mlp.md#activations)."""
 
     def forward(self, x):
@@ -285,7 +299,7 @@ class Tanh(Module):
         return dy, {}
 
 
-class ReLU(Module):
+class ReLU(Layer):
     """y = max(x, 0); dy/dx = [x > 0] (derivations/01-linear-and-mlp.md#activations)."""
 
     def forward(self, x):
@@ -306,7 +320,7 @@ class ReLU(Module):
         return dy, {}
 
 
-class LeakyReLU(Module):
+class LeakyReLU(Layer):
     """y = x if x > 0 else a x; dy/dx = 1 or a (derivations/01-linear-and-mlp.md#activations)."""
 
     def __init__(self, slope=0.01):
@@ -321,7 +335,7 @@ class LeakyReLU(Module):
         return np.where(cache, dy, self.slope * dy), {}
 
 
-class ELU(Module):
+class ELU(Layer):
     """y = x if x > 0 else a (e^x - 1); dy/dx = 1 or y + a.
 
     Guard: ``expm1`` of ``min(x, 0)``, so large positive inputs never reach exp.
@@ -341,7 +355,7 @@ class ELU(Module):
         return np.where(positive, dy, dy * (y + self.alpha)), {}
 
 
-class Softplus(Module):
+class Softplus(Layer):
     """y = log(1 + e^x); dy/dx = sigmoid(x) (derivations/01-linear-and-mlp.md#activations)."""
 
     def forward(self, x):
@@ -351,7 +365,7 @@ class Softplus(Module):
         return dy * sigmoid(cache), {}
 
 
-class Sigmoid(Module):
+class Sigmoid(Layer):
     """y = 1/(1+e^-x); dy/dx = y (1 - y) (derivations/01-linear-and-mlp.md#activations)."""
 
     def forward(self, x):
@@ -384,7 +398,7 @@ def make_activation(name: str) -> Module:
 
 
 # ----------------------------------------------------------------------------- MLP
-class MLP(Module):
+class MLP(Layer):
     """Multilayer perceptron: Linear -> act -> ... -> Linear (no activation on the output).
 
     ``sizes = [n_in, h_1, ..., n_out]``. Shapes: x (N, n_in) -> y (N, n_out).

@@ -34,7 +34,7 @@ from .gaussian import (
     std_normal_log_prob,
 )
 from .likelihoods import Likelihood, make_likelihood
-from .nn import MLP, Module, sum_over_batch
+from .nn import MLP, Layer, Module, sum_over_batch
 
 __all__ = [
     "VAE",
@@ -203,9 +203,9 @@ def _check_mode(mode):
 class VAE(Module):
     """A VAE with a diagonal-Gaussian posterior, a N(0, I) prior and a likelihood p(x|z).
 
-    ``encoder``: a Module mapping x (N, D) to (N, 2L) = [mu, raw scale]
+    ``encoder``: a Layer mapping x (N, D) to (N, 2L) = [mu, raw scale]
     (sigma = softplus(raw) + sigma_floor, derivations/02-gaussian.md#the-scale-parametrisation).
-    ``decoder``: a Module mapping z (M, L) to the likelihood's parameters (M, D).
+    ``decoder``: a Layer mapping z (M, L) to the likelihood's parameters (M, D).
     ``likelihood``: a ``Likelihood`` (its parameters appear as ``likelihood.*``).
     ``n_samples``: Monte Carlo samples S of z per example in ``loss_and_grads``.
     ``warmup``: steps of the linear beta warm-up (0: none). ``free_bits``: lambda, in nats per
@@ -217,8 +217,8 @@ class VAE(Module):
                  free_bits=0.0, sigma_floor=SIGMA_FLOOR, data_dim=None, dtype=None):
         super().__init__()
         for name, m in (("encoder", encoder), ("decoder", decoder)):
-            if not isinstance(m, Module):
-                raise ValueError(f"{name}: expected a scratchvae.nn.Module, got "
+            if not isinstance(m, Layer):
+                raise ValueError(f"{name}: expected a scratchvae.nn.Layer, got "
                                  f"{type(m).__name__}")
         if not isinstance(likelihood, Likelihood):
             raise ValueError(f"likelihood: expected a scratchvae.likelihoods.Likelihood, got "
@@ -306,18 +306,18 @@ class VAE(Module):
         kl, kl_cache = kl_standard_normal(mu, sigma)
         return z, kl, (scale_cache, reparam_cache, kl_cache)
 
-    def posterior_sample_backward(self, dz, dkl, cache):
-        """Backward of ``posterior_sample``: (dz (S, N, L), dkl (N, G)) -> (dh (N, 2L), grads).
+    def posterior_sample_backward(self, d_z, d_kl, cache):
+        """Backward of ``posterior_sample``: (d_z (S, N, L), d_kl (N, G)) -> (d_h (N, 2L), grads).
 
         ``grads`` holds the gradients of parameters owned by the posterior step itself (none
         here; a flow's parameters in a subclass), keyed by their full dotted names.
         derivations/04-elbo-and-iwae.md#the-posterior-step.
         """
         scale_cache, reparam_cache, kl_cache = cache
-        dmu, dsigma = reparameterize_backward(dz, reparam_cache)
-        dmu_kl, dsigma_kl = kl_standard_normal_backward(dkl, kl_cache)
-        draw = softplus_scale_backward(dsigma + dsigma_kl, None, scale_cache)
-        return np.concatenate([dmu + dmu_kl, draw], axis=-1), {}
+        d_mu, d_sigma = reparameterize_backward(d_z, reparam_cache)
+        d_mu_kl, d_sigma_kl = kl_standard_normal_backward(d_kl, kl_cache)
+        d_raw = softplus_scale_backward(d_sigma + d_sigma_kl, None, scale_cache)
+        return np.concatenate([d_mu + d_mu_kl, d_raw], axis=-1), {}
 
     def posterior_log_ratio(self, h, eps):
         """Forward only, for the IWAE: z (S, N, L) and log q(z|x) - log p(z) per sample (S, N).
@@ -337,10 +337,10 @@ class VAE(Module):
         out, cache = self.decoder.forward(z.reshape(-1, z.shape[-1]))
         return out.reshape(lead + out.shape[-1:]), (cache, lead)
 
-    def _decode_backward(self, dout, cache):
+    def _decode_backward(self, d_out, cache):
         dec_cache, lead = cache
-        dz, grads = self.decoder.backward(dout.reshape(-1, dout.shape[-1]), dec_cache)
-        return dz.reshape(lead + dz.shape[-1:]), grads
+        d_z, grads = self.decoder.backward(d_out.reshape(-1, d_out.shape[-1]), dec_cache)
+        return d_z.reshape(lead + d_z.shape[-1:]), grads
 
     # -- the ELBO terms and their backward
     def elbo_terms_forward(self, x, eps):
@@ -357,18 +357,18 @@ class VAE(Module):
         rec = logp.mean(axis=0)
         return rec, kl, (enc_cache, q_cache, dec_cache, lik_cache, logp.shape)
 
-    def elbo_terms_backward(self, drec, dkl, cache):
-        """Gradients of every parameter from upstream drec (N,) and dkl (N, G).
+    def elbo_terms_backward(self, d_rec, d_kl, cache):
+        """Gradients of every parameter from upstream d_rec (N,) and d_kl (N, G).
 
         Order: likelihood -> decoder -> posterior step (reparameterisation and KL) -> encoder.
         derivations/04-elbo-and-iwae.md#the-backward-pass.
         """
         enc_cache, q_cache, dec_cache, lik_cache, (S, N) = cache
-        dlogp = np.broadcast_to(drec * (1.0 / S), (S, N))  # rec = mean over the S samples
-        dout, lik_grads = self.likelihood.log_prob_backward(dlogp, lik_cache)
-        dz, dec_grads = self._decode_backward(dout, dec_cache)
-        dh, q_grads = self.posterior_sample_backward(dz, dkl, q_cache)
-        _, enc_grads = self.encoder.backward(dh, enc_cache)
+        d_logp = np.broadcast_to(d_rec * (1.0 / S), (S, N))  # rec = mean over the S samples
+        _, lik_grads, d_out = self.likelihood.log_prob_backward(d_logp, lik_cache)
+        d_z, dec_grads = self._decode_backward(d_out, dec_cache)
+        d_h, q_grads = self.posterior_sample_backward(d_z, d_kl, q_cache)
+        _, enc_grads = self.encoder.backward(d_h, enc_cache)
         grads = {**self.prefixed("encoder", enc_grads), **self.prefixed("decoder", dec_grads),
                  **self.prefixed("likelihood", lik_grads), **q_grads}
         return grads
@@ -402,9 +402,9 @@ class VAE(Module):
             open_groups = np.ones_like(kl_group)
         rec_mean, kl_mean = rec.mean(), kl.sum(axis=-1).mean()
         loss = -(rec_mean - beta_t * kl_term)
-        drec = np.full(N, -1.0 / N, dtype=self.dtype)
-        dkl = np.broadcast_to((beta_t / N) * open_groups, kl.shape)
-        grads = self.elbo_terms_backward(drec, dkl, cache)
+        d_rec = np.full(N, -1.0 / N, dtype=self.dtype)
+        d_kl = np.broadcast_to((beta_t / N) * open_groups, kl.shape)
+        grads = self.elbo_terms_backward(d_rec, d_kl, cache)
         info = {"rec": float(rec_mean), "kl": float(kl_mean), "elbo": float(rec_mean - kl_mean),
                 "beta": beta_t}
         return float(loss), grads, info

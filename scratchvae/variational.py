@@ -35,12 +35,13 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .bases import Density
 from .checks import check_count, check_rng
+from .density import push_forward, push_forward_backward
 from .flows.bijector import Chain
 from .flows.elementwise import ElementwiseAffine
 from .flows.planar import Planar, Radial
-from .gaussian import std_normal_log_prob
-from .nn import Module
+from .gaussian import std_normal_log_prob, std_normal_log_prob_backward
 from .vae import log_mean_exp  # the IWAE's stable log-mean-exp serves log Z too
 
 __all__ = [
@@ -93,12 +94,14 @@ def _target_log_prob_and_grad(target, x):
 
 
 # ----------------------------------------------------------------------------- q
-class Variational(Module):
+class Variational(Density):
     """``q = T_# N(0, I)``: the standard normal on ``R^dim`` pushed through ``flow`` forward.
 
     ``log q(x) = log N(u; 0, I) - log|det dT/du(u)|`` at ``u = T^{-1}(x)``, equivalently
     ``log N(T^{-1}(x)) + log|det dT^{-1}/dx(x)|``. Parameters are the flow's, under
-    ``"flow."``; ``q`` is a ``Module``, so ``Trainer`` and the optimisers take it as it is.
+    ``"flow."``; ``Trainer`` and the optimisers take ``q`` as it is. It implements the
+    ``Density`` contract without a context (``d_context`` is always None); the sampling pair
+    is ``density.push_forward`` of ``N(0, I)``.
     Derivation: derivations/14-reverse-kl.md#the-variational-family.
     """
 
@@ -119,10 +122,40 @@ class Variational(Module):
         return next(iter(params.values())).dtype if params else np.dtype(np.float64)
 
     def push(self, u):
-        """``(x, log_q, cache)`` for given base samples ``u`` ``(N, dim)``: the forward pass
-        of the flow and ``log q(x) = log N(u) - logdet``; ``cache`` is the flow's."""
-        x, logdet, cache = self.flow.forward(u)
-        return x, std_normal_log_prob(u) - logdet, cache
+        """``(x, log_q, cache)`` for given base samples ``u`` ``(N, dim)`` (checked by the
+        caller): ``density.push_forward`` of ``N(0, I)``, ``log q(x) = log N(u) - logdet``.
+        ``rsample_backward`` is its backward."""
+        x, log_q, _, cache = push_forward(self.flow, u, std_normal_log_prob(u))
+        return x, log_q, cache
+
+    def rsample_and_log_prob(self, n, rng, context=None, temperature=1.0):
+        """``(x, log q(x), cache)`` for ``n`` draws (``temperature`` must be 1: q is fitted as
+        it is). Derivation: derivations/14-reverse-kl.md#the-variational-family."""
+        if temperature != 1.0:
+            raise ValueError(f"temperature: a Variational samples at 1 only, got {temperature!r}")
+        return self.push(self.draw_base(n, rng))
+
+    def rsample_backward(self, d_x, d_logp, cache):
+        """``(grads, None)`` of ``<d_x, x> + <d_logp, log q(x)>`` for ``push``, with the base
+        samples held fixed (``log N(u)`` has no parameter): the reparameterised gradient.
+        Derivation: derivations/14-reverse-kl.md#the-reparameterised-gradient.
+        """
+        _, _, grads, _ = push_forward_backward(self.flow, d_x, d_logp, cache)
+        return self.prefixed("flow", grads), None
+
+    def log_prob_forward(self, x, context=None):
+        """``log q(x)`` ``(N,)`` of checked points through the flow's inverse, and a cache.
+        Derivation: derivations/14-reverse-kl.md#the-variational-family."""
+        u, logdet, c_flow = self.flow._inverse(x, None)
+        return std_normal_log_prob(u) + logdet, (u, c_flow)
+
+    def log_prob_backward(self, d_logp, cache):
+        """``(d_x, grads, None)`` of ``<d_logp, log q(x)>``.
+        Derivation: derivations/14-reverse-kl.md#the-variational-family."""
+        u, c_flow = cache
+        d_x, grads, _ = self.flow.backward(std_normal_log_prob_backward(d_logp, u), d_logp,
+                                           c_flow)
+        return d_x, self.prefixed("flow", grads), None
 
     def sample(self, n, rng):
         """``n`` samples ``x = T(u)``, ``u ~ N(0, I)``: ``(n, dim)``.
@@ -145,8 +178,7 @@ class Variational(Module):
         Derivation: derivations/14-reverse-kl.md#the-variational-family.
         """
         x = _check_points("x", x, self.dim)
-        u, logdet, _ = self.flow.inverse(x.astype(self._dtype(), copy=False))
-        return std_normal_log_prob(u) + logdet
+        return self.log_prob_forward(x.astype(self._dtype(), copy=False))[0]
 
     def __repr__(self):
         return f"Variational(kind={self.kind!r}, dim={self.dim}, params={self.num_params()})"
@@ -198,9 +230,10 @@ def reverse_kl_loss_and_grads(q, target, n=None, rng=None, u=None):
     ``loss = -(1/n) sum_i [log p~(x_i) - log q(x_i)]`` with ``x_i = T(u_i)``, ``u_i ~ N(0, I)``
     (``n`` draws from ``rng``, or the given base samples ``u`` ``(n, dim)``: fixed noise, as in
     a finite-difference check). Gradient by hand through the forward direction, with ``u``
-    held fixed: ``log q(x) = log N(u) - logdet``, so the flow's backward receives
-    ``d_x = -grad log p~(x) / n`` and ``d_logdet = -1 / n`` (log N(u) does not depend on the
-    parameters). ``target`` provides ``log_prob(x) -> (N,)`` and ``grad_log_prob(x) -> (N, D)``.
+    held fixed: ``log q(x) = log N(u) - logdet``, so the push-forward's backward receives
+    ``d_x = -grad log p~(x) / n`` and ``d_log_q = 1 / n`` (the flow then gets
+    ``d_logdet = -1 / n``; log N(u) does not depend on the parameters). ``target`` provides
+    ``log_prob(x) -> (N,)`` and ``grad_log_prob(x) -> (N, D)``.
     Returns ``(loss, grads, info)``, grads keyed like ``q.params``, ``info = {"elbo": -loss}``.
     Derivation: derivations/14-reverse-kl.md#the-reparameterised-gradient.
     """
@@ -220,11 +253,10 @@ def reverse_kl_loss_and_grads(q, target, n=None, rng=None, u=None):
     x, log_q, cache = q.push(u)
     log_p, grad_log_p = _target_log_prob_and_grad(target, x)
     elbo = float(np.mean(log_p - log_q))
-    # loss = -(1/n) sum [log p~(T(u)) - log N(u) + logdet(u)]
+    # loss = -(1/n) sum [log p~(T(u)) - log q(T(u))]
     d_x = (-grad_log_p / n).astype(x.dtype, copy=False)
-    d_logdet = np.full(n, -1.0 / n, dtype=x.dtype)
-    _, flow_grads, _ = q.flow.backward(d_x, d_logdet, cache)
-    grads = q.prefixed("flow", flow_grads)
+    d_log_q = np.full(n, 1.0 / n, dtype=x.dtype)
+    grads, _ = q.rsample_backward(d_x, d_log_q, cache)
     return -elbo, grads, {"elbo": elbo}
 
 

@@ -7,9 +7,11 @@ u -> x (base to data), ``inverse`` the *normalising* direction x -> u.
     u, logdet, cache = T.inverse(x, context=None)   # logdet = log|det du/dx|, shape (N,)
     d_in, grads, d_context = T.backward(d_out, d_logdet, cache)
 
-``backward`` serves whichever pass made the cache: it returns the gradient of
-``L = <d_out, out> + <d_logdet, logdet>`` with respect to that pass's input, the bijector's
-parameters (a dict keyed like ``T.params``) and the context (``None`` when there is none).
+``forward`` and ``inverse`` check their input and call the subclass' ``_forward`` /
+``_inverse`` (``Bijector``). ``backward`` serves whichever pass made the cache: it returns the
+gradient of ``L = <d_out, out> + <d_logdet, logdet>`` with respect to that pass's input, the
+bijector's parameters (a dict keyed like ``T.params``) and the context (``None`` when there
+is none).
 Derivation: derivations/06-change-of-variables.md#composition.
 """
 
@@ -19,9 +21,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..checks import check_points
 from ..nn import Module
 
-__all__ = ["Bijector", "Cache", "Chain", "Inverse", "add_context_grads"]
+__all__ = ["Bijector", "Cache", "Chain", "Inverse", "add_context_grads", "check_points"]
 
 
 class Cache(NamedTuple):
@@ -40,37 +43,68 @@ def add_context_grads(a, b):
 
 
 class Bijector(Module):
-    """Base class. Subclasses implement ``forward`` and ``inverse`` returning
-    ``(out, logdet, Cache(direction, data))`` and the two backward passes
-    ``backward_forward(d_out, d_logdet, data)`` and ``backward_inverse(...)``, each
-    returning ``(d_in, grads, d_context)``.
+    """The bijector contract (abstract). Users call the public, checked passes
+
+        x, logdet, cache = T.forward(u, context=None)    # generative u -> x
+        u, logdet, cache = T.inverse(x, context=None)    # normalising x -> u
+        d_in, grads, d_context = T.backward(d_out, d_logdet, cache)
+
+    A subclass writes the four unchecked passes: ``_forward(u, context)`` and
+    ``_inverse(x, context)``, each returning ``(out, logdet, Cache(direction, data))``, and
+    ``backward_forward(d_out, d_logdet, data)`` / ``backward_inverse(...)``, each returning
+    ``(d_in, grads, d_context)``. ``forward``/``inverse`` check the input once
+    (``check_points``: shape ``(N, dim)``, finite, ints converted to ``dtype``) and call
+    them; composites (``Chain``, ``Inverse``) and models, whose inputs are already checked,
+    call ``_forward``/``_inverse`` directly, so inner passes never re-check.
+    ``dim``: the width of the points (None: any); ``dtype``: the float dtype ints become
+    (None: float64).
     Contract: derivations/00-conventions.md#the-forward-cache-backward-contract.
     """
 
     #: True when the log-det does not depend on the input (temperature is then exact tempering)
     volume_preserving = False
+    dim = None
+    dtype = None
 
-    def forward(self, u, context=None):  # pragma: no cover - interface
-        raise NotImplementedError
+    # -- the public, checked passes
+    def _check(self, a, context, name):
+        a = check_points(name, a, self.dim, self.dtype)
+        if context is not None:
+            context = check_points("context", context, None, a.dtype, a.shape[0])
+        return a, context
 
-    def inverse(self, x, context=None):  # pragma: no cover - interface
-        raise NotImplementedError
+    def forward(self, u, context=None):
+        """Generative ``u -> x`` ``(N, dim)`` and ``log|det dx/du|`` ``(N,)``, checked."""
+        return self._forward(*self._check(u, context, "u"))
+
+    def inverse(self, x, context=None):
+        """Normalising ``x -> u`` ``(N, dim)`` and ``log|det du/dx|`` ``(N,)``, checked."""
+        return self._inverse(*self._check(x, context, "x"))
 
     def backward(self, d_out, d_logdet, cache):
+        """``(d_in, grads, d_context)`` of ``<d_out, out> + <d_logdet, logdet>`` for the pass
+        that made ``cache``; ``d_context`` is None without a context."""
         if cache.direction == "forward":
             return self.backward_forward(d_out, d_logdet, cache.data)
         if cache.direction == "inverse":
             return self.backward_inverse(d_out, d_logdet, cache.data)
         raise ValueError(f"cache: unknown direction {cache.direction!r}")
 
+    def __call__(self, u, context=None):
+        return self.forward(u, context)[0]
+
+    # -- what a subclass writes
+    def _forward(self, u, context=None):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _inverse(self, x, context=None):  # pragma: no cover - interface
+        raise NotImplementedError
+
     def backward_forward(self, d_out, d_logdet, data):  # pragma: no cover - interface
         raise NotImplementedError
 
     def backward_inverse(self, d_out, d_logdet, data):  # pragma: no cover - interface
         raise NotImplementedError
-
-    def __call__(self, u, context=None):
-        return self.forward(u, context)[0]
 
 
 class Chain(Bijector):
@@ -89,7 +123,11 @@ class Chain(Bijector):
         if not self.bijectors:
             raise ValueError("bijectors: expected at least one bijector")
         for i, b in enumerate(self.bijectors):
+            if not isinstance(b, Bijector):
+                raise ValueError(f"bijectors[{i}]: expected a Bijector, got {type(b).__name__}")
             self.add_child(f"bijectors.{i}", b)
+        self.dim = next((b.dim for b in self.bijectors if b.dim is not None), None)
+        self.dtype = next((b.dtype for b in self.bijectors if b.dtype is not None), None)
 
     @property
     def volume_preserving(self):
@@ -100,15 +138,15 @@ class Chain(Bijector):
         logdet = np.zeros(h.shape[0], dtype=h.dtype)
         caches = []
         for b in order:
-            h, ld, c = getattr(b, direction)(h, context)
+            h, ld, c = getattr(b, "_" + direction)(h, context)  # checked once, by the chain
             logdet = logdet + ld
             caches.append(c)
         return h, logdet, Cache(direction, caches)
 
-    def forward(self, u, context=None):
+    def _forward(self, u, context=None):
         return self._run(u, context, "forward")
 
-    def inverse(self, x, context=None):
+    def _inverse(self, x, context=None):
         return self._run(x, context, "inverse")
 
     def _back(self, d_out, d_logdet, caches, order):
@@ -131,10 +169,11 @@ class Chain(Bijector):
 
         Returns a list of K + 1 arrays starting with ``x``.
         """
+        x, context = self._check(x, context, "x" if direction == "inverse" else "u")
         order = self.bijectors if direction == "forward" else self.bijectors[::-1]
         points = [x]
         for b in order:
-            x = getattr(b, direction)(x, context)[0]
+            x = getattr(b, "_" + direction)(x, context)[0]
             points.append(x)
         return points
 
@@ -150,16 +189,17 @@ class Inverse(Bijector):
     def __init__(self, base: Bijector):
         super().__init__()
         self.base = self.add_child("base", base)
+        self.dim, self.dtype = base.dim, base.dtype
 
     @property
     def volume_preserving(self):
         return self.base.volume_preserving
 
-    def forward(self, u, context=None):
-        return self.base.inverse(u, context)
+    def _forward(self, u, context=None):
+        return self.base._inverse(u, context)
 
-    def inverse(self, x, context=None):
-        return self.base.forward(x, context)
+    def _inverse(self, x, context=None):
+        return self.base._forward(x, context)
 
     def backward(self, d_out, d_logdet, cache):
         d_in, grads, d_ctx = self.base.backward(d_out, d_logdet, cache)

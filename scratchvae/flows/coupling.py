@@ -341,14 +341,14 @@ class CouplingBlock(Bijector):
         out[:, self._cols_b] = out_b
         return out, sum_over_features(ld), Cache(direction, (c_cond, c_law))
 
-    def forward(self, u, context=None):
+    def _forward(self, u, context=None):
         """Generative u -> x ``(N, D)``; log-det ``log|det dx/du|`` ``(N,)``.
 
         Derivation: derivations/07-coupling.md#the-coupling-block.
         """
         return self._run(u, context, "forward")
 
-    def inverse(self, x, context=None):
+    def _inverse(self, x, context=None):
         """Normalising x -> u ``(N, D)``; log-det ``log|det du/dx|`` ``(N,)``.
 
         Derivation: derivations/07-coupling.md#the-coupling-block.

@@ -55,12 +55,12 @@ class ElementwiseAffine(Bijector):
         dtype = np.result_type(z, self.log_scale)
         return np.full(z.shape[0], sign * np.sum(self.log_scale), dtype=dtype)
 
-    def forward(self, u, context=None):
+    def _forward(self, u, context=None):
         scale = np.exp(self.log_scale)
         x = u * scale + self.shift
         return x, self._logdet(u, 1.0), Cache("forward", (u, scale))
 
-    def inverse(self, x, context=None):
+    def _inverse(self, x, context=None):
         inv_scale = np.exp(-self.log_scale)
         u = (x - self.shift) * inv_scale
         return u, self._logdet(x, -1.0), Cache("inverse", (u, inv_scale))
@@ -133,13 +133,13 @@ class Sigmoid(Bijector):
         self.width = self.high - self.low
         self.log_width = np.log(self.width)
 
-    def forward(self, u, context=None):
+    def _forward(self, u, context=None):
         s, s_neg = sigmoid(u), sigmoid(-u)  # s_neg = 1 - s without the cancellation
         x = self.low + self.width * s
         logdet = np.sum(self.log_width + log_sigmoid(u) + log_sigmoid(-u), axis=1)
         return x, logdet, Cache("forward", (s, s_neg))
 
-    def inverse(self, x, context=None):
+    def _inverse(self, x, context=None):
         x_in, inside = _clip_to_open_interval(x, self.low, self.high)
         a, c = x_in - self.low, self.high - x_in  # distances to the two ends, both > 0
         log_a, log_c = np.log(a), np.log(c)

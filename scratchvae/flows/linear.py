@@ -78,10 +78,10 @@ class Permutation(Bijector):
         """
         return cls(check_rng(rng).permutation(check_count(dim, "dim")))
 
-    def forward(self, u, context=None):
+    def _forward(self, u, context=None):
         return u[:, self.perm], np.zeros(u.shape[0], dtype=u.dtype), Cache("forward", None)
 
-    def inverse(self, x, context=None):
+    def _inverse(self, x, context=None):
         return x[:, self.inverse_perm], np.zeros(x.shape[0], dtype=x.dtype), Cache("inverse", None)
 
     def backward_forward(self, d_x, d_logdet, data):
@@ -245,7 +245,7 @@ class LULinear(Bijector):
         return np.full(z.shape[0], sign * np.sum(np.log(d)), dtype=np.result_type(z, d))
 
     # -- the two passes
-    def forward(self, u, context=None):
+    def _forward(self, u, context=None):
         """Generative u -> x: ``x = u @ W.T + bias`` ``(N, D)``, log-det ``sum log d`` ``(N,)``.
 
         Derivation:
@@ -257,7 +257,7 @@ class LULinear(Bijector):
         x = h[:, self.perm] + self.bias  # x = P h + b
         return x, self._logdet(u, d, 1.0), Cache("forward", (u, a, L, U, d))
 
-    def inverse(self, x, context=None):
+    def _inverse(self, x, context=None):
         """Normalising x -> u by two triangular solves ``(N, D)``; log-det ``-sum log d`` ``(N,)``.
 
         Derivation: derivations/09-linear-bijectors.md#inverting-by-two-triangular-solves.

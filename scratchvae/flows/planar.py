@@ -366,11 +366,11 @@ class Planar(Bijector):
         u_hat, c, _, _ = planar_u_hat(self.w, self.u)
         return u_hat, float(c)
 
-    def forward(self, u, context=None):
+    def _forward(self, u, context=None):
         x, logdet, cache = planar_forward(u, self.w, self.u, self.b)
         return x, logdet, Cache("forward", cache)
 
-    def inverse(self, x, context=None):
+    def _inverse(self, x, context=None):
         z, logdet, cache = planar_inverse(x, self.w, self.u, self.b)
         return z, logdet, Cache("inverse", cache)
 
@@ -579,11 +579,11 @@ class Radial(Bijector):
         alpha, _, beta = _radial_scalars(self.raw_alpha, self.raw_beta)
         return float(alpha), float(beta)
 
-    def forward(self, u, context=None):
+    def _forward(self, u, context=None):
         x, logdet, cache = radial_forward(u, self.z0, self.raw_alpha, self.raw_beta)
         return x, logdet, Cache("forward", cache)
 
-    def inverse(self, x, context=None):
+    def _inverse(self, x, context=None):
         z, logdet, cache = radial_inverse(x, self.z0, self.raw_alpha, self.raw_beta)
         return z, logdet, Cache("inverse", cache)
 

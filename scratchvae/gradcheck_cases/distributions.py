@@ -62,8 +62,8 @@ def _likelihood_case(lik, x, out):
 
     def backward(douts):
         _, cache = lik.log_prob_forward(x, out)
-        dout, grads = lik.log_prob_backward(douts[0], cache)
-        return {"out": dout, **grads}
+        _, grads, d_out = lik.log_prob_backward(douts[0], cache)
+        return {"out": d_out, **grads}
 
     return VJPCase(arrays, forward, backward)
 
