@@ -32,12 +32,8 @@ from ..checks import check_count
 from ..nn import MLP, sum_over_features
 from .bijector import Bijector, Cache, Chain
 from .linear import Permutation
-from .spline import (
-    check_spline_settings,
-    rq_spline_bins_first,
-    rq_spline_bins_first_backward,
-    rq_spline_params_size,
-)
+from .spline import check_spline_settings, rq_spline_params_size
+from .spline_kernel import rq_spline_bins_first, rq_spline_bins_first_backward
 
 __all__ = ["AffineLaw", "SplineLaw", "CouplingBlock", "coupling_flow", "make_law",
            "default_mask", "bounded_log_scale"]
