@@ -186,21 +186,6 @@ class Module:
 
 
 # ----------------------------------------------------------------------------- linear
-def features_first_affine(x, W, b):
-    """``x W + b`` ``(N, n_out)`` laid out features first: an F-ordered array, each output
-    feature one contiguous run of ``N`` numbers.
-
-    Speed: computed as the transpose of ``W^T x^T + b`` (BLAS takes both transposes as flags;
-    nothing is copied). For a consumer that reads the output one feature at a time, as the
-    spline coupling law reads its parameters as bins-first tables; ``Linear.backward`` takes
-    the gradient in either layout. ``Linear.features_first = True`` selects it.
-    derivations/07-coupling.md#the-spline-law.
-    """
-    y_t = np.dot(W.T, x.T)
-    y_t += b[:, None]
-    return y_t.T
-
-
 class Linear(Module):
     """Affine map y = x W + b.
 
@@ -230,16 +215,11 @@ class Linear(Module):
         self.W = self.add_param("W", W.astype(self.dtype))
         self.b = self.add_param("b", np.zeros(n_out, dtype=self.dtype))
 
-        # speed option, same values: see ``features_first_affine``
-        self.features_first = False
-
     # Speed: the products are written np.dot(a, b), which equals a @ b for a 2-D right
     # operand. NumPy's @ does not hand a product whose shared dimension is 1 to BLAS: the
     # first layer of a 2-D coupling conditioner, (512, 1) @ (1, 64), took 48 us with @ and
     # 10 us with np.dot.
     def forward(self, x):
-        if self.features_first:
-            return features_first_affine(x, self.W, self.b), x
         y = np.dot(x, self.W)
         y += self.b
         return y, x

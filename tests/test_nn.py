@@ -14,20 +14,6 @@ def test_linear_backward_matches_finite_differences(seed, n, d_in, d_out):
     testing.assert_module_gradients(nn.Linear(d_in, d_out, rng), rng.standard_normal((n, d_in)))
 
 
-@given(testing.seeds(), testing.batch_sizes(), testing.dims(), testing.dims())
-def test_features_first_linear_is_the_same_map_laid_out_by_feature(seed, n, d_in, d_out):
-    rng = np.random.default_rng(seed)
-    layer = nn.Linear(d_in, d_out, rng)
-    layer.b[...] = rng.standard_normal(d_out)
-    x = rng.standard_normal((n, d_in))
-    y_rows = layer.forward(x)[0]
-    layer.features_first = True
-    y = layer.forward(x)[0]
-    np.testing.assert_allclose(y, y_rows, rtol=1e-12, atol=1e-12)
-    assert y.T.flags.c_contiguous  # each output feature is one contiguous run of n numbers
-    testing.assert_module_gradients(layer, x)
-
-
 @pytest.mark.parametrize("name", sorted(nn.ACTIVATIONS))
 @given(seed=testing.seeds(), n=testing.batch_sizes(), d=testing.dims(),
        scale=testing.scales(0.2, 2.5))

@@ -147,24 +147,18 @@ class SplineLaw:
     def __repr__(self):
         return f"SplineLaw(bins={self.bins}, bound={self.bound})"
 
-    # the block's conditioner computes theta features first (``nn.Linear.features_first``):
-    # each parameter slot is then a contiguous row in memory, which ``_tables`` reads as the
-    # spline's bins-first tables without gathering element by element
-    features_first = True
-
     def _tables(self, theta):
-        """``theta`` ``(N, M, 3K-1)``, any layout -> bin tables ``w``, ``h`` ``(K, n)`` and
-        ``d`` ``(K-1, n)``, ``n = M N``, points in the order ``(m, i)`` (column ``m N + i``
+        """``theta`` ``(N, M, 3K-1)`` -> the kernel's bins-first tables ``w``, ``h`` ``(K, n)``
+        and ``d`` ``(K-1, n)``, ``n = M N``, points in the order ``(m, i)`` (column ``m N + i``
         is element ``(i, m)``).
 
-        Speed: for a features-first theta each table is a view (``M = 1``) or a copy of
-        contiguous runs of ``N`` numbers; a C-ordered theta is gathered element by element.
+        The spline's layout stays here: one transposing copy makes each parameter slot a
+        contiguous row, of which the three tables are views.
         """
-        N, M, _ = theta.shape
-        K, n = self.bins, N * M
-        slots = theta.transpose(2, 1, 0)  # (3K-1, M, N)
-        return (slots[:K].reshape(K, n), slots[K:2 * K].reshape(K, n),
-                slots[2 * K:].reshape(K - 1, n))
+        N, M, P = theta.shape
+        K = self.bins
+        slots = np.ascontiguousarray(theta.transpose(2, 1, 0)).reshape(P, N * M)
+        return slots[:K], slots[K:2 * K], slots[2 * K:]
 
     def _run(self, z, theta, inverse):
         N, M = z.shape
@@ -186,8 +180,7 @@ class SplineLaw:
 
     def backward(self, d_out, d_logdet, cache):
         """``(d_in, d_theta)``: ``rq_spline_bins_first_backward``, the three gradients side by
-        side as ``(N, M, 3K-1)`` (a view of a features-first array, which the conditioner's
-        last layer multiplies as it is).
+        side as ``(N, M, 3K-1)`` (a transposed view of the kernel's bins-first tables).
 
         ``d_out`` ``(N, M)``; ``d_logdet`` ``(N, M)`` or anything that broadcasts to it.
         Derivation: derivations/07-coupling.md#gradients-of-the-spline-law.
@@ -297,8 +290,6 @@ class CouplingBlock(Bijector):
         sizes = [max(self.n_in, 1), *hidden, self.idx_b.size * self.law.n_params]
         self.conditioner = self.add_child(
             "conditioner", MLP(sizes, activation, rng, dtype, zero_last=True))
-        # speed: the spline law reads theta slot by slot (SplineLaw.features_first)
-        self.conditioner.layers[-1].features_first = getattr(self.law, "features_first", False)
 
     def __repr__(self):
         return (f"CouplingBlock(dim={self.dim}, law={self.law!r}, "
