@@ -16,6 +16,8 @@ import functools
 
 import numpy as np
 
+from .activation_kernels import inplace_passes
+
 __all__ = [
     "Module",
     "Linear",
@@ -252,18 +254,6 @@ class Tanh(Module):
         y = cache
         return dy * (1.0 - y * y), {}
 
-    def forward_inplace(self, x):
-        """Speed: ``forward`` written into ``x`` (no new array); the cache is y as before."""
-        y = np.tanh(x, out=x)
-        return y, y
-
-    def backward_inplace(self, dy, cache):
-        """Speed: ``backward`` written into ``dy``: dy * (1 - y^2)."""
-        slope = np.multiply(cache, cache)
-        np.subtract(1.0, slope, out=slope)
-        dy *= slope
-        return dy, {}
-
 
 class ReLU(Module):
     """y = max(x, 0); dy/dx = [x > 0] (derivations/01-linear-and-mlp.md#activations)."""
@@ -273,17 +263,6 @@ class ReLU(Module):
 
     def backward(self, dy, cache):
         return dy * cache, {}
-
-    def forward_inplace(self, x):
-        """Speed: ``forward`` written into ``x``. The cache is the output y itself, which the
-        next layer keeps anyway: y > 0 exactly where x > 0, so no separate mask is stored."""
-        y = np.maximum(x, 0, out=x)
-        return y, y
-
-    def backward_inplace(self, dy, cache):
-        """Speed: ``backward`` written into ``dy``: dy * [y > 0]."""
-        np.multiply(dy, cache > 0, out=dy)
-        return dy, {}
 
 
 class LeakyReLU(Module):
@@ -391,6 +370,9 @@ class MLP(Module):
             else:
                 init = "he" if relu_like else "glorot"
             self.layers.append(self.add_child(f"layers.{i}", Linear(a, b, rng, init, dtype)))
+        # speed: the hidden activations run in place on the MLP's own arrays (the kernels of
+        # scratchvae.activation_kernels; the plain passes above are their reference)
+        self._act_forward, self._act_backward = inplace_passes(self.act)
 
     def forward(self, x):
         caches = []
@@ -400,7 +382,7 @@ class MLP(Module):
             c_act = None
             if i < len(self.layers) - 1:
                 # h is the Linear's fresh output, owned here: the activation may overwrite it
-                h, c_act = self.act.forward_inplace(h)
+                h, c_act = self._act_forward(h)
             caches.append((c_lin, c_act))
         return h, caches
 
@@ -411,7 +393,7 @@ class MLP(Module):
             c_lin, c_act = cache[i]
             if i < len(self.layers) - 1:
                 # d is the fresh input gradient of layer i+1 (never the caller's dy)
-                d, _ = self.act.backward_inplace(d, c_act)
+                d = self._act_backward(d, c_act)
             d, g = self.layers[i].backward(d, c_lin)
             grads[f"layers.{i}.W"] = g["W"]
             grads[f"layers.{i}.b"] = g["b"]

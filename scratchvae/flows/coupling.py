@@ -81,17 +81,14 @@ class AffineLaw:
     def forward(self, u, theta):
         s, slope = bounded_log_scale(theta[..., 0], self.scale_bound)
         scale = np.exp(s)
-        x = u * scale
-        x += theta[..., 1]
+        x = u * scale + theta[..., 1]
         return x, s, (False, scale, slope, u)
 
     def inverse(self, x, theta):
         s, slope = bounded_log_scale(theta[..., 0], self.scale_bound)
-        logdet = -s
-        inv_scale = np.exp(logdet)  # e^{-s}
-        u = x - theta[..., 1]
-        u *= inv_scale
-        return u, logdet, (True, inv_scale, slope, u)
+        inv_scale = np.exp(-s)
+        u = (x - theta[..., 1]) * inv_scale
+        return u, -s, (True, inv_scale, slope, u)
 
     def backward(self, d_out, d_logdet, cache):
         """``(d_in, d_theta)`` of ``L = <d_out, out> + <d_logdet, logdet>``, all elementwise.
@@ -100,23 +97,18 @@ class AffineLaw:
         block passes ``(N, 1)``: one upstream gradient per row).
         Derivation: derivations/07-coupling.md#gradients-of-the-affine-law.
         """
-        inverse, factor, slope, u = cache
-        d_theta = np.empty(d_out.shape + (2,), dtype=d_out.dtype)
-        d_raw, d_t = d_theta[..., 0], d_theta[..., 1]  # views: written in place below
+        inverse, factor, slope, u = cache  # factor: e^{s} forward, e^{-s} inverse
         d_in = d_out * factor
         if inverse:
-            # u = (x - t) e^{-s}: du/dx = e^{-s}, du/dt = -e^{-s}, du/ds = -u; logdet = -s
-            np.negative(d_in, out=d_t)         # d_t = -d_out e^{-s}
-            d_s = d_out * u
-            d_s += d_logdet
-            np.negative(d_s, out=d_s)          # d_s = -d_out u - d_logdet
+            # u = (x - t) e^{-s}, logdet = -s: du/dx = e^{-s}, du/dt = -e^{-s}, du/ds = -u
+            d_t = -d_in
+            d_s = -(d_out * u + d_logdet)
         else:
-            # x = u e^{s} + t: dx/du = e^{s}, dx/dt = 1, dx/ds = u e^{s}; logdet = s
-            d_t[...] = d_out                   # d_t = d_out
-            d_s = d_in * u                     # d_out e^{s} u
-            d_s += d_logdet                    # d_s = d_out u e^{s} + d_logdet
-        np.multiply(d_s, slope, out=d_raw)     # d_raw = d_s ds/draw
-        return d_in, d_theta
+            # x = u e^{s} + t, logdet = s: dx/du = e^{s}, dx/dt = 1, dx/ds = u e^{s}
+            d_t = d_out
+            d_s = d_in * u + d_logdet
+        d_theta = np.stack([d_s * slope, d_t], axis=-1)  # ds/draw = slope
+        return d_in, d_theta.astype(d_out.dtype, copy=False)
 
 
 class SplineLaw:
