@@ -179,3 +179,15 @@ def test_rq_spline_refuses_a_bound_that_would_overflow(bound):
         finally:
             context.__exit__(None, None, None)
         assert np.all(np.isfinite(out)) and np.all(np.isfinite(logdet))
+
+
+def test_spline_speed_benchmark_runs(capsys):
+    # benchmarks/spline_speed.py times both implementations (numbers only in its output)
+    import runpy
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "spline_speed.py"
+    module = runpy.run_path(str(path), run_name="spline_speed")
+    module["main"](["--n", "4", "2", "--bins", "3", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert out.count("x\n") == 4  # float32 and float64, both directions

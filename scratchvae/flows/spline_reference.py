@@ -220,22 +220,26 @@ def _rational_quadratic(xi, s, dk, dk1):
     Derivation: derivations/08-rq-spline.md#forward-map and
     derivations/08-rq-spline.md#gradients-of-the-forward-map.
     """
+    # forward map: rho = N / D, N = s xi^2 + delta_k t, D = s + (delta_k + delta_{k+1} - 2s) t
     t = xi * (1.0 - xi)
-    D = s + (dk + dk1 - 2.0 * s) * t
-    rho = (s * xi * xi + dk * t) / D                                    # N / D
-    drho_ds = t * (dk1 * xi * xi - dk * (1.0 - xi) ** 2) / D**2
-    drho_ddk = t * (s * (1.0 - xi) ** 2 + dk1 * t) / D**2
-    drho_ddk1 = -t * (s * xi * xi + dk * t) / D**2
-    # m = d_{k+1} xi^2 + 2 s t + d_k (1 - xi)^2, written around s: exactly s where
-    # d_k = d_{k+1} = s (zero parameters), so the log-det is exactly 0 there
+    den = s + (dk + dk1 - 2.0 * s) * t
+    rho = (s * xi * xi + dk * t) / den
+    # its partials (gradients of the forward map, "Partials of y", divided by h_k)
+    drho_ds = t * (dk1 * xi * xi - dk * (1.0 - xi) ** 2) / den**2
+    drho_ddk = t * (s * (1.0 - xi) ** 2 + dk1 * t) / den**2
+    drho_ddk1 = -t * (s * xi * xi + dk * t) / den**2
+    # derivative: g' = s^2 m / D^2, m = delta_{k+1} xi^2 + 2 s t + delta_k (1 - xi)^2,
+    # written around s: exactly s where delta_k = delta_{k+1} = s (zero parameters), so the
+    # log-det is exactly 0 there
     m = s + (dk1 - s) * xi * xi + (dk - s) * (1.0 - xi) ** 2
-    jac = s * s * m / (D * D)                                           # g' = s^2 m / D^2
+    jac = s * s * m / (den * den)
+    # log-determinant ell = log g' = 2 log s + log m - 2 log D, and its partials
     ell = np.log(jac)
     dell_dxi = 2.0 * ((dk1 * xi + s * (1.0 - 2.0 * xi) - dk * (1.0 - xi)) / m
-                      - (dk + dk1 - 2.0 * s) * (1.0 - 2.0 * xi) / D)
-    dell_ds = 2.0 / s + 2.0 * t / m - 2.0 * (1.0 - 2.0 * t) / D
-    dell_ddk = (1.0 - xi) ** 2 / m - 2.0 * t / D
-    dell_ddk1 = xi * xi / m - 2.0 * t / D
+                      - (dk + dk1 - 2.0 * s) * (1.0 - 2.0 * xi) / den)
+    dell_ds = 2.0 / s + 2.0 * t / m - 2.0 * (1.0 - 2.0 * t) / den
+    dell_ddk = (1.0 - xi) ** 2 / m - 2.0 * t / den
+    dell_ddk1 = xi * xi / m - 2.0 * t / den
     return Local(rho, jac, ell, drho_ds, drho_ddk, drho_ddk1, dell_dxi, dell_ds, dell_ddk,
                  dell_ddk1)
 
@@ -306,27 +310,30 @@ def rq_spline_reference_backward(dout, dlogdet, cache: ReferenceCache):
     derivations/08-rq-spline.md#chain-through-the-parametrisation.
     """
     c, loc = cache, cache.local
+    xi, s, wk, hk, jac, rho = c.xi, c.s, c.wk, c.hk, loc.jac, loc.rho
     # guard: tail points' upstream set to 0 *before* meeting any (finite) local partial
-    dy = np.where(c.inside, dout, 0.0)
-    dl = np.where(c.inside, dlogdet, 0.0)
+    dout_in = np.where(c.inside, dout, 0.0)
+    dl_in = np.where(c.inside, dlogdet, 0.0)
     if c.inverse:
         # implicit function theorem: input gradient first, then the forward's parameter
         # partials with upstream (-d_in, -dlogdet); the xi adjoint is -dout w_k
-        d_in = (dy - dl * loc.dell_dxi / c.wk) / loc.jac
-        dy_f, dl_f, dxi = -d_in, -dl, -dy * c.wk
+        d_in = (dout_in - dl_in * loc.dell_dxi / wk) / jac
+        dy_f, dl_f = -d_in, -dl_in
+        dxi = -dout_in * wk
     else:
-        dy_f, dl_f = dy, dl
-        dxi = dy * c.wk * loc.jac + dl * loc.dell_dxi
-        d_in = dxi / c.wk
+        dy_f, dl_f = dout_in, dl_in
+        dxi = dout_in * wk * jac + dl_in * loc.dell_dxi
+        d_in = dxi / wk
     d_in = _mask_tails(c.inside, d_in, dout)
-    ds = dy_f * c.hk * loc.drho_ds + dl_f * loc.dell_ds
-    ddk = dy_f * c.hk * loc.drho_ddk + dl_f * loc.dell_ddk
-    ddk1 = dy_f * c.hk * loc.drho_ddk1 + dl_f * loc.dell_ddk1
+    # the partials of y = y_k + h_k rho and of ell, contracted with (dy_f, dl_f)
+    ds = dy_f * hk * loc.drho_ds + dl_f * loc.dell_ds
+    ddk = dy_f * hk * loc.drho_ddk + dl_f * loc.dell_ddk
+    ddk1 = dy_f * hk * loc.drho_ddk1 + dl_f * loc.dell_ddk1
     # through xi = (x - x_k) / w_k and s = h_k / w_k
-    dxk = -dxi / c.wk
-    dwk = -(dxi * c.xi + ds * c.s) / c.wk
+    dxk = -dxi / wk
+    dwk = -(dxi * xi + ds * s) / wk
     dyk = dy_f
-    dhk = dy_f * loc.rho + ds / c.wk
+    dhk = dy_f * rho + ds / wk
 
     K = c.softmax_w.shape[-1]
     below = np.arange(K) < c.k[..., None]   # S + (K,): bins j < k, whose widths move x_k
@@ -334,8 +341,8 @@ def rq_spline_reference_backward(dout, dlogdet, cache: ReferenceCache):
     dw = _logit_gradients(dxk, dwk, below, at, c.softmax_w, c.bound, c.min_width)
     dh = _logit_gradients(dyk, dhk, below, at, c.softmax_h, c.bound, c.min_height)
     # knot k has raw parameter d[k-1], knot k+1 has d[k]; the end knots have none
-    dd = (ddk * _at(c.ddelta, c.k))[..., None] * at[..., 1:] \
-        + (ddk1 * _at(c.ddelta, c.k + 1))[..., None] * at[..., :-1]
+    slope_dk, slope_dk1 = _at(c.ddelta, c.k), _at(c.ddelta, c.k + 1)
+    dd = (ddk * slope_dk)[..., None] * at[..., 1:] + (ddk1 * slope_dk1)[..., None] * at[..., :-1]
     return d_in, dw, dh, dd
 
 
