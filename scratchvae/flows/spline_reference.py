@@ -156,19 +156,19 @@ def _one_minus_softplus_shift(min_derivative, dtype):
 def knot_positions(logits, bound, minimum):
     """Knots ``S + (K+1,)`` from unnormalised bin sizes ``S + (K,)``; also the softmax.
 
-    ``omega = minimum + (1 - K minimum) softmax(logits)``, ``x_i = -bound + 2 bound
-    sum_{j<i} omega_j``, written as the derivation's second form (the kernel rounds the same
-    way); the end knots pinned to ``-bound`` and ``+bound`` exactly (guard: a cumsum would
-    leave the last one a rounding error away, and the tails would not meet the spline).
+    Bin fractions ``omega = minimum + (1 - K minimum) softmax(logits)``, knots
+    ``x_i = -bound + 2 bound sum_{j<i} omega_j``; the end knots pinned to ``-bound`` and
+    ``+bound`` exactly (guard: a cumsum would leave the last one a rounding error away, and
+    the tails would not meet the spline).
     Derivation: derivations/08-rq-spline.md#parametrisation.
     """
     K = logits.shape[-1]
     exp = np.exp(logits - logits.max(axis=-1, keepdims=True))  # guard: exp never overflows
     softmax = exp / exp.sum(axis=-1, keepdims=True)
-    interior = (2.0 * bound * (1.0 - K * minimum) * np.cumsum(softmax[..., :-1], axis=-1)
-                + (2.0 * bound * minimum * np.arange(1, K) - bound))
+    omega = minimum + (1.0 - K * minimum) * softmax
+    interior = -bound + 2.0 * bound * np.cumsum(omega[..., :-1], axis=-1)  # x_1 .. x_{K-1}
     end = np.full(logits.shape[:-1] + (1,), bound, dtype=logits.dtype)
-    return np.concatenate([-end, interior.astype(logits.dtype), end], axis=-1), softmax
+    return np.concatenate([-end, interior, end], axis=-1), softmax
 
 
 def knot_slopes(d, min_derivative):
