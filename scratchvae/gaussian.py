@@ -112,8 +112,8 @@ def softplus_scale(raw, floor=SIGMA_FLOOR):
     """Posterior standard deviation from the encoder's raw output, ``softplus(raw) + floor``.
 
     Returns ``sigma`` and ``log_sigma = log(sigma)`` (both needed by the KL and by log q).
-    softplus is computed as ``logaddexp(0, raw)`` (by ``nn.softplus_fast``), which is finite
-    for every finite ``raw``; sigma grows only linearly in ``raw`` and never falls below
+    softplus is computed as ``max(raw, 0) + log1p(e^{-|raw|})`` (``nn.softplus_fast``), which
+    is finite for every finite ``raw``; sigma grows only linearly in ``raw`` and never falls below
     ``floor``, so neither sigma, log sigma nor 1/sigma can overflow or become NaN.
     Shapes: raw (...) -> sigma (...), log_sigma (...), cache.
     derivations/02-gaussian.md#the-scale-parametrisation.

@@ -86,7 +86,7 @@ class Bernoulli(Likelihood):
     """Independent Bernoulli pixels with logits ``l`` (the decoder output), p = sigmoid(l).
 
     ``log p(x|l) = sum_d x_d l_d - softplus(l_d)``, exact and finite for logits of any size
-    (softplus is ``logaddexp(0, l)``, evaluated by ``nn.softplus_fast``; no sigmoid is formed
+    (softplus is ``max(l, 0) + log1p(e^{-|l|})``, ``nn.softplus_fast``; no sigmoid is formed
     and no log(0) can occur).
     Gradient: d/dl = x - sigmoid(l). Data must be binary: grey levels are not Bernoulli
     outcomes (binarise them, or use a Gaussian likelihood).

@@ -17,6 +17,8 @@ import functools
 
 import numpy as np
 
+from .activation_kernels import inplace_passes
+
 __all__ = [
     "Module",
     "Layer",
@@ -186,35 +188,11 @@ class Layer(Module):
     def backward(self, d_out, cache):  # pragma: no cover - interface
         raise NotImplementedError
 
-    def forward_inplace(self, x):
-        """``forward`` that may overwrite ``x``: for callers that own ``x`` (the MLP's own
-        pre-activations). By default the same as ``forward``."""
-        return self.forward(x)
-
-    def backward_inplace(self, d_out, cache):
-        """``backward`` that may overwrite ``d_out`` (the pair of ``forward_inplace``)."""
-        return self.backward(d_out, cache)
-
     def __call__(self, x):
         return self.forward(x)[0]
 
 
 # ----------------------------------------------------------------------------- linear
-def features_first_affine(x, W, b):
-    """``x W + b`` ``(N, n_out)`` laid out features first: an F-ordered array, each output
-    feature one contiguous run of ``N`` numbers.
-
-    Speed: computed as the transpose of ``W^T x^T + b`` (BLAS takes both transposes as flags;
-    nothing is copied). For a consumer that reads the output one feature at a time, as the
-    spline coupling law reads its parameters as bins-first tables; ``Linear.backward`` takes
-    the gradient in either layout. ``Linear.features_first = True`` selects it.
-    derivations/07-coupling.md#the-spline-law.
-    """
-    y_t = np.dot(W.T, x.T)
-    y_t += b[:, None]
-    return y_t.T
-
-
 class Linear(Layer):
     """Affine map y = x W + b.
 
@@ -244,16 +222,11 @@ class Linear(Layer):
         self.W = self.add_param("W", W.astype(self.dtype))
         self.b = self.add_param("b", np.zeros(n_out, dtype=self.dtype))
 
-        # speed option, same values: see ``features_first_affine``
-        self.features_first = False
-
     # Speed: the products are written np.dot(a, b), which equals a @ b for a 2-D right
     # operand. NumPy's @ does not hand a product whose shared dimension is 1 to BLAS: the
     # first layer of a 2-D coupling conditioner, (512, 1) @ (1, 64), took 48 us with @ and
     # 10 us with np.dot.
     def forward(self, x):
-        if self.features_first:
-            return features_first_affine(x, self.W, self.b), x
         y = np.dot(x, self.W)
         y += self.b
         return y, x
@@ -286,18 +259,6 @@ class Tanh(Layer):
         y = cache
         return dy * (1.0 - y * y), {}
 
-    def forward_inplace(self, x):
-        """Speed: ``forward`` written into ``x`` (no new array); the cache is y as before."""
-        y = np.tanh(x, out=x)
-        return y, y
-
-    def backward_inplace(self, dy, cache):
-        """Speed: ``backward`` written into ``dy``: dy * (1 - y^2)."""
-        slope = np.multiply(cache, cache)
-        np.subtract(1.0, slope, out=slope)
-        dy *= slope
-        return dy, {}
-
 
 class ReLU(Layer):
     """y = max(x, 0); dy/dx = [x > 0] (derivations/01-linear-and-mlp.md#activations)."""
@@ -307,17 +268,6 @@ class ReLU(Layer):
 
     def backward(self, dy, cache):
         return dy * cache, {}
-
-    def forward_inplace(self, x):
-        """Speed: ``forward`` written into ``x``. The cache is the output y itself, which the
-        next layer keeps anyway: y > 0 exactly where x > 0, so no separate mask is stored."""
-        y = np.maximum(x, 0, out=x)
-        return y, y
-
-    def backward_inplace(self, dy, cache):
-        """Speed: ``backward`` written into ``dy``: dy * [y > 0]."""
-        np.multiply(dy, cache > 0, out=dy)
-        return dy, {}
 
 
 class LeakyReLU(Layer):
@@ -425,6 +375,9 @@ class MLP(Layer):
             else:
                 init = "he" if relu_like else "glorot"
             self.layers.append(self.add_child(f"layers.{i}", Linear(a, b, rng, init, dtype)))
+        # speed: the hidden activations run in place on the MLP's own arrays (the kernels of
+        # scratchvae.activation_kernels; the plain passes above are their reference)
+        self._act_forward, self._act_backward = inplace_passes(self.act)
 
     def forward(self, x):
         caches = []
@@ -434,7 +387,7 @@ class MLP(Layer):
             c_act = None
             if i < len(self.layers) - 1:
                 # h is the Linear's fresh output, owned here: the activation may overwrite it
-                h, c_act = self.act.forward_inplace(h)
+                h, c_act = self._act_forward(h)
             caches.append((c_lin, c_act))
         return h, caches
 
@@ -445,7 +398,7 @@ class MLP(Layer):
             c_lin, c_act = cache[i]
             if i < len(self.layers) - 1:
                 # d is the fresh input gradient of layer i+1 (never the caller's dy)
-                d, _ = self.act.backward_inplace(d, c_act)
+                d = self._act_backward(d, c_act)
             d, g = self.layers[i].backward(d, c_lin)
             grads[f"layers.{i}.W"] = g["W"]
             grads[f"layers.{i}.b"] = g["b"]

@@ -425,8 +425,8 @@ def test_bad_arguments_name_the_argument():
 @given(seed=testing.seeds(), n=testing.batch_sizes(), m=testing.dims(1, 4),
        inverse=st.booleans())
 def test_spline_law_gives_the_same_numbers_for_theta_in_any_layout(seed, n, m, inverse):
-    # the block's conditioner hands the law a features-first theta (nn.features_first_affine);
-    # a C-ordered theta, as a test or another caller builds it, must give the same values
+    # the law lays theta out bins first itself: a C-ordered theta (the conditioner's) and an
+    # F-ordered one, as another caller may build it, must give the same values
     rng = np.random.default_rng(seed)
     law = SplineLaw(bins=5, bound=2.5)
     z = rng.standard_normal((n, m)) * 2.0  # some points in the tails
@@ -440,15 +440,6 @@ def test_spline_law_gives_the_same_numbers_for_theta_in_any_layout(seed, n, m, i
     d_out, d_logdet = rng.standard_normal((n, m)), rng.standard_normal((n, 1))
     for a, b in zip(law.backward(d_out, d_logdet, cache_c), law.backward(d_out, d_logdet, cache_f)):
         np.testing.assert_array_equal(a, b)
-
-
-def test_spline_block_conditioner_computes_theta_features_first():
-    spline = CouplingBlock(4, SplineLaw(bins=4), (8,), rng=np.random.default_rng(0))
-    affine = CouplingBlock(4, "affine", (8,), rng=np.random.default_rng(0))
-    assert spline.conditioner.layers[-1].features_first
-    assert not affine.conditioner.layers[-1].features_first
-    theta, _ = spline._theta(np.ones((6, 4)), None)
-    assert theta.shape == (6, 2, 11) and not theta.flags.c_contiguous
 
 
 def test_spline_law_broadcasts_d_logdet_like_the_affine_law():

@@ -7,8 +7,29 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scratchvae import gradcheck, testing
-from scratchvae.flows import spline
+from scratchvae.flows import spline, spline_kernel, spline_reference
 from scratchvae.flows.spline import knots, rq_spline, rq_spline_backward
+from scratchvae.flows.spline_kernel import rq_spline_kernel, rq_spline_kernel_backward
+
+#: The guard tests run both implementations: ``rq_spline`` (the checked reference) and the
+#: kernel the flows run (tests/test_spline_kernel.py checks that the two agree).
+IMPLS = {"reference": (rq_spline, rq_spline_backward),
+         "kernel": (rq_spline_kernel, rq_spline_kernel_backward)}
+both_implementations = pytest.mark.parametrize("impl", list(IMPLS))
+
+
+def knots_of(impl, w, h, d, bound):
+    """The knots as implementation ``impl`` computes them (the kernel's may differ from the
+    reference's in the last bit, enough to move a point a few ulps from a knot across it)."""
+    if impl == "reference":
+        return knots(w, h, d, bound)
+    n = w.shape[0]
+    K = w.shape[-1]
+    xs, _ = spline_kernel._knot_positions(w.T, bound, 1e-3)
+    ys, _ = spline_kernel._knot_positions(h.T, bound, 1e-3)
+    slopes, _ = spline_kernel._knot_slopes(spline_kernel._padded_derivatives(d.T), 1e-3)
+    assert xs.shape == (K + 1, n)
+    return spline.Knots(xs.T, ys.T, slopes.T)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -234,7 +255,9 @@ def test_float32_in_float32_out(dtype, rng):
 
 # ----------------------------------------------------------------------------- guards
 @both
-def test_masked_branch_does_not_poison_gradients(inverse, rng):
+@both_implementations
+def test_masked_branch_does_not_poison_gradients(impl, inverse, rng):
+    fwd, bwd = IMPLS[impl]
     # huge and infinite inputs with extreme parameters: evaluated naively, the bin fraction
     # of x = 1e30 is ~1e30 and the backward multiplies zeros with inf -> NaN
     S, K = (6, 6), 8
@@ -243,12 +266,12 @@ def test_masked_branch_does_not_poison_gradients(inverse, rng):
     x = rng.uniform(-2.9, 2.9, S)
     x[0] = [1e30, -1e30, np.inf, -np.inf, 3.0 + 1e-12, -1e300]
     x[1, :3] = [1e15, -7.0, 1e-300]
-    y, logdet, cache = rq_spline(x, w, h, d, inverse=inverse)
+    y, logdet, cache = fwd(x, w, h, d, inverse=inverse)
     tails = np.abs(x) > 3.0
     assert np.all(y[tails] == x[tails]) and np.all(logdet[tails] == 0.0)
     assert np.all(np.isfinite(y[~tails])) and np.all(np.isfinite(logdet))
     dy, dl = rng.standard_normal(S), rng.standard_normal(S)
-    dx, dw, dh, dd = rq_spline_backward(dy, dl, cache)
+    dx, dw, dh, dd = bwd(dy, dl, cache)
     for g in (dx, dw, dh, dd):
         assert np.all(np.isfinite(g))
     assert np.all(dx[tails] == dy[tails])
@@ -258,15 +281,17 @@ def test_masked_branch_does_not_poison_gradients(inverse, rng):
 
 
 @both
-def test_all_inputs_in_the_tails(inverse, rng):
+@both_implementations
+def test_all_inputs_in_the_tails(impl, inverse, rng):
+    fwd, bwd = IMPLS[impl]
     # a batch with no point inside: nothing may index an empty selection
     w, h, d = params(rng, (7, 3), 6, 2.0)
     x = rng.choice([-1.0, 1.0], (7, 3)) * rng.uniform(3.01, 10.0, (7, 3))
-    y, logdet, cache = rq_spline(x, w, h, d, inverse=inverse)
+    y, logdet, cache = fwd(x, w, h, d, inverse=inverse)
     np.testing.assert_array_equal(y, x)
     np.testing.assert_array_equal(logdet, 0.0)
     dy = rng.standard_normal(x.shape)
-    dx, dw, dh, dd = rq_spline_backward(dy, rng.standard_normal(x.shape), cache)
+    dx, dw, dh, dd = bwd(dy, rng.standard_normal(x.shape), cache)
     np.testing.assert_array_equal(dx, dy)
     for g in (dw, dh, dd):
         np.testing.assert_array_equal(g, 0.0)
@@ -303,21 +328,23 @@ def test_points_exactly_on_knots(rng):
 
 
 @both
-def test_points_exactly_at_the_bound(inverse, rng):
+@both_implementations
+def test_points_exactly_at_the_bound(impl, inverse, rng):
+    fwd, bwd = IMPLS[impl]
     bound = 2.5
     w, h, d = params(rng, (4, 2), 7, 3.0)
     for b in (-bound, bound):
         x = np.full((4, 2), b)
-        y, logdet, cache = rq_spline(x, w, h, d, inverse=inverse, bound=bound)
+        y, logdet, cache = fwd(x, w, h, d, inverse=inverse, bound=bound)
         assert np.all(cache.inside)  # the bound counts as inside
         np.testing.assert_allclose(y, b, rtol=0, atol=1e-14)
         np.testing.assert_allclose(logdet, 0.0, rtol=0, atol=1e-12)
         for side in (-np.inf, np.inf):  # the same value from both sides
             near = np.nextafter(x, side)
-            np.testing.assert_allclose(rq_spline(near, w, h, d, inverse=inverse, bound=bound)[0],
+            np.testing.assert_allclose(fwd(near, w, h, d, inverse=inverse, bound=bound)[0],
                                        b, rtol=0, atol=1e-12)
         # y(+-bound) = +-bound whatever the parameters: their gradients vanish
-        dx, dw, dh, dd = rq_spline_backward(np.ones_like(x), np.zeros_like(x), cache)
+        dx, dw, dh, dd = bwd(np.ones_like(x), np.zeros_like(x), cache)
         np.testing.assert_allclose(dx, 1.0, atol=1e-12)
         for g in (dw, dh, dd):
             np.testing.assert_allclose(g, 0.0, atol=1e-12)
@@ -340,7 +367,9 @@ def test_logdet_continuous_at_the_bound(inverse, rng):
         np.testing.assert_array_equal(logdet_tail, 0.0)
 
 
-def test_float32_discriminant_below_zero():
+@both_implementations
+def test_float32_discriminant_below_zero(impl):
+    fwd, bwd = IMPLS[impl]
     # steep bins (slope ~100s) ending in a flat knot (slope ~1e-3), points just below the
     # top of the bin: there b^2 and 4ac are ~4 s^2 h^2 and cancel to h^2 d_{k+1}^2, below
     # float32 resolution, so the raw discriminant comes out negative
@@ -349,13 +378,13 @@ def test_float32_discriminant_below_zero():
     w = rng.normal(0, 3, S + (K,)).astype(np.float32)
     h = rng.normal(0, 3, S + (K,)).astype(np.float32)
     d = rng.normal(-4, 3, S + (K - 1,)).astype(np.float32)
-    kn = knots(w, h, d, bound)
+    kn = knots_of(impl, w, h, d, bound)
     top = kn.y[np.arange(S[0]), rng.integers(1, K + 1, S)]
     y = np.nextafter(top, np.float32(-np.inf)) - np.spacing(top) * rng.integers(0, 3, S).astype(
         np.float32)
-    x, logdet, cache = rq_spline(y, w, h, d, inverse=True, bound=bound)
+    x, logdet, cache = fwd(y, w, h, d, inverse=True, bound=bound)
     yk = kn.y[np.arange(S[0]), cache.k]
-    a, b, c = spline._inverse_quadratic(y - yk, cache.hk, cache.s, cache.dk, cache.dk1)
+    a, b, c = spline_reference._inverse_quadratic(y - yk, cache.hk, cache.s, cache.dk, cache.dk1)
     raw_disc = b * b - 4 * a * c
     negative = raw_disc < 0
     assert raw_disc.dtype == np.float32 and negative.sum() >= 5  # the case the guard is for
@@ -364,10 +393,10 @@ def test_float32_discriminant_below_zero():
     assert np.all(np.isfinite(x)) and np.all(np.isfinite(logdet))
     # correct: the float64 inverse of the same float32 numbers (to float32 round-off times
     # the slope dx/dy of the inverse), and the forward maps back
-    x64, logdet64, _ = rq_spline(*(v.astype(np.float64) for v in (y, w, h, d)), inverse=True,
+    x64, logdet64, _ = fwd(*(v.astype(np.float64) for v in (y, w, h, d)), inverse=True,
                                  bound=bound)
     assert np.all(np.abs(x - x64) <= _float32_tolerance(bound, logdet, logdet64))
-    y_back, _, _ = rq_spline(x.astype(np.float64), *(v.astype(np.float64) for v in (w, h, d)),
+    y_back, _, _ = fwd(x.astype(np.float64), *(v.astype(np.float64) for v in (w, h, d)),
                              bound=bound)
     np.testing.assert_allclose(y_back, y, rtol=0, atol=1e-5)
 
@@ -378,28 +407,32 @@ def test_stable_root_is_exact_where_the_textbook_root_is_zero_over_zero():
     with np.errstate(invalid="ignore", divide="ignore"):
         textbook = (-b + np.sqrt(b * b - 4 * a * c)) / (2 * a)
     assert not np.any(np.isfinite(textbook))
-    np.testing.assert_array_equal(spline._stable_root(a, b, c), -c / b)
+    np.testing.assert_array_equal(spline_reference._stable_root(a, b, c), -c / b)
 
 
 @given(seed=testing.seeds(), K=bins)
-def test_inverse_root_has_no_cancellation_in_float32(seed, K):
+@both_implementations
+def test_inverse_root_has_no_cancellation_in_float32(impl, seed, K):
+    fwd, bwd = IMPLS[impl]
     # at the top of a shallow bin whose right knot is steeper (d_{k+1} > 2 s) b < 0, and
     # 2c / (-b - sqrt(disc)) would subtract two nearly equal numbers: a float32 inverse
     # then lost four digits; the other form of the same root has no cancellation
     rng = np.random.default_rng(seed)
     S, bound = (500,), 3.0
     w, h, d = (rng.normal(0, 2, S + (k,)).astype(np.float32) for k in (K, K, K - 1))
-    kn = knots(w, h, d, bound)
+    kn = knots_of(impl, w, h, d, bound)
     top = kn.y[np.arange(S[0]), rng.integers(1, K + 1, S)]
     y = top - np.spacing(top) * rng.integers(1, 20, S).astype(np.float32)
-    x, logdet, _ = rq_spline(y, w, h, d, inverse=True, bound=bound)
-    x64, logdet64, _ = rq_spline(*(v.astype(np.float64) for v in (y, w, h, d)), inverse=True,
+    x, logdet, _ = fwd(y, w, h, d, inverse=True, bound=bound)
+    x64, logdet64, _ = fwd(*(v.astype(np.float64) for v in (y, w, h, d)), inverse=True,
                                  bound=bound)
     assert np.all(np.abs(x - x64) <= _float32_tolerance(bound, logdet, logdet64))
 
 
 @both
-def test_inside_points_stay_inside(inverse):
+@both_implementations
+def test_inside_points_stay_inside(impl, inverse):
+    fwd, bwd = IMPLS[impl]
     # float32 points a few ulps below the bound: the bin formula can round to a value above
     # the bound; unclipped, the way back would take the tail branch (identity)
     rng = np.random.default_rng(11)
@@ -407,29 +440,32 @@ def test_inside_points_stay_inside(inverse):
     w, h, d = (rng.normal(0, 2, S + (k,)).astype(np.float32) for k in (K, K, K - 1))
     top = np.float32(bound)
     x = top - np.spacing(top) * rng.integers(1, 8, S).astype(np.float32)
-    out, _, cache = rq_spline(x, w, h, d, inverse=inverse, bound=bound)
-    kn = knots(w, h, d, bound)
+    out, _, cache = fwd(x, w, h, d, inverse=inverse, bound=bound)
+    kn = knots_of(impl, w, h, d, bound)
     left = (kn.x if inverse else kn.y)[np.arange(S[0]), cache.k]
-    raw = left + (cache.wk * cache.xi if inverse else cache.hk * cache.g)
+    rho = cache.local.rho if impl == "reference" else cache.g
+    raw = left + (cache.wk * cache.xi if inverse else cache.hk * rho)
     assert np.sum(raw > bound) >= 3  # the case the guard is for
     assert np.all(np.abs(out) <= bound)
-    back, _, back_cache = rq_spline(out, w, h, d, inverse=not inverse, bound=bound)
+    back, _, back_cache = fwd(out, w, h, d, inverse=not inverse, bound=bound)
     assert np.all(back_cache.inside)
     np.testing.assert_allclose(back, x, rtol=0, atol=1e-4)
 
 
 @both
-def test_extreme_logits_stay_finite(inverse, rng):
+@both_implementations
+def test_extreme_logits_stay_finite(impl, inverse, rng):
+    fwd, bwd = IMPLS[impl]
     S, K = (64, 2), 9
     w, h, d = (50.0 * rng.choice([-1.0, 1.0], s) for s in (S + (K,), S + (K,), S + (K - 1,)))
     for dtype in (np.float32, np.float64):
         x = rng.uniform(-3.5, 3.5, S).astype(dtype)
         args = tuple(a.astype(dtype) for a in (w, h, d))
-        y, logdet, cache = rq_spline(x, *args, inverse=inverse)
-        grads = rq_spline_backward(np.ones_like(y), np.ones_like(logdet), cache)
+        y, logdet, cache = fwd(x, *args, inverse=inverse)
+        grads = bwd(np.ones_like(y), np.ones_like(logdet), cache)
         for a in (y, logdet, *grads):
             assert np.all(np.isfinite(a))
-        back, _, _ = rq_spline(y, *args, inverse=not inverse)
+        back, _, _ = fwd(y, *args, inverse=not inverse)
         # slopes range over ~1e-8 .. 1e3: a rounding error of y comes back divided by the
         # slope, so the round trip is compared in units of the output
         err = np.abs(back.astype(np.float64) - x) * np.minimum(1.0, np.exp(logdet))
@@ -443,9 +479,10 @@ def test_bin_index_matches_searchsorted(seed, K, n):
     positions = knots(w, h, d, 2.0).x
     v = rng.uniform(-2.0, 2.0, n)
     v[: n // 3] = positions[np.arange(n // 3), rng.integers(0, K + 1, n // 3)]  # ties on knots
-    k = spline._bin_index(v, np.ascontiguousarray(positions.T))
     expected = [np.searchsorted(p[1:-1], x, side="right") for p, x in zip(positions, v)]
-    np.testing.assert_array_equal(k, expected)
+    np.testing.assert_array_equal(spline_reference._bin_index(v, positions), expected)
+    np.testing.assert_array_equal(spline_kernel._bin_index(v, np.ascontiguousarray(positions.T)),
+                                  expected)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -474,17 +511,19 @@ def test_backward_rejects_a_wrong_shape():
 
 
 # ----------------------------------------------------------------------------- more guards
-def test_rounded_root_is_clipped_into_its_bin():
+@both_implementations
+def test_rounded_root_is_clipped_into_its_bin(impl):
+    fwd, bwd = IMPLS[impl]
     # float32 points a few ulps either side of interior knots: the root of the inverse
     # quadratic can round a hair outside [0, 1]; clipped, every preimage stays in its bin
     rng = np.random.default_rng(5)
     S, K, bound = (3000,), 6, 3.0
     w, h, d = (rng.normal(0, 2, S + (k,)).astype(np.float32) for k in (K, K, K - 1))
-    kn = knots(w, h, d, bound)
+    kn = knots_of(impl, w, h, d, bound)
     j = rng.integers(1, K, S)
     knot_y = kn.y[np.arange(S[0]), j]
     y = knot_y + np.spacing(knot_y) * rng.integers(-3, 4, S).astype(np.float32)
-    x, _, cache = rq_spline(y, w, h, d, inverse=True, bound=bound)
+    x, _, cache = fwd(y, w, h, d, inverse=True, bound=bound)
     assert np.all((cache.xi >= 0) & (cache.xi <= 1))
     rows = np.arange(S[0])
     left, right = kn.x[rows, cache.k], kn.x[rows, cache.k + 1]
@@ -494,7 +533,7 @@ def test_rounded_root_is_clipped_into_its_bin():
     # and what the guard clips really occurs: the unclipped root leaves [0, 1]
     yk = kn.y[rows, cache.k]
     hk, wk = kn.y[rows, cache.k + 1] - yk, kn.x[rows, cache.k + 1] - kn.x[rows, cache.k]
-    raw = spline._stable_root(*spline._inverse_quadratic(
+    raw = spline_reference._stable_root(*spline_reference._inverse_quadratic(
         y - yk, hk, hk / wk, kn.derivative[rows, cache.k], kn.derivative[rows, cache.k + 1]))
     assert np.any((raw < 0) | (raw > 1))
 
@@ -505,7 +544,7 @@ def test_softplus_of_extreme_derivative_logits_does_not_overflow():
     for dtype in (np.float32, np.float64):
         z = np.array([-1e4, -50.0, 0.0, 50.0, 1e4], dtype=dtype)
         with np.errstate(over="raise", invalid="raise"):
-            softplus, slope = spline._softplus_and_slope(z)
+            softplus, slope = spline_reference._softplus_and_slope(z)
         assert softplus.dtype == dtype and np.all(np.isfinite(softplus))
         np.testing.assert_allclose(softplus, [0.0, 0.0, np.log(2.0), 50.0, 1e4], rtol=1e-6,
                                    atol=1e-20)

@@ -34,12 +34,8 @@ from ..checks import check_count
 from ..nn import MLP, sum_over_features
 from .bijector import Bijector, Cache, Chain
 from .linear import Permutation
-from .spline import (
-    check_spline_settings,
-    rq_spline_bins_first,
-    rq_spline_bins_first_backward,
-    rq_spline_params_size,
-)
+from .spline import check_spline_settings, rq_spline_params_size
+from .spline_kernel import rq_spline_bins_first, rq_spline_bins_first_backward
 
 __all__ = ["AffineLaw", "SplineLaw", "CouplingBlock", "coupling_flow", "make_law",
            "default_mask", "bounded_log_scale"]
@@ -87,17 +83,14 @@ class AffineLaw:
     def forward(self, u, theta):
         s, slope = bounded_log_scale(theta[..., 0], self.scale_bound)
         scale = np.exp(s)
-        x = u * scale
-        x += theta[..., 1]
+        x = u * scale + theta[..., 1]
         return x, s, (False, scale, slope, u)
 
     def inverse(self, x, theta):
         s, slope = bounded_log_scale(theta[..., 0], self.scale_bound)
-        logdet = -s
-        inv_scale = np.exp(logdet)  # e^{-s}
-        u = x - theta[..., 1]
-        u *= inv_scale
-        return u, logdet, (True, inv_scale, slope, u)
+        inv_scale = np.exp(-s)
+        u = (x - theta[..., 1]) * inv_scale
+        return u, -s, (True, inv_scale, slope, u)
 
     def backward(self, d_out, d_logdet, cache):
         """``(d_in, d_theta)`` of ``L = <d_out, out> + <d_logdet, logdet>``, all elementwise.
@@ -106,23 +99,18 @@ class AffineLaw:
         block passes ``(N, 1)``: one upstream gradient per row).
         Derivation: derivations/07-coupling.md#gradients-of-the-affine-law.
         """
-        inverse, factor, slope, u = cache
-        d_theta = np.empty(d_out.shape + (2,), dtype=d_out.dtype)
-        d_raw, d_t = d_theta[..., 0], d_theta[..., 1]  # views: written in place below
+        inverse, factor, slope, u = cache  # factor: e^{s} forward, e^{-s} inverse
         d_in = d_out * factor
         if inverse:
-            # u = (x - t) e^{-s}: du/dx = e^{-s}, du/dt = -e^{-s}, du/ds = -u; logdet = -s
-            np.negative(d_in, out=d_t)         # d_t = -d_out e^{-s}
-            d_s = d_out * u
-            d_s += d_logdet
-            np.negative(d_s, out=d_s)          # d_s = -d_out u - d_logdet
+            # u = (x - t) e^{-s}, logdet = -s: du/dx = e^{-s}, du/dt = -e^{-s}, du/ds = -u
+            d_t = -d_in
+            d_s = -(d_out * u + d_logdet)
         else:
-            # x = u e^{s} + t: dx/du = e^{s}, dx/dt = 1, dx/ds = u e^{s}; logdet = s
-            d_t[...] = d_out                   # d_t = d_out
-            d_s = d_in * u                     # d_out e^{s} u
-            d_s += d_logdet                    # d_s = d_out u e^{s} + d_logdet
-        np.multiply(d_s, slope, out=d_raw)     # d_raw = d_s ds/draw
-        return d_in, d_theta
+            # x = u e^{s} + t, logdet = s: dx/du = e^{s}, dx/dt = 1, dx/ds = u e^{s}
+            d_t = d_out
+            d_s = d_in * u + d_logdet
+        d_theta = np.stack([d_s * slope, d_t], axis=-1)  # ds/draw = slope
+        return d_in, d_theta.astype(d_out.dtype, copy=False)
 
 
 class SplineLaw:
@@ -153,24 +141,18 @@ class SplineLaw:
     def __repr__(self):
         return f"SplineLaw(bins={self.bins}, bound={self.bound})"
 
-    # the block's conditioner computes theta features first (``nn.Linear.features_first``):
-    # each parameter slot is then a contiguous row in memory, which ``_tables`` reads as the
-    # spline's bins-first tables without gathering element by element
-    features_first = True
-
     def _tables(self, theta):
-        """``theta`` ``(N, M, 3K-1)``, any layout -> bin tables ``w``, ``h`` ``(K, n)`` and
-        ``d`` ``(K-1, n)``, ``n = M N``, points in the order ``(m, i)`` (column ``m N + i``
+        """``theta`` ``(N, M, 3K-1)`` -> the kernel's bins-first tables ``w``, ``h`` ``(K, n)``
+        and ``d`` ``(K-1, n)``, ``n = M N``, points in the order ``(m, i)`` (column ``m N + i``
         is element ``(i, m)``).
 
-        Speed: for a features-first theta each table is a view (``M = 1``) or a copy of
-        contiguous runs of ``N`` numbers; a C-ordered theta is gathered element by element.
+        The spline's layout stays here: one transposing copy makes each parameter slot a
+        contiguous row, of which the three tables are views.
         """
-        N, M, _ = theta.shape
-        K, n = self.bins, N * M
-        slots = theta.transpose(2, 1, 0)  # (3K-1, M, N)
-        return (slots[:K].reshape(K, n), slots[K:2 * K].reshape(K, n),
-                slots[2 * K:].reshape(K - 1, n))
+        N, M, P = theta.shape
+        K = self.bins
+        slots = np.ascontiguousarray(theta.transpose(2, 1, 0)).reshape(P, N * M)
+        return slots[:K], slots[K:2 * K], slots[2 * K:]
 
     def _run(self, z, theta, inverse):
         N, M = z.shape
@@ -192,8 +174,7 @@ class SplineLaw:
 
     def backward(self, d_out, d_logdet, cache):
         """``(d_in, d_theta)``: ``rq_spline_bins_first_backward``, the three gradients side by
-        side as ``(N, M, 3K-1)`` (a view of a features-first array, which the conditioner's
-        last layer multiplies as it is).
+        side as ``(N, M, 3K-1)`` (a transposed view of the kernel's bins-first tables).
 
         ``d_out`` ``(N, M)``; ``d_logdet`` ``(N, M)`` or anything that broadcasts to it.
         Derivation: derivations/07-coupling.md#gradients-of-the-spline-law.
@@ -304,8 +285,6 @@ class CouplingBlock(Bijector):
         sizes = [max(self.n_in, 1), *hidden, self.idx_b.size * self.law.n_params]
         self.conditioner = self.add_child(
             "conditioner", MLP(sizes, activation, rng, dtype, zero_last=True))
-        # speed: the spline law reads theta slot by slot (SplineLaw.features_first)
-        self.conditioner.layers[-1].features_first = getattr(self.law, "features_first", False)
 
     def __repr__(self):
         return (f"CouplingBlock(dim={self.dim}, law={self.law!r}, "
