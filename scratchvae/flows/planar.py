@@ -146,9 +146,13 @@ def _log_radial_c(C, B, alpha, beta):
     """Guard: ``log C`` with ``C = B^2 + alpha beta`` also where ``C`` overflowed (``|z - z0|``
     beyond ~1e154): there ``log C = 2 log B + log1p(alpha beta / B^2)`` (WHY: see
     ``_row_norms``; ``log inf`` made the log-det ``+-inf`` for finite, representable points)."""
-    with np.errstate(over="ignore", under="ignore"):
-        wide = 2.0 * np.log(B) + np.log1p(alpha * beta / (B * B))
-    return np.where(np.isfinite(C), np.log(np.where(np.isfinite(C), C, 1.0)), wide)
+    finite = np.isfinite(C)
+    out = np.log(np.where(finite, C, 1.0))
+    if not np.all(finite):
+        Bw = B[~finite]
+        with np.errstate(over="ignore", under="ignore"):
+            out[~finite] = 2.0 * np.log(Bw) + np.log1p(alpha * beta / (Bw * Bw))
+    return out
 
 
 def _tanh_and_sech2(a):
