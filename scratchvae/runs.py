@@ -157,7 +157,9 @@ def _run_trainer(trainer: Trainer, out, kind, settings, extra_state, resume, sto
         _write_json(os.path.join(out, "config.json"),
                     {"kind": kind, "settings": _config_for_json(settings)})
         if resume:
-            trainer.load(checkpoint, extra_state())
+            arrays = trainer.load(checkpoint, extra_state())
+            if "standardize.scale" in arrays:
+                _check_standardization(arrays, checkpoint)
         trainer.on_eval = save
     with on_signals(trainer):
         result = trainer.run(stop_after=stop_after)
