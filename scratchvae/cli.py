@@ -104,7 +104,9 @@ def _report(kind, metrics, out, quiet):
                     "seconds"),
             "target": ("elbo", "log_z_estimate", "log_z_true", "ess", "steps", "seconds")}[kind]
     parts = [f"{k}={metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
-             for k in keys if metrics.get(k) is not None]
+             for k in keys if metrics.get(k) is not None and k != "ess"]
+    if kind == "target" and metrics.get("ess_fraction") is not None:  # ESS as a share of n
+        parts.insert(3, f"ess={100 * metrics['ess_fraction']:.1f}%")
     print("  ".join(parts))
     if out:
         print(f"wrote {os.path.abspath(out)}")

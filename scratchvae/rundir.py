@@ -171,7 +171,8 @@ def guarded_run(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        state = {"out": None, "created": False, "lock": None}
+        state = {"out": None, "created": False, "lock": None, "lock_created": False,
+                 "errstate": None}
         _open_runs.append(state)
         failed = True
         try:
@@ -187,15 +188,32 @@ def guarded_run(fn):
 
 def _release(state, failed):
     out, fd = state["out"], state["lock"]
-    if failed and fd is not None and os.path.isdir(out):
-        left = set(os.listdir(out))
-        if left <= {LOCK_NAME}:  # a refused run wrote nothing: leave no trace of it
+    if state["errstate"] is not None:
+        np.seterr(**state["errstate"])
+    if failed and fd is not None and state["lock_created"]:
+        # a refused run leaves no trace: its lock file goes, and the directory it created
+        # goes too if it is empty (rmdir refuses a directory holding anything)
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(out, LOCK_NAME))
+        if state["created"]:
             with contextlib.suppress(OSError):
-                os.remove(os.path.join(out, LOCK_NAME))
-                if state["created"]:
-                    os.rmdir(out)
+                os.rmdir(out)
     if fd is not None:
         os.close(fd)  # closing the descriptor releases the flock
+
+
+def quiet_after_stop() -> None:
+    """Guard: once the NaN guard has stopped a run, NumPy's float warnings are off until the
+    command returns (its metrics and figures use parameters at the edge of overflow).
+
+    WHY: a diverged run's evaluation warned once per array operation, flooding the terminal
+    (issue 15, item 11); the run already says in one line why it stopped, and metrics that
+    came out non-finite are written as null.
+    """
+    state = _open_runs[-1] if _open_runs else None
+    old = np.seterr(over="ignore", invalid="ignore", divide="ignore")
+    if state is not None and state["errstate"] is None:
+        state["errstate"] = old
 
 
 def _lock(out, state) -> None:
@@ -203,6 +221,8 @@ def _lock(out, state) -> None:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX: no lock
         return
+    if state is not None:
+        state["lock_created"] = not os.path.exists(os.path.join(out, LOCK_NAME))
     fd = os.open(os.path.join(out, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

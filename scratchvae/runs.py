@@ -36,6 +36,7 @@ from .rundir import (
     mlp_params,
     on_signals,
     prepare_out,
+    quiet_after_stop,
     read_config,
 )
 from .train import Trainer, atomic_write_text, load_npz
@@ -166,6 +167,8 @@ def _run_trainer(trainer: Trainer, out, kind, settings, extra_state, resume, sto
         save(trainer, at_end=True)
     if result.signal is not None:
         raise RunInterrupted(result.signal, result.steps, out)
+    if result.stopped:
+        quiet_after_stop()
     return result
 
 

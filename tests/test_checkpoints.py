@@ -133,7 +133,7 @@ def test_config_that_is_not_json_is_a_one_line_error(finished_run, tmp_path, cap
 # ----------------------------------------------------------------------------- item 2: silent
 @pytest.mark.parametrize("case, edit", [
     ("moment_of_shape_1_broadcast", lambda a: a.update(
-        {(k := _first(a, "opt.m_sum.")): np.zeros(1)})),
+        {_first(a, "opt.m_sum."): np.zeros(1)})),
     ("parameter_nan", lambda a: a[_first(a, "param.")].__setitem__((0, 0), np.nan)),
     ("parameter_complex", lambda a: a.update(
         {(k := _first(a, "param.")): a[k].astype(np.complex128)})),
