@@ -229,7 +229,7 @@ def train_flow(out=None, quiet=False, resume=False, figures=True, stop_after=Non
         datasets.check_label_count(ds)
         context_dim = int(ds.n_classes)
     dim = ds.train.shape[1]
-    datasets.check_spread(ds.train, f"data {ds.name!r}")
+    datasets.check_spread(ds.train, f"--data {settings['data']}")
     _check_model_size(settings, [[dim // 2 + context_dim, *settings["hidden"],
                                   dim * 3 * settings["bins"]]] * settings["layers"],
                       max(settings["batch"], min(len(ds.test), 20_000)), dim + context_dim)
