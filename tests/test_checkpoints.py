@@ -163,3 +163,27 @@ def test_the_untouched_copy_still_resumes_and_samples(finished_run, tmp_path, ca
                      str(tmp_path / "s.npy"), "--quiet"]) == 0
     assert np.load(tmp_path / "s.npy").shape == (5, 2)
     assert os.path.getsize(run / "checkpoint.npz") > 0
+
+
+def test_checkpoint_in_adams_older_format_still_resumes(finished_run, tmp_path, capsys):
+    # the check accepts the paper's moments m, v (what Adam.load_state_dict also reads)
+    run = _copy(finished_run, tmp_path)
+
+    def to_moments(a):
+        for k in [k for k in a if k.startswith(("opt.m_sum.", "opt.v_sum."))]:
+            beta = 0.9 if k.startswith("opt.m_sum.") else 0.999
+            a[k.replace("_sum", "", 1)] = a.pop(k) * (1.0 - beta)
+
+    _rewrite(run, to_moments)
+    assert cli.main(["train-flow", "--out", str(run), "--resume", "--steps", "8", "--quiet",
+                     "--no-figures"]) == 0
+    assert int(_arrays(run)["step"]) == 8
+
+
+@pytest.mark.parametrize("setting, value", [("hidden", 5), ("lr", "abc"), ("steps", 2.0),
+                                            ("seed", -1), ("conditional", "yes")])
+def test_python_api_settings_are_checked_naming_the_setting(tmp_path, setting, value):
+    from scratchvae import runs
+    with pytest.raises(ValueError, match=f"^{setting}: expected"):
+        runs.train_flow(out=str(tmp_path / "r"), quiet=True, **{setting: value})
+    assert not (tmp_path / "r").exists()
