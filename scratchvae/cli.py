@@ -77,7 +77,7 @@ def _bound(text):
     arithmetic overflows, and the data are standardised, so a box wider than +-1e4 standard
     deviations holds nothing more.
     """
-    from .rundir import MAX_BOUND
+    from .run_guards import MAX_BOUND
 
     v = _positive_float(text)
     if v > MAX_BOUND:

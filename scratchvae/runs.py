@@ -29,16 +29,16 @@ import time
 import numpy as np
 
 from . import data as datasets
-from .rundir import (
-    RunInterrupted,
+from .run_guards import (
     check_memory,
-    guarded_run,
-    mlp_params,
-    on_signals,
-    prepare_out,
-    quiet_after_stop,
-    read_config,
+    check_model_size,
+    check_standardization,
+    estimate_or_nan,
+    finite_or_none,
+    non_finite_samples_stop,
 )
+from .rundir import RunInterrupted, guarded_run, on_signals, prepare_out, quiet_after_stop
+from .rundir import read_config as _read_saved_config
 from .train import Trainer, atomic_write_text, load_npz
 
 __all__ = ["train_flow", "train_vae", "fit_target", "sample_run", "one_hot", "load_run",
@@ -112,17 +112,7 @@ def _prepare_out(out, resume: bool, kind: str, defaults: dict, given: dict, quie
 
 
 def _read_config(run_dir) -> dict:
-    return read_config(run_dir, _DEFAULTS_BY_KIND)
-
-
-def _finite_or_none(metrics: dict) -> dict:
-    """Guard: a metric that is not a finite number is written as null (None).
-
-    WHY: a run that diverged reported ``Infinity`` and NaN in metrics.json, numbers that mean
-    nothing (issue 15: "a run never reports a number that means nothing").
-    """
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-            for k, v in metrics.items()}
+    return _read_saved_config(run_dir, _DEFAULTS_BY_KIND)
 
 
 def _dtype(name):
@@ -160,7 +150,7 @@ def _run_trainer(trainer: Trainer, out, kind, settings, extra_state, resume, sto
         if resume:
             arrays = trainer.load(checkpoint, extra_state())
             if "standardize.scale" in arrays:
-                _check_standardization(arrays, checkpoint)
+                check_standardization(arrays, checkpoint)
         trainer.on_eval = save
     with on_signals(trainer):
         result = trainer.run(stop_after=stop_after)
@@ -230,7 +220,7 @@ def train_flow(out=None, quiet=False, resume=False, figures=True, stop_after=Non
         context_dim = int(ds.n_classes)
     dim = ds.train.shape[1]
     datasets.check_spread(ds.train, f"--data {settings['data']}")
-    _check_model_size(settings, [[dim // 2 + context_dim, *settings["hidden"],
+    check_model_size(settings, [[dim // 2 + context_dim, *settings["hidden"],
                                   dim * 3 * settings["bins"]]] * settings["layers"],
                       max(settings["batch"], min(len(ds.test), 20_000)), dim + context_dim)
     rng = np.random.default_rng([settings["seed"], 7])
@@ -269,7 +259,7 @@ def train_flow(out=None, quiet=False, resume=False, figures=True, stop_after=Non
     if out is not None and (result.steps >= settings["steps"] or result.stopped):
         metrics["figures"] = _figures(out, figures, lambda path: _flow_figures(
             model, ds, path, context_dim, split, test_rows, trainer.history))
-    metrics = _finite_or_none(metrics)
+    metrics = finite_or_none(metrics)
     if out is not None:
         _write_json(os.path.join(out, "metrics.json"), metrics)
     return model, metrics
@@ -340,7 +330,7 @@ def train_vae(out=None, quiet=False, resume=False, figures=True, stop_after=None
     ds = datasets.load_dataset(str(settings["data"]), seed=settings["seed"])
     train, val, test = (a.astype(dtype) for a in (ds.train, ds.val, ds.test))
     dim, hidden, latent = train.shape[1], settings["hidden"], settings["latent"]
-    _check_model_size(settings, [[dim, *hidden, 2 * latent], [latent, *hidden[::-1], dim]],
+    check_model_size(settings, [[dim, *hidden, 2 * latent], [latent, *hidden[::-1], dim]],
                       settings["batch"] * settings["samples"], max(dim, latent))
     rng = np.random.default_rng([settings["seed"], 7])
     model = _build_vae(settings, train.shape[1], rng)
@@ -375,7 +365,7 @@ def train_vae(out=None, quiet=False, resume=False, figures=True, stop_after=None
     if out is not None and (result.steps >= steps or result.stopped):
         metrics["figures"] = _figures(out, figures, lambda path: _vae_figures(
             model, ds, test, path, trainer.history))
-    metrics = _finite_or_none(metrics)
+    metrics = finite_or_none(metrics)
     if out is not None:
         _write_json(os.path.join(out, "metrics.json"), metrics)
     return model, metrics
@@ -433,15 +423,15 @@ def fit_target(out=None, quiet=False, resume=False, figures=True, stop_after=Non
 
     settings = _prepare_out(out, resume, "target", TARGET_DEFAULTS, settings, quiet)
     target = target_object if target_object is not None else make_target(settings["target"])
-    _check_model_size(settings, [[2, *settings["hidden"], 6 * settings["bins"]]]
+    check_model_size(settings, [[2, *settings["hidden"], 6 * settings["bins"]]]
                       * settings["layers"], max(settings["batch"], settings["n_estimate"]), 2)
     q = _build_variational(settings, make_variational)
-    loss = _non_finite_samples_stop(
+    loss = non_finite_samples_stop(
         lambda b, r, s: reverse_kl_loss_and_grads(q, target, settings["batch"], r))
     trainer = Trainer(q, loss, steps=settings["steps"], lr=settings["lr"], seed=settings["seed"],
                       lr_schedule="cosine", keep_best=False, quiet=quiet, desc="fit-target")
     result = _run_trainer(trainer, out, "target", settings, lambda: {}, resume, stop_after)
-    est = _estimate_or_nan(lambda: importance_estimate(
+    est = estimate_or_nan(lambda: importance_estimate(
         q, target, settings["n_estimate"], np.random.default_rng([settings["seed"], 5])))
     log_z_true = target.log_z if getattr(target, "log_z", None) is not None else \
         reference_log_z(target)
@@ -461,55 +451,10 @@ def fit_target(out=None, quiet=False, resume=False, figures=True, stop_after=Non
                     plots.plot_history(trainer.history, path("history.png"),
                                        keys=("train_loss",))]
         metrics["figures"] = _figures(out, figures, draw)
-    metrics = _finite_or_none(metrics)
+    metrics = finite_or_none(metrics)
     if out is not None:
         _write_json(os.path.join(out, "metrics.json"), metrics)
     return q, metrics
-
-
-def _is_non_finite_error(e: ValueError) -> bool:
-    return "expected finite values" in str(e)
-
-
-def _non_finite_samples_stop(loss_fn):
-    """Guard: a step whose samples of q went non-finite returns a NaN loss, so the trainer's
-    NaN guard stops the run (last good parameters kept, files written, exit 1).
-
-    WHY: the target refuses non-finite points with a ValueError, so ``fit-target --lr 1000``
-    ended as a user error (exit 2) leaving only config.json (issue 15, item 4).
-    """
-    def guarded(batch, rng, step):
-        try:
-            return loss_fn(batch, rng, step)
-        except ValueError as e:
-            if not _is_non_finite_error(e):
-                raise
-            return float("nan"), {}, {}
-    return guarded
-
-
-def _estimate_or_nan(estimate):
-    """The importance estimate, or NaNs (reported as null) when q's samples are non-finite."""
-    from types import SimpleNamespace
-    try:
-        return estimate()
-    except ValueError as e:
-        if not _is_non_finite_error(e):
-            raise
-        nan = float("nan")
-        return SimpleNamespace(elbo=nan, log_z=nan, ess=nan, ess_fraction=nan)
-
-
-def _check_model_size(settings, mlps, rows, width):
-    """Guard: refuse settings whose parameters and activations cannot fit in memory, naming
-    the options, before anything is allocated (issue 15, item 3: ``--hidden 100000000``)."""
-    itemsize = np.dtype(settings.get("dtype", "float64")).itemsize
-    params = sum(mlp_params(m) for m in mlps)
-    widest = max([width, *settings["hidden"]])
-    # parameters, gradients and Adam's two moments; a layer's activations for ``rows`` rows
-    n_bytes = itemsize * (4 * params + 4 * rows * widest * max(1, len(settings["hidden"])))
-    check_memory(n_bytes, f"--hidden {','.join(map(str, settings['hidden']))} with these "
-                 f"settings ({params:.3g} parameters)")
 
 
 def _build_variational(settings, make_variational=None):
@@ -535,7 +480,7 @@ def load_run(run_dir):
     if kind == "flow":
         if settings["layers"] is None:
             settings = {**settings, "layers": DEFAULT_LAYERS.get(settings["flow"], 4)}
-        ds_dim = _check_standardization(arrays, path)
+        ds_dim = check_standardization(arrays, path)
         n_classes = _context_dim_of(arrays)
         model = _build_flow_model(settings, ds_dim, n_classes, rng)
         model.shift = arrays["standardize.shift"]
@@ -551,27 +496,6 @@ def load_run(run_dir):
     check_arrays_like(arrays, model.params, path, "param.")  # exact shapes, dtypes, finite
     model.load_params({k[6:]: v for k, v in arrays.items() if k.startswith("param.")})
     return model, kind, settings, arrays
-
-
-def _check_standardization(arrays, path) -> int:
-    """Guard: ``standardize.shift`` and ``.scale`` of a flow checkpoint are finite float
-    vectors of one length with a positive scale; returns that length (the data dimension).
-
-    WHY: ``scale = [0, -1]`` sampled a constant column and a sign-flipped one with exit 0, and a
-    deleted ``shift`` crashed with a KeyError (issue 15, items 1 and 2).
-    """
-    shift, scale = arrays.get("standardize.shift"), arrays.get("standardize.scale")
-    if shift is None or scale is None:
-        raise ValueError(f"checkpoint: {path!r} lacks standardize.shift / standardize.scale; "
-                         "not a flow checkpoint")
-    ok = (shift.ndim == 1 and shift.size >= 1 and shift.shape == scale.shape
-          and shift.dtype.kind == "f" and scale.dtype.kind == "f")
-    if not ok or not (np.all(np.isfinite(shift)) and np.all(np.isfinite(scale))
-                      and np.all(scale > 0)):
-        raise ValueError(f"checkpoint: {path!r}: standardize.shift / standardize.scale expected "
-                         "finite real vectors of one length with scale > 0, got "
-                         f"{shift.dtype} {shift.shape} / {scale.dtype} {scale.shape}")
-    return int(shift.size)
 
 
 def _context_dim_of(arrays):
