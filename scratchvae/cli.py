@@ -17,49 +17,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import signal
 import sys
+import threading
 import time
 
+from .cli_types import bound as _bound
+from .cli_types import nonneg_float as _nonneg_float
+from .cli_types import nonneg_int as _nonneg_int
+from .cli_types import positive_float as _positive_float
+from .cli_types import positive_int as _positive_int
+from .cli_types import sizes as _sizes
+
 __all__ = ["main", "build_parser"]
-
-
-# ----------------------------------------------------------------------------- argument types
-def _positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
-def _nonneg_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v >= 0 or v != v or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite non-negative number, got {text!r}")
-    return v
-
-
-def _positive_float(text):
-    v = _nonneg_float(text)
-    if v == 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return v
-
-
-def _sizes(text):
-    try:
-        sizes = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected layer sizes like 64,64, got {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive layer sizes like 64,64, got {text!r}")
-    return sizes
 
 
 def _report(kind, metrics, out, quiet):
@@ -70,7 +41,9 @@ def _report(kind, metrics, out, quiet):
                     "seconds"),
             "target": ("elbo", "log_z_estimate", "log_z_true", "ess", "steps", "seconds")}[kind]
     parts = [f"{k}={metrics[k]:.4f}" if isinstance(metrics[k], float) else f"{k}={metrics[k]}"
-             for k in keys if metrics.get(k) is not None]
+             for k in keys if metrics.get(k) is not None and k != "ess"]
+    if kind == "target" and metrics.get("ess_fraction") is not None:  # ESS as a share of n
+        parts.insert(3, f"ess={100 * metrics['ess_fraction']:.1f}%")
     print("  ".join(parts))
     if out:
         print(f"wrote {os.path.abspath(out)}")
@@ -94,8 +67,10 @@ def cmd_gradcheck(args) -> int:
 
 def _settings(args, defaults) -> dict:
     """The command's settings: every key of the run's defaults, read off the parsed options
-    (each option is named after its setting, ``--n-train`` -> ``n_train``)."""
-    return {k: getattr(args, k) for k in defaults}
+    (each option is named after its setting, ``--n-train`` -> ``n_train``). When resuming,
+    only the options given on the command line: the run's saved settings hold the rest."""
+    keys = [k for k in defaults if not args.resume or k in args.explicit]
+    return {k: getattr(args, k) for k in keys}
 
 
 def _run_kwargs(args) -> dict:
@@ -121,6 +96,10 @@ def cmd_train_vae(args) -> int:
 
 def cmd_fit_target(args) -> int:
     from .runs import TARGET_DEFAULTS, fit_target
+    from .targets import TARGETS
+
+    if args.target not in TARGETS:
+        raise ValueError(f"--target: expected one of {', '.join(TARGETS)}, got {args.target!r}")
 
     _, metrics = fit_target(**_run_kwargs(args), **_settings(args, TARGET_DEFAULTS))
     _report("target", metrics, args.out, args.quiet)
@@ -135,6 +114,9 @@ def cmd_sample(args) -> int:
 
     if not args.out.endswith(".npy"):
         raise ValueError(f"out: expected a .npy file name, got {args.out!r}")
+    if os.path.exists(args.out) and not args.force:
+        raise ValueError(f"out: {args.out!r} exists; pass --force to replace it, or choose "
+                         "another file")
     x = sample_run(args.run, args.n, args.temperature, args.seed, args.label)
     atomic_write(args.out, lambda f: np.save(f, x), suffix=".npy")
     if not args.quiet:
@@ -188,125 +170,200 @@ def cmd_demo(args) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
-class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """--help lists every option with its default."""
+#: The choices of the flow options (other flows are added here and in runs.py).
+FLOW_LAWS = ("affine", "spline")
+POSTERIORS = ("gaussian", "planar", "radial", "affine", "spline")
+TARGET_FLOWS = ("gaussian", "planar", "radial", "affine", "spline")
+
+
+class _Help(argparse.HelpFormatter):
+    """--help gives every option one line of help with its default and its choices."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.choices and "choices" not in text:
+            text += f" (choices: {', '.join(map(str, action.choices))})"
+        if action.default is not argparse.SUPPRESS and action.option_strings \
+                and not action.required and action.nargs != 0 or action.const is True:
+            shown = "none" if action.default is None else action.default
+            text += f" (default: {shown})"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in one line naming the option (no usage block), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _common(p, out_required=True):
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=out_required, help="output directory")
+    p.add_argument("--seed", type=_nonneg_int, default=0,
+                   help="seed of every random choice: same seed, same run, bit for bit")
+    p.add_argument("--out", required=out_required,
+                   help="output directory (a new one, or the run to continue with --resume)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --out with its saved settings (a larger "
+                        "--steps/--epochs extends it; other options are refused)")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
 
 
-def _fit_options(p, defaults, length):
-    """The options of a fit by gradient steps: the network, its length (``steps`` or
-    ``epochs``), the batch, the learning rate and its schedule."""
-    p.add_argument("--hidden", type=_sizes, default=defaults["hidden"])
-    p.add_argument("--activation", default=defaults["activation"])
-    p.add_argument(f"--{length}", type=_positive_int, default=defaults[length])
-    p.add_argument("--batch", type=_positive_int, default=defaults["batch"])
-    p.add_argument("--lr", type=_positive_float, default=defaults["lr"])
+def _hidden(p, default):
+    p.add_argument("--hidden", type=_sizes, default=",".join(map(str, default)),
+                   help="hidden layer sizes of each network, e.g. 64,64 or 64-64")
+
+
+def _fit_options(p, defaults, length, networks):
+    """The options of a fit by gradient steps: the networks' sizes and activation, the fit's
+    length (``steps`` or ``epochs``), the batch, the learning rate and its schedule."""
+    from .nn import ACTIVATIONS
+
+    _hidden(p, defaults["hidden"])
+    p.add_argument("--activation", choices=sorted(ACTIVATIONS), default=defaults["activation"],
+                   help=f"hidden activation of {networks}")
+    length_help = {"steps": "optimiser steps", "epochs": "passes over the training set"}
+    p.add_argument(f"--{length}", type=_positive_int, default=defaults[length],
+                   help=length_help[length])
+    p.add_argument("--batch", type=_positive_int, default=defaults["batch"],
+                   help="points per step" if length == "steps" else "examples per step")
+    p.add_argument("--lr", type=_positive_float, default=defaults["lr"],
+                   help="Adam's learning rate")
     p.add_argument("--lr-schedule", choices=["cosine", "constant"],
-                   default=defaults["lr_schedule"])
+                   default=defaults["lr_schedule"],
+                   help="learning rate over the run (cosine: from --lr down to 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="scratchvae", description="VAEs and normalizing flows "
-                                "from scratch in NumPy, every gradient derived by hand.")
-    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    p.add_argument("--threads", type=_positive_int, default=1,
-                   help="BLAS threads (one is fastest for models this small)")
-    sub = p.add_subparsers(dest="command", required=True)
+    from . import __version__
     from .runs import FLOW_DEFAULTS as F
     from .runs import TARGET_DEFAULTS as T
     from .runs import VAE_DEFAULTS as V
+    from .targets import TARGETS
 
-    d = sub.add_parser(
-        "demo", formatter_class=_Help, help="train a spline flow on moons and a VAE on digits")
-    d.add_argument("--out", default="scratchvae-demo")
-    d.add_argument("--seed", type=int, default=0)
+    p = _Parser(prog="scratchvae", formatter_class=_Help, description="VAEs and normalizing "
+                "flows from scratch in NumPy, every gradient derived by hand.")
+    p.add_argument("--version", action="version", version=f"scratchvae {__version__}",
+                   help="print the version and exit")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--threads", type=_positive_int, default=1,
+                   help="BLAS threads (one is fastest for models this small)")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub_kw = dict(formatter_class=_Help)
+
+    d = sub.add_parser("demo", help="train a spline flow on moons and a VAE on digits", **sub_kw)
+    d.add_argument("--out", default="scratchvae-demo", help="output directory")
+    d.add_argument("--seed", type=_nonneg_int, default=0, help="seed of every random choice")
     d.add_argument("--fast", action="store_true", help="tiny settings (seconds; for tests)")
-    d.add_argument("--quiet", action="store_true")
+    d.add_argument("--quiet", action="store_true", help="no progress output")
     d.set_defaults(func=cmd_demo)
 
-    f = sub.add_parser(
-        "train-flow", formatter_class=_Help, help="fit a coupling flow by maximum likelihood")
+    f = sub.add_parser("train-flow", help="fit a coupling flow by maximum likelihood", **sub_kw)
     f.add_argument("--data", default=F["data"],
                    help="toy data set name or a .npy/.npz/.csv file")
-    f.add_argument("--flow", choices=["affine", "spline"], default=F["flow"])
+    f.add_argument("--flow", choices=FLOW_LAWS, default=F["flow"],
+                   help="the coupling layers' elementwise law")
     f.add_argument("--layers", type=_positive_int, default=F["layers"],
-                   help="coupling layers (default: 4 for spline, 8 for affine)")
-    f.add_argument("--bins", type=_positive_int, default=F["bins"])
-    f.add_argument("--bound", type=_positive_float, default=F["bound"])
-    _fit_options(f, F, "steps")
+                   help="coupling layers (none: 4 for spline, 8 for affine)")
+    f.add_argument("--bins", type=_positive_int, default=F["bins"], help="spline bins K")
+    f.add_argument("--bound", type=_bound, default=F["bound"],
+                   help="spline box [-B, B] in standardised units; identity outside")
+    _fit_options(f, F, "steps", "the conditioners")
     f.add_argument("--n-train", type=_positive_int, default=F["n_train"],
                    help="training points drawn for a toy data set")
-    f.add_argument("--dtype", choices=["float64", "float32"], default=F["dtype"])
+    f.add_argument("--dtype", choices=["float64", "float32"], default=F["dtype"],
+                   help="floating-point type of parameters and data")
     f.add_argument("--conditional", action="store_true",
                    help="condition on the data set's labels (one-hot context)")
     _common(f)
     f.set_defaults(func=cmd_train_flow)
 
-    v = sub.add_parser(
-        "train-vae", formatter_class=_Help, help="fit a VAE (mean-field or flow posterior)")
-    v.add_argument("--data", default=V["data"], help="digits, digits-grey, or a data file")
+    v = sub.add_parser("train-vae", help="fit a VAE (mean-field or flow posterior)", **sub_kw)
+    v.add_argument("--data", default=V["data"],
+                   help="digits, digits-grey, bars-and-stripes, or a data file")
     v.add_argument("--likelihood", choices=["bernoulli", "gaussian-fixed", "gaussian-shared"],
                    default=V["likelihood"],
-                   help="gaussian-shared learns one variance (grey data)")
-    v.add_argument("--latent", type=_positive_int, default=V["latent"])
-    _fit_options(v, V, "epochs")
-    v.add_argument("--beta", type=_nonneg_float, default=V["beta"])
-    v.add_argument("--warmup", type=int, default=V["warmup"], help="steps of linear beta warm-up")
+                   help="decoder likelihood; gaussian-shared learns one variance (grey data)")
+    v.add_argument("--latent", type=_positive_int, default=V["latent"],
+                   help="latent dimensions L")
+    _fit_options(v, V, "epochs", "encoder and decoder")
+    v.add_argument("--beta", type=_nonneg_float, default=V["beta"],
+                   help="weight of the KL term (1: the ELBO)")
+    v.add_argument("--warmup", type=_nonneg_int, default=V["warmup"],
+                   help="steps of linear beta warm-up")
     v.add_argument("--free-bits", type=_nonneg_float, default=V["free_bits"],
                    help="nats per latent dimension")
     v.add_argument("--samples", type=_positive_int, default=V["samples"],
-                   help="Monte Carlo samples S")
-    v.add_argument("--iwae-k", type=_positive_int, default=V["iwae_k"])
-    v.add_argument("--posterior", choices=["gaussian", "planar", "radial", "affine", "spline"],
-                   default=V["posterior"])
-    v.add_argument("--flow-layers", type=_positive_int, default=V["flow_layers"])
+                   help="Monte Carlo samples S per example")
+    v.add_argument("--iwae-k", type=_positive_int, default=V["iwae_k"],
+                   help="importance samples K of the test IWAE bound")
+    v.add_argument("--posterior", choices=POSTERIORS, default=V["posterior"],
+                   help="the encoder's distribution q(z|x)")
+    v.add_argument("--flow-layers", type=_positive_int, default=V["flow_layers"],
+                   help="layers of a flow posterior")
     v.add_argument("--amortised", action="store_true",
                    help="coupling conditioners take a context from the encoder")
-    v.add_argument("--bins", type=_positive_int, default=V["bins"])
-    v.add_argument("--dtype", choices=["float64", "float32"], default=V["dtype"])
+    v.add_argument("--bins", type=_positive_int, default=V["bins"],
+                   help="spline bins K of a spline posterior")
+    v.add_argument("--dtype", choices=["float64", "float32"], default=V["dtype"],
+                   help="floating-point type of parameters and data")
     _common(v)
     v.set_defaults(func=cmd_train_vae)
 
-    t = sub.add_parser(
-        "fit-target", formatter_class=_Help, help="reverse-KL fit to an unnormalised 2-D density")
-    t.add_argument("--target", default=T["target"])
-    t.add_argument("--flow", choices=["gaussian", "planar", "radial", "affine", "spline"],
-                   default=T["flow"])
-    t.add_argument("--layers", type=_positive_int, default=T["layers"])
-    t.add_argument("--hidden", type=_sizes, default=T["hidden"])
-    t.add_argument("--bins", type=_positive_int, default=T["bins"])
-    t.add_argument("--steps", type=_positive_int, default=T["steps"])
+    t = sub.add_parser("fit-target", help="reverse-KL fit to an unnormalised 2-D density",
+                       **sub_kw)
+    t.add_argument("--target", default=T["target"],
+                   help=f"the unnormalised density to fit (choices: {', '.join(TARGETS)})")
+    t.add_argument("--flow", choices=TARGET_FLOWS, default=T["flow"],
+                   help="the variational family q")
+    t.add_argument("--layers", type=_positive_int, default=T["layers"], help="flow layers")
+    _hidden(t, T["hidden"])
+    t.add_argument("--bins", type=_positive_int, default=T["bins"], help="spline bins K")
+    t.add_argument("--steps", type=_positive_int, default=T["steps"], help="optimiser steps")
     t.add_argument("--batch", type=_positive_int, default=T["batch"], help="samples per step")
-    t.add_argument("--lr", type=_positive_float, default=T["lr"])
+    t.add_argument("--lr", type=_positive_float, default=T["lr"],
+                   help="Adam's learning rate (cosine decay to 0)")
     t.add_argument("--n-estimate", type=_positive_int, default=T["n_estimate"],
                    help="samples for the log Z estimate")
     _common(t)
     t.set_defaults(func=cmd_fit_target)
 
-    s = sub.add_parser(
-        "sample", formatter_class=_Help, help="draw samples from a saved run")
+    s = sub.add_parser("sample", help="draw samples from a saved run", **sub_kw)
     s.add_argument("--run", required=True, help="the --out directory of a training command")
-    s.add_argument("--n", type=_positive_int, required=True)
-    s.add_argument("--temperature", type=_positive_float, default=1.0, help="z ~ N(0, T I)")
-    s.add_argument("--label", type=int, default=None, help="class, for a conditional flow")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--n", type=_positive_int, required=True, help="number of samples")
+    s.add_argument("--temperature", type=_positive_float, default=1.0,
+                   help="T: base or prior noise z ~ N(0, T I) (T scales the variance)")
+    s.add_argument("--label", type=_nonneg_int, default=None,
+                   help="class, for a conditional flow")
+    s.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the samples")
     s.add_argument("--out", required=True, help="a .npy file")
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--force", action="store_true", help="replace --out if it exists")
+    s.add_argument("--quiet", action="store_true", help="no progress output")
     s.set_defaults(func=cmd_sample)
 
-    g = sub.add_parser(
-        "gradcheck", formatter_class=_Help, help="check every hand-derived gradient and log-det")
-    g.add_argument("component", nargs="*", help="components (or prefixes such as 'nn')")
-    g.add_argument("--seed", type=int, default=0)
+    g = sub.add_parser("gradcheck", help="check every hand-derived gradient and log-det",
+                       **sub_kw)
+    g.add_argument("component", nargs="*", help="components (or prefixes such as 'nn'); "
+                   "none: all")
+    g.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the random test points")
     g.set_defaults(func=cmd_gradcheck)
     return p
+
+
+def explicit_options(argv) -> set[str]:
+    """The settings the user set on the command line (not left at their defaults)."""
+    p = build_parser()
+    for sub in _subparsers(p):
+        for a in sub._actions:
+            a.default = argparse.SUPPRESS
+    return set(vars(p.parse_args(argv)))
+
+
+def _subparsers(p):
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            return list(a.choices.values())
+    return []
 
 
 def _limit_blas_threads(argv) -> None:
@@ -330,6 +387,14 @@ def _limit_blas_threads(argv) -> None:
         threadpool_limits(int(os.environ["OPENBLAS_NUM_THREADS"]))
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM outside a training loop (inside one, the loop stops at a step boundary)."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -338,16 +403,44 @@ def main(argv=None) -> int:
         pass
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.explicit = explicit_options(argv) if getattr(args, "resume", False) else set()
+    from .rundir import RunInterrupted
+
+    old_term = _install(signal.SIGTERM, _raise_terminated)
     try:
         return int(args.func(args) or 0)
+    except RunInterrupted as e:
+        name = signal.Signals(e.signum).name
+        print(f"scratchvae {args.command}: interrupted by {name} at step {e.step}; checkpoint "
+              f"written to {e.out}; continue with: scratchvae {args.command} --out "
+              f"{shlex.quote(str(e.out))} --resume", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt as e:
+        code = 128 + (signal.SIGTERM if isinstance(e, _Terminated) else signal.SIGINT)
+        print(f"scratchvae {args.command}: interrupted before training started; nothing to "
+              "resume", file=sys.stderr)
+        return code
+    except MemoryError as e:
+        if args.debug:
+            raise
+        print(f"scratchvae {args.command}: error: out of memory ({e or 'MemoryError'}); try "
+              "smaller settings (--batch, --hidden, --n)", file=sys.stderr)
+        return 2
     except (ValueError, OSError, ImportError) as e:
         if args.debug:
             raise
-        print(f"scratchvae {args.command}: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split())  # one line, whatever the message held
+        print(f"scratchvae {args.command}: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    finally:
+        _install(signal.SIGTERM, old_term)
+
+
+def _install(signum, handler):
+    """``signal.signal`` where handlers can be installed (the main thread), else a no-op."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signum, handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

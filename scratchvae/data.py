@@ -44,6 +44,13 @@ import numpy as np
 from scipy.special import i0e, logsumexp
 
 from .checks import check_count
+from .data_checks import (
+    _check_finite_squares,
+    _check_npy_sizes,
+    _rows_for_train,
+    check_label_count,
+    check_spread,
+)
 
 __all__ = [
     "Dataset",
@@ -58,6 +65,8 @@ __all__ = [
     "load_array_file",
     "load_dataset_file",
     "load_dataset",
+    "check_spread",
+    "check_label_count",
 ]
 
 #: Names accepted by ``load_toy``.
@@ -425,6 +434,7 @@ def _numeric_2d(arr, path, what="the array"):
         bad = np.argwhere(~np.isfinite(arr))[0]
         _fail(path, f"expected finite values in {what}, got {arr[tuple(bad)]} at row {bad[0]}, "
                     f"column {bad[1]} ({int(np.sum(~np.isfinite(arr)))} non-finite in all)")
+    _check_finite_squares(arr, path, what)
     return np.ascontiguousarray(arr)
 
 
@@ -492,9 +502,10 @@ def _read(path):
     path, ext = _check_path(path)
     if ext == ".csv":
         return _numeric_2d(_read_csv(path), path), None
+    _check_npy_sizes(path)
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         _fail(path, f"cannot read it as a NumPy {ext} file with allow_pickle=False ({e})")
     if isinstance(loaded, np.ndarray):  # np.load goes by the file's content, not its name
         return _numeric_2d(loaded, path), None
@@ -545,7 +556,8 @@ def load_dataset_file(path, seed: int = 0, val_fraction: float = 0.1,
     n_test = max(1, int(round(test_fraction * n)))
     n_val = max(1, int(round(val_fraction * n)))
     if n - n_test - n_val < 1:
-        _fail(path, f"expected enough rows for train, validation and test, got {n}")
+        _fail(path, f"too small to split: train, validation and test need at least "
+                    f"{_rows_for_train(1)} rows, got {n}")
     order = np.random.default_rng(seed).permutation(n)
     parts = order[n_test + n_val:], order[n_test:n_test + n_val], order[:n_test]
     labels = [None] * 3 if y is None else [y[p] for p in parts]

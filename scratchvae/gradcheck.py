@@ -433,7 +433,7 @@ def run_checks(names: list[str] | None = None, seed: int = 0) -> list[CheckResul
 
 
 def format_table(results: list[CheckResult]) -> str:
-    rows = [("component", "check", "max rel error", "tolerance", "")]
+    rows = [("component", "check", "max rel error", "tolerance", "status")]
     rows += [(r.component, r.check, f"{r.error:.2e}", f"{r.tol:.0e}", "ok" if r.ok else "FAIL")
              for r in results]
     widths = [max(len(r[i]) for r in rows) for i in range(5)]

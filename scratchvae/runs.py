@@ -29,6 +29,16 @@ import time
 import numpy as np
 
 from . import data as datasets
+from .run_guards import (
+    check_memory,
+    check_model_size,
+    check_standardization,
+    estimate_or_nan,
+    finite_or_none,
+    non_finite_samples_stop,
+)
+from .rundir import RunInterrupted, guarded_run, on_signals, prepare_out, quiet_after_stop
+from .rundir import read_config as _read_saved_config
 from .train import Trainer, atomic_write_text, load_npz
 
 __all__ = ["train_flow", "train_vae", "fit_target", "sample_run", "one_hot", "load_run",
@@ -58,6 +68,8 @@ VAE_DEFAULTS = dict(data="digits", likelihood="bernoulli", latent=16, hidden=(25
 #: log Z on each of U1-U4 (measured in the notes of issue 5).
 TARGET_DEFAULTS = dict(target="u1", flow="planar", layers=32, hidden=(64, 64), bins=8,
                        steps=5000, batch=256, lr=1e-2, seed=0, n_estimate=100_000)
+
+_DEFAULTS_BY_KIND = {"flow": FLOW_DEFAULTS, "vae": VAE_DEFAULTS, "target": TARGET_DEFAULTS}
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -94,42 +106,13 @@ def _write_history(path, history: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _prepare_out(out, resume: bool, kind: str, config: dict) -> dict:
-    """Check ``out`` and return the settings to use (the saved ones when resuming)."""
-    if out is None:
-        if resume:
-            raise ValueError("resume: needs --out, the directory of the run to continue")
-        return config
-    checkpoint = os.path.join(out, "checkpoint.npz")
-    if resume:
-        if not os.path.isfile(checkpoint):
-            raise ValueError(f"out: {out!r} holds no checkpoint.npz to resume from")
-        saved = _read_config(out)
-        if saved.get("kind") != kind:
-            raise ValueError(f"out: {out!r} holds a {saved.get('kind')!r} run, not a {kind!r} run")
-        return {**config, **saved["settings"]}
-    if os.path.exists(checkpoint):
-        raise ValueError(f"out: {out!r} already holds a run (checkpoint.npz); pass --resume to "
-                         "continue it, or choose another --out")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"out: {out!r} exists and is not a directory")
-    os.makedirs(out, exist_ok=True)
-    return config
+def _prepare_out(out, resume: bool, kind: str, defaults: dict, given: dict, quiet=False) -> dict:
+    """Check and lock ``out``; return the settings to use (``scratchvae/rundir.py``)."""
+    return prepare_out(out, resume, kind, defaults, given, quiet, _DEFAULTS_BY_KIND)
 
 
 def _read_config(run_dir) -> dict:
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.isfile(path):
-        raise ValueError(f"run: {run_dir!r} holds no config.json; expected the --out directory "
-                         "of a training command")
-    try:
-        with open(path) as f:
-            cfg = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"run: cannot read {path!r} ({e})") from None
-    if not isinstance(cfg, dict) or "kind" not in cfg or "settings" not in cfg:
-        raise ValueError(f"run: {path!r} is not a scratchvae run configuration")
-    return cfg
+    return _read_saved_config(run_dir, _DEFAULTS_BY_KIND)
 
 
 def _dtype(name):
@@ -145,7 +128,11 @@ CHECKPOINT_SECONDS = 10.0
 
 
 def _run_trainer(trainer: Trainer, out, kind, settings, extra_state, resume, stop_after):
-    """Run (or resume) ``trainer``, writing config, checkpoints and history into ``out``."""
+    """Run (or resume) ``trainer``, writing config, checkpoints and history into ``out``.
+
+    SIGINT / SIGTERM stop the run at the next step boundary; its checkpoint is written and
+    ``RunInterrupted`` raised (the command line says how to resume and exits 130 / 143).
+    """
     checkpoint = None if out is None else os.path.join(out, "checkpoint.npz")
     last_write = time.monotonic()
 
@@ -161,10 +148,17 @@ def _run_trainer(trainer: Trainer, out, kind, settings, extra_state, resume, sto
         _write_json(os.path.join(out, "config.json"),
                     {"kind": kind, "settings": _config_for_json(settings)})
         if resume:
-            trainer.load(checkpoint)
+            arrays = trainer.load(checkpoint, extra_state())
+            if "standardize.scale" in arrays:
+                check_standardization(arrays, checkpoint)
         trainer.on_eval = save
-    result = trainer.run(stop_after=stop_after)
-    save(trainer, at_end=True)
+    with on_signals(trainer):
+        result = trainer.run(stop_after=stop_after)
+        save(trainer, at_end=True)
+    if result.signal is not None:
+        raise RunInterrupted(result.signal, result.steps, out)
+    if result.stopped:
+        quiet_after_stop()
     return result
 
 
@@ -197,6 +191,7 @@ def _build_flow_model(settings, dim, context_dim, rng):
     return FlowDensity(base, flow, dim, context_dim=context_dim)
 
 
+@guarded_run
 def train_flow(out=None, quiet=False, resume=False, figures=True, stop_after=None, **settings):
     """Fit a coupling flow by maximum likelihood (forward KL). Returns ``(model, metrics)``.
 
@@ -208,23 +203,26 @@ def train_flow(out=None, quiet=False, resume=False, figures=True, stop_after=Non
     units: the standardisation's log-det is included), ``entropy`` (where known), ``steps``,
     ``seconds``. ``stop_after``: stop at that step as if interrupted (for tests of resuming).
     """
-    unknown = set(settings) - set(FLOW_DEFAULTS)
-    if unknown:
-        raise ValueError(f"settings: unknown {sorted(unknown)}")
-    settings = _prepare_out(out, resume, "flow", {**FLOW_DEFAULTS, **settings})
+    settings = _prepare_out(out, resume, "flow", FLOW_DEFAULTS, settings, quiet)
     if settings["flow"] not in ("affine", "spline"):
         raise ValueError(f"flow: expected 'affine' or 'spline', got {settings['flow']!r}")
     if settings["layers"] is None:
         settings = {**settings, "layers": DEFAULT_LAYERS[settings["flow"]]}
     dtype = _dtype(settings["dtype"])
+    check_memory(settings["n_train"] * 2 * 8 * 3, "--n-train")  # points, labels, one copy
     ds = datasets.load_dataset(str(settings["data"]), n_train=settings["n_train"],
                                seed=settings["seed"])
     context_dim = 0
     if settings["conditional"]:
         if ds.train_labels is None:
             raise ValueError(f"conditional: data set {ds.name!r} has no labels to condition on")
+        datasets.check_label_count(ds)
         context_dim = int(ds.n_classes)
     dim = ds.train.shape[1]
+    datasets.check_spread(ds.train, f"--data {settings['data']}")
+    check_model_size(settings, [[dim // 2 + context_dim, *settings["hidden"],
+                                  dim * 3 * settings["bins"]]] * settings["layers"],
+                      max(settings["batch"], min(len(ds.test), 20_000)), dim + context_dim)
     rng = np.random.default_rng([settings["seed"], 7])
     model = _build_flow_model(settings, dim, context_dim, rng)
     model.standardize(ds.train)
@@ -261,6 +259,7 @@ def train_flow(out=None, quiet=False, resume=False, figures=True, stop_after=Non
     if out is not None and (result.steps >= settings["steps"] or result.stopped):
         metrics["figures"] = _figures(out, figures, lambda path: _flow_figures(
             model, ds, path, context_dim, split, test_rows, trainer.history))
+    metrics = finite_or_none(metrics)
     if out is not None:
         _write_json(os.path.join(out, "metrics.json"), metrics)
     return model, metrics
@@ -307,6 +306,7 @@ def _build_vae(settings, dim, rng):
                          bins=settings["bins"], **common)
 
 
+@guarded_run
 def train_vae(out=None, quiet=False, resume=False, figures=True, stop_after=None, **settings):
     """Fit a VAE (mean-field or flow posterior) by maximising the ELBO. Returns
     ``(model, metrics)``.
@@ -322,16 +322,16 @@ def train_vae(out=None, quiet=False, resume=False, figures=True, stop_after=None
     Metrics (nats per example): ``test_elbo``, ``test_iwae``, ``test_kl``, ``test_rec``,
     ``active_units``, ``epochs``, ``seconds``.
     """
-    unknown = set(settings) - set(VAE_DEFAULTS)
-    if unknown:
-        raise ValueError(f"settings: unknown {sorted(unknown)}")
-    settings = _prepare_out(out, resume, "vae", {**VAE_DEFAULTS, **settings})
+    settings = _prepare_out(out, resume, "vae", VAE_DEFAULTS, settings, quiet)
     posteriors = ("gaussian", "planar", "radial", "affine", "spline")
     if settings["posterior"] not in posteriors:
         raise ValueError(f"posterior: expected one of {posteriors}, got {settings['posterior']!r}")
     dtype = _dtype(settings["dtype"])
     ds = datasets.load_dataset(str(settings["data"]), seed=settings["seed"])
     train, val, test = (a.astype(dtype) for a in (ds.train, ds.val, ds.test))
+    dim, hidden, latent = train.shape[1], settings["hidden"], settings["latent"]
+    check_model_size(settings, [[dim, *hidden, 2 * latent], [latent, *hidden[::-1], dim]],
+                      settings["batch"] * settings["samples"], max(dim, latent))
     rng = np.random.default_rng([settings["seed"], 7])
     model = _build_vae(settings, train.shape[1], rng)
     for split in (train, val, test):  # e.g. grey levels refused by the Bernoulli likelihood
@@ -365,6 +365,7 @@ def train_vae(out=None, quiet=False, resume=False, figures=True, stop_after=None
     if out is not None and (result.steps >= steps or result.stopped):
         metrics["figures"] = _figures(out, figures, lambda path: _vae_figures(
             model, ds, test, path, trainer.history))
+    metrics = finite_or_none(metrics)
     if out is not None:
         _write_json(os.path.join(out, "metrics.json"), metrics)
     return model, metrics
@@ -403,6 +404,7 @@ def _vae_figures(model, ds, test, path, history):
 
 
 # ----------------------------------------------------------------------------- reverse KL
+@guarded_run
 def fit_target(out=None, quiet=False, resume=False, figures=True, stop_after=None,
                target_object=None, **settings):
     """Fit a variational flow to an unnormalised 2-D density by reverse KL. Returns
@@ -419,18 +421,18 @@ def fit_target(out=None, quiet=False, resume=False, figures=True, stop_after=Non
     from .targets import make_target, reference_log_z
     from .variational import importance_estimate, make_variational, reverse_kl_loss_and_grads
 
-    unknown = set(settings) - set(TARGET_DEFAULTS)
-    if unknown:
-        raise ValueError(f"settings: unknown {sorted(unknown)}")
-    settings = _prepare_out(out, resume, "target", {**TARGET_DEFAULTS, **settings})
+    settings = _prepare_out(out, resume, "target", TARGET_DEFAULTS, settings, quiet)
     target = target_object if target_object is not None else make_target(settings["target"])
+    check_model_size(settings, [[2, *settings["hidden"], 6 * settings["bins"]]]
+                      * settings["layers"], max(settings["batch"], settings["n_estimate"]), 2)
     q = _build_variational(settings, make_variational)
-    trainer = Trainer(q, lambda b, r, s: reverse_kl_loss_and_grads(q, target, settings["batch"], r),
-                      steps=settings["steps"], lr=settings["lr"], seed=settings["seed"],
+    loss = non_finite_samples_stop(
+        lambda b, r, s: reverse_kl_loss_and_grads(q, target, settings["batch"], r))
+    trainer = Trainer(q, loss, steps=settings["steps"], lr=settings["lr"], seed=settings["seed"],
                       lr_schedule="cosine", keep_best=False, quiet=quiet, desc="fit-target")
     result = _run_trainer(trainer, out, "target", settings, lambda: {}, resume, stop_after)
-    est = importance_estimate(q, target, settings["n_estimate"],
-                              np.random.default_rng([settings["seed"], 5]))
+    est = estimate_or_nan(lambda: importance_estimate(
+        q, target, settings["n_estimate"], np.random.default_rng([settings["seed"], 5])))
     log_z_true = target.log_z if getattr(target, "log_z", None) is not None else \
         reference_log_z(target)
     metrics = {"elbo": float(est.elbo), "log_z_estimate": float(est.log_z),
@@ -449,6 +451,7 @@ def fit_target(out=None, quiet=False, resume=False, figures=True, stop_after=Non
                     plots.plot_history(trainer.history, path("history.png"),
                                        keys=("train_loss",))]
         metrics["figures"] = _figures(out, figures, draw)
+    metrics = finite_or_none(metrics)
     if out is not None:
         _write_json(os.path.join(out, "metrics.json"), metrics)
     return q, metrics
@@ -471,10 +474,13 @@ def load_run(run_dir):
     ``checkpoint.npz``. Returns ``(model, kind, settings, arrays)``."""
     cfg = _read_config(run_dir)
     kind, settings = cfg["kind"], cfg["settings"]
-    arrays = load_npz(os.path.join(run_dir, "checkpoint.npz"))
+    path = os.path.join(run_dir, "checkpoint.npz")
+    arrays = load_npz(path)
     rng = np.random.default_rng([settings["seed"], 7])
     if kind == "flow":
-        ds_dim = int(np.asarray(arrays["standardize.shift"]).size)
+        if settings["layers"] is None:
+            settings = {**settings, "layers": DEFAULT_LAYERS.get(settings["flow"], 4)}
+        ds_dim = check_standardization(arrays, path)
         n_classes = _context_dim_of(arrays)
         model = _build_flow_model(settings, ds_dim, n_classes, rng)
         model.shift = arrays["standardize.shift"]
@@ -486,6 +492,8 @@ def load_run(run_dir):
         model = _build_variational(settings)
     else:
         raise ValueError(f"run: unknown kind {kind!r} in {run_dir!r}")
+    from .train import check_arrays_like
+    check_arrays_like(arrays, model.params, path, "param.")  # exact shapes, dtypes, finite
     model.load_params({k[6:]: v for k, v in arrays.items() if k.startswith("param.")})
     return model, kind, settings, arrays
 
@@ -513,6 +521,8 @@ def sample_run(run_dir, n: int, temperature: float = 1.0, seed: int = 0, label=N
     if not temperature > 0:
         raise ValueError(f"temperature: expected a positive number, got {temperature}")
     model, kind, settings, _ = load_run(run_dir)
+    width = max([*settings["hidden"], getattr(model, "dim", 2), 2])
+    check_memory(8 * 4 * int(n) * width, f"--n {n}")  # a few (n, width) arrays at a time
     rng = np.random.default_rng(seed)
     if kind == "flow":
         context = None

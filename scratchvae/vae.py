@@ -236,8 +236,9 @@ class VAE(Module):
         self.sigma_floor = float(sigma_floor)
         sizes_in = getattr(encoder, "sizes", None)
         sizes_out = getattr(decoder, "sizes", None)
-        if sizes_in is not None and sizes_in[-1] < 2 * self.latent_dim:
-            raise ValueError(f"encoder: expected at least 2 * latent_dim = {2 * self.latent_dim} "
+        if sizes_in is not None and sizes_in[-1] != 2 * self.latent_dim:
+            # exactly 2L: the backward returns 2L columns (issue 15, item 14)
+            raise ValueError(f"encoder: expected exactly 2 * latent_dim = {2 * self.latent_dim} "
                              f"outputs (mu, raw scale), got {sizes_in[-1]}")
         if sizes_out is not None and sizes_out[0] != self.latent_dim:
             raise ValueError(f"decoder: expected {self.latent_dim} inputs (latent_dim), got "

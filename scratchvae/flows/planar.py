@@ -124,6 +124,37 @@ def _safe_radius(r):
     return np.maximum(r, np.finfo(r.dtype).tiny)
 
 
+def _row_norms(e):
+    """Guard: ``|e|`` of each row without overflow: ``m |e / m|`` with ``m = max|e_i|`` on the
+    rows whose sum of squares overflows (the other rows keep the plain formula, unchanged).
+
+    WHY: ``sqrt(sum e^2)`` overflows once ``|e| >= 1e154`` in float64 (1e19 in float32): the
+    radial flow then returned NaN and -inf log-dets with RuntimeWarnings (issue 15, item 10).
+    """
+    with np.errstate(over="ignore"):
+        r = np.sqrt(np.sum(e * e, axis=1))
+    big = ~np.isfinite(r) & np.all(np.isfinite(e), axis=1)
+    if np.any(big):
+        eb = e[big]
+        m = np.max(np.abs(eb), axis=1)
+        s = eb / m[:, None]
+        r[big] = m * np.sqrt(np.sum(s * s, axis=1))
+    return r
+
+
+def _log_radial_c(C, B, alpha, beta):
+    """Guard: ``log C`` with ``C = B^2 + alpha beta`` also where ``C`` overflowed (``|z - z0|``
+    beyond ~1e154): there ``log C = 2 log B + log1p(alpha beta / B^2)`` (WHY: see
+    ``_row_norms``; ``log inf`` made the log-det ``+-inf`` for finite, representable points)."""
+    finite = np.isfinite(C)
+    out = np.log(np.where(finite, C, 1.0))
+    if not np.all(finite):
+        Bw = B[~finite]
+        with np.errstate(over="ignore", under="ignore"):
+            out[~finite] = 2.0 * np.log(Bw) + np.log1p(alpha * beta / (Bw * Bw))
+    return out
+
+
 def _tanh_and_sech2(a):
     """``tanh(a)`` and ``tanh'(a) = sech^2(a) = 4 e^{-2|a|} / (1 + e^{-2|a|})^2``.
 
@@ -415,7 +446,8 @@ def _radial_state(e, r, raw_alpha, raw_beta):
     # 1 + beta h + beta h' r = 1 + alpha beta / B^2 = (r^2 + 2 alpha r + alpha sb) / B^2:
     # both numerators are sums of non-negative terms
     A, A_ok = _positive_part(r + sb)
-    C, C_ok = _positive_part(r * (r + 2.0 * alpha) + alpha * sb)
+    with np.errstate(over="ignore"):  # C = inf beyond r ~ 1e154: see _log_radial_c
+        C, C_ok = _positive_part(r * (r + 2.0 * alpha) + alpha * sb)
     e_hat = e / _safe_radius(r)[:, None]
     return RadialCache(e, r, e_hat, alpha, sb, beta, raw_alpha, raw_beta, B, A, A_ok, C, C_ok,
                        beta / B)
@@ -424,7 +456,8 @@ def _radial_state(e, r, raw_alpha, raw_beta):
 def _radial_logdet(cache):
     """``(D-1) log(1 + beta h) + log(1 + beta h + beta h' r)`` from the cancellation-free forms."""
     D = cache.e.shape[1]
-    return (D - 1) * (np.log(cache.A) - np.log(cache.B)) + np.log(cache.C) - 2.0 * np.log(cache.B)
+    log_C = _log_radial_c(cache.C, cache.B, cache.alpha, cache.beta)
+    return (D - 1) * (np.log(cache.A) - np.log(cache.B)) + log_C - 2.0 * np.log(cache.B)
 
 
 def _radial_logdet_partials(cache):
@@ -449,7 +482,7 @@ def radial_forward(z, z0, raw_alpha, raw_beta):
     Derivation: derivations/12-planar-and-radial.md#radial-flow.
     """
     e = z - z0
-    r = np.sqrt(np.sum(e * e, axis=1))
+    r = _row_norms(e)
     cache = _radial_state(e, r, raw_alpha, raw_beta)
     x = z + cache.gamma[:, None] * e
     return x, _radial_logdet(cache), cache
@@ -494,7 +527,7 @@ def _radial_radius(rho, alpha, sb):
     Derivation: derivations/12-planar-and-radial.md#inverting-the-radial-flow.
     """
     bp = sb - rho
-    root = np.sqrt(bp * bp + 4.0 * alpha * rho)
+    root = np.hypot(bp, 2.0 * np.sqrt(alpha * rho))  # sqrt(bp^2 + 4 alpha rho), no overflow
     positive = bp > 0
     num = np.where(positive, 2.0 * alpha * rho, root - bp)
     den = np.where(positive, root + bp, 2.0)
@@ -513,7 +546,7 @@ def radial_inverse(x, z0, raw_alpha, raw_beta):
     """
     alpha, sb, _ = _radial_scalars(raw_alpha, raw_beta)
     y = x - z0
-    rho = np.sqrt(np.sum(y * y, axis=1))
+    rho = _row_norms(y)
     r = _radial_radius(rho, alpha, sb)
     # e = y / (1 + beta h); at rho = 0 (so r = 0) this is 0 whatever the floor did
     e = y * ((alpha + r) / _positive_part(r + sb)[0])[:, None]
