@@ -223,9 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
         "train-flow", formatter_class=_Help, help="fit a coupling flow by maximum likelihood")
     f.add_argument("--data", default=F["data"],
                    help="toy data set name or a .npy/.npz/.csv file")
-    f.add_argument("--flow", choices=["affine", "spline"], default=F["flow"])
+    f.add_argument("--flow", choices=["affine", "spline", "dsf", "sos"], default=F["flow"])
     f.add_argument("--layers", type=_positive_int, default=F["layers"],
-                   help="coupling layers (default: 4 for spline, 8 for affine)")
+                   help="coupling layers (default: 4 for spline, dsf, sos; 8 for affine)")
     f.add_argument("--bins", type=_positive_int, default=F["bins"])
     f.add_argument("--bound", type=_positive_float, default=F["bound"])
     f.add_argument("--hidden", type=_sizes, default=F["hidden"])
@@ -275,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "fit-target", formatter_class=_Help, help="reverse-KL fit to an unnormalised 2-D density")
     t.add_argument("--target", default=T["target"])
-    t.add_argument("--flow", choices=["gaussian", "planar", "radial", "affine", "spline"],
+    t.add_argument("--flow", choices=["gaussian", "planar", "radial", "affine", "spline", "dsf",
+                                      "sos"],
                    default=T["flow"])
     t.add_argument("--layers", type=_positive_int, default=T["layers"])
     t.add_argument("--hidden", type=_sizes, default=T["hidden"])

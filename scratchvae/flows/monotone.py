@@ -62,7 +62,8 @@ def _bracket(f, y, x0, width, max_expansions, what):
         lo_i, hi_i, flo_i, fhi_i = (v.reshape(-1)[i] for v in (lo, hi, flo, fhi))
         cause = ("the map is not finite there (non-finite parameters?)"
                  if not (np.isfinite(flo_i) and np.isfinite(fhi_i)) else
-                 "the target lies outside the map's range")
+                 "the target lies outside the map's range (or beyond the search's reach, "
+                 f"{width:g} * 2^{max_expansions} from the first guess)")
         raise ValueError(
             f"{what}: cannot bracket the target y = {y.reshape(-1)[i]!r} ({bad.sum()} of "
             f"{bad.size} targets): after {max_expansions} doublings the map's values at "
