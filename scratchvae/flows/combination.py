@@ -251,11 +251,11 @@ def _register_checks():
     from ..gradcheck import BijectorCase, FunctionCase, register
 
     def law_case(rng, name, closed_form, inverse):
-        law = DSFLaw(4, closed_form=closed_form) if name == "dsf" else \
+        law = DSFLaw(3, closed_form=closed_form) if name == "dsf" else \
             SOSLaw(2, 3, bound=2.0, closed_form=closed_form)
-        z = 1.5 * rng.standard_normal((4, 3))
+        z = 1.5 * rng.standard_normal((3, 2))
         z[0] *= 3.0  # a row in the SOS's linear tails
-        theta = 0.8 * rng.standard_normal((4, 3, law.n_params))
+        theta = 0.8 * rng.standard_normal((3, 2, law.n_params))
         fn, arg = (law.inverse, "x") if inverse else (law.forward, "u")
         return FunctionCase(fn, law.backward, {arg: z, "theta": theta}, tol=1e-6)
 
@@ -263,9 +263,9 @@ def _register_checks():
         from .coupling import CouplingBlock, randomize_conditioners
         law = DSFLaw(3, closed_form=closed_form) if name == "dsf" else \
             SOSLaw(2, 2, bound=2.0, closed_form=closed_form)
-        block = CouplingBlock(4, law, (6,), "tanh", rng, context_dim=2)
+        block = CouplingBlock(3, law, (3,), "tanh", rng, context_dim=1)
         randomize_conditioners(block, rng, 0.5)
-        return BijectorCase(block, rng.standard_normal((3, 4)), rng.standard_normal((3, 2)))
+        return BijectorCase(block, rng.standard_normal((2, 3)), rng.standard_normal((2, 1)))
 
     for name in LAWS:
         for cf in ("forward", "inverse"):
