@@ -42,80 +42,97 @@ def _bracket(f, y, x0, width, max_expansions, what):
     """Vectorised bracketing: ``lo``, ``hi`` with ``f(lo) <= y <= f(hi)`` for every element.
 
     Where ``f(lo) > y`` the old ``lo`` is a valid upper end and ``lo`` moves down by a step
-    that doubles each round; where ``f(hi) < y`` the same upwards. ``ValueError`` naming the
-    cause when a target is still outside after ``max_expansions`` doublings.
+    that doubles each round; where ``f(hi) < y`` the same upwards. Only the elements whose
+    bracket moved are evaluated again. ``ValueError`` naming the cause when a target is still
+    outside after ``max_expansions`` doublings. Flat arrays.
     Derivation: derivations/17-combination-flows.md#the-numerical-inverse.
     """
     lo, hi = x0 - width, x0 + width
+    everything = np.arange(y.size)
+    flo, fhi = f(lo, everything)[0], f(hi, everything)[0]
     step = np.full_like(y, width)
-    for _ in range(max_expansions + 1):
-        flo, fhi = f(lo)[0], f(hi)[0]
-        move_down, move_up = flo > y, fhi < y
-        if not (move_down.any() or move_up.any()):
+    for _ in range(max_expansions):
+        down, up = np.flatnonzero(flo > y), np.flatnonzero(fhi < y)
+        if down.size == 0 and up.size == 0:
             break
-        step *= 2.0
-        lo, hi = (np.where(move_down, lo - step, np.where(move_up, hi, lo)),
-                  np.where(move_down, lo, np.where(move_up, hi + step, hi)))
+        step[down] *= 2.0
+        step[up] *= 2.0
+        hi[down], fhi[down] = lo[down], flo[down]   # f(lo) > y: lo is an upper end
+        lo[down] -= step[down]
+        flo[down] = f(lo[down], down)[0]
+        lo[up], flo[up] = hi[up], fhi[up]           # f(hi) < y: hi is a lower end
+        hi[up] += step[up]
+        fhi[up] = f(hi[up], up)[0]
     bad = ~(np.isfinite(flo) & np.isfinite(fhi) & (flo <= y) & (y <= fhi))
     if bad.any():
-        i = np.flatnonzero(bad.reshape(-1))[0]
-        lo_i, hi_i, flo_i, fhi_i = (v.reshape(-1)[i] for v in (lo, hi, flo, fhi))
+        i = np.flatnonzero(bad)[0]
         cause = ("the map is not finite there (non-finite parameters?)"
-                 if not (np.isfinite(flo_i) and np.isfinite(fhi_i)) else
+                 if not (np.isfinite(flo[i]) and np.isfinite(fhi[i])) else
                  "the target lies outside the map's range (or beyond the search's reach, "
                  f"{width:g} * 2^{max_expansions} from the first guess)")
         raise ValueError(
-            f"{what}: cannot bracket the target y = {y.reshape(-1)[i]!r} ({bad.sum()} of "
-            f"{bad.size} targets): after {max_expansions} doublings the map's values at "
-            f"[{lo_i:.6g}, {hi_i:.6g}] are [{flo_i:.6g}, {fhi_i:.6g}]; {cause}")
+            f"{what}: cannot bracket the target y = {y[i]!r} ({bad.sum()} of {bad.size} "
+            f"targets): after {max_expansions} doublings the map's values at "
+            f"[{lo[i]:.6g}, {hi[i]:.6g}] are [{flo[i]:.6g}, {fhi[i]:.6g}]; {cause}")
     return lo, hi
 
 
-def solve_increasing(f, y, x0=None, width=1.0, max_expansions=64, max_iter=300, what="inverse"):
+def solve_increasing(f, y, x0=None, width=1.0, max_expansions=64, max_iter=300, what="inverse",
+                     indexed=False):
     """``x`` with ``f(x) = y`` elementwise, for an increasing ``f``; bracketing, then Newton
     steps safeguarded by bisection.
 
-    ``f(x) -> (value, slope)``, elementwise, arrays of ``y``'s shape (the slope may be 0 or
-    inf where it underflows or overflows: such Newton steps are rejected). ``y``: targets,
-    float32 or float64, computed in that dtype. ``x0``: a first guess (default ``y``).
-    Stops where the last step is at most ``4 eps (1 + |x|)``, where ``f(x) = y`` exactly, or
-    where the bracket has no representable midpoint. ``ValueError`` (naming ``what``) when a
-    target cannot be bracketed or ``max_iter`` steps do not converge: never an inf or a
-    silently wrong answer.
+    ``f(x) -> (value, slope)``: the map and its derivative, elementwise, the same map for every
+    element; or, with ``indexed=True``, ``f(x, idx)`` at the flat points ``x`` of the elements
+    ``idx`` (integer indices into ``y.reshape(-1)``; each element its own map): only
+    unfinished elements are evaluated. The slope may be 0
+    or inf where it underflows or overflows: such Newton steps are rejected. ``y``: targets,
+    float32 or float64, solved in that dtype. ``x0``: a first guess (default ``y``).
+    An element is done where its Newton correction is at most ``4 eps (1 + |x|)`` (then
+    applied), where ``f(x) = y`` exactly, or where its bracket has no representable midpoint.
+    ``ValueError`` (naming ``what``) when a target cannot be bracketed or ``max_iter`` steps do
+    not converge: never an inf or a silently wrong answer.
     Derivation: derivations/17-combination-flows.md#the-numerical-inverse.
     """
     y = np.asarray(y)
+    shape = y.shape
     if not np.all(np.isfinite(y)):
         raise ValueError(f"{what}: cannot bracket a non-finite target: "
                          f"{np.count_nonzero(~np.isfinite(y))} of {y.size} targets are inf/NaN")
-    x0 = y.copy() if x0 is None else np.array(x0, dtype=y.dtype)
-    lo, hi = _bracket(f, y, x0, width, max_expansions, what)
+    fn = f if indexed else (lambda v, idx: f(v))
+    y = y.reshape(-1)
+    x0 = y.copy() if x0 is None else np.array(x0, dtype=y.dtype).reshape(-1)
+    lo, hi = _bracket(fn, y, x0, width, max_expansions, what)
     tol = 4.0 * np.finfo(y.dtype).eps
     x = np.where((x0 > lo) & (x0 < hi), x0, lo + 0.5 * (hi - lo))
     last_step = hi - lo
-    active = np.ones(y.shape, dtype=bool)
+    idx = np.arange(y.size)  # the unfinished elements
     for _ in range(max_iter):
-        fx, slope = f(x)
-        r = fx - y
-        hi = np.where(r > 0, x, hi)  # the bracket shrinks at every evaluation
-        lo = np.where(r < 0, x, lo)
+        if idx.size == 0:
+            return x.reshape(shape)
+        xa, la, ha = x[idx], lo[idx], hi[idx]
+        fx, slope = fn(xa, idx)
+        r = fx - y[idx]
+        ha = np.where(r > 0, xa, ha)  # the bracket shrinks at every evaluation
+        la = np.where(r < 0, xa, la)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            newton = x - r / slope
-        mid = lo + 0.5 * (hi - lo)
-        take_newton = (np.isfinite(newton) & (newton > lo) & (newton < hi)
-                       & (np.abs(newton - x) <= 0.5 * np.abs(last_step)))
+            newton = xa - r / slope
+        mid = la + 0.5 * (ha - la)
+        inside = np.isfinite(newton) & (newton >= la) & (newton <= ha)
+        take_newton = inside & (np.abs(newton - xa) <= 0.5 * np.abs(last_step[idx]))
         x_new = np.where(take_newton, newton, mid)
-        step = x_new - x
-        done = ((r == 0) | (np.abs(step) <= tol * (1.0 + np.abs(x)))
-                | (mid <= lo) | (mid >= hi))
-        x = np.where(active & ~(r == 0), x_new, x)
-        last_step = np.where(take_newton, step, hi - lo)
-        active &= ~done
-        if not active.any():
-            return x
+        done = ((r == 0) | (inside & (np.abs(newton - xa) <= tol * (1.0 + np.abs(xa))))
+                | (mid <= la) | (mid >= ha))
+        # a finished element keeps its point, plus its (tiny) Newton correction if inside
+        x[idx] = np.where(done, np.where(inside & (r != 0), newton, xa), x_new)
+        lo[idx], hi[idx] = la, ha
+        last_step[idx] = np.where(take_newton, x_new - xa, ha - la)
+        idx = idx[~done]
+    if idx.size == 0:
+        return x.reshape(shape)
     raise ValueError(f"{what}: the numerical inverse did not converge in {max_iter} steps for "
-                     f"{active.sum()} of {active.size} targets (bracket widths up to "
-                     f"{np.max((hi - lo)[active]):.3g})")
+                     f"{idx.size} of {y.size} targets (bracket widths up to "
+                     f"{np.max(hi[idx] - lo[idx]):.3g})")
 
 
 def implicit_upstream(d_x, d_logdet, log_slope, dlogslope_dx):
@@ -147,10 +164,12 @@ class MonotoneLaw:
 
     Subclasses define ``name``, ``n_params`` and ``closed_form``, and
 
-    - ``_tables(theta)``: per-element parameter tables from raw ``theta`` ``(N, M, P)``;
+    - ``_tables(theta)``: per-element parameter tables from raw ``theta`` ``(N, M, P)``, a
+      tuple of arrays whose last two axes are ``(N, M)``;
     - ``_map(x, tables) -> (y, l, local)``: ``y = f(x)``, ``l = log f'(x)`` and what the
       backward needs;
-    - ``_value_and_slope(x, tables) -> (y, f'(x))`` for the solver (no cache);
+    - ``_value_and_slope(x, tables) -> (y, f'(x))`` for the solver (no cache), also for flat
+      ``x`` ``(n,)`` with tables whose last two axes are flattened to ``(n,)``;
     - ``_backward(d_out, d_logdet, local, numerical) -> (d_in, d_theta)``: for
       ``numerical=False`` the gradients of ``<d_out, f> + <d_logdet, l>``; for
       ``numerical=True`` those of the inverse pass, through ``implicit_upstream``.
@@ -179,8 +198,10 @@ class MonotoneLaw:
         if not numerical:
             y, ell, local = self._map(z, tables)
             return y, ell, (False, local)
-        x = solve_increasing(lambda v: self._value_and_slope(v, tables), z,
-                             what=f"{type(self).__name__} inverse")
+        flat = tuple(t.reshape(t.shape[:-2] + (-1,)) for t in tables)
+        x = solve_increasing(lambda v, idx: self._value_and_slope(
+            v, tuple(t[..., idx] for t in flat)), z.reshape(-1), what=f"{type(self).__name__} "
+            "inverse", indexed=True).reshape(z.shape)
         _, ell, local = self._map(x, tables)
         return x, -ell, (True, local)
 
