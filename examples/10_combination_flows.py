@@ -74,7 +74,7 @@ model, law = models[name], laws[name]
 block = model.flow.bijectors[0]
 z = (grid - model.shift) / model.scale  # the law acts on standardised coordinates
 theta, _ = block._theta(z, None)
-a, _, b, _, w = law._tables(theta)  # (K, N, 1) each
+a, _, b, _, w, _ = law._tables(theta)  # (K, N, 1) each
 pieces = (w * (1.0 / (1.0 + np.exp(-(a * z + b)))))[..., 0]  # (K, N)
 fig, axes = plt.subplots(1, 2, figsize=(11, 4))
 for j, piece in enumerate(pieces):

@@ -97,7 +97,7 @@ class DSFLaw(MonotoneLaw):
         return (f"DSFLaw(components={self.components}, closed_form={self.closed_form!r})")
 
     def _tables(self, theta):
-        """``(a, da/dra, b, log w, w)``, each ``(K, N, M)``."""
+        """``(a, da/dra, b, log w, w, log a)``, each ``(K, N, M)``."""
         K = self.components
         slots = np.moveaxis(theta, -1, 0)
         z = slots[:K] + _slope_shift(self.min_slope)
@@ -108,10 +108,10 @@ class DSFLaw(MonotoneLaw):
         rw = slots[2 * K:]
         log_w = rw - rw.max(axis=0)
         log_w -= np.log(np.exp(log_w).sum(axis=0))
-        return a, da, b, log_w, np.exp(log_w)
+        return a, da, b, log_w, np.exp(log_w), np.log(a)
 
     def _logs(self, x, tables):
-        a, _, b, log_w, _ = tables
+        a, _, b, log_w, _, _ = tables
         p = a * x + b
         ls_p, ls_m = log_sigmoids(p)
         log_s, alpha = logsumexp_and_weights(log_w + ls_p)
@@ -119,20 +119,23 @@ class DSFLaw(MonotoneLaw):
         return ls_p, ls_m, log_s, alpha, log_1ms, beta
 
     def _map(self, x, tables):
-        a, _, _, log_w, _ = tables
+        log_w, log_a = tables[3], tables[5]
         ls_p, ls_m, log_s, alpha, log_1ms, beta = self._logs(x, tables)
-        lse_c, gamma = logsumexp_and_weights(log_w + np.log(a) + ls_p + ls_m)
+        lse_c, gamma = logsumexp_and_weights(log_w + log_a + ls_p + ls_m)
         ell = lse_c - log_s - log_1ms
         return log_s - log_1ms, ell, (x, tables, np.exp(ls_p), np.exp(ls_m), alpha, beta,
                                       gamma, ell)
 
     def _value_and_slope(self, x, tables):
-        y, ell, _ = self._map(x, tables)
-        return y, np.exp(ell)
+        """``y`` and ``y'`` for the solver (``_map`` without the backward's extras)."""
+        log_w, log_a = tables[3], tables[5]
+        ls_p, ls_m, log_s, _, log_1ms, _ = self._logs(x, tables)
+        lse_c, _ = logsumexp_and_weights(log_w + log_a + ls_p + ls_m)
+        return log_s - log_1ms, np.exp(lse_c - log_s - log_1ms)
 
     def _backward(self, d_out, d_logdet, local, numerical):
         """Derivation: derivations/17-combination-flows.md#gradients-of-the-dsf."""
-        x, (a, da, _, _, w), sig, sigm, alpha, beta, gamma, ell = local
+        x, (a, da, _, _, w, _), sig, sigm, alpha, beta, gamma, ell = local
         Y = alpha * sigm + beta * sig                      # dy/dp_j
         L = gamma * (sigm - sig) - alpha * sigm + beta * sig  # dl/dp_j
         if numerical:
