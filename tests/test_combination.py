@@ -244,10 +244,26 @@ def test_sos_slope_floor():
     """Coefficients making every square vanish at t = 0: the slope there is the floor."""
     law = SOSLaw(2, 1, bound=1.0, floor=1e-3)
     theta = np.zeros((1, 1, law.n_params))
-    theta[0, 0, 1] = -law.constants[0]  # C_01 = 0
-    theta[0, 0, 3] = -law.constants[1]  # C_02 = 0
+    L = law.max_coefficient  # raw rho with e_k + L tanh(rho / L) = 0: C_0k = 0
+    theta[0, 0, 1] = L * np.arctanh(-law.constants[0] / L)
+    theta[0, 0, 3] = L * np.arctanh(-law.constants[1] / L)
     _, ell, _ = law.forward(np.zeros((1, 1)), theta)
     np.testing.assert_allclose(np.exp(ell), 1e-3)
+
+
+def test_sos_coefficients_are_bounded():
+    """Raw coefficients of +-1e3 (a diverging conditioner): the slope stays below the bound
+    of ``bounded_coefficients``; without the guard it would be ~1e7."""
+    law = SOSLaw(3, 3, bound=2.0, max_coefficient=2.0)
+    rng = np.random.default_rng(0)
+    theta = 1e3 * rng.choice([-1.0, 1.0], (50, 1, law.n_params))
+    x = rng.uniform(-3, 3, (50, 1))
+    _, ell, _ = law.forward(x, theta)
+    K, R1 = 3, 4
+    limit = law.floor + K * (np.abs(law.constants).sum() + R1 * 2.0) ** 2
+    assert np.all(np.exp(ell) <= limit)
+    x_back, _, _ = law.inverse(law.forward(x, theta)[0], theta)
+    np.testing.assert_allclose(x_back, x, atol=1e-10)
 
 
 def test_empty_batch():
@@ -270,7 +286,8 @@ def test_make_law_knows_the_combination_laws():
     (lambda: DSFLaw(0), "components"), (lambda: DSFLaw(min_slope=1.0), "min_slope"),
     (lambda: DSFLaw(spread=-1.0), "spread"), (lambda: DSFLaw(closed_form="x"), "closed_form"),
     (lambda: SOSLaw(squares=0), "squares"), (lambda: SOSLaw(degree=1.5), "degree"),
-    (lambda: SOSLaw(bound=0.0), "bound"), (lambda: SOSLaw(floor=0.0), "floor")])
+    (lambda: SOSLaw(bound=0.0), "bound"), (lambda: SOSLaw(floor=0.0), "floor"),
+    (lambda: SOSLaw(max_coefficient=0.0), "max_coefficient")])
 def test_bad_arguments_raise_value_error_naming_them(build, name):
     with pytest.raises(ValueError, match=f"^{name}: expected"):
         build()

@@ -25,7 +25,8 @@ import numpy as np
 
 from .monotone import MonotoneLaw, check_closed_form, implicit_upstream
 
-__all__ = ["DSFLaw", "SOSLaw", "LAWS", "log_sigmoids", "logsumexp_and_weights"]
+__all__ = ["DSFLaw", "SOSLaw", "LAWS", "log_sigmoids", "logsumexp_and_weights",
+           "bounded_coefficients"]
 
 
 def log_sigmoids(p):
@@ -52,6 +53,21 @@ def logsumexp_and_weights(v):
     total = e.sum(axis=0)
     e /= total
     return m + np.log(total), e
+
+
+def bounded_coefficients(raw, limit):
+    """Guard: ``limit tanh(raw / limit)`` and its slope ``1 - tanh^2``.
+
+    WHY: a square's coefficients are network outputs. Unbounded, one large output makes the
+    SOS slope ``g`` (a sum of squares of them) huge, the next block then receives points far in
+    its linear tails, where the coefficient gradients grow with ``|x|``: a stack of SOS blocks
+    trained by Adam overflowed within 1000 steps (8 blocks, 4 squares of degree 4). Bounded,
+    ``g <= floor + K (sum_k |e_k| + (R+1) limit)^2`` for every input, and ``= raw`` to first
+    order near 0, so zero parameters keep the identity.
+    Derivation: derivations/17-combination-flows.md#the-sum-of-squares-polynomial.
+    """
+    th = np.tanh(raw / limit)
+    return limit * th, 1.0 - th * th
 
 
 def _slope_shift(minimum):
@@ -160,20 +176,26 @@ class SOSLaw(MonotoneLaw):
     power stays in ``[-1, 1]``; outside ``[-B, B]`` the integrand is constant and the map a
     straight line. Closed form inside: ``y = c + floor x + B sum_k sum_{r,s} C_rk C_sk
     t^{r+s+1} / (r+s+1)``. Slope ``y' = g = floor + sum_k q_k(t)^2 >= floor > 0``; log-det
-    ``log g``. Raw ``theta[..., 0] = c``, ``theta[..., 1 + k (R+1) + r] = C_rk - e_k [r = 0]``,
-    with fixed distinct constants ``e_k`` (``sum_k e_k^2 = 1 - floor``), so ``theta = 0`` is
-    the identity up to rounding (``g = 1``).
+    ``log g``. Raw ``theta[..., 0] = c`` and ``theta[..., 1 + k (R+1) + r] = rho_rk`` with
+    ``C_rk = e_k [r = 0] + L tanh(rho_rk / L)`` (``L = max_coefficient``,
+    ``bounded_coefficients``) and fixed distinct constants ``e_k`` (``sum_k e_k^2 = 1 - floor``),
+    so ``theta = 0`` is the identity up to rounding (``g = 1``).
     Derivation: derivations/17-combination-flows.md#the-sum-of-squares-polynomial.
     """
 
     name = "sos"
 
-    def __init__(self, squares=3, degree=3, bound=4.0, floor=1e-3, closed_form="forward"):
+    def __init__(self, squares=3, degree=3, bound=4.0, floor=1e-3, max_coefficient=2.0,
+                 closed_form="forward"):
         for n, v in (("squares", squares), ("degree", degree)):
             if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
                 raise ValueError(f"{n}: expected a positive integer, got {v!r}")
         if not (np.isfinite(bound) and bound > 0):
             raise ValueError(f"bound: expected a positive finite number, got {bound}")
+        if not (np.isfinite(max_coefficient) and max_coefficient > 0):
+            raise ValueError("max_coefficient: expected a positive finite number, got "
+                             f"{max_coefficient}")
+        self.max_coefficient = float(max_coefficient)
         if not 0 < floor < 1:
             raise ValueError(f"floor: expected 0 < floor < 1, got {floor}")
         self.squares, self.degree = int(squares), int(degree)
@@ -192,13 +214,14 @@ class SOSLaw(MonotoneLaw):
         C_rk C_sk`` the coefficients of ``sum_k q_k^2`` (for the solver's cheap evaluation)."""
         N, M, _ = theta.shape
         K, R1 = self.squares, self.degree + 1
-        C = np.moveaxis(theta[..., 1:].reshape(N, M, K, R1), (3, 2), (0, 1)).copy()
+        raw = np.moveaxis(theta[..., 1:].reshape(N, M, K, R1), (3, 2), (0, 1))
+        C, dC_draw = bounded_coefficients(raw, self.max_coefficient)
         C[0] += self.constants.astype(theta.dtype)[:, None, None]
         G = np.zeros((2 * R1 - 1, N, M), dtype=C.dtype)
         for r in range(R1):
             for s in range(R1):
                 G[r + s] += (C[r] * C[s]).sum(axis=0)
-        return theta[..., 0], C, G
+        return theta[..., 0], C, G, dC_draw
 
     def _powers(self, x):
         """``t = clip(x / B, -1, 1)``, whether ``x`` is inside, and ``t^m``, ``m = 0..2R+1``."""
@@ -209,7 +232,7 @@ class SOSLaw(MonotoneLaw):
         return t, np.abs(x) <= self.bound, powers
 
     def _map(self, x, tables):
-        c, C, _ = tables
+        c, C, _, dC_draw = tables
         t, inside, tp = self._powers(x)
         R1 = self.degree + 1
         q = sum(C[r] * tp[r] for r in range(R1))                 # (K, N, M)
@@ -220,12 +243,12 @@ class SOSLaw(MonotoneLaw):
         outside = x - self.bound * t                             # 0 inside [-B, B]
         y = c + self.floor * x + self.bound * (C * H).sum(axis=(0, 1)) + (g - self.floor) * outside
         ell = np.log(g)
-        return y, ell, (x, C, t, inside, tp, q, H, g, outside, ell)
+        return y, ell, (x, C, t, inside, tp, q, H, g, outside, ell, dC_draw)
 
     def _value_and_slope(self, x, tables):
         """``y`` and ``g`` by Horner's rule on the coefficients ``G`` (speed: the solver calls
         this ~10 times; ``_map`` also forms what the backward needs)."""
-        c, _, G = tables
+        c, _, G, _ = tables
         t = np.clip(x / self.bound, -1.0, 1.0)
         integral = G[-1] / G.shape[0]   # sum_m G_m t^{m+1} / (m+1), Horner from the top
         squares = G[-1]
@@ -237,7 +260,7 @@ class SOSLaw(MonotoneLaw):
 
     def _backward(self, d_out, d_logdet, local, numerical):
         """Derivation: derivations/17-combination-flows.md#gradients-of-the-sos-polynomial."""
-        x, C, t, inside, tp, q, H, g, outside, ell = local
+        x, C, t, inside, tp, q, H, g, outside, ell, dC_draw = local
         R1 = self.degree + 1
         if numerical:
             dq = sum(r * C[r] * tp[r - 1] for r in range(1, R1))  # q_k'(t)
@@ -248,6 +271,7 @@ class SOSLaw(MonotoneLaw):
         # dC_rk = 2 B d_y H_rk + 2 q_k t^r (d_y (x - B t) + d_l / g)
         common = 2.0 * q * (d_y * outside + d_l / g)
         dC = 2.0 * self.bound * d_y * H + np.stack([common * tp[r] for r in range(R1)])
+        dC *= dC_draw                                            # through the bound
         if not numerical:
             dq = sum(r * C[r] * tp[r - 1] for r in range(1, R1))
             d_in = d_y * g + d_l * np.where(inside, 2.0 * (q * dq).sum(axis=0)
