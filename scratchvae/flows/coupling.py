@@ -212,7 +212,7 @@ class SplineLaw:
 def make_law(law, bins=8, bound=4.0, scale_bound=2.0):
     """A law object from ``"affine"`` / ``"spline"`` / ``"dsf"`` / ``"sos"`` (or a law object,
     returned as is)."""
-    from .combination import LAWS as COMBINATION_LAWS  # here: combination imports this module
+    from .combination import LAWS as COMBINATION_LAWS  # lazy: combination builds coupling blocks
     from .monotone import MonotoneLaw
     if isinstance(law, AffineLaw | SplineLaw | MonotoneLaw):
         return law
