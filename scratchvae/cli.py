@@ -171,9 +171,9 @@ def cmd_demo(args) -> int:
 
 # ----------------------------------------------------------------------------- parser
 #: The choices of the flow options (other flows are added here and in runs.py).
-FLOW_LAWS = ("affine", "spline")
+FLOW_LAWS = ("affine", "spline", "dsf", "sos")
 POSTERIORS = ("gaussian", "planar", "radial", "affine", "spline")
-TARGET_FLOWS = ("gaussian", "planar", "radial", "affine", "spline")
+TARGET_FLOWS = ("gaussian", "planar", "radial", "affine", "spline", "dsf", "sos")
 
 
 class _Help(argparse.HelpFormatter):
@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--flow", choices=FLOW_LAWS, default=F["flow"],
                    help="the coupling layers' elementwise law")
     f.add_argument("--layers", type=_positive_int, default=F["layers"],
-                   help="coupling layers (none: 4 for spline, 8 for affine)")
+                   help="coupling layers (none: 4 for spline, dsf and sos; 8 for affine)")
     f.add_argument("--bins", type=_positive_int, default=F["bins"], help="spline bins K")
     f.add_argument("--bound", type=_bound, default=F["bound"],
                    help="spline box [-B, B] in standardised units; identity outside")

@@ -53,7 +53,12 @@ FLOW_DEFAULTS = dict(data="moons", flow="spline", layers=None, bins=16, bound=4.
                      n_train=50_000)
 
 #: Coupling layers of each law when ``layers`` is not given.
-DEFAULT_LAYERS = {"spline": 4, "affine": 8}
+DEFAULT_LAYERS = {"spline": 4, "affine": 8, "dsf": 4, "sos": 4}
+
+#: Laws whose inverse is numerical (``flows/combination.py``): ``train-flow`` builds them with
+#: the closed form in the normalising direction, the one a likelihood fit evaluates; sampling
+#: pays the numerical inverse.
+DENSITY_LAWS = {"dsf": dict(closed_form="inverse"), "sos": dict(closed_form="inverse")}
 
 #: The defaults of ``scratchvae train-vae``: issue 3's settings (latent 16, hidden 256-256,
 #: tanh, Adam from 1e-3, batch 128, best-validation epoch kept) with a cosine decay of the
@@ -180,7 +185,11 @@ def _build_flow_model(settings, dim, context_dim, rng):
     from .flows.coupling import coupling_flow
 
     dtype = _dtype(settings["dtype"])
-    flow = coupling_flow(dim, settings["layers"], settings["flow"], tuple(settings["hidden"]),
+    law = settings["flow"]
+    if law in DENSITY_LAWS:
+        from .flows.combination import LAWS
+        law = LAWS[law](**DENSITY_LAWS[law])
+    flow = coupling_flow(dim, settings["layers"], law, tuple(settings["hidden"]),
                          settings["activation"], bins=settings["bins"], bound=settings["bound"],
                          rng=rng, context_dim=context_dim, dtype=dtype)
     if context_dim:
@@ -196,16 +205,17 @@ def train_flow(out=None, quiet=False, resume=False, figures=True, stop_after=Non
     """Fit a coupling flow by maximum likelihood (forward KL). Returns ``(model, metrics)``.
 
     Settings (defaults in ``FLOW_DEFAULTS``): ``data`` (a toy name, or a .npy/.npz/.csv
-    file), ``flow`` ("affine" | "spline"), ``layers``, ``bins``, ``bound``, ``hidden``,
-    ``activation``, ``steps``, ``batch``, ``lr``, ``lr_schedule``, ``seed``, ``dtype``,
+    file), ``flow`` ("affine" | "spline" | "dsf" | "sos"), ``layers``, ``bins``, ``bound``,
+    ``hidden``, ``activation``, ``steps``, ``batch``, ``lr``, ``lr_schedule``, ``seed``, ``dtype``,
     ``conditional`` (one-hot labels as context), ``n_train`` (points drawn from a toy set).
     Metrics: ``test_nll``, ``train_nll``, ``val_nll`` (nats per sample, in the data's own
     units: the standardisation's log-det is included), ``entropy`` (where known), ``steps``,
     ``seconds``. ``stop_after``: stop at that step as if interrupted (for tests of resuming).
     """
     settings = _prepare_out(out, resume, "flow", FLOW_DEFAULTS, settings, quiet)
-    if settings["flow"] not in ("affine", "spline"):
-        raise ValueError(f"flow: expected 'affine' or 'spline', got {settings['flow']!r}")
+    if settings["flow"] not in DEFAULT_LAYERS:
+        raise ValueError(f"flow: expected one of {sorted(DEFAULT_LAYERS)}, got "
+                         f"{settings['flow']!r}")
     if settings["layers"] is None:
         settings = {**settings, "layers": DEFAULT_LAYERS[settings["flow"]]}
     dtype = _dtype(settings["dtype"])
@@ -460,7 +470,7 @@ def fit_target(out=None, quiet=False, resume=False, figures=True, stop_after=Non
 def _build_variational(settings, make_variational=None):
     if make_variational is None:
         from .variational import make_variational
-    kinds = ("gaussian", "planar", "radial", "affine", "spline")
+    from .variational import KINDS as kinds
     if settings["flow"] not in kinds:
         raise ValueError(f"flow: expected one of {kinds}, got {settings['flow']!r}")
     return make_variational(settings["flow"], 2, n_layers=settings["layers"],

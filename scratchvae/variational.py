@@ -56,7 +56,7 @@ __all__ = [
     "kish_ess",
 ]
 
-KINDS = ("gaussian", "planar", "radial", "affine", "spline")
+KINDS = ("gaussian", "planar", "radial", "affine", "spline", "dsf", "sos")
 
 
 # ----------------------------------------------------------------------------- validation
@@ -212,7 +212,7 @@ def make_variational(kind="gaussian", dim=2, n_layers=8, hidden=(64, 64), rng=No
     if kind in ("planar", "radial"):
         layer = Planar if kind == "planar" else Radial
         bijectors += [layer(dim, rng, dtype) for _ in range(n_layers)]
-    elif kind in ("affine", "spline"):
+    elif kind in ("affine", "spline", "dsf", "sos"):
         if dim < 2:
             raise ValueError(f"dim: a coupling flow ({kind!r}) needs dim >= 2, got {dim}")
         from .flows.coupling import coupling_flow

@@ -193,14 +193,20 @@ class SplineLaw:
 
 
 def make_law(law, bins=8, bound=4.0, scale_bound=2.0):
-    """A law object from ``"affine"`` / ``"spline"`` (or a law object, returned as is)."""
-    if isinstance(law, AffineLaw | SplineLaw):
+    """A law object from ``"affine"`` / ``"spline"`` / ``"dsf"`` / ``"sos"`` (or a law object,
+    returned as is)."""
+    from .combination import LAWS as COMBINATION_LAWS  # lazy: combination builds coupling blocks
+    from .monotone import MonotoneLaw
+    if isinstance(law, AffineLaw | SplineLaw | MonotoneLaw):
         return law
     if law == "affine":
         return AffineLaw(scale_bound)
     if law == "spline":
         return SplineLaw(bins, bound)
-    raise ValueError(f"law: expected 'affine', 'spline' or a law object, got {law!r}")
+    if isinstance(law, str) and law in COMBINATION_LAWS:
+        return COMBINATION_LAWS[law]()
+    raise ValueError(f"law: expected 'affine', 'spline', 'dsf', 'sos' or a law object, got "
+                     f"{law!r}")
 
 
 # ----------------------------------------------------------------------------- the block

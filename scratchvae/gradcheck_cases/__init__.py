@@ -14,9 +14,10 @@ repeat it.
 - ``distributions``: ``gaussian``, ``likelihoods``, ``targets``
 - ``flows``: ``flows.spline``, ``flows.elementwise``, ``flows.linear``, ``flows.planar``,
   ``flows.coupling``
+- ``laws``: ``flows.monotone`` (the numerical inverse), ``flows.combination`` (DSF, SOS)
 - ``models``: ``vae``, ``flow_vae``, ``density``, ``variational``
 """
 
-from . import distributions, flows, layers, models
+from . import distributions, flows, laws, layers, models
 
-__all__ = ["distributions", "flows", "layers", "models"]
+__all__ = ["distributions", "flows", "laws", "layers", "models"]
