@@ -375,8 +375,13 @@ class VAE(Module):
 
     # -- training objective
     def loss_and_grads(self, batch, rng, beta=1.0, step=None):
-        """Loss = -(mean_n rec_n - beta_t * KL term) and its gradient for every parameter.
+        """Returns three values, ``(loss, grads, info)``: the loss (a float), its gradient
+        for every parameter (a dict keyed like ``self.params``) and a dict of diagnostics;
+        the ``Trainer``'s ``loss_fn`` contract, so ``loss, grads, _ = vae.loss_and_grads(x,
+        rng)``.
 
+        loss = -(mean_n rec_n - beta_t * KL term), in nats per example (a negative ELBO when
+        beta_t = 1 and there are no free bits).
         beta_t = ``linear_warmup(beta, step, self.warmup)``. KL term = sum_g mean_n kl_ng, or
         with free bits lambda, sum_g max(lambda, mean_n kl_ng) (Kingma et al. 2016).
         ``info``: ``rec``, ``kl`` (the true KL, not the free-bits term), ``elbo`` = rec - kl
