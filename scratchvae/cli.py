@@ -294,9 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
         "sample", formatter_class=_Help, help="draw samples from a saved run")
     s.add_argument("--run", required=True, help="the --out directory of a training command")
     s.add_argument("--n", type=_positive_int, required=True)
-    s.add_argument("--temperature", type=_positive_float, default=1.0,
-                   help="T: draw the flow's base point or the VAE's latent from N(0, T I), "
-                        "so T multiplies the variance (std by sqrt(T)); 1 samples the model")
+    s.add_argument("--temperature", type=_positive_float, default=1.0, help="z ~ N(0, T I)")
     s.add_argument("--label", type=int, default=None, help="class, for a conditional flow")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="a .npy file")
