@@ -6,10 +6,10 @@ u -> x, its ``inverse`` normalising x -> u. With an optional fixed standardisati
 
     log p(x | c) = log p_base(u | c) + log|det du/dz| - sum(log scale),   u = T^-1(z; c)
 
-    model = FlowDensity(StandardNormal(2), coupling_flow(2, 6, "spline", rng=rng), dim=2)
+    model = FlowDensity(StandardNormal(2), coupling_flow(2, 6, "spline", rng=rng))
     model.standardize(x_train)                  # optional; NLLs stay in the data's units
     loss, grads, info = model.nll_and_grads(batch)   # mean NLL in nats and its gradients
-    x = model.sample(1000, rng)
+    x = model.sample(1000, rng)                 # rng optional: a fresh generator if omitted
 
 Conditional models take a context ``c`` of shape ``(N, C)``; it reaches every coupling
 conditioner and a ``ConditionalDiagonalGaussian`` base. ``FlowDensity`` implements the
@@ -109,12 +109,47 @@ def _floored_scale(x):
     return np.maximum(x.std(axis=0), STANDARDIZE_MIN_SCALE)
 
 
+def _members(flow):
+    return flow.bijectors if isinstance(flow, Chain) else [flow]
+
+
+def _infer_dims(base, flow, dim, context_dim):
+    """``(dim, context_dim)``: the given values, or else what the base and the flow say.
+
+    ``dim``: the base's, else the first flow member that has one (elementwise bijectors
+    have none); ``context_dim``: the largest of the base's and the members' (0 if none
+    takes a context). ``ValueError`` naming ``dim`` when nothing fixes it.
+    """
+    if dim is None:
+        dim = base.dim if base.dim is not None else next(
+            (b.dim for b in _members(flow) if b.dim is not None), None)
+        if dim is None:
+            raise ValueError("dim: neither the base nor the flow fixes the dimension; "
+                             "pass dim=D, got None")
+    if context_dim is None:
+        context_dim = max([getattr(base, "context_dim", 0) or 0]
+                          + [getattr(b, "context_dim", 0) or 0 for b in _members(flow)])
+    return dim, context_dim
+
+
+def _fresh_rng(rng):
+    """``rng``, or a fresh ``np.random.default_rng()`` when it is None.
+
+    WHY: ``model.sample(n)`` should just work; a seeded ``rng`` passed in is used as it is,
+    so seeded runs stay exact.
+    """
+    return np.random.default_rng() if rng is None else rng
+
+
 class FlowDensity(Density):
     """``p(x | c)``: a base distribution pushed through a flow (forward = generative u -> x).
 
     ``base``: ``StandardNormal(dim)`` or ``ConditionalDiagonalGaussian(dim, context_dim, ...)``;
     ``flow``: any bijector on ``dim`` coordinates (e.g. ``coupling_flow``); ``context_dim``:
     0 for an unconditional model, else the context width every conditioner and the base see.
+    ``dim`` and ``context_dim`` default to what ``base`` and ``flow`` already say
+    (``_infer_dims``): ``FlowDensity(StandardNormal(2), flow)`` needs neither; given
+    explicitly, they are checked against both.
     Parameters: ``flow.<...>`` and ``base.<...>``. ``shift`` and ``scale`` (``(dim,)``, 0 and 1
     until ``standardize`` is called) are a fixed affine map in front of the flow, not
     trained; save them with a checkpoint (``buffers()``).
@@ -124,22 +159,23 @@ class FlowDensity(Density):
     Derivation: derivations/11-density-and-conditional-flows.md#the-density-model.
     """
 
-    def __init__(self, base, flow, dim, context_dim=0):
+    def __init__(self, base, flow, dim=None, context_dim=None):
         super().__init__()
-        self.dim = check_count(dim, "dim")
-        self.context_dim = check_count(context_dim, "context_dim", 0)
         if not isinstance(flow, Bijector):
             raise ValueError(f"flow: expected a Bijector, got {type(flow).__name__}")
         if not isinstance(base, Density):
             raise ValueError(f"base: expected a Density (StandardNormal or "
                              f"ConditionalDiagonalGaussian), got {type(base).__name__}")
+        dim, context_dim = _infer_dims(base, flow, dim, context_dim)
+        self.dim = check_count(dim, "dim")
+        self.context_dim = check_count(context_dim, "context_dim", 0)
         if base.dim not in (None, self.dim):
             raise ValueError(f"base: expected a base of dimension dim={self.dim}, got {base.dim}")
         base_ctx = getattr(base, "context_dim", 0)
         if base_ctx not in (0, self.context_dim):
             raise ValueError(f"base: its context_dim is {base_ctx}, the model's "
                              f"context_dim={self.context_dim}")
-        for b in flow.bijectors if isinstance(flow, Chain) else [flow]:
+        for b in _members(flow):
             if b.dim not in (None, self.dim):
                 raise ValueError(f"flow: a member has dim {b.dim}, expected dim={self.dim}")
             if getattr(b, "context_dim", 0) not in (0, self.context_dim):
@@ -314,24 +350,29 @@ class FlowDensity(Density):
         grads = {**self.prefixed("flow", g_flow), **self.prefixed("base", g_base)}
         return grads, add_context_grads(dc_flow, dc_base)
 
-    def sample_and_log_prob(self, n, rng, context=None, temperature=1.0):
-        """``x`` ``(n, dim)`` and ``log p(x | c)`` ``(n,)`` (see ``rsample_and_log_prob``).
+    def sample_and_log_prob(self, n, rng=None, context=None, temperature=1.0):
+        """``x`` ``(n, dim)`` and ``log p(x | c)`` ``(n,)`` (see ``rsample_and_log_prob``);
+        ``rng`` None: a fresh generator.
 
         Derivation: derivations/11-density-and-conditional-flows.md#sampling.
         """
-        x, logp, _ = self.rsample_and_log_prob(n, rng, context, temperature)
+        x, logp, _ = self.rsample_and_log_prob(n, _fresh_rng(rng), context, temperature)
         return x, logp
 
-    def sample(self, n, rng, context=None, temperature=1.0):
-        """``n`` samples ``(n, dim)`` (``n`` may be None when a context gives the count).
+    def sample(self, n, rng=None, context=None, temperature=1.0):
+        """``n`` samples ``(n, dim)`` (``n`` may be None when a context gives the count);
+        ``rng`` None: a fresh generator (pass a seeded one for reproducible samples).
 
-        ``temperature`` scales the base's standard deviation. That is exact tempering
-        (sampling ``p(x)^{1/T^2}``, normalised) only for a volume-preserving flow, whose
-        log-det does not depend on u; for coupling flows it is a heuristic that
-        concentrates samples on the high-density regions.
-        Derivation: derivations/11-density-and-conditional-flows.md#temperature.
+        ``temperature`` T multiplies the base's *variance*: u ~ N(0, T I) for a standard
+        normal base (its standard deviation times sqrt(T)), the lecture's N(0, T I) and the
+        same convention as ``VAE.sample``. That is exact tempering (sampling ``p(x)^{1/T}``,
+        normalised) only for a volume-preserving flow, whose log-det does not depend on u;
+        for coupling flows it is a heuristic that concentrates samples on the high-density
+        regions. Derivation: derivations/05-sampling.md#temperature,
+        derivations/11-density-and-conditional-flows.md#temperature.
         """
-        n, rng, ctx, temperature = self._check_sampling(n, rng, context, temperature)
+        n, rng, ctx, temperature = self._check_sampling(n, _fresh_rng(rng), context,
+                                                        temperature)
         u = self.base.draw(n, rng, ctx, temperature)  # all the noise first, then blocks
         u = u.astype(self.dtype, copy=False)
         return _in_row_blocks(

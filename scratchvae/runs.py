@@ -280,7 +280,8 @@ def _flow_figures(model, ds, path, context_dim, split, test_rows, history):
 
     rng = np.random.default_rng(0)
     x, ctx = split(test_rows[:20_000])
-    paths = [plots.plot_history(history, path("history.png"))]
+    paths = [plots.plot_history(history, path("history.png"),
+                                title="loss during training: negative log-likelihood")]
     if model.dim != 2:
         return paths + [plots.plot_gaussianization(x, model.transform(x, ctx),
                                                    path("gaussianization.png"))]
@@ -288,13 +289,23 @@ def _flow_figures(model, ds, path, context_dim, split, test_rows, history):
         paths.append(plots.plot_density_and_data(
             model.log_prob, ds.test, path("density.png"), title=f"{ds.name}: learned density"))
     samples = model.sample(len(x), rng, context=ctx)
-    paths.append(plots.plot_samples_vs_data(samples, x, path("samples.png")))
+    paths.append(plots.plot_samples_vs_data(
+        samples, x, path("samples.png"),
+        title=f"model samples x = T(u), u ~ N(0, I) ({len(samples)}"
+              + (", each with its point's label)" if context_dim else ")")))
     paths.append(plots.plot_gaussianization(x, model.transform(x, ctx),
                                             path("gaussianization.png")))
     z = (x[:2000] - model.shift) / model.scale
     labels = None if ds.test_labels is None else ds.test_labels[:2000]
     c = None if ctx is None else ctx[:2000]
-    paths.append(plots.plot_layers(model.flow.trajectory(z, c), path("layers.png"), labels))
+    points = model.flow.trajectory(z, c)  # the inverse (normalising) passes, layer by layer
+    K = len(points) - 1
+    titles = (["data, standardised"] + [f"after {k} inverse layer{'s' * (k > 1)}"
+                                         for k in range(1, K)] + [f"u: after all {K}"])
+    paths.append(plots.plot_layers(
+        points, path("layers.png"), labels, titles=titles,
+        title=f"{ds.name}: {len(z)} test points pushed through the flow's inverse, x -> u",
+        axis_names=("coordinate 1 (standardised units)", "coordinate 2")))
     return paths
 
 
@@ -386,7 +397,8 @@ def _vae_figures(model, ds, test, path, history):
 
     rng = np.random.default_rng(0)
     side = int(round(math.sqrt(test.shape[1])))
-    paths = [plots.plot_history(history, path("history.png"))]
+    paths = [plots.plot_history(history, path("history.png"),
+                                title="loss during training: negative ELBO")]
     mu = model.encode(test)[0]
     if ds.test_labels is not None:
         paths.append(plots.plot_latent_space(mu, ds.test_labels, path("latent_space.png")))
@@ -399,17 +411,25 @@ def _vae_figures(model, ds, test, path, history):
     paths.append(plots.plot_image_grid(
         np.concatenate([x, model.reconstruct(x, rng), model.reconstruct(x, rng, mode="sample")]),
         path("reconstructions.png"), shape,
-        title="input / reconstruction (mean) / reconstruction (sampled pixels)"))
-    paths.append(plots.plot_image_grid(model.sample(50, rng), path("prior_samples.png"), shape,
-                                       title="samples from the prior (decoder mean)"))
+        title="reconstructions: z ~ q(z | x), decoded",
+        row_titles=["input x (test set)", "decoder mean E[x | z]",
+                    "sampled pixels x ~ p(x | z)"]))
+    paths.append(plots.plot_image_grid(
+        model.sample(50, rng), path("prior_samples.png"), shape,
+        title="samples from the prior: z ~ N(0, I), decoder mean E[x | z]",
+        row_titles=[f"draws {10 * r + 1}-{10 * r + 10}" for r in range(5)]))
     temps = (0.25, 0.5, 1.0, 1.5)
     rows = [model.sample(10, np.random.default_rng(1), temperature=t) for t in temps]
-    paths.append(plots.plot_image_grid(np.concatenate(rows), path("temperature.png"), shape,
-                                       title="temperature " + ", ".join(map(str, temps))))
+    paths.append(plots.plot_image_grid(
+        np.concatenate(rows), path("temperature.png"), shape,
+        title="temperature: z = sqrt(T) eps ~ N(0, T I), decoded (one eps per column)",
+        row_titles=[f"T = {t}" + (" (the prior)" if t == 1.0 else "") for t in temps]))
     paths.append(plots.plot_interpolation(
         [model.interpolate(test[0], test[1], 10, "linear"),
          model.interpolate(test[0], test[1], 10, "spherical")],
-        path("interpolation.png"), shape, labels=["linear", "spherical"]))
+        path("interpolation.png"), shape,
+        labels=["linear: (1 - t) mu(x0) + t mu(x1)", "spherical (slerp)"],
+        title="interpolation between the encodings of two test digits, t = 0 ... 1"))
     return paths
 
 

@@ -103,7 +103,7 @@ def _nearly_parallel(omega):
 
     WHY: slerp divides by sin(omega), which is 0 for identical directions (NaN). Below 1e-6 rad,
     sin(omega) ~ omega and slerp equals lerp to ~1e-12, so lerp is the right answer there.
-    derivations/04-elbo-and-iwae.md#interpolation.
+    derivations/05-sampling.md#interpolation.
     """
     return omega < 1e-6
 
@@ -115,7 +115,7 @@ def _nearly_antiparallel(omega):
     ``z1 = -z0`` its midpoint is 0, where a high-dimensional N(0, I) has no mass), and slerp's
     weights are 0/0 because every half great circle from ``z0`` to ``-z0`` is equally short. The
     caller picks one of them (``_antiparallel_path``).
-    derivations/04-elbo-and-iwae.md#interpolation.
+    derivations/05-sampling.md#interpolation.
     """
     return np.pi - omega < 1e-6
 
@@ -125,7 +125,7 @@ def _antiparallel_path(z0, z1, t):
     vector ``p`` orthogonal to ``z0`` built from the coordinate axis least aligned with it;
     the norm goes linearly from |z0| to |z1|: ``((1-t)|z0| + t|z1|)(cos(pi t) z0/|z0| +
     sin(pi t) p)``. Returns None in one dimension, where no orthogonal direction exists.
-    derivations/04-elbo-and-iwae.md#interpolation.
+    derivations/05-sampling.md#interpolation.
     """
     if z0.size < 2:
         return None
@@ -147,7 +147,7 @@ def interpolate_latents(z0, z1, n, method="linear"):
     shell where a high-dimensional N(0, I) puts its mass instead of cutting through the centre.
     Guards: (nearly) parallel endpoints give lerp (equal to slerp there); (nearly) opposite
     ones a half great circle (``_antiparallel_path``; lerp in one dimension).
-    Shapes: z0, z1 (L,) -> (n, L). derivations/04-elbo-and-iwae.md#interpolation.
+    Shapes: z0, z1 (L,) -> (n, L). derivations/05-sampling.md#interpolation.
     """
     z0, z1 = np.asarray(z0), np.asarray(z1)
     if z0.shape != z1.shape or z0.ndim != 1:
@@ -376,8 +376,13 @@ class VAE(Module):
 
     # -- training objective
     def loss_and_grads(self, batch, rng, beta=1.0, step=None):
-        """Loss = -(mean_n rec_n - beta_t * KL term) and its gradient for every parameter.
+        """Returns three values, ``(loss, grads, info)``: the loss (a float), its gradient
+        for every parameter (a dict keyed like ``self.params``) and a dict of diagnostics;
+        the ``Trainer``'s ``loss_fn`` contract, so ``loss, grads, _ = vae.loss_and_grads(x,
+        rng)``.
 
+        loss = -(mean_n rec_n - beta_t * KL term), in nats per example (a negative ELBO when
+        beta_t = 1 and there are no free bits).
         beta_t = ``linear_warmup(beta, step, self.warmup)``. KL term = sum_g mean_n kl_ng, or
         with free bits lambda, sum_g max(lambda, mean_n kl_ng) (Kingma et al. 2016).
         ``info``: ``rec``, ``kl`` (the true KL, not the free-bits term), ``elbo`` = rec - kl
@@ -466,7 +471,7 @@ class VAE(Module):
         """Draws z ~ q(z|x) = N(mu, sigma^2): one per example, (N, L) (``n_samples=None``: a
         sample of the aggregate posterior), or ``n_samples`` per example, (S, N, L).
 
-        derivations/04-elbo-and-iwae.md#sampling-modes.
+        derivations/05-sampling.md#reconstruction-sampling.
         """
         check_rng(rng)
         mu, sigma = self.encode(x)
@@ -501,9 +506,10 @@ class VAE(Module):
 
     # -- sampling: four modes
     def decode(self, z, mode="mean", rng=None):
-        """Decode latents z (N, L): the likelihood's mean (``"mean"``) or a sample from it.
+        """Decode latents z (N, L): the likelihood's mean (``"mean"``) or a sample from it
+        (``"sample"``, which needs ``rng``). Returns (N, D).
 
-        derivations/04-elbo-and-iwae.md#sampling-modes.
+        derivations/05-sampling.md#decoding-the-mean-or-a-sample.
         """
         _check_mode(mode)
         z = np.asarray(z, dtype=self.dtype)
@@ -519,8 +525,11 @@ class VAE(Module):
     def sample(self, n, rng, temperature=1.0, mode="mean"):
         """Unconditional samples: z ~ N(0, T I) (T = ``temperature``; T = 1 is the prior), decoded.
 
-        The temperature multiplies the prior's *variance* (its standard deviation by sqrt(T)).
-        Returns (n, D). derivations/04-elbo-and-iwae.md#sampling-modes.
+        The temperature multiplies the prior's *variance* (its standard deviation by sqrt(T)),
+        the lecture's N(0, T I) and the same convention as ``FlowDensity.sample``. ``mode``:
+        decode to the likelihood's mean (``"mean"``) or draw from it (``"sample"``).
+        Returns (n, D). derivations/05-sampling.md#prior-sampling,
+        derivations/05-sampling.md#temperature.
         """
         n = _positive_int(n, "n")
         check_rng(rng)
@@ -533,7 +542,7 @@ class VAE(Module):
     def reconstruct(self, x, rng, mode="mean"):
         """Reconstruction sampling: encode x, draw z ~ q(z|x), decode (mean or a sample), (N, D).
 
-        derivations/04-elbo-and-iwae.md#sampling-modes.
+        derivations/05-sampling.md#reconstruction-sampling.
         """
         x = self._check_x(x)
         check_rng(rng)
@@ -547,7 +556,7 @@ class VAE(Module):
 
         ``method``: ``"linear"`` or ``"spherical"`` (``interpolate_latents``). x0, x1: one
         input each, shape (D,) or (1, D). Returns (n, D).
-        derivations/04-elbo-and-iwae.md#interpolation.
+        derivations/05-sampling.md#interpolation.
         """
         ends = []
         for name, xi in (("x0", x0), ("x1", x1)):
