@@ -269,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="coupling conditioners take a context from the encoder")
     v.add_argument("--bins", type=_positive_int, default=V["bins"])
     v.add_argument("--dtype", choices=["float64", "float32"], default=V["dtype"])
+    v.add_argument("--conditional", action="store_true",
+                   help="condition encoder and decoder on the data set's labels (one-hot)")
+    v.add_argument("--objective", choices=["elbo", "iwae"], default=V["objective"],
+                   help="iwae: train on the importance-weighted bound with --k samples")
+    v.add_argument("--k", type=_positive_int, default=V["k"], help="IWAE samples K")
     _common(v)
     v.set_defaults(func=cmd_train_vae)
 
@@ -293,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--run", required=True, help="the --out directory of a training command")
     s.add_argument("--n", type=_positive_int, required=True)
     s.add_argument("--temperature", type=_positive_float, default=1.0)
-    s.add_argument("--label", type=int, default=None, help="class, for a conditional flow")
+    s.add_argument("--label", type=int, default=None, help="class, for a conditional flow or VAE")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="a .npy file")
     s.add_argument("--quiet", action="store_true")
