@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .conditional_vae import check_labels, labelled_rows
-
 __all__ = ["OBJECTIVES", "check_settings", "dataset_rows", "n_classes_of", "loss_fn", "validation",
            "sample", "figures"]
 
@@ -46,6 +44,8 @@ def dataset_rows(ds, settings, dtype):
     if any(y is None for y in labels) or not ds.n_classes:
         raise ValueError(f"conditional: data set {ds.name!r} has no labels to condition on "
                          "(digits, digits-grey, or a .npz file with an array 'y' or 'labels')")
+    from .conditional_vae import check_labels, labelled_rows
+
     C = int(ds.n_classes)
     rows = []
     for split, a, y in zip(("train", "validation", "test"), splits, labels):
