@@ -271,8 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--dtype", choices=["float64", "float32"], default=V["dtype"])
     v.add_argument("--conditional", action="store_true",
                    help="condition encoder and decoder on the data set's labels (one-hot)")
-    v.add_argument("--objective", choices=["elbo", "iwae"], default=V["objective"],
-                   help="iwae: train on the importance-weighted bound with --k samples")
+    v.add_argument("--objective", choices=["elbo", "iwae", "iwae-dreg"], default=V["objective"],
+                   help="iwae: train on the importance-weighted bound with --k samples "
+                   "(iwae-dreg: its doubly-reparameterised encoder gradient)")
     v.add_argument("--k", type=_positive_int, default=V["k"], help="IWAE samples K")
     _common(v)
     v.set_defaults(func=cmd_train_vae)

@@ -31,8 +31,8 @@ from .gaussian import softplus_scale_backward, std_normal_log_prob
 from .vae import VAE, _positive_int, log_mean_exp
 
 __all__ = ["posterior_rows_forward", "posterior_rows_backward", "log_weights_forward",
-           "log_weights_backward", "normalised_weights", "iwae_objective",
-           "iwae_loss_and_grads"]
+           "log_weights_backward", "dreg_backward", "normalised_weights", "iwae_objective",
+           "iwae_loss_and_grads", "ESTIMATORS"]
 
 
 # ----------------------------------------------------------------------------- rows of q
@@ -61,10 +61,10 @@ def posterior_rows_forward(model, h, eps):
     if isinstance(model, FlowVAE):
         return z, kl[:, 0], (q_cache, None)
     L = model.latent_dim
-    _, _, log_sigma, scale_cache = model.posterior_stats(h)
+    _, sigma, log_sigma, scale_cache = model.posterior_stats(h)
     zl = z[:, :L]
     log_ratio = std_normal_log_prob(eps) - log_sigma.sum(axis=-1) - std_normal_log_prob(zl)
-    return z, log_ratio, (q_cache, (zl, scale_cache, kl.shape))
+    return z, log_ratio, (q_cache, (zl, scale_cache, kl.shape, eps, sigma))
 
 
 def posterior_rows_backward(model, dz, dlog_ratio, cache):
@@ -79,7 +79,7 @@ def posterior_rows_backward(model, dz, dlog_ratio, cache):
     q_cache, gauss = cache
     if gauss is None:
         return model.posterior_sample_backward(dz[None], dlog_ratio[:, None], q_cache)
-    zl, scale_cache, kl_shape = gauss
+    zl, scale_cache, kl_shape, _, _ = gauss
     L = model.latent_dim
     dz = dz.copy()
     dz[:, :L] += dlog_ratio[:, None] * zl
@@ -125,6 +125,39 @@ def log_weights_backward(model, dlog_w, cache):
             **model.prefixed("likelihood", lik_grads), **q_grads}
 
 
+def dreg_backward(model, w, cache):
+    """Gradients of the doubly-reparameterised estimator (Tucker et al. 2019), Gaussian posterior.
+
+    ``w`` (K, N): the normalised weights. Decoder and likelihood: the IWAE gradient (upstream
+    -w~ / N of log w). Encoder: only the path through z, sum_k -w~_k^2 / N * (d log w_k / d z_k)
+    dz_k/dphi, with d log w / dz at fixed q = d log p(x|z)/dz - z + eps / sigma; no explicit
+    term of log q. The decoder's input gradient of a row is linear in its upstream, so the
+    w~^2-weighted one is the w~-weighted one times w~.
+    derivations/18-conditional-vae-and-iwae.md#the-doubly-reparameterised-encoder-gradient.
+    """
+    enc_cache, (q_cache, gauss), dec_cache, lik_cache, (N, W) = cache
+    if gauss is None:
+        raise ValueError("estimator: 'dreg' is built for the Gaussian posterior only, not for "
+                         f"{type(model).__name__}'s flow")
+    zl, _, kl_shape, eps, sigma = gauss
+    K, L = w.shape[0], model.latent_dim
+    a_bar = (-1.0 / N) * w
+    dout, lik_grads = model.likelihood.log_prob_backward(a_bar, lik_cache)
+    dz, dec_grads = model.decoder.backward(dout.reshape(K * N, -1), dec_cache)
+    w_rows = w.reshape(K * N, 1)
+    dz = dz * w_rows  # w~^2 on the decoder's path into z
+    dz[:, :L] += (a_bar.reshape(K * N, 1) * w_rows) * (eps / sigma - zl)  # d(log p(z) - log q)/dz
+    dh_rows, q_grads = model.posterior_sample_backward(dz[None], np.zeros(kl_shape, dz.dtype),
+                                                       q_cache)
+    _, enc_grads = model.encoder.backward(dh_rows.reshape(K, N, W).sum(axis=0), enc_cache)
+    return {**model.prefixed("encoder", enc_grads), **model.prefixed("decoder", dec_grads),
+            **model.prefixed("likelihood", lik_grads), **q_grads}
+
+
+#: Gradient estimators of the IWAE objective.
+ESTIMATORS = ("iwae", "dreg")
+
+
 def normalised_weights(log_w):
     """w~_k = w_k / sum_j w_j along axis 0, computed from log w by a stable softmax.
 
@@ -135,9 +168,11 @@ def normalised_weights(log_w):
 
 
 # ----------------------------------------------------------------------------- the objective
-def iwae_objective(model, x, eps):
+def iwae_objective(model, x, eps, estimator="iwae"):
     """loss = -L_K (batch mean), its gradients and info, for the noise ``eps`` (K, N, L) given.
 
+    ``estimator``: ``"iwae"`` (the gradient of this Monte Carlo objective) or ``"dreg"``
+    (``dreg_backward``: the same expectation, a lower-variance encoder gradient).
     ``info``: ``iwae`` (L_K, nats per example) and ``ess`` (mean effective sample size
     1 / sum_k w~_k^2, between 1 and K).
     derivations/18-conditional-vae-and-iwae.md#the-gradient-of-the-iwae-objective.
@@ -146,21 +181,29 @@ def iwae_objective(model, x, eps):
     log_w, cache = log_weights_forward(model, x, eps)
     bound = float(np.mean(log_mean_exp(log_w, axis=0)))
     w = normalised_weights(log_w)
-    grads = log_weights_backward(model, (-1.0 / N) * w, cache)
+    if estimator == "dreg":
+        grads = dreg_backward(model, w, cache)
+    else:
+        grads = log_weights_backward(model, (-1.0 / N) * w, cache)
     ess = float(np.mean(1.0 / np.sum(w * w, axis=0)))
     return -bound, grads, {"iwae": bound, "ess": ess}
 
 
-def iwae_loss_and_grads(model, batch, rng, k=5):
+def iwae_loss_and_grads(model, batch, rng, k=5, estimator="iwae"):
     """Draw eps (K, N, L) from ``rng`` and return ``iwae_objective``: a ``Trainer`` loss_fn body.
 
     derivations/18-conditional-vae-and-iwae.md#the-iwae-objective.
     """
     _check_model(model)
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator: expected one of {ESTIMATORS}, got {estimator!r}")
+    if estimator == "dreg" and isinstance(model, FlowVAE):
+        raise ValueError("estimator: 'dreg' is built for the Gaussian posterior only")
     x = model._check_x(batch, "batch")
     check_rng(rng)
     k = _positive_int(k, "k")
-    return iwae_objective(model, x, model._noise(rng, (k, x.shape[0], model.latent_dim)))
+    eps = model._noise(rng, (k, x.shape[0], model.latent_dim))
+    return iwae_objective(model, x, eps, estimator)
 
 
 # ----------------------------------------------------------------------------- gradcheck registry
@@ -193,6 +236,34 @@ def _small_batch(rng, model, n=5):
     return (rng.random((n, model.data_dim)) < 0.5).astype(float)
 
 
+def dreg_surrogate(model, x, eps, part):
+    """For checking ``dreg_backward`` (plain Gaussian VAE): a function of the parameters whose
+    gradient is its estimate, and that estimate. ``part="decoder"``: sum -w~/N log w with w~
+    frozen; ``"encoder"``: sum -w~^2/N log w with w~ and q's mu, sigma inside log q frozen at
+    their current values, so only the path z = mu + sigma eps moves.
+    derivations/18-conditional-vae-and-iwae.md#the-doubly-reparameterised-encoder-gradient.
+    """
+    from .gaussian import diag_gaussian_log_prob
+
+    log_w, cache = log_weights_forward(model, x, eps)
+    w = normalised_weights(log_w)
+    grads = dreg_backward(model, w, cache)
+    mu0, _, log_sigma0, _ = model.posterior_stats(model.encoder(x))
+    c = (-1.0 / x.shape[0]) * (w if part == "decoder" else w * w)
+    mu0, log_sigma0 = mu0.copy(), log_sigma0.copy()
+
+    def surrogate():
+        if part == "decoder":
+            return float(np.sum(c * log_weights_forward(model, x, eps)[0]))
+        mu, sigma, _, _ = model.posterior_stats(model.encoder(x))
+        z = mu + sigma * eps
+        log_px, _ = model.likelihood.log_prob_forward(x, model._decode_forward(z)[0])
+        log_q = diag_gaussian_log_prob(z, mu0, log_sigma0)[0]
+        return float(np.sum(c * (log_px + std_normal_log_prob(z) - log_q)))
+
+    return surrogate, grads
+
+
 def _register_checks():
     from .gradcheck import VJPCase, register
 
@@ -211,6 +282,17 @@ def _register_checks():
                                             log_weights_forward(model, x, eps)[1])
 
             return VJPCase(model.params, forward, backward, tol=1e-6)
+
+    for part in ("decoder", "encoder"):
+        @register(f"iwae.dreg.{part}")
+        def _dreg(rng, part=part):
+            model = _small_model(rng, "gaussian")
+            x = _small_batch(rng, model)
+            eps = 1.5 * rng.standard_normal((4, 5, 3))
+            surrogate, grads = dreg_surrogate(model, x, eps, part)
+            arrays = {k: v for k, v in model.params.items() if k.startswith(part)}
+            return VJPCase(arrays, lambda: np.array(surrogate()),
+                           lambda d: {k: d[0] * grads[k] for k in arrays}, tol=1e-6)
 
     @register("iwae.objective")
     def _objective(rng):

@@ -300,7 +300,7 @@ def _build_vae(settings, dim, rng, n_classes=0):
                   likelihood=settings["likelihood"], rng=rng, dtype=dtype,
                   n_samples=settings["samples"], warmup=settings["warmup"],
                   free_bits=settings["free_bits"])
-    if settings.get("objective") == "iwae" and settings["posterior"] != "gaussian":
+    if settings.get("objective", "elbo") != "elbo" and settings["posterior"] != "gaussian":
         common["kl_estimator"] = "monte_carlo"  # IWAE rows read the exact per-sample log q - log p
     if n_classes:
         from .conditional_vae import build_conditional

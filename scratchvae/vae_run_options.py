@@ -7,6 +7,8 @@ as small functions that ``runs.py`` calls (one line each where it needs them).
                        style transfer.
     --objective iwae   the loss is -L_K (``iwae.iwae_loss_and_grads``) with K = ``--k``; a flow
                        posterior is built with the exact per-sample KL (``monte_carlo``).
+    --objective iwae-dreg   the same loss, the doubly-reparameterised encoder gradient
+                       (Gaussian posterior only).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ __all__ = ["OBJECTIVES", "check_settings", "dataset_rows", "n_classes_of", "loss
            "sample", "figures"]
 
 #: The training objectives of ``train-vae``.
-OBJECTIVES = ("elbo", "iwae")
+OBJECTIVES = ("elbo", "iwae", "iwae-dreg")
 
 
 def check_settings(settings):
@@ -28,7 +30,10 @@ def check_settings(settings):
     k = settings.get("k", 1)
     if not (isinstance(k, int | np.integer) and k >= 1):
         raise ValueError(f"k: expected a positive integer, got {k!r}")
-    if objective == "iwae":
+    if objective == "iwae-dreg" and settings.get("posterior", "gaussian") != "gaussian":
+        raise ValueError(f"objective: iwae-dreg is built for the Gaussian posterior only, got "
+                         f"--posterior {settings['posterior']}; use --objective iwae")
+    if objective != "elbo":
         for name, neutral in (("beta", 1.0), ("warmup", 0), ("free_bits", 0.0), ("samples", 1)):
             if settings.get(name, neutral) != neutral:
                 raise ValueError(f"{name}: the IWAE objective has no {name} (expected "
@@ -66,18 +71,19 @@ def n_classes_of(arrays, settings):
 
 def loss_fn(model, settings):
     """The IWAE loss for ``objective="iwae"``, else None (the run keeps its ELBO loss)."""
-    if settings.get("objective", "elbo") != "iwae":
+    objective = settings.get("objective", "elbo")
+    if objective == "elbo":
         return None
     from .iwae import iwae_loss_and_grads
 
-    k = settings["k"]
-    return lambda batch, rng, step: iwae_loss_and_grads(model, batch, rng, k)
+    k, estimator = settings["k"], "dreg" if objective == "iwae-dreg" else "iwae"
+    return lambda batch, rng, step: iwae_loss_and_grads(model, batch, rng, k, estimator)
 
 
 def validation(model, val, settings):
     """For ``objective="iwae"``: the validation loss is -L_K (the trained bound, K = ``k``),
     so the kept epoch is the best by the objective being trained."""
-    if settings.get("objective", "elbo") != "iwae":
+    if settings.get("objective", "elbo") == "elbo":
         return {}
     rng = np.random.default_rng([settings["seed"], 3])
     return {"val_loss": float(-np.mean(model.iwae(val, rng, K=settings["k"])))}
