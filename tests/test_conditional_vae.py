@@ -215,6 +215,26 @@ def test_a_user_file_with_labels_trains_and_one_without_is_one_line_error(tmp_pa
     assert len(err.strip().splitlines()) == 1
 
 
+def test_a_csv_label_column_is_read_as_labels(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = (rng.random((120, 5)) < 0.5).astype(int)
+    y = rng.integers(0, 4, 120)
+    path = tmp_path / "with_label.csv"
+    lines = ["a,b,label,c,d,e"] + [",".join(map(str, [*r[:2], c, *r[2:]])) for r, c in zip(x, y)]
+    path.write_text("\n".join(lines) + "\n")
+    ds = data.load_dataset(str(path))
+    assert ds.n_classes == 4 and ds.train.shape[1] == 5
+    rows = np.concatenate([ds.train, ds.val, ds.test])
+    labels = np.concatenate([ds.train_labels, ds.val_labels, ds.test_labels])
+    order = np.lexsort(rows.T[::-1])
+    ref = np.lexsort(x.T[::-1])
+    assert np.array_equal(rows[order], x[ref])  # the label column is not data
+    code, _, err = run_cli(["train-vae", "--conditional", "--data", str(path), *TINY,
+                            "--no-figures", "--out", str(tmp_path / "a")], capsys)
+    assert code == 0, err
+    assert sorted(labels) == sorted(y)
+
+
 def test_an_unconditional_vae_refuses_a_label(tmp_path, capsys):
     out = tmp_path / "run"
     assert run_cli(["train-vae", *TINY, "--no-figures", "--out", str(out)], capsys)[0] == 0
