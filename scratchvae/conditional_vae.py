@@ -7,7 +7,7 @@ one-hot class label concatenated into the encoder's and the decoder's inputs.
     sevens = cvae.sample(100, rng, label=7, temperature=0.5)  # z ~ N(0, T I), decoded with y = 7
     grid = cvae.style_transfer(x[:5], labels[:5])             # (5, C, D): each z, every label
 
-Nothing of the ELBO is rewritten: the label *rides along* in the rows the model reads, and three
+Nothing of the ELBO is rewritten: the label *rides along* in the rows the model reads, and four
 small wrappers route it (derivations/18-conditional-vae-and-iwae.md#where-the-label-enters):
 
     rows [x, y] (N, D+C) -> encoder MLP([x, y]) -> h' = [h, y]       (``LabelledEncoder``)
