@@ -307,6 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="spline bins K of a spline posterior")
     v.add_argument("--dtype", choices=["float64", "float32"], default=V["dtype"],
                    help="floating-point type of parameters and data")
+    v.add_argument("--conditional", action="store_true",
+                   help="condition encoder and decoder on the data set's labels (one-hot)")
+    v.add_argument("--objective", choices=["elbo", "iwae", "iwae-dreg"], default=V["objective"],
+                   help="iwae: train on the importance-weighted bound with --k samples "
+                   "(iwae-dreg: its doubly-reparameterised encoder gradient)")
+    v.add_argument("--k", type=_positive_int, default=V["k"], help="IWAE samples K")
     _common(v)
     v.set_defaults(func=cmd_train_vae)
 
@@ -334,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=_positive_float, default=1.0,
                    help="T: base or prior noise z ~ N(0, T I) (T scales the variance)")
     s.add_argument("--label", type=_nonneg_int, default=None,
-                   help="class, for a conditional flow")
+                   help="class, for a conditional flow or VAE")
     s.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the samples")
     s.add_argument("--out", required=True, help="a .npy file")
     s.add_argument("--force", action="store_true", help="replace --out if it exists")

@@ -481,7 +481,9 @@ def _read_csv(path):
         except ValueError:
             return None
 
+    header = None
     if numbers(lines[0][1]) is None:  # a non-numeric first line is a header
+        header = [h.strip().strip('"').lower() for h in lines[0][1].split(",")]
         lines = lines[1:]
         if not lines:
             _fail(path, "expected comma-separated numbers, got a header only")
@@ -494,14 +496,28 @@ def _read_csv(path):
     widths = {len(r) for r in rows}
     if len(widths) != 1:
         _fail(path, f"expected the same number of columns on every line, got {sorted(widths)}")
-    return np.array(rows, dtype=np.float64)
+    return np.array(rows, dtype=np.float64), header
+
+
+#: Header names of a .csv file's label column.
+LABEL_COLUMNS = ("label", "labels", "y")
+
+
+def _csv_with_labels(arr, header, path):
+    """(x, labels or None): a header column named as in ``LABEL_COLUMNS`` holds the labels."""
+    key = next((h for h in LABEL_COLUMNS if header and h in header), None)
+    if key is None:
+        return _numeric_2d(arr, path), None
+    j = header.index(key)
+    x = _numeric_2d(np.delete(arr, j, axis=1), path, "the data columns")
+    return x, _labels(arr[:, j], x.shape[0], path, key)
 
 
 def _read(path):
     """``(x, labels or None)`` from a validated path."""
     path, ext = _check_path(path)
     if ext == ".csv":
-        return _numeric_2d(_read_csv(path), path), None
+        return _csv_with_labels(*_read_csv(path), path)
     _check_npy_sizes(path)
     try:
         loaded = np.load(path, allow_pickle=False)
@@ -546,7 +562,8 @@ def load_dataset_file(path, seed: int = 0, val_fraction: float = 0.1,
 
     The rows are shuffled with ``default_rng(seed)``; the first ``test_fraction`` go to test,
     the next ``val_fraction`` to validation (each at least one row), the rest to train.
-    Labels come from an ``.npz`` array named ``y`` or ``labels`` if present.
+    Labels come from an ``.npz`` array named ``y`` or ``labels``, or from a ``.csv`` column
+    whose header is ``label``, ``labels`` or ``y``, if present.
     """
     for value, arg in ((val_fraction, "val_fraction"), (test_fraction, "test_fraction")):
         if not (isinstance(value, int | float) and 0.0 < value < 0.5):

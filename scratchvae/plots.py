@@ -15,6 +15,7 @@ __all__ = [
     "density_grid", "plot_density_and_data", "plot_samples_vs_data", "plot_gaussianization",
     "plot_layers", "plot_image_grid", "plot_interpolation", "plot_latent_space",
     "plot_aggregate_posterior", "plot_history", "plot_target_fit", "plot_spline",
+    "plot_class_grid", "plot_style_transfer",
 ]
 
 
@@ -343,3 +344,40 @@ def plot_spline(x, y, dydx, knots_x, knots_y, bound, path, y_inv=None, x_inv_gri
     for ax in axes:
         ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def _labelled_grid(images, path, shape, row_titles, panel_titles, title):
+    """images (R, K, H*W) in R rows of K panels; every row and every panel titled."""
+    plt = _plt()
+    images = np.asarray(images)
+    R, K = images.shape[:2]
+    fig, axes = plt.subplots(R, K, figsize=(K * 0.85 + 0.9, R * 0.95 + 0.5), squeeze=False)
+    for r in range(R):
+        for k in range(K):
+            ax = axes[r, k]
+            ax.imshow(images[r, k].reshape(shape), cmap="gray_r", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(panel_titles[r][k], fontsize=6, pad=2)
+        axes[r, 0].set_ylabel(row_titles[r], fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_class_grid(images, path, shape=(8, 8), title="conditional samples, one row per class"):
+    """Samples of a conditional model, images (C, K, H*W): row c holds K samples of class c."""
+    images = np.asarray(images)
+    C, K = images.shape[:2]
+    return _labelled_grid(images, path, shape, [f"class {c}" for c in range(C)],
+                          [[f"y={c}" for _ in range(K)] for c in range(C)], title)
+
+
+def plot_style_transfer(inputs, labels, outputs, path, shape=(8, 8),
+                        title="style transfer: z of the input, decoded with every label"):
+    """Inputs (N, H*W) with their labels (N,) in the first column; outputs (N, C, H*W): row n
+    decodes the input's z with each label y = 0..C-1."""
+    inputs, outputs = np.asarray(inputs), np.asarray(outputs)
+    N, C = outputs.shape[:2]
+    grid = np.concatenate([inputs[:, None], outputs], axis=1)
+    panels = [[f"input (y={labels[n]})"] + [f"y={c}" for c in range(C)] for n in range(N)]
+    return _labelled_grid(grid, path, shape, [f"input {n}" for n in range(N)], panels, title)

@@ -26,13 +26,13 @@ MAX_BOUND = 1e4
 # setting name -> kind; the choices of names (flows, posteriors) are checked by the commands
 _KINDS = {
     "pos_int": ("layers", "bins", "steps", "batch", "n_train", "latent", "epochs", "samples",
-                "iwae_k", "flow_layers", "n_estimate"),
+                "iwae_k", "flow_layers", "n_estimate", "k"),
     "nonneg_int": ("seed", "warmup"),
     "pos_float": ("lr", "bound"),
     "nonneg_float": ("beta", "free_bits"),
     "bool": ("conditional", "amortised"),
     "str": ("data", "flow", "activation", "lr_schedule", "dtype", "likelihood", "posterior",
-            "target"),
+            "target", "objective"),
 }
 _KIND_OF = {name: kind for kind, names in _KINDS.items() for name in names}
 

@@ -29,6 +29,7 @@ import time
 import numpy as np
 
 from . import data as datasets
+from . import vae_run_options
 from .run_guards import (
     check_memory,
     check_model_size,
@@ -67,7 +68,8 @@ VAE_DEFAULTS = dict(data="digits", likelihood="bernoulli", latent=16, hidden=(25
                     activation="tanh", epochs=400, batch=128, lr=1e-3, lr_schedule="cosine",
                     beta=1.0, warmup=0,
                     free_bits=0.0, samples=1, iwae_k=1000, posterior="gaussian",
-                    flow_layers=4, amortised=False, bins=8, seed=0, dtype="float64")
+                    flow_layers=4, amortised=False, bins=8, seed=0, dtype="float64",
+                    conditional=False, objective="elbo", k=5)
 
 #: The defaults of ``scratchvae fit-target``: 32 planar layers reach an ELBO within 0.04 nats of
 #: log Z on each of U1-U4 (measured in the notes of issue 5).
@@ -310,7 +312,7 @@ def _flow_figures(model, ds, path, context_dim, split, test_rows, history):
 
 
 # ----------------------------------------------------------------------------- VAEs
-def _build_vae(settings, dim, rng):
+def _build_vae(settings, dim, rng, n_classes=0):
     from .vae import VAE
 
     dtype = _dtype(settings["dtype"])
@@ -318,6 +320,15 @@ def _build_vae(settings, dim, rng):
                   likelihood=settings["likelihood"], rng=rng, dtype=dtype,
                   n_samples=settings["samples"], warmup=settings["warmup"],
                   free_bits=settings["free_bits"])
+    if settings.get("objective", "elbo") != "elbo" and settings["posterior"] != "gaussian":
+        common["kl_estimator"] = "monte_carlo"  # IWAE rows read the exact per-sample log q - log p
+    if n_classes:
+        from .conditional_vae import build_conditional
+
+        return build_conditional(dim - n_classes, n_classes, settings["latent"],
+                                 posterior=settings["posterior"], amortised=settings["amortised"],
+                                 flow_layers=settings["flow_layers"], bins=settings["bins"],
+                                 **common)
     if settings["posterior"] == "gaussian":
         return VAE.build(dim, settings["latent"], **common)
     from .flow_vae import FlowVAE
@@ -335,6 +346,8 @@ def train_vae(out=None, quiet=False, resume=False, figures=True, stop_after=None
     Settings (defaults in ``VAE_DEFAULTS``): ``data`` ("digits" binarised, "digits-grey",
     "bars-and-stripes", or a file), ``likelihood`` ("bernoulli" | "gaussian-fixed" |
     "gaussian-shared": one learned variance), ``latent``, ``hidden``, ``activation``,
+    ``conditional`` (one-hot labels into encoder and decoder), ``objective`` ("elbo" | "iwae":
+    the importance-weighted bound with ``k`` samples),
     ``epochs``, ``batch``, ``lr``, ``lr_schedule`` ("cosine" | "constant"),
     ``beta``, ``warmup`` (steps of linear beta warm-up), ``free_bits`` (nats per latent
     dimension), ``samples`` (Monte Carlo samples S), ``iwae_k``, ``posterior`` ("gaussian" |
@@ -347,14 +360,15 @@ def train_vae(out=None, quiet=False, resume=False, figures=True, stop_after=None
     posteriors = ("gaussian", "planar", "radial", "affine", "spline")
     if settings["posterior"] not in posteriors:
         raise ValueError(f"posterior: expected one of {posteriors}, got {settings['posterior']!r}")
+    vae_run_options.check_settings(settings)
     dtype = _dtype(settings["dtype"])
     ds = datasets.load_dataset(str(settings["data"]), seed=settings["seed"])
-    train, val, test = (a.astype(dtype) for a in (ds.train, ds.val, ds.test))
+    train, val, test, n_classes = vae_run_options.dataset_rows(ds, settings, dtype)
     dim, hidden, latent = train.shape[1], settings["hidden"], settings["latent"]
     check_model_size(settings, [[dim, *hidden, 2 * latent], [latent, *hidden[::-1], dim]],
                       settings["batch"] * settings["samples"], max(dim, latent))
     rng = np.random.default_rng([settings["seed"], 7])
-    model = _build_vae(settings, train.shape[1], rng)
+    model = _build_vae(settings, train.shape[1], rng, n_classes)
     for split in (train, val, test):  # e.g. grey levels refused by the Bernoulli likelihood
         model.likelihood.validate(split, f"data {ds.name!r}")
     per_epoch = math.ceil(len(train) / settings["batch"])
@@ -364,9 +378,12 @@ def train_vae(out=None, quiet=False, resume=False, figures=True, stop_after=None
     def loss_fn(batch, rng_, step):  # the model applies the warm-up and free bits
         return model.loss_and_grads(batch, rng_, beta=beta, step=step)
 
+    loss_fn = vae_run_options.loss_fn(model, settings) or loss_fn
+
     def evaluate():
         res = model.elbo(val, np.random.default_rng([settings["seed"], 3]))
-        return {"val_loss": float(-np.mean(res.elbo)), "val_kl": float(np.mean(res.kl))}
+        return {"val_loss": float(-np.mean(res.elbo)), "val_kl": float(np.mean(res.kl)),
+                **vae_run_options.validation(model, val, settings)}
 
     trainer = Trainer(model, loss_fn, data=train, steps=steps, batch_size=settings["batch"],
                       lr=settings["lr"], seed=settings["seed"], eval_fn=evaluate,
@@ -395,6 +412,8 @@ def train_vae(out=None, quiet=False, resume=False, figures=True, stop_after=None
 def _vae_figures(model, ds, test, path, history):
     from . import plots
 
+    if getattr(model, "n_classes", 0):
+        return vae_run_options.figures(model, test, path, history)
     rng = np.random.default_rng(0)
     side = int(round(math.sqrt(test.shape[1])))
     paths = [plots.plot_history(history, path("history.png"),
@@ -517,7 +536,7 @@ def load_run(run_dir):
         model.scale = arrays["standardize.scale"]
     elif kind == "vae":
         dim = _data_dim_of(arrays)
-        model = _build_vae(settings, dim, rng)
+        model = _build_vae(settings, dim, rng, vae_run_options.n_classes_of(arrays, settings))
     elif kind == "target":
         model = _build_variational(settings)
     else:
@@ -565,7 +584,7 @@ def sample_run(run_dir, n: int, temperature: float = 1.0, seed: int = 0, label=N
             raise ValueError("label: this flow is not conditional")
         return model.sample(n, rng, context=context, temperature=temperature)
     if kind == "vae":
-        return model.sample(n, rng, temperature=temperature)
+        return vae_run_options.sample(model, n, rng, temperature, label)
     if temperature != 1.0:
         raise ValueError("temperature: a fitted variational distribution samples at 1 only")
     return model.sample(n, rng)

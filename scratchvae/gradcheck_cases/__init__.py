@@ -16,8 +16,9 @@ repeat it.
   ``flows.coupling``
 - ``laws``: ``flows.monotone`` (the numerical inverse), ``flows.combination`` (DSF, SOS)
 - ``models``: ``vae``, ``flow_vae``, ``density``, ``variational``
+- ``vae_objectives``: ``conditional_vae``, ``iwae``
 """
 
-from . import distributions, flows, laws, layers, models
+from . import distributions, flows, laws, layers, models, vae_objectives
 
-__all__ = ["distributions", "flows", "laws", "layers", "models"]
+__all__ = ["distributions", "flows", "laws", "layers", "models", "vae_objectives"]
