@@ -223,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
         "train-flow", formatter_class=_Help, help="fit a coupling flow by maximum likelihood")
     f.add_argument("--data", default=F["data"],
                    help="toy data set name or a .npy/.npz/.csv file")
-    f.add_argument("--flow", choices=["affine", "spline"], default=F["flow"])
+    from .runs import FLOW_KINDS, TARGET_IAF_KINDS
+    f.add_argument("--flow", choices=list(FLOW_KINDS), default=F["flow"],
+                   help="maf*: fast log_prob, slow sampling; iaf*: fast sampling, slow log_prob")
     f.add_argument("--layers", type=_positive_int, default=F["layers"],
                    help="coupling layers (default: 4 for spline, 8 for affine)")
     f.add_argument("--bins", type=_positive_int, default=F["bins"])
@@ -262,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--samples", type=_positive_int, default=V["samples"],
                    help="Monte Carlo samples S")
     v.add_argument("--iwae-k", type=_positive_int, default=V["iwae_k"])
-    v.add_argument("--posterior", choices=["gaussian", "planar", "radial", "affine", "spline"],
+    v.add_argument("--posterior", choices=["gaussian", "planar", "radial", "affine", "spline",
+                                            "iaf"],
                    default=V["posterior"])
     v.add_argument("--flow-layers", type=_positive_int, default=V["flow_layers"])
     v.add_argument("--amortised", action="store_true",
@@ -275,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "fit-target", formatter_class=_Help, help="reverse-KL fit to an unnormalised 2-D density")
     t.add_argument("--target", default=T["target"])
-    t.add_argument("--flow", choices=["gaussian", "planar", "radial", "affine", "spline"],
+    t.add_argument("--flow", choices=["gaussian", "planar", "radial", "affine", "spline",
+                                      *TARGET_IAF_KINDS],
                    default=T["flow"])
     t.add_argument("--layers", type=_positive_int, default=T["layers"])
     t.add_argument("--hidden", type=_sizes, default=T["hidden"])

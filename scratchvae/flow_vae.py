@@ -44,6 +44,7 @@ import numpy as np
 from .checks import check_rng
 from .flows.bijector import Bijector, Chain
 from .flows.coupling import CouplingBlock, coupling_flow, randomize_conditioners
+from .flows.gated_iaf import gated_iaf_flow
 from .flows.linear import Permutation
 from .flows.planar import Planar, Radial
 from .gaussian import (
@@ -61,8 +62,8 @@ __all__ = ["FlowVAE", "EncoderWithHidden", "POSTERIORS", "KL_ESTIMATORS", "close
            "make_posterior_flow", "randomize_flow"]
 
 #: The posterior flows ``FlowVAE.build`` knows; only the coupling ones can be amortised.
-POSTERIORS = ("planar", "radial", "affine", "spline")
-AMORTISABLE = ("affine", "spline")
+POSTERIORS = ("planar", "radial", "affine", "spline", "iaf")
+AMORTISABLE = ("affine", "spline", "iaf")
 #: The Monte Carlo estimators of KL(q_K || p) that ``FlowVAE`` can train with, the default first
 #: (derivations/13-flow-vae.md#three-estimators-of-the-kl).
 KL_ESTIMATORS = ("analytic_base", "analytic_entropy", "monte_carlo")
@@ -147,6 +148,9 @@ def make_posterior_flow(kind, latent_dim, n_layers=4, *, context_dim=0, hidden=(
         return Chain([Planar(latent_dim, rng, dtype) for _ in range(n_layers)])
     if kind == "radial":
         return Chain([Radial(latent_dim, rng, dtype) for _ in range(n_layers)])
+    if kind == "iaf":  # Kingma et al.'s gated IAF, starts as the identity exactly
+        return gated_iaf_flow(latent_dim, n_layers, int(context_dim), tuple(hidden), activation,
+                              rng, dtype=dtype)
     flow = coupling_flow(latent_dim, n_layers, kind, tuple(hidden), activation, bins=bins,
                          bound=bound, rng=rng, context_dim=int(context_dim), dtype=dtype)
     return _undo_permutations(flow)
@@ -190,6 +194,8 @@ def randomize_flow(flow, rng, scale=0.5):
             b.raw_beta[...] = rng.normal(1.0, 1.0, 1)
         elif isinstance(b, CouplingBlock):
             randomize_conditioners(b, rng, scale)
+        elif hasattr(b, "randomize"):  # autoregressive blocks (gated IAF)
+            b.randomize(rng, scale)
     return flow
 
 

@@ -43,7 +43,16 @@ FLOW_DEFAULTS = dict(data="moons", flow="spline", layers=None, bins=16, bound=4.
                      n_train=50_000)
 
 #: Coupling layers of each law when ``layers`` is not given.
-DEFAULT_LAYERS = {"spline": 4, "affine": 8}
+DEFAULT_LAYERS = {"spline": 4, "affine": 8, "maf": 5, "maf-spline": 5, "iaf": 5,
+                  "iaf-spline": 5}
+
+#: ``train-flow --flow``: name -> (stack builder, law). MAF: one-pass density, D-pass sampling;
+#: IAF: one-pass sampling, D-pass density (derivations/16-autoregressive-flows.md).
+FLOW_KINDS = {"affine": ("coupling_flow", "affine"), "spline": ("coupling_flow", "spline"),
+              "maf": ("maf_flow", "affine"), "maf-spline": ("maf_flow", "spline"),
+              "iaf": ("iaf_flow", "affine"), "iaf-spline": ("iaf_flow", "spline")}
+#: ``fit-target --flow``: the IAFs (cheap samples and their log q) next to variational's kinds.
+TARGET_IAF_KINDS = {"iaf": "affine", "iaf-spline": "spline"}
 
 #: The defaults of ``scratchvae train-vae``: issue 3's settings (latent 16, hidden 256-256,
 #: tanh, Adam from 1e-3, batch 128, best-validation epoch kept) with a cosine decay of the
@@ -183,12 +192,19 @@ def _figures(out, figures: bool, draw) -> list[str]:
 # ----------------------------------------------------------------------------- flows
 def _build_flow_model(settings, dim, context_dim, rng):
     from .density import ConditionalDiagonalGaussian, FlowDensity, StandardNormal
-    from .flows.coupling import coupling_flow
+    from .flows import autoregressive, coupling
+    from .flows.bijector import Chain
+    from .flows.elementwise import Sigmoid
 
     dtype = _dtype(settings["dtype"])
-    flow = coupling_flow(dim, settings["layers"], settings["flow"], tuple(settings["hidden"]),
-                         settings["activation"], bins=settings["bins"], bound=settings["bound"],
-                         rng=rng, context_dim=context_dim, dtype=dtype)
+    builder, law = FLOW_KINDS[settings["flow"]]
+    builder = getattr(coupling if builder == "coupling_flow" else autoregressive, builder)
+    flow = builder(dim, settings["layers"], law, tuple(settings["hidden"]),
+                   settings["activation"], bins=settings["bins"], bound=settings["bound"],
+                   rng=rng, context_dim=context_dim, dtype=dtype)
+    if str(settings["data"]) in datasets.DEQUANTIZED:  # z = logit(...) of y, log-det included
+        low, high = datasets.dequantized_interval(str(settings["data"]))
+        flow = Chain([*flow.bijectors, Sigmoid(low, high, dtype=dtype)])
     if context_dim:
         base = ConditionalDiagonalGaussian(dim, context_dim, tuple(settings["hidden"]), rng,
                                            dtype=dtype)
@@ -212,8 +228,8 @@ def train_flow(out=None, quiet=False, resume=False, figures=True, stop_after=Non
     if unknown:
         raise ValueError(f"settings: unknown {sorted(unknown)}")
     settings = _prepare_out(out, resume, "flow", {**FLOW_DEFAULTS, **settings})
-    if settings["flow"] not in ("affine", "spline"):
-        raise ValueError(f"flow: expected 'affine' or 'spline', got {settings['flow']!r}")
+    if settings["flow"] not in FLOW_KINDS:
+        raise ValueError(f"flow: expected one of {list(FLOW_KINDS)}, got {settings['flow']!r}")
     if settings["layers"] is None:
         settings = {**settings, "layers": DEFAULT_LAYERS[settings["flow"]]}
     dtype = _dtype(settings["dtype"])
@@ -227,7 +243,9 @@ def train_flow(out=None, quiet=False, resume=False, figures=True, stop_after=Non
     dim = ds.train.shape[1]
     rng = np.random.default_rng([settings["seed"], 7])
     model = _build_flow_model(settings, dim, context_dim, rng)
-    model.standardize(ds.train)
+    dequantized = ds.name in datasets.DEQUANTIZED  # integer levels + fresh noise per batch
+    if not dequantized:
+        model.standardize(ds.train)
 
     def split(rows):
         rows = rows.astype(dtype, copy=False)
@@ -245,11 +263,13 @@ def train_flow(out=None, quiet=False, resume=False, figures=True, stop_after=Non
 
     def loss_fn(batch, rng_, step):
         x, ctx = split(batch)
-        return model.nll_and_grads(x, ctx)
+        return model.nll_and_grads(datasets.dequantize(x, rng_) if dequantized else x, ctx)
 
+    # dequantised images: evaluate every 10 epochs (the best validation epoch is kept)
+    every = 10 * math.ceil(len(train_rows) / settings["batch"]) if dequantized else None
     trainer = Trainer(model, loss_fn, data=train_rows, steps=settings["steps"],
                       batch_size=settings["batch"], lr=settings["lr"], seed=settings["seed"],
-                      eval_fn=lambda: {"val_loss": mean_nll(val_rows)},
+                      eval_fn=lambda: {"val_loss": mean_nll(val_rows)}, eval_every=every,
                       lr_schedule=settings["lr_schedule"], quiet=quiet, desc="train-flow")
     extra = lambda: {"standardize.shift": np.asarray(model.shift),
                      "standardize.scale": np.asarray(model.scale)}
@@ -258,6 +278,12 @@ def train_flow(out=None, quiet=False, resume=False, figures=True, stop_after=Non
                "val_nll": mean_nll(val_rows), "entropy": ds.entropy, "steps": result.steps,
                "seconds": result.seconds, "stopped": result.stopped,
                "best_step": result.best_step, "data": ds.name}
+    if dequantized:  # train NLL on freshly dequantised rows; bits per dimension of y
+        metrics["train_nll"] = float(-np.mean(model.log_prob(
+            datasets.dequantize(train_rows[:, :dim], np.random.default_rng(0)).astype(dtype))))
+        metrics["test_bits_per_dim"] = metrics["test_nll"] / (dim * math.log(2.0))
+        metrics["best_epoch"] = None if result.best_step is None else \
+            result.best_step * settings["batch"] / len(train_rows)
     if out is not None and (result.steps >= settings["steps"] or result.stopped):
         metrics["figures"] = _figures(out, figures, lambda path: _flow_figures(
             model, ds, path, context_dim, split, test_rows, trainer.history))
@@ -272,6 +298,12 @@ def _flow_figures(model, ds, path, context_dim, split, test_rows, history):
     rng = np.random.default_rng(0)
     x, ctx = split(test_rows[:20_000])
     paths = [plots.plot_history(history, path("history.png"))]
+    if ds.name in datasets.DEQUANTIZED:  # samples as images next to real test digits
+        n_levels = datasets.DEQUANTIZED[ds.name][0]
+        images = np.concatenate([model.sample(30, rng), x[:30]]) / n_levels
+        paths.append(plots.plot_image_grid(np.clip(images, 0, 1), path("samples.png"),
+                                           row_titles=["samples"] * 3 + ["real"] * 3,
+                                           title=f"{ds.name}: flow samples (top), test digits"))
     if model.dim != 2:
         return paths + [plots.plot_gaussianization(x, model.transform(x, ctx),
                                                    path("gaussianization.png"))]
@@ -326,7 +358,7 @@ def train_vae(out=None, quiet=False, resume=False, figures=True, stop_after=None
     if unknown:
         raise ValueError(f"settings: unknown {sorted(unknown)}")
     settings = _prepare_out(out, resume, "vae", {**VAE_DEFAULTS, **settings})
-    posteriors = ("gaussian", "planar", "radial", "affine", "spline")
+    posteriors = ("gaussian", "planar", "radial", "affine", "spline", "iaf")
     if settings["posterior"] not in posteriors:
         raise ValueError(f"posterior: expected one of {posteriors}, got {settings['posterior']!r}")
     dtype = _dtype(settings["dtype"])
@@ -457,9 +489,18 @@ def fit_target(out=None, quiet=False, resume=False, figures=True, stop_after=Non
 def _build_variational(settings, make_variational=None):
     if make_variational is None:
         from .variational import make_variational
-    kinds = ("gaussian", "planar", "radial", "affine", "spline")
+    kinds = ("gaussian", "planar", "radial", "affine", "spline", *TARGET_IAF_KINDS)
     if settings["flow"] not in kinds:
         raise ValueError(f"flow: expected one of {kinds}, got {settings['flow']!r}")
+    if settings["flow"] in TARGET_IAF_KINDS:  # q = IAF of the Gaussian: one pass per sample
+        from .flows.autoregressive import iaf_flow
+        from .flows.bijector import Chain
+        from .flows.elementwise import ElementwiseAffine
+        from .variational import Variational
+        iaf = iaf_flow(2, settings["layers"], TARGET_IAF_KINDS[settings["flow"]],
+                       tuple(settings["hidden"]), bins=settings["bins"],
+                       rng=np.random.default_rng([settings["seed"], 7]))
+        return Variational(Chain([ElementwiseAffine(2), *iaf.bijectors]), 2, settings["flow"])
     return make_variational(settings["flow"], 2, n_layers=settings["layers"],
                             hidden=tuple(settings["hidden"]), bins=settings["bins"],
                             rng=np.random.default_rng([settings["seed"], 7]))
