@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
                    default=V["posterior"])
     v.add_argument("--flow-layers", type=_positive_int, default=V["flow_layers"])
     v.add_argument("--amortised", action="store_true",
-                   help="coupling conditioners take a context from the encoder")
+                   help="coupling conditioners (and IAF steps) take a context from the encoder")
     v.add_argument("--bins", type=_positive_int, default=V["bins"])
     v.add_argument("--dtype", choices=["float64", "float32"], default=V["dtype"])
     _common(v)

@@ -61,7 +61,7 @@ from .vae import VAE, Encoding, _positive_int
 __all__ = ["FlowVAE", "EncoderWithHidden", "POSTERIORS", "KL_ESTIMATORS", "closed_form_weight",
            "make_posterior_flow", "randomize_flow"]
 
-#: The posterior flows ``FlowVAE.build`` knows; only the coupling ones can be amortised.
+#: The posterior flows ``FlowVAE.build`` knows; the coupling ones and the IAF can be amortised.
 POSTERIORS = ("planar", "radial", "affine", "spline", "iaf")
 AMORTISABLE = ("affine", "spline", "iaf")
 #: The Monte Carlo estimators of KL(q_K || p) that ``FlowVAE`` can train with, the default first

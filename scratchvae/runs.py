@@ -217,7 +217,8 @@ def train_flow(out=None, quiet=False, resume=False, figures=True, stop_after=Non
     """Fit a coupling flow by maximum likelihood (forward KL). Returns ``(model, metrics)``.
 
     Settings (defaults in ``FLOW_DEFAULTS``): ``data`` (a toy name, or a .npy/.npz/.csv
-    file), ``flow`` ("affine" | "spline"), ``layers``, ``bins``, ``bound``, ``hidden``,
+    file), ``flow`` (``FLOW_KINDS``: "affine", "spline", "maf", "maf-spline", "iaf",
+    "iaf-spline"), ``layers``, ``bins``, ``bound``, ``hidden``,
     ``activation``, ``steps``, ``batch``, ``lr``, ``lr_schedule``, ``seed``, ``dtype``,
     ``conditional`` (one-hot labels as context), ``n_train`` (points drawn from a toy set).
     Metrics: ``test_nll``, ``train_nll``, ``val_nll`` (nats per sample, in the data's own
@@ -349,7 +350,7 @@ def train_vae(out=None, quiet=False, resume=False, figures=True, stop_after=None
     ``epochs``, ``batch``, ``lr``, ``lr_schedule`` ("cosine" | "constant"),
     ``beta``, ``warmup`` (steps of linear beta warm-up), ``free_bits`` (nats per latent
     dimension), ``samples`` (Monte Carlo samples S), ``iwae_k``, ``posterior`` ("gaussian" |
-    "planar" | "radial" | "affine" | "spline"), ``flow_layers``, ``amortised``, ``bins``,
+    "planar" | "radial" | "affine" | "spline" | "iaf"), ``flow_layers``, ``amortised``, ``bins``,
     ``seed``, ``dtype``. The parameters of the epoch with the best validation ELBO are kept.
     Metrics (nats per example): ``test_elbo``, ``test_iwae``, ``test_kl``, ``test_rec``,
     ``active_units``, ``epochs``, ``seconds``.
