@@ -170,10 +170,9 @@ def cmd_demo(args) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
-#: The choices of the flow options (other flows are added here and in runs.py).
-FLOW_LAWS = ("affine", "spline", "dsf", "sos")
-POSTERIORS = ("gaussian", "planar", "radial", "affine", "spline")
-TARGET_FLOWS = ("gaussian", "planar", "radial", "affine", "spline", "dsf", "sos")
+#: The choices of the flow options that runs.py does not list (train-flow's are its
+#: ``FLOW_KINDS``, fit-target's its ``TARGET_IAF_KINDS`` beside variational's ``KINDS``).
+POSTERIORS = ("gaussian", "planar", "radial", "affine", "spline", "iaf")
 
 
 class _Help(argparse.HelpFormatter):
@@ -261,8 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("train-flow", help="fit a coupling flow by maximum likelihood", **sub_kw)
     f.add_argument("--data", default=F["data"],
                    help="toy data set name or a .npy/.npz/.csv file")
-    f.add_argument("--flow", choices=FLOW_LAWS, default=F["flow"],
-                   help="the coupling layers' elementwise law")
+    from .runs import FLOW_KINDS
+    f.add_argument("--flow", choices=list(FLOW_KINDS), default=F["flow"],
+                   help="coupling laws (affine, spline, dsf, sos) or autoregressive flows "
+                   "(maf*: fast log_prob, slow sampling; iaf*: fast sampling, slow log_prob)")
     f.add_argument("--layers", type=_positive_int, default=F["layers"],
                    help="coupling layers (none: 4 for spline, dsf and sos; 8 for affine)")
     f.add_argument("--bins", type=_positive_int, default=F["bins"], help="spline bins K")
@@ -302,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--flow-layers", type=_positive_int, default=V["flow_layers"],
                    help="layers of a flow posterior")
     v.add_argument("--amortised", action="store_true",
-                   help="coupling conditioners take a context from the encoder")
+                   help="coupling conditioners (and IAF steps) take a context from the encoder")
     v.add_argument("--bins", type=_positive_int, default=V["bins"],
                    help="spline bins K of a spline posterior")
     v.add_argument("--dtype", choices=["float64", "float32"], default=V["dtype"],
@@ -320,7 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
                        **sub_kw)
     t.add_argument("--target", default=T["target"],
                    help=f"the unnormalised density to fit (choices: {', '.join(TARGETS)})")
-    t.add_argument("--flow", choices=TARGET_FLOWS, default=T["flow"],
+    from .runs import TARGET_IAF_KINDS
+    from .variational import KINDS
+    t.add_argument("--flow", choices=[*KINDS, *TARGET_IAF_KINDS], default=T["flow"],
                    help="the variational family q")
     t.add_argument("--layers", type=_positive_int, default=T["layers"], help="flow layers")
     _hidden(t, T["hidden"])

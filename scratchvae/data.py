@@ -594,9 +594,55 @@ def load_dataset(spec: str, n_train: int = 50_000, seed: int = 0, n_test: int = 
         return load_digits("grey")
     if spec == "bars-and-stripes":
         return load_bars_and_stripes(seed=seed)
+    if spec == "digits-dequantized":
+        return load_digits_dequantized()
     if spec in _RECIPES:
         return load_toy(spec, n_train, seed=seed, n_test=n_test, n_val=n_val)
     if os.path.splitext(os.fspath(spec))[1].lower() in _EXTENSIONS:
         return load_dataset_file(spec, seed=seed)
     raise ValueError(f"data: expected digits, digits-grey, bars-and-stripes, one of "
                      f"{', '.join(TOY_DATASETS)}, or a .npy/.npz/.csv file, got {spec!r}")
+
+
+# ----------------------------------------------------------------------------- dequantised digits
+#: Dequantised image sets: name -> (number of levels, logit margin lambda). Their training rows
+#: are the integer levels; a trainer adds fresh uniform noise to every batch (``dequantize``).
+DEQUANTIZED = {"digits-dequantized": (17, 0.05)}
+
+#: The one fixed noise draw of the validation and test images (in file order, all 1797 rows).
+DEQUANTIZE_EVAL_SEED = 12345
+
+
+def load_digits_dequantized() -> Dataset:
+    """sklearn's digits as a 64-D density problem: ``y = pixel + u``, ``u ~ U(0, 1)``.
+
+    Split in file order (train 1000 / val 350 / test 447). ``train`` holds the integer pixels
+    0..16 (add fresh noise per batch with ``dequantize``); ``val`` and ``test`` are already
+    dequantised with one fixed draw, ``np.random.default_rng(12345).random((1797, 64))`` in
+    file order, so every run evaluates the same points. A model of y in ``(0, 17)^64`` usually
+    works on ``z = logit(lambda + (1 - 2 lambda) y / 17)``, lambda = 0.05 (``DEQUANTIZED``),
+    whose log-det belongs to the model (``scratchvae.flows.elementwise.Sigmoid`` with
+    ``dequantized_interval``). Needs scikit-learn.
+    """
+    levels = load_digits("grey")
+    pixels = np.rint(np.concatenate([levels.train, levels.val, levels.test]) * 16.0)
+    noise = np.random.default_rng(DEQUANTIZE_EVAL_SEED).random(pixels.shape)
+    a, b, _ = DIGITS_SPLIT
+    y = pixels + noise
+    return Dataset("digits-dequantized", pixels[:a], y[a:a + b], y[a + b:],
+                   levels.train_labels, levels.val_labels, levels.test_labels, entropy=None,
+                   n_classes=10)
+
+
+def dequantize(levels, rng: np.random.Generator) -> np.ndarray:
+    """``levels + u``, ``u ~ U(0, 1)`` drawn from ``rng``: fresh noise for a training batch."""
+    return levels + rng.random(np.shape(levels))
+
+
+def dequantized_interval(name: str) -> tuple[float, float]:
+    """``(low, high)`` with ``y = low + (high - low) sigmoid(z)`` the inverse of
+    ``z = logit(lambda + (1 - 2 lambda) y / L)``: ``low = -L lambda / (1 - 2 lambda)``,
+    ``high = L (1 - lambda) / (1 - 2 lambda)`` (L levels)."""
+    n_levels, lam = DEQUANTIZED[name]
+    width = n_levels / (1.0 - 2.0 * lam)
+    return -lam * width, (1.0 - lam) * width

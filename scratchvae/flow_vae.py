@@ -38,6 +38,7 @@ from .checks import check_rng
 from .density import push_forward, push_forward_backward
 from .flows.bijector import Bijector, Chain
 from .flows.coupling import CouplingBlock, coupling_flow, randomize_conditioners
+from .flows.gated_iaf import gated_iaf_flow
 from .flows.linear import Permutation
 from .flows.planar import Planar, Radial
 from .gaussian import kl_standard_normal, softplus_scale_backward, std_normal_log_prob
@@ -55,9 +56,9 @@ from .vae import VAE, Encoding, _positive_int
 __all__ = ["FlowVAE", "EncoderWithHidden", "POSTERIORS", "KL_ESTIMATORS", "KL_ESTIMATOR_PAIRS",
            "PosteriorSample", "closed_form_weight", "make_posterior_flow", "randomize_flow"]
 
-#: The posterior flows ``FlowVAE.build`` knows; only the coupling ones can be amortised.
-POSTERIORS = ("planar", "radial", "affine", "spline")
-AMORTISABLE = ("affine", "spline")
+#: The posterior flows ``FlowVAE.build`` knows; the coupling ones and the IAF can be amortised.
+POSTERIORS = ("planar", "radial", "affine", "spline", "iaf")
+AMORTISABLE = ("affine", "spline", "iaf")
 
 
 # ----------------------------------------------------------------------------- the encoder
@@ -139,6 +140,9 @@ def make_posterior_flow(kind, latent_dim, n_layers=4, *, context_dim=0, hidden=(
         return Chain([Planar(latent_dim, rng, dtype) for _ in range(n_layers)])
     if kind == "radial":
         return Chain([Radial(latent_dim, rng, dtype) for _ in range(n_layers)])
+    if kind == "iaf":  # Kingma et al.'s gated IAF, starts as the identity exactly
+        return gated_iaf_flow(latent_dim, n_layers, int(context_dim), tuple(hidden), activation,
+                              rng, dtype=dtype)
     flow = coupling_flow(latent_dim, n_layers, kind, tuple(hidden), activation, bins=bins,
                          bound=bound, rng=rng, context_dim=int(context_dim), dtype=dtype)
     return _undo_permutations(flow)
@@ -182,6 +186,8 @@ def randomize_flow(flow, rng, scale=0.5):
             b.raw_beta[...] = rng.normal(1.0, 1.0, 1)
         elif isinstance(b, CouplingBlock):
             randomize_conditioners(b, rng, scale)
+        elif hasattr(b, "randomize"):  # autoregressive blocks (gated IAF)
+            b.randomize(rng, scale)
     return flow
 
 

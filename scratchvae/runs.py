@@ -54,12 +54,22 @@ FLOW_DEFAULTS = dict(data="moons", flow="spline", layers=None, bins=16, bound=4.
                      n_train=50_000)
 
 #: Coupling layers of each law when ``layers`` is not given.
-DEFAULT_LAYERS = {"spline": 4, "affine": 8, "dsf": 4, "sos": 4}
+DEFAULT_LAYERS = {"spline": 4, "affine": 8, "dsf": 4, "sos": 4, "maf": 5, "maf-spline": 5,
+                  "iaf": 5, "iaf-spline": 5}
 
 #: Laws whose inverse is numerical (``flows/combination.py``): ``train-flow`` builds them with
 #: the closed form in the normalising direction, the one a likelihood fit evaluates; sampling
 #: pays the numerical inverse.
 DENSITY_LAWS = {"dsf": dict(closed_form="inverse"), "sos": dict(closed_form="inverse")}
+
+#: ``train-flow --flow``: name -> (stack builder, law). MAF: one-pass density, D-pass sampling;
+#: IAF: one-pass sampling, D-pass density (derivations/16-autoregressive-flows.md).
+FLOW_KINDS = {"affine": ("coupling_flow", "affine"), "spline": ("coupling_flow", "spline"),
+              "dsf": ("coupling_flow", "dsf"), "sos": ("coupling_flow", "sos"),
+              "maf": ("maf_flow", "affine"), "maf-spline": ("maf_flow", "spline"),
+              "iaf": ("iaf_flow", "affine"), "iaf-spline": ("iaf_flow", "spline")}
+#: ``fit-target --flow``: the IAFs (cheap samples and their log q) next to variational's kinds.
+TARGET_IAF_KINDS = {"iaf": "affine", "iaf-spline": "spline"}
 
 #: The defaults of ``scratchvae train-vae``: issue 3's settings (latent 16, hidden 256-256,
 #: tanh, Adam from 1e-3, batch 128, best-validation epoch kept) with a cosine decay of the
@@ -184,16 +194,22 @@ def _figures(out, figures: bool, draw) -> list[str]:
 # ----------------------------------------------------------------------------- flows
 def _build_flow_model(settings, dim, context_dim, rng):
     from .density import ConditionalDiagonalGaussian, FlowDensity, StandardNormal
-    from .flows.coupling import coupling_flow
+    from .flows import autoregressive, coupling
+    from .flows.bijector import Chain
+    from .flows.elementwise import Sigmoid
 
     dtype = _dtype(settings["dtype"])
-    law = settings["flow"]
+    builder, law = FLOW_KINDS[settings["flow"]]
+    builder = getattr(coupling if builder == "coupling_flow" else autoregressive, builder)
     if law in DENSITY_LAWS:
         from .flows.combination import LAWS
         law = LAWS[law](**DENSITY_LAWS[law])
-    flow = coupling_flow(dim, settings["layers"], law, tuple(settings["hidden"]),
-                         settings["activation"], bins=settings["bins"], bound=settings["bound"],
-                         rng=rng, context_dim=context_dim, dtype=dtype)
+    flow = builder(dim, settings["layers"], law, tuple(settings["hidden"]),
+                   settings["activation"], bins=settings["bins"], bound=settings["bound"],
+                   rng=rng, context_dim=context_dim, dtype=dtype)
+    if str(settings["data"]) in datasets.DEQUANTIZED:  # z = logit(...) of y, log-det included
+        low, high = datasets.dequantized_interval(str(settings["data"]))
+        flow = Chain([*flow.bijectors, Sigmoid(low, high, dtype=dtype)])
     if context_dim:
         base = ConditionalDiagonalGaussian(dim, context_dim, tuple(settings["hidden"]), rng,
                                            dtype=dtype)
@@ -207,17 +223,17 @@ def train_flow(out=None, quiet=False, resume=False, figures=True, stop_after=Non
     """Fit a coupling flow by maximum likelihood (forward KL). Returns ``(model, metrics)``.
 
     Settings (defaults in ``FLOW_DEFAULTS``): ``data`` (a toy name, or a .npy/.npz/.csv
-    file), ``flow`` ("affine" | "spline" | "dsf" | "sos"), ``layers``, ``bins``, ``bound``,
-    ``hidden``, ``activation``, ``steps``, ``batch``, ``lr``, ``lr_schedule``, ``seed``, ``dtype``,
+    file), ``flow`` (``FLOW_KINDS``: coupling "affine", "spline", "dsf", "sos"; autoregressive
+    "maf", "maf-spline", "iaf", "iaf-spline"), ``layers``, ``bins``, ``bound``, ``hidden``,
+    ``activation``, ``steps``, ``batch``, ``lr``, ``lr_schedule``, ``seed``, ``dtype``,
     ``conditional`` (one-hot labels as context), ``n_train`` (points drawn from a toy set).
     Metrics: ``test_nll``, ``train_nll``, ``val_nll`` (nats per sample, in the data's own
     units: the standardisation's log-det is included), ``entropy`` (where known), ``steps``,
     ``seconds``. ``stop_after``: stop at that step as if interrupted (for tests of resuming).
     """
     settings = _prepare_out(out, resume, "flow", FLOW_DEFAULTS, settings, quiet)
-    if settings["flow"] not in DEFAULT_LAYERS:
-        raise ValueError(f"flow: expected one of {sorted(DEFAULT_LAYERS)}, got "
-                         f"{settings['flow']!r}")
+    if settings["flow"] not in FLOW_KINDS:
+        raise ValueError(f"flow: expected one of {list(FLOW_KINDS)}, got {settings['flow']!r}")
     if settings["layers"] is None:
         settings = {**settings, "layers": DEFAULT_LAYERS[settings["flow"]]}
     dtype = _dtype(settings["dtype"])
@@ -231,13 +247,16 @@ def train_flow(out=None, quiet=False, resume=False, figures=True, stop_after=Non
         datasets.check_label_count(ds)
         context_dim = int(ds.n_classes)
     dim = ds.train.shape[1]
-    datasets.check_spread(ds.train, f"--data {settings['data']}")
+    dequantized = ds.name in datasets.DEQUANTIZED  # integer levels + fresh noise per batch
+    if not dequantized:  # a standardised column needs two distinct values (noise makes them)
+        datasets.check_spread(ds.train, f"--data {settings['data']}")
     check_model_size(settings, [[dim // 2 + context_dim, *settings["hidden"],
                                   dim * 3 * settings["bins"]]] * settings["layers"],
                       max(settings["batch"], min(len(ds.test), 20_000)), dim + context_dim)
     rng = np.random.default_rng([settings["seed"], 7])
     model = _build_flow_model(settings, dim, context_dim, rng)
-    model.standardize(ds.train)
+    if not dequantized:
+        model.standardize(ds.train)
 
     def split(rows):
         rows = rows.astype(dtype, copy=False)
@@ -255,11 +274,13 @@ def train_flow(out=None, quiet=False, resume=False, figures=True, stop_after=Non
 
     def loss_fn(batch, rng_, step):
         x, ctx = split(batch)
-        return model.nll_and_grads(x, ctx)
+        return model.nll_and_grads(datasets.dequantize(x, rng_) if dequantized else x, ctx)
 
+    # dequantised images: evaluate every 10 epochs (the best validation epoch is kept)
+    every = 10 * math.ceil(len(train_rows) / settings["batch"]) if dequantized else None
     trainer = Trainer(model, loss_fn, data=train_rows, steps=settings["steps"],
                       batch_size=settings["batch"], lr=settings["lr"], seed=settings["seed"],
-                      eval_fn=lambda: {"val_loss": mean_nll(val_rows)},
+                      eval_fn=lambda: {"val_loss": mean_nll(val_rows)}, eval_every=every,
                       lr_schedule=settings["lr_schedule"], quiet=quiet, desc="train-flow")
     extra = lambda: {"standardize.shift": np.asarray(model.shift),
                      "standardize.scale": np.asarray(model.scale)}
@@ -268,6 +289,12 @@ def train_flow(out=None, quiet=False, resume=False, figures=True, stop_after=Non
                "val_nll": mean_nll(val_rows), "entropy": ds.entropy, "steps": result.steps,
                "seconds": result.seconds, "stopped": result.stopped,
                "best_step": result.best_step, "data": ds.name}
+    if dequantized:  # train NLL on freshly dequantised rows; bits per dimension of y
+        metrics["train_nll"] = float(-np.mean(model.log_prob(
+            datasets.dequantize(train_rows[:, :dim], np.random.default_rng(0)).astype(dtype))))
+        metrics["test_bits_per_dim"] = metrics["test_nll"] / (dim * math.log(2.0))
+        metrics["best_epoch"] = None if result.best_step is None else \
+            result.best_step * settings["batch"] / len(train_rows)
     if out is not None and (result.steps >= settings["steps"] or result.stopped):
         metrics["figures"] = _figures(out, figures, lambda path: _flow_figures(
             model, ds, path, context_dim, split, test_rows, trainer.history))
@@ -284,6 +311,12 @@ def _flow_figures(model, ds, path, context_dim, split, test_rows, history):
     x, ctx = split(test_rows[:20_000])
     paths = [plots.plot_history(history, path("history.png"),
                                 title="loss during training: negative log-likelihood")]
+    if ds.name in datasets.DEQUANTIZED:  # samples as images next to real test digits
+        n_levels = datasets.DEQUANTIZED[ds.name][0]
+        images = np.concatenate([model.sample(30, rng), x[:30]]) / n_levels
+        paths.append(plots.plot_image_grid(np.clip(images, 0, 1), path("samples.png"),
+                                           row_titles=["samples"] * 3 + ["real"] * 3,
+                                           title=f"{ds.name}: flow samples (top), test digits"))
     if model.dim != 2:
         return paths + [plots.plot_gaussianization(x, model.transform(x, ctx),
                                                    path("gaussianization.png"))]
@@ -351,13 +384,13 @@ def train_vae(out=None, quiet=False, resume=False, figures=True, stop_after=None
     ``epochs``, ``batch``, ``lr``, ``lr_schedule`` ("cosine" | "constant"),
     ``beta``, ``warmup`` (steps of linear beta warm-up), ``free_bits`` (nats per latent
     dimension), ``samples`` (Monte Carlo samples S), ``iwae_k``, ``posterior`` ("gaussian" |
-    "planar" | "radial" | "affine" | "spline"), ``flow_layers``, ``amortised``, ``bins``,
+    "planar" | "radial" | "affine" | "spline" | "iaf"), ``flow_layers``, ``amortised``, ``bins``,
     ``seed``, ``dtype``. The parameters of the epoch with the best validation ELBO are kept.
     Metrics (nats per example): ``test_elbo``, ``test_iwae``, ``test_kl``, ``test_rec``,
     ``active_units``, ``epochs``, ``seconds``.
     """
     settings = _prepare_out(out, resume, "vae", VAE_DEFAULTS, settings, quiet)
-    posteriors = ("gaussian", "planar", "radial", "affine", "spline")
+    posteriors = ("gaussian", "planar", "radial", "affine", "spline", "iaf")
     if settings["posterior"] not in posteriors:
         raise ValueError(f"posterior: expected one of {posteriors}, got {settings['posterior']!r}")
     vae_run_options.check_settings(settings)
@@ -509,9 +542,19 @@ def fit_target(out=None, quiet=False, resume=False, figures=True, stop_after=Non
 def _build_variational(settings, make_variational=None):
     if make_variational is None:
         from .variational import make_variational
-    from .variational import KINDS as kinds
+    from .variational import KINDS
+    kinds = (*KINDS, *TARGET_IAF_KINDS)
     if settings["flow"] not in kinds:
         raise ValueError(f"flow: expected one of {kinds}, got {settings['flow']!r}")
+    if settings["flow"] in TARGET_IAF_KINDS:  # q = IAF of the Gaussian: one pass per sample
+        from .flows.autoregressive import iaf_flow
+        from .flows.bijector import Chain
+        from .flows.elementwise import ElementwiseAffine
+        from .variational import Variational
+        iaf = iaf_flow(2, settings["layers"], TARGET_IAF_KINDS[settings["flow"]],
+                       tuple(settings["hidden"]), bins=settings["bins"],
+                       rng=np.random.default_rng([settings["seed"], 7]))
+        return Variational(Chain([ElementwiseAffine(2), *iaf.bijectors]), 2, settings["flow"])
     return make_variational(settings["flow"], 2, n_layers=settings["layers"],
                             hidden=tuple(settings["hidden"]), bins=settings["bins"],
                             rng=np.random.default_rng([settings["seed"], 7]))

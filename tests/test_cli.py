@@ -164,9 +164,9 @@ def test_a_mistake_is_one_line_and_exit_code_2(tmp_path, capsys, args, expected)
 
 
 @pytest.mark.parametrize("args", [
-    ["train-flow", "--steps", "-5"], ["train-flow", "--flow", "maf"],
+    ["train-flow", "--steps", "-5"], ["train-flow", "--flow", "glow"],
     ["train-vae", "--epochs", "0"], ["sample", "--run", "x", "--n", "-1", "--out", "x.npy"],
-    ["train-vae", "--posterior", "iaf"],
+    ["train-vae", "--posterior", "nice"],
 ])
 def test_bad_option_values_exit_2_without_traceback(tmp_path, capsys, args):
     if args[0] != "sample":

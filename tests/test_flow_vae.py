@@ -425,7 +425,7 @@ def test_identity_flow_gives_the_mean_field_vae(rng):
     np.testing.assert_allclose(rec_f, rec_v, rtol=1e-12)
 
 
-@pytest.mark.parametrize("kind", AMORTISABLE)
+@pytest.mark.parametrize("kind", [k for k in AMORTISABLE if k != "iaf"])  # coupling kinds
 def test_fresh_coupling_posterior_is_the_identity_despite_its_permutations(kind, rng):
     model = small_flow_vae(rng, kind, latent=5, layers=6)  # two permutations
     assert sum(isinstance(b, Permutation) for b in model.flow.bijectors) >= 2
@@ -510,7 +510,7 @@ def test_inputs_are_validated(rng):
     plain = small_flow_vae(rng, "affine")
     x = binary(rng)
     cases = [
-        (lambda: FlowVAE.build(6, 3, posterior="iaf"), "posterior"),
+        (lambda: FlowVAE.build(6, 3, posterior="nice"), "posterior"),
         (lambda: FlowVAE.build(6, 3, kl_estimator="closed_form"), "kl_estimator"),
         (lambda: FlowVAE.build(6, 3, posterior="planar", amortised=True), "amortised"),
         (lambda: FlowVAE.build(6, 3, posterior="radial", amortised=1), "amortised"),

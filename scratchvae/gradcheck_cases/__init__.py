@@ -14,11 +14,13 @@ repeat it.
 - ``distributions``: ``gaussian``, ``likelihoods``, ``targets``
 - ``flows``: ``flows.spline``, ``flows.elementwise``, ``flows.linear``, ``flows.planar``,
   ``flows.coupling``
+- ``autoregressive``: ``made``, ``flows.autoregressive``, ``flows.gated_iaf``
 - ``laws``: ``flows.monotone`` (the numerical inverse), ``flows.combination`` (DSF, SOS)
 - ``models``: ``vae``, ``flow_vae``, ``density``, ``variational``
 - ``vae_objectives``: ``conditional_vae``, ``iwae``
 """
 
-from . import distributions, flows, laws, layers, models, vae_objectives
+from . import autoregressive, distributions, flows, laws, layers, models, vae_objectives
 
-__all__ = ["distributions", "flows", "laws", "layers", "models", "vae_objectives"]
+__all__ = ["autoregressive", "distributions", "flows", "laws", "layers", "models",
+           "vae_objectives"]
