@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checks import check_count, check_points, check_rng
+from .checks import check_count, check_points, check_rng, rng_or_default
 from .gaussian import (
     diag_gaussian_log_prob,
     diag_gaussian_log_prob_backward,
@@ -157,7 +157,7 @@ class ConditionalDiagonalGaussian(Density):
                              f"got {log_std_bound}")
         self.log_std_bound = float(log_std_bound)
         self.dtype = np.dtype(dtype)
-        rng = np.random.default_rng(0) if rng is None else rng
+        rng = rng_or_default(rng)
         sizes = [self.context_dim, *[int(h) for h in hidden], 2 * self.dim]
         self.net = self.add_child("net", MLP(sizes, activation, rng, dtype, zero_last=True))
 

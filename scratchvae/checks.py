@@ -23,6 +23,17 @@ def check_rng(rng, name: str = "rng") -> np.random.Generator:
     return rng
 
 
+def rng_or_default(rng, name: str = "rng") -> np.random.Generator:
+    """``rng`` checked (``check_rng``), or, when it is None, ``np.random.default_rng(0)``.
+
+    The one place a constructor with random initial weights takes its generator: a model
+    built without one is initialised the same way every time (stated in its docstring, never
+    silent: pass a seeded generator for another draw). Sampling never defaults here: a draw
+    takes its generator explicitly, or a fresh one where the API says so.
+    """
+    return np.random.default_rng(0) if rng is None else check_rng(rng, name)
+
+
 def check_points(name, a, dim, dtype, n_rows=None):
     """The entry check of every public bijector pass: a finite real ``(N, dim)`` array.
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checks import check_rng
+from .checks import check_rng, rng_or_default
 from .flow_vae import AMORTISABLE, EncoderWithHidden, FlowVAE, make_posterior_flow
 from .likelihoods import Likelihood, make_likelihood
 from .nn import MLP, Layer, Linear
@@ -355,7 +355,7 @@ def build_conditional(data_dim, n_classes, latent_dim, hidden=(256, 256), activa
     C = _positive_int(n_classes, "n_classes")
     L = _positive_int(latent_dim, "latent_dim")
     hidden = tuple(hidden)
-    rng = np.random.default_rng(0) if rng is None else rng
+    rng = rng_or_default(rng)
     check_rng(rng)
     if posterior != "gaussian" and amortised and posterior not in AMORTISABLE:
         raise ValueError(f"amortised: a {posterior} flow reads no context; amortised posteriors "

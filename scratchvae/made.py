@@ -24,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 
 from .activation_kernels import inplace_passes
-from .checks import check_count
-from .nn import Layer, Linear, make_activation, sum_over_batch
+from .checks import check_count, rng_or_default
+from .nn import MLP, Layer, Linear, make_activation, sum_over_batch
 
 __all__ = ["MaskedLinear", "MADE", "input_degrees", "hidden_degrees", "output_degrees",
            "hidden_mask", "output_mask"]
@@ -138,7 +138,7 @@ class MaskedLinear(Linear):
 
 
 # ----------------------------------------------------------------------------- the network
-class MADE(Layer):
+class MADE(MLP):
     """A masked MLP: ``[z, c]`` ``(N, D + C)`` -> ``theta`` ``(N, D * n_params)``.
 
     ``theta.reshape(N, D, n_params)[:, d]`` depends only on the context and on the ``z_j``
@@ -147,21 +147,23 @@ class MADE(Layer):
     ``rng``, ``order`` (``input_degrees``), ``hidden_order`` (``"sequential"``/``"random"``,
     ``hidden_degrees``), ``zero_last`` (zero output layer), ``dtype``.
     Parameters ``layers.{i}.W``, ``layers.{i}.b``. ``degrees`` is the input ordering.
+    The passes are the MLP's (``nn.MLP.forward`` / ``backward``), over masked layers.
     Derivation: derivations/16-autoregressive-flows.md#made-masks.
     """
 
     def __init__(self, dim, n_params, hidden=(64, 64), context_dim=0, activation="relu",
                  rng=None, order="natural", hidden_order="sequential", zero_last=True,
                  dtype=np.float64):
-        super().__init__()
+        Layer.__init__(self)  # not MLP's: the layers here are masked, built below
         self.dim = check_count(dim, "dim")
         self.n_params = check_count(n_params, "n_params")
         self.context_dim = check_count(context_dim, "context_dim", 0)
         hidden = [check_count(h, "hidden") for h in hidden]
         if not hidden:
             raise ValueError("hidden: expected at least one hidden layer, got none")
-        rng = np.random.default_rng(0) if rng is None else rng
+        rng = rng_or_default(rng)
         self.degrees = input_degrees(self.dim, order, rng)
+        self.dtype, self.activation_name = np.dtype(dtype), activation
         self.act = make_activation(activation)
         self._act_forward, self._act_backward = inplace_passes(self.act)
         relu_like = activation.replace("-", "_") in ("relu", "leaky_relu", "elu")
@@ -182,29 +184,6 @@ class MADE(Layer):
     @property
     def output_layer(self):
         return self.layers[-1]
-
-    def forward(self, x):
-        caches = []
-        h = x
-        for i, layer in enumerate(self.layers):
-            h, c_lin = layer.forward(h)
-            c_act = None
-            if i < len(self.layers) - 1:
-                h, c_act = self._act_forward(h)
-            caches.append((c_lin, c_act))
-        return h, caches
-
-    def backward(self, dy, cache):
-        grads = {}
-        d = dy
-        for i in range(len(self.layers) - 1, -1, -1):
-            c_lin, c_act = cache[i]
-            if i < len(self.layers) - 1:
-                d = self._act_backward(d, c_act)
-            d, g = self.layers[i].backward(d, c_lin)
-            grads[f"layers.{i}.W"] = g["W"]
-            grads[f"layers.{i}.b"] = g["b"]
-        return d, grads
 
     def randomize_output(self, rng, scale=0.5):
         """Random (masked) output weights and biases, ``scale`` std: for tests and checks,

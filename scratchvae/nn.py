@@ -18,6 +18,7 @@ import functools
 import numpy as np
 
 from .activation_kernels import inplace_passes
+from .checks import rng_or_default
 
 __all__ = [
     "Module",
@@ -208,7 +209,7 @@ class Linear(Layer):
         super().__init__()
         if int(n_in) < 1 or int(n_out) < 1:
             raise ValueError(f"n_in, n_out: expected positive sizes, got {n_in}, {n_out}")
-        rng = np.random.default_rng(0) if rng is None else rng
+        rng = rng_or_default(rng)
         self.n_in, self.n_out, self.dtype = int(n_in), int(n_out), np.dtype(dtype)
         if init == "glorot":
             limit = np.sqrt(6.0 / (n_in + n_out))
@@ -362,7 +363,7 @@ class MLP(Layer):
         sizes = [int(s) for s in sizes]
         if len(sizes) < 2 or min(sizes) < 1:
             raise ValueError(f"sizes: expected at least two positive sizes, got {sizes}")
-        rng = np.random.default_rng(0) if rng is None else rng
+        rng = rng_or_default(rng)
         self.sizes, self.dtype = sizes, np.dtype(dtype)
         self.activation_name = activation
         self.act = make_activation(activation)

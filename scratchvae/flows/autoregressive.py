@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..checks import check_count
+from ..checks import check_count, rng_or_default
 from ..made import MADE
 from ..nn import sum_over_features
 from .bijector import Bijector, Cache, Chain
@@ -90,9 +90,7 @@ class AutoregressiveBlock(Bijector):
         self.context_dim = check_count(context_dim, "context_dim", 0)
         if cheap not in CHEAP_DIRECTIONS:
             raise ValueError(f"cheap: expected one of {CHEAP_DIRECTIONS}, got {cheap!r}")
-        if rng is not None and not isinstance(rng, np.random.Generator):
-            raise ValueError(f"rng: expected a np.random.Generator, got {type(rng).__name__}")
-        rng = np.random.default_rng(0) if rng is None else rng
+        rng = rng_or_default(rng)
         self.cheap = cheap
         self.law = _law(law, bins, bound, scale_bound)
         self.conditioner = self.add_child("conditioner", MADE(
@@ -233,9 +231,7 @@ def _stack(dim, n_blocks, cheap, law, hidden, activation, rng, context_dim, bins
     dim, n_blocks = check_count(dim, "dim"), check_count(n_blocks, "n_blocks")
     if orders not in ("reversed", "random"):
         raise ValueError(f"orders: expected 'reversed' or 'random', got {orders!r}")
-    if rng is not None and not isinstance(rng, np.random.Generator):
-        raise ValueError(f"rng: expected a np.random.Generator, got {type(rng).__name__}")
-    rng = np.random.default_rng(0) if rng is None else rng
+    rng = rng_or_default(rng)
     blocks = []
     for i in range(n_blocks):
         order = ("natural" if i % 2 == 0 else "reversed") if orders == "reversed" else "random"

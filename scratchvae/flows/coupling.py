@@ -30,7 +30,7 @@ import math
 
 import numpy as np
 
-from ..checks import check_count
+from ..checks import check_count, rng_or_default
 from ..nn import MLP, sum_over_features
 from .bijector import Bijector, Cache, Chain
 from .linear import Permutation
@@ -270,9 +270,7 @@ class CouplingBlock(Bijector):
                 or context_dim < 0:
             raise ValueError(f"context_dim: expected an integer >= 0, got {context_dim!r}")
         self.context_dim = int(context_dim)
-        if rng is not None and not isinstance(rng, np.random.Generator):
-            raise ValueError(f"rng: expected a np.random.Generator, got {type(rng).__name__}")
-        rng = np.random.default_rng(0) if rng is None else rng
+        rng = rng_or_default(rng)
         self.law = make_law(law)
         self.dtype = np.dtype(dtype)
         mask = default_mask(self.dim) if mask is None else np.asarray(mask)
@@ -400,12 +398,10 @@ def coupling_flow(dim, n_layers, law="affine", hidden=(64, 64), activation="relu
     """
     dim = check_count(dim, "dim")
     n_layers = check_count(n_layers, "n_layers")
-    if rng is not None and not isinstance(rng, np.random.Generator):
-        raise ValueError(f"rng: expected a np.random.Generator, got {type(rng).__name__}")
     if permutation not in ("auto", "random", "reverse", None):
         raise ValueError("permutation: expected 'auto', 'random', 'reverse' or None, got "
                          f"{permutation!r}")
-    rng = np.random.default_rng(0) if rng is None else rng
+    rng = rng_or_default(rng)
     base_mask = default_mask(dim)
     bijectors = []
     for i in range(n_layers):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checks import check_count
+from ..checks import check_count, rng_or_default
 from ..nn import log_sigmoid, sigmoid
 from .autoregressive import AutoregressiveBlock
 from .bijector import Bijector, Cache, Chain
@@ -136,9 +136,7 @@ def gated_iaf_flow(dim, n_steps, context_dim=0, hidden=(64, 64), activation="rel
     dim, n_steps = check_count(dim, "dim"), check_count(n_steps, "n_steps")
     if not np.isfinite(gate_bias):
         raise ValueError(f"gate_bias: expected a finite number, got {gate_bias!r}")
-    if rng is not None and not isinstance(rng, np.random.Generator):
-        raise ValueError(f"rng: expected a np.random.Generator, got {type(rng).__name__}")
-    rng = np.random.default_rng(0) if rng is None else rng
+    rng = rng_or_default(rng)
     steps = []
     for t in range(n_steps):
         block = AutoregressiveBlock(dim, GatedLaw(), hidden, activation, rng,

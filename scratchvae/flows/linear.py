@@ -18,7 +18,7 @@ import numpy as np
 import scipy.linalg
 from scipy.linalg import solve_triangular
 
-from ..checks import check_count, check_rng
+from ..checks import check_count, check_rng, rng_or_default
 from ..nn import sigmoid, softplus
 from .bijector import Bijector, Cache
 from .elementwise import ElementwiseAffine
@@ -199,7 +199,7 @@ class LULinear(Bijector):
         super().__init__()
         self.dim = D = check_count(dim, "dim")
         self.dtype = np.dtype(dtype)
-        rng = np.random.default_rng(0) if rng is None else check_rng(rng)
+        rng = rng_or_default(rng)
         if identity_init:
             perm, lower, upper = np.arange(D), np.zeros((D, D)), np.zeros((D, D))
             # softplus(raw) + floor = 1, computed in the target dtype so it is 1 exactly
