@@ -60,6 +60,21 @@ def execute_notebook(script, tmp_path, monkeypatch):
     return nb, time.monotonic() - start
 
 
+def printed(nb):
+    """Everything the notebook's cells printed."""
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                   for o in c.get("outputs", []) if o.get("output_type") == "stream")
+
+
+def assert_shows_the_whole_failure_table(text):
+    """Example 09 prints every row of the table its wrong bijector fails, not only the first
+    line of the error: several FAIL rows, passing rows, and the count at the end."""
+    rows = [line for line in text.splitlines() if line.startswith("WrongCube")]
+    assert sum(line.endswith("FAIL") for line in rows) >= 2, text
+    assert any(line.endswith("ok") for line in rows), text
+    assert re.search(r"\d+ checks, [1-9]\d* FAIL", text), text
+
+
 def outputs(nb, kind):
     return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
             if kind in o.get("data", {})]
@@ -73,6 +88,8 @@ def test_example_runs_as_a_notebook_in_fast_mode(script, tmp_path, monkeypatch):
     pytest.importorskip("ipykernel")
     nb, seconds = execute_notebook(script, tmp_path, monkeypatch)
     print(f"{script.name}: {seconds:.1f} s as a notebook")
+    if script.name == "09_property_test_your_bijector.py":
+        assert_shows_the_whole_failure_table(printed(nb))
     if script.name in DRAWS_NOTHING:
         return
     assert list(tmp_path.glob("*.png")), "the notebook saved no picture"
