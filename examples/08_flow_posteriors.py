@@ -55,7 +55,7 @@ def draw_q(z, posterior):
     ax.set_ylabel("$z_2$")
     ax.set_aspect("equal", adjustable="datalim")
     ax.legend(markerscale=6, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
-    return show(fig, f"08_{posterior}_q.png")
+    show(fig, f"08_{posterior}_q.png")
 
 
 def fit(posterior):

@@ -43,11 +43,10 @@ def steps(full, fast):
 
 
 def show_file(path):
-    """Show a saved PNG inline when in a notebook; return its path either way."""
+    """Show a saved PNG inline when in a notebook (returns nothing, so no path is echoed)."""
     if in_notebook():
         from IPython.display import Image, display
         display(Image(filename=path))
-    return path
 
 
 def show(fig, name):
@@ -55,4 +54,4 @@ def show(fig, name):
     path = out(name)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
-    return show_file(path)
+    show_file(path)
