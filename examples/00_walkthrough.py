@@ -42,8 +42,8 @@ from scratchvae.train import Trainer
 from scratchvae.vae import VAE
 
 digits = data.load_digits("binary")  # 8x8 binarised digits: 1000 train, 350 val, 447 test
-HIDDEN = (32,) if FAST else (256, 256)
-VAE_STEPS = steps(1500, 10)
+HIDDEN = (32,) if FAST else (128,)
+VAE_STEPS = steps(800, 10)  # 100 epochs of the 1000 training digits
 
 # %% [markdown]
 # # Part 1: the variational autoencoder
@@ -271,7 +271,7 @@ show(fig, "00_triangular_jacobian.png")
 
 # %%
 flow_trainer = Trainer(model, lambda b, r, s: model.nll_and_grads(b), data=moons.train,
-                       steps=steps(1500, 20), batch_size=512, lr=2e-3, lr_schedule="cosine",
+                       steps=steps(1000, 20), batch_size=512, lr=2e-3, lr_schedule="cosine",
                        desc="flow on moons")
 flow_trainer.run()
 print(f"test NLL {-model.log_prob(moons.test).mean():.3f} nats")
@@ -386,7 +386,7 @@ for name, m in (("mean-field", vae), ("planar flow", fvae)):
 # Samples of the base $q_0(z_0\mid x)$ for four test digits, then after each planar layer
 # $T_k(z) = z + u_k\,h(w_k^\top z + b_k)$
 # ([planar flow](../derivations/12-planar-and-radial.md#planar-flow)): the ellipses of a
-# mean-field posterior bend into the shapes of $q_K(z_K\mid x)$.
+# mean-field posterior move and bend into the shapes of $q_K(z_K\mid x)$.
 
 # %%
 base = fvae.encode_base(digits.test[:4])
