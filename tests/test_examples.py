@@ -44,8 +44,7 @@ def execute_notebook(script, tmp_path, monkeypatch):
     monkeypatch.setenv("SCRATCHVAE_FAST", "1")
     monkeypatch.setenv("SCRATCHVAE_EXAMPLES_OUT", str(tmp_path))
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    monkeypatch.setenv("PYTHONPATH", with_this_checkout_first(os.environ.get("PYTHONPATH", "")))
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend
     nb = jupytext.read(script)
     start = time.monotonic()
@@ -96,9 +95,16 @@ def test_example_runs_as_a_notebook_in_fast_mode(script, tmp_path, monkeypatch):
     assert outputs(nb, "image/png"), "no figure was shown inline"
 
 
+def with_this_checkout_first(path):
+    """A PYTHONPATH that puts this checkout first, so a subprocess imports this scratchvae
+    (installed or not)."""
+    return os.pathsep.join([str(ROOT)] + [p for p in path.split(os.pathsep) if p])
+
+
 def run(args, tmp_path, cwd):
     env = {**os.environ, "SCRATCHVAE_FAST": "1", "SCRATCHVAE_EXAMPLES_OUT": str(tmp_path),
-           "MPLBACKEND": "Agg"}
+           "MPLBACKEND": "Agg",
+           "PYTHONPATH": with_this_checkout_first(os.environ.get("PYTHONPATH", ""))}
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)
 
