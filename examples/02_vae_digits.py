@@ -1,11 +1,32 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # A VAE on 8x8 digits, and the four ways to sample from it
-# Encoder 64-256-256-(16 mean, 16 raw log-variance), decoder 16-256-256-64 Bernoulli logits.
-# derivations/04-elbo-and-iwae.md
+#
+# Encoder 64-256-256-(16 means, 16 raw scales), decoder 16-256-256-64 Bernoulli logits
+# (64 hidden units in fast mode). For one digit $x$ the model maximises the ELBO
+#
+# $$\mathcal L(x) = \mathbb E_{q_\phi(z\mid x)}\big[\log p_\theta(x\mid z)\big]
+#   - D_{\mathrm{KL}}\big(q_\phi(z\mid x)\,\Vert\,\mathcal N(0, I)\big)
+#   \le \log p_\theta(x).$$
+#
+# Derivation: [the ELBO per example](../derivations/04-elbo-and-iwae.md#the-elbo-per-example).
 
 # %%
 import numpy as np
-from _common import FAST, out, steps
+from _common import FAST, out, show_file, steps
 
 from scratchvae import data, plots
 from scratchvae.train import Trainer
@@ -16,26 +37,81 @@ rng = np.random.default_rng(0)
 model = VAE.build(64, latent_dim=16, hidden=(64,) if FAST else (256, 256),
                   likelihood="bernoulli", rng=rng)
 
-# %% train: the negative ELBO, summed over pixels and latents, averaged over the batch
+# %% [markdown]
+# ## Training
+# Each step draws $\epsilon \sim \mathcal N(0, I)$ and sets $z = \mu(x) + \sigma(x)\odot\epsilon$
+# (the reparameterisation: the noise is an input, so the gradient flows through
+# $\mu$ and $\sigma$); the KL has the closed form
+# $\tfrac12\sum_j(\sigma_j^2 + \mu_j^2 - 1 - \log\sigma_j^2)$.
+# The loss is the negative ELBO, summed over pixels and latents, averaged over the batch.
+# Derivations: [reparameterisation](../derivations/02-gaussian.md#reparameterisation),
+# [the KL](../derivations/02-gaussian.md#kl-to-the-standard-normal),
+# [the backward pass](../derivations/04-elbo-and-iwae.md#the-backward-pass).
+
+# %%
 trainer = Trainer(model, lambda batch, r, step: model.loss_and_grads(batch, r), data=ds.train,
-                  steps=steps(80 * 8, 16), batch_size=128, lr=1e-3,
+                  steps=steps(80 * 8, 16), batch_size=128, lr=1e-3, desc="VAE",
                   eval_fn=lambda: {"val_loss": -model.elbo(ds.val, np.random.default_rng(1))
                                    .elbo.mean()}, eval_every=8)
 trainer.run()
+
+# %% [markdown]
+# ## Test bounds
+# The ELBO with 10 samples per digit, and the tighter importance-weighted bound
+# $\log \frac1K\sum_k p(x, z_k)/q(z_k\mid x)$ with $K = 100$
+# ([IWAE](../derivations/04-elbo-and-iwae.md#the-importance-weighted-bound)).
+
+# %%
 test = model.elbo(ds.test, rng, n_samples=10)
 print(f"test ELBO {test.elbo.mean():.2f} nats (reconstruction {test.rec.mean():.2f}, "
       f"KL {test.kl.mean():.2f}); IWAE(100) {model.iwae(ds.test, rng, 100).mean():.2f}")
 
-# %% 1. prior sampling, 2. temperature, 3. interpolation, 4. reconstruction
-plots.plot_image_grid(model.sample(30, rng), out("02_prior_samples.png"), title="prior samples")
+# %% [markdown]
+# ## 1. Prior sampling
+# $z \sim \mathcal N(0, I)$, decoded to the Bernoulli means
+# ([sampling modes](../derivations/04-elbo-and-iwae.md#sampling-modes)).
+
+# %%
+show_file(plots.plot_image_grid(model.sample(30, rng), out("02_prior_samples.png"),
+                                title="prior samples: z ~ N(0, I), decoded means"))
+
+# %% [markdown]
+# ## 2. Temperature
+# $z \sim \mathcal N(0, T\cdot I)$, i.e. $z = \sqrt T\,\epsilon$: the temperature multiplies the
+# prior's *variance*. The same ten $\epsilon$ in every row; low $T$ gives typical, less varied
+# digits ([sampling modes](../derivations/04-elbo-and-iwae.md#sampling-modes)).
+
+# %%
+temperatures = (0.3, 0.7, 1.0, 1.5)
 z = rng.standard_normal((10, 16))
-plots.plot_image_grid(np.concatenate([model.decode(np.sqrt(t) * z) for t in (0.3, 0.7, 1.0,
-                                                                              1.5)]),
-                      out("02_temperature.png"), title="temperature 0.3, 0.7, 1.0, 1.5")
-plots.plot_interpolation([model.interpolate(ds.test[0], ds.test[1], 10, "linear"),
-                          model.interpolate(ds.test[0], ds.test[1], 10, "spherical")],
-                         out("02_interpolation.png"), labels=["linear", "spherical"])
-plots.plot_image_grid(np.concatenate([ds.test[:10], model.reconstruct(ds.test[:10], rng),
-                                      model.reconstruct(ds.test[:10], rng, mode="sample")]),
-                      out("02_reconstructions.png"),
-                      title="input, reconstruction (mean), reconstruction (sampled pixels)")
+show_file(plots.plot_image_grid(np.concatenate([model.decode(np.sqrt(t) * z)
+                                                for t in temperatures]),
+                                out("02_temperature.png"), title="temperature",
+                                row_titles=[f"T = {t}" for t in temperatures]))
+
+# %% [markdown]
+# ## 3. Interpolation
+# Between the posterior means $a = \mu(x_0)$, $b = \mu(x_1)$ of two test digits: linear
+# $z(t) = (1-t)a + tb$, and spherical
+# $z(t) = \frac{\sin((1-t)\omega)}{\sin\omega}a + \frac{\sin(t\omega)}{\sin\omega}b$
+# with $\cos\omega = a\cdot b/(\lVert a\rVert\lVert b\rVert)$
+# ([interpolation](../derivations/04-elbo-and-iwae.md#interpolation)).
+
+# %%
+show_file(plots.plot_interpolation(
+    [model.interpolate(ds.test[0], ds.test[1], 10, "linear"),
+     model.interpolate(ds.test[0], ds.test[1], 10, "spherical")],
+    out("02_interpolation.png"), labels=["linear", "spherical"]))
+
+# %% [markdown]
+# ## 4. Reconstruction
+# Encode $x$, draw $z \sim q(z\mid x) = \mathcal N(\mu(x), \sigma(x)^2)$, decode: the mean
+# image, or binary pixels sampled from it
+# ([sampling modes](../derivations/04-elbo-and-iwae.md#sampling-modes)).
+
+# %%
+show_file(plots.plot_image_grid(
+    np.concatenate([ds.test[:10], model.reconstruct(ds.test[:10], rng),
+                    model.reconstruct(ds.test[:10], rng, mode="sample")]),
+    out("02_reconstructions.png"), title="reconstruction sampling",
+    row_titles=["input", "reconstruction (mean)", "reconstruction (sampled pixels)"]))

@@ -1,29 +1,70 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # The KL trade-off: the lecture's three cases
-# beta = 0 (no KL: an autoencoder, the latent space is not organised like the prior),
-# beta = 1 (the ELBO), beta = 8 (KL-dominated: the posterior collapses onto the prior and
-# reconstructions blur). derivations/04-elbo-and-iwae.md#beta-warm-up-and-free-bits
+#
+# The objective with a weight $\beta$ on the KL term,
+#
+# $$\mathcal L_\beta(x) = \mathbb E_{q(z\mid x)}\big[\log p(x\mid z)\big]
+#   - \beta\, D_{\mathrm{KL}}\big(q(z\mid x)\,\Vert\,p(z)\big),$$
+#
+# trained three times from the same seed:
+#
+# - $\beta = 0$: no KL, reconstruction only: an autoencoder whose latent space is not organised
+#   like the prior, so decoded prior samples are poor;
+# - $\beta = 1$: the ELBO, the balanced case;
+# - $\beta = 8$: the KL dominates: $q(z\mid x)$ collapses onto the prior, units go inactive and
+#   reconstructions blur.
+#
+# Derivations: [beta and free bits](../derivations/04-elbo-and-iwae.md#beta-warm-up-and-free-bits),
+# [diagnosing collapse](../derivations/04-elbo-and-iwae.md#diagnosing-posterior-collapse)
+# (a unit is *active* if $\operatorname{Var}_x \mathbb E_q[z_u\mid x] > 0.01$).
 
 # %%
 import numpy as np
-from _common import FAST, out, steps
+from _common import FAST, out, show_file, steps
 
 from scratchvae import data, plots
 from scratchvae.train import Trainer
 from scratchvae.vae import VAE
 
 ds = data.load_digits("binary")
+betas = (0.0, 1.0, 8.0)
+
+# %% [markdown]
+# ## Three fits
+# Same architecture, seed and number of steps; only $\beta$ differs.
+
+# %%
 rows = []
-for beta in (0.0, 1.0, 8.0):
+for beta in betas:
     rng = np.random.default_rng(0)
     model = VAE.build(64, 8, (64,) if FAST else (256,), "tanh", "bernoulli", rng)
     Trainer(model, lambda b, r, s, beta=beta, model=model: model.loss_and_grads(b, r, beta=beta),
             data=ds.train, steps=steps(400, 10), batch_size=128, lr=1e-3,
-            quiet=True).run()
+            desc=f"beta={beta}").run()
     t = model.elbo(ds.test, rng)
     print(f"beta={beta:>3}: reconstruction {t.rec.mean():7.2f}  KL {t.kl.mean():6.2f}  "
           f"ELBO {t.elbo.mean():7.2f}  active units {model.active_units(ds.test)}/8")
     rows += [model.reconstruct(ds.test[:10], rng), model.sample(10, rng)]
-plots.plot_image_grid(np.concatenate(rows), out("03_kl_tradeoff.png"),
-                      title="rows: beta=0 recon, samples; beta=1 recon, samples; "
-                            "beta=8 recon, samples")
+
+# %% [markdown]
+# ## What each case looks like
+# For each $\beta$: reconstructions of the first ten test digits, then ten prior samples.
+
+# %%
+titles = [f"beta={b:g}: {what}" for b in betas for what in ("reconstructions", "prior samples")]
+show_file(plots.plot_image_grid(np.concatenate(rows), out("03_kl_tradeoff.png"),
+                                title="the KL trade-off", row_titles=titles))

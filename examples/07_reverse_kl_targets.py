@@ -1,11 +1,41 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # Reverse-KL fits to U1-U4 (Rezende & Mohamed 2015)
-# q is a flow pushed Gaussian; we maximise E_q[log p~ - log q] through the flow's forward
-# pass, then estimate log Z by importance sampling. derivations/14-reverse-kl.md
+#
+# The target is known only up to its normaliser, $p = \tilde p / Z$ with $\tilde p = e^{-U}$.
+# The variational density $q$ is a flow-pushed Gaussian, $x = T(u)$, $u \sim \mathcal N(0, I)$,
+# and we maximise
+#
+# $$\mathrm{ELBO}(q) = \mathbb E_{q}\big[\log\tilde p(x) - \log q(x)\big]
+#   = \log Z - D_{\mathrm{KL}}(q\,\Vert\,p)$$
+#
+# through the flow's forward pass (reparameterised: the gradient flows through $x = T(u)$).
+# Afterwards $\log Z$ is estimated by importance sampling,
+# $\log\hat Z = \log\frac1n\sum_i \tilde p(x_i)/q(x_i)$ with $x_i \sim q$, and the effective
+# sample size $\mathrm{ESS} = (\sum_i w_i)^2/\sum_i w_i^2$ is reported as a fraction of $n$.
+#
+# Derivations: [reverse KL and the ELBO](../derivations/14-reverse-kl.md#reverse-kl-and-the-elbo),
+# [the reparameterised gradient](../derivations/14-reverse-kl.md#the-reparameterised-gradient),
+# [log Z](../derivations/14-reverse-kl.md#importance-sampling-estimate-of-log-z),
+# [ESS](../derivations/14-reverse-kl.md#effective-sample-size),
+# [the targets](../derivations/15-targets.md#what-a-target-provides).
 
 # %%
 import numpy as np
-from _common import FAST, out, steps
+from _common import FAST, out, show_file, steps
 
 from scratchvae import plots
 from scratchvae.targets import make_target
@@ -16,19 +46,54 @@ from scratchvae.variational import (
     reverse_kl_loss_and_grads,
 )
 
-for name in ("u1", "u2", "u3", "u4"):
+# %% [markdown]
+# ## Three families, one fit each
+# A mean-field Gaussian $x = \mu + \sigma\odot u$, then that followed by 16 planar layers or by 6
+# spline coupling layers; the same steps,
+# learning rate and seed for all.
+
+# %%
+def fit_all(name):
+    """Fit the three families to target ``name``, print the bounds, show the pictures."""
     target = make_target(name)
     for kind in ("gaussian", "planar", "spline"):
         q = make_variational(kind, 2, n_layers=16 if kind == "planar" else 6,
                              hidden=(64, 64), rng=np.random.default_rng(0))
         Trainer(q, lambda b, r, s, q=q, target=target: reverse_kl_loss_and_grads(q, target, 256, r),
                 steps=steps(2000, 10), lr=2e-3, lr_schedule="cosine", keep_best=False,
-                quiet=True).run()
+                desc=f"{name} {kind}").run()
         est = importance_estimate(q, target, 2_000 if FAST else 20_000,
                                   np.random.default_rng(1))
         print(f"{name} {kind:>8}: ELBO {est.elbo:7.3f}  log Z ~ {est.log_z:7.3f}  "
               f"ESS {100 * est.ess_fraction:5.1f}%")
         lo, hi = target.bounds
-        plots.plot_target_fit(target.log_prob, q.log_prob,
-                              q.sample(1_000 if FAST else 10_000, np.random.default_rng(2)), lo, hi,
-                              out(f"07_{name}_{kind}.png"), f"{name}: {kind}")
+        show_file(plots.plot_target_fit(
+            target.log_prob, q.log_prob, q.sample(1_000 if FAST else 10_000,
+                                                  np.random.default_rng(2)),
+            lo, hi, out(f"07_{name}_{kind}.png"), f"{name}: {kind}"))
+
+
+# %% [markdown]
+# ## U1: a ring cut in two
+# ([U1](../derivations/15-targets.md#u1-a-ring-cut-in-two)). Two arcs of equal mass: a $q$
+# that is too simple settles on one of them (reverse KL is mode-seeking), losing about $\log 2$.
+
+# %%
+fit_all("u1")
+
+# %% [markdown]
+# ## U2: a sine wave
+# ([U2](../derivations/15-targets.md#u2-a-sine-wave)).
+
+# %%
+fit_all("u2")
+
+# %% [markdown]
+# ## U3 and U4: two waves
+# ([U3 and U4](../derivations/15-targets.md#u3-and-u4-two-waves)).
+
+# %%
+fit_all("u3")
+
+# %%
+fit_all("u4")

@@ -1,8 +1,28 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # Property-testing your own bijector with scratchvae.testing
-# Write _forward, _inverse and their backward passes; `assert_bijector` checks round trips, the
-# log-det against slogdet of a finite-difference Jacobian (both ways), and every gradient.
-# A deliberately wrong bijector is caught. derivations/00-conventions.md
+#
+# Write `_forward`, `_inverse` and their backward passes; `testing.assert_bijector` checks, in
+# both directions, the round trip $T^{-1}(T(u)) = u$, the log-det against
+# $\log\lvert\det J\rvert$ from `slogdet` of a finite-difference Jacobian, that the inverse's
+# log-det is minus the forward's, and every gradient of `backward` against central differences.
+# A deliberately wrong bijector is caught, and the table says which checks fail.
+# Derivations: [checking a log-determinant](../derivations/00-conventions.md#checking-a-log-determinant),
+# [checking a gradient](../derivations/00-conventions.md#checking-a-gradient-by-central-differences),
+# [the forward-cache-backward contract](../derivations/00-conventions.md#the-forward-cache-backward-contract).
 
 # %%
 import numpy as np
@@ -10,7 +30,15 @@ import numpy as np
 from scratchvae import testing
 from scratchvae.flows.bijector import Bijector, Cache
 
+# %% [markdown]
+# ## A correct bijector: $x = u + a u^3$
+# With $a > 0$ the map is strictly increasing, elementwise, with
+# $\log\lvert\det J\rvert = \sum_j \log(1 + 3 a_j u_j^2)$; the inverse solves the cubic by Newton's
+# method. Backward of the forward pass: $\partial x/\partial u = 1 + 3au^2$,
+# $\partial x/\partial a = u^3$; of the inverse: implicit differentiation,
+# $\partial u/\partial x = 1/(1 + 3au^2)$, $\partial u/\partial a = -u^3/(1 + 3au^2)$.
 
+# %%
 class Cube(Bijector):
     """x = u + a u^3 with a > 0 (strictly increasing). forward is generative (u -> x);
     the inverse solves the cubic by Newton's method."""
@@ -46,6 +74,12 @@ class Cube(Bijector):
         return d_x, {"a": d_a}, None
 
 
+
+# %% [markdown]
+# ## A wrong one
+# The classic sign error: the inverse pass returns the *forward* log-det.
+
+# %%
 class WrongCube(Cube):
     """The classic sign error: the inverse pass returns the forward log-det."""
 
@@ -54,13 +88,27 @@ class WrongCube(Cube):
         return u, -logdet, cache
 
 
+
+# %% [markdown]
+# ## The correct bijector passes every property
+
+# %%
 rng = np.random.default_rng(0)
 u = rng.standard_normal((6, 3))
 testing.assert_bijector(Cube(3), u)
 print("Cube passes every property")
+
+# %% [markdown]
+# ## The wrong one is caught: the whole table of checks
+# `assert_bijector` raises an `AssertionError` whose message is the whole table. The forward
+# rows pass; the FAIL rows are the inverse log-det against slogdet, the inverse gradients
+# (the backward pass differentiates the log-det the inverse *should* return) and
+# forward log-det $= -$ inverse log-det.
+
+# %%
 try:
     testing.assert_bijector(WrongCube(3), u)
 except AssertionError as e:
-    print("WrongCube is caught:\n" + str(e).splitlines()[0])
+    print("WrongCube is caught:\n" + str(e))
 else:
     raise SystemExit("the wrong bijector was not caught")
