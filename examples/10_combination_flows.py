@@ -1,14 +1,37 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # Combination-based laws: a deep sigmoidal flow and a sum-of-squares polynomial
+#
 # One elementwise law each, fitted by maximum likelihood to a 1-D bimodal density, next to a
-# rational-quadratic spline with the same budget. Both combination laws have their closed form
-# in the normalising direction here (a likelihood fit evaluates that one); sampling goes
-# through the numerical inverse. derivations/17-combination-flows.md
+# rational-quadratic spline with the same budget. The deep sigmoidal flow is
+#
+# $$y = \sigma^{-1}\Big(\sum_j w_j\,\sigma(a_j x + b_j)\Big), \qquad a_j > 0,\ w_j > 0,\ \textstyle\sum_j w_j = 1,$$
+#
+# a positive combination of increasing functions, so increasing
+# ([derivation](../derivations/17-combination-flows.md#the-deep-sigmoidal-flow)); the
+# sum-of-squares law integrates a sum of squared polynomials
+# ([derivation](../derivations/17-combination-flows.md#the-sum-of-squares-polynomial)). Both
+# have their closed form in the normalising direction here (a likelihood fit evaluates that
+# one); sampling goes through the numerical inverse
+# ([derivation](../derivations/17-combination-flows.md#the-numerical-inverse)).
 
 # %%
 import matplotlib.pyplot as plt
 import numpy as np
-from _common import out, steps
+from _common import show, steps
 
 from scratchvae.density import FlowDensity, StandardNormal
 from scratchvae.flows.combination import DSFLaw, SOSLaw
@@ -32,6 +55,13 @@ def draw(n, rng):
 
 
 train, test = draw(20_000, rng), draw(5_000, rng)
+
+# %% [markdown]
+# ## Three laws, one budget
+# Each flow is one coupling block on one coordinate (its conditioner reads a constant), so the
+# law's parameters are learned constants: the fit compares the laws alone.
+
+# %%
 laws = {"DSF (8 components)": DSFLaw(8, closed_form="inverse"),
         "SOS (3 squares, degree 3)": SOSLaw(3, 3, bound=4.0, closed_form="inverse"),
         "spline (16 bins)": SplineLaw(16, 4.0)}
@@ -47,7 +77,11 @@ for name, law in laws.items():
     print(f"{name:>26}: test NLL {-model.log_prob(test).mean():.4f} nats "
           f"(true density: {-mixture_log_prob(test[:, 0]).mean():.4f})")
 
-# %% densities and the learned maps u = T^{-1}(x), next to the spline's
+# %% [markdown]
+# ## The learned densities and maps
+# The densities $p(x)$ and the normalising maps $u = T^{-1}(x)$, next to the spline's.
+
+# %%
 grid = np.linspace(-4.5, 4, 400)[:, None]
 fig, axes = plt.subplots(1, 2, figsize=(11, 4))
 axes[0].hist(test[:, 0], bins=80, density=True, color="0.85", label="test data")
@@ -61,14 +95,24 @@ axes[1].set(title="Learned maps (normalising direction)", xlabel="x",
 for ax in axes:
     ax.legend(fontsize=8)
 fig.tight_layout()
-fig.savefig(out("10_densities_and_maps.png"), dpi=100)
+show(fig, "10_densities_and_maps.png")
 
-# %% sampling runs the numerical inverse (the closed form is the other way here)
+# %% [markdown]
+# ## Sampling runs the numerical inverse
+# The closed form is the normalising direction here, so $x = T(u)$ is found by bracketing and
+# safeguarded Newton steps, to round-trip accuracy.
+
+# %%
 for name, model in models.items():
     x = model.sample(2000, np.random.default_rng(2))
     print(f"{name:>26}: 2000 samples, mean {x.mean():+.3f} (data {test.mean():+.3f})")
 
-# %% the monotone pieces of the learned DSF: y = logit(sum_j w_j sigmoid(a_j x + b_j))
+# %% [markdown]
+# ## The monotone pieces of the learned DSF
+# Each weighted sigmoid $w_j\sigma(a_j x + b_j)$ is increasing; their sum $s$ lies in
+# $(0, 1)$ and $\operatorname{logit}(s)$ is the map.
+
+# %%
 name = "DSF (8 components)"
 model, law = models[name], laws[name]
 block = model.flow.bijectors[0]
@@ -89,4 +133,4 @@ axes[1].plot(grid[:, 0], model.transform(grid)[:, 0], "--", label="the flow's u 
 axes[1].set(title="DSF: the logit of the sum", xlabel="x", ylabel="u")
 axes[1].legend(fontsize=8)
 fig.tight_layout()
-fig.savefig(out("10_dsf_pieces.png"), dpi=100)
+show(fig, "10_dsf_pieces.png")
