@@ -303,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--flow-layers", type=_positive_int, default=V["flow_layers"],
                    help="layers of a flow posterior")
     v.add_argument("--amortised", action="store_true",
-                   help="coupling conditioners (and IAF steps) take a context from the encoder")
+                   help="coupling conditioners take a context from the encoder "
+                   "(always on for --posterior iaf)")
     v.add_argument("--bins", type=_positive_int, default=V["bins"],
                    help="spline bins K of a spline posterior")
     v.add_argument("--dtype", choices=["float64", "float32"], default=V["dtype"],
@@ -328,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--layers", type=_positive_int, default=T["layers"], help="flow layers")
     _hidden(t, T["hidden"])
     t.add_argument("--bins", type=_positive_int, default=T["bins"], help="spline bins K")
+    t.add_argument("--bound", type=_bound, default=T["bound"],
+                   help="spline interval [-B, B] of spline-based q's (identity outside)")
     t.add_argument("--steps", type=_positive_int, default=T["steps"], help="optimiser steps")
     t.add_argument("--batch", type=_positive_int, default=T["batch"], help="samples per step")
     t.add_argument("--lr", type=_positive_float, default=T["lr"],

@@ -67,6 +67,11 @@ __all__ = [
     "load_dataset",
     "check_spread",
     "check_label_count",
+    "DEQUANTIZED",
+    "DEQUANTIZE_EVAL_SEED",
+    "load_digits_dequantized",
+    "dequantize",
+    "dequantized_interval",
 ]
 
 #: Names accepted by ``load_toy``.

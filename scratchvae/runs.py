@@ -84,7 +84,7 @@ VAE_DEFAULTS = dict(data="digits", likelihood="bernoulli", latent=16, hidden=(25
 #: The defaults of ``scratchvae fit-target``: 32 planar layers reach an ELBO within 0.04 nats of
 #: log Z on each of U1-U4 (measured in the notes of issue 5).
 TARGET_DEFAULTS = dict(target="u1", flow="planar", layers=32, hidden=(64, 64), bins=8,
-                       steps=5000, batch=256, lr=1e-2, seed=0, n_estimate=100_000)
+                       bound=4.0, steps=5000, batch=256, lr=1e-2, seed=0, n_estimate=100_000)
 
 _DEFAULTS_BY_KIND = {"flow": FLOW_DEFAULTS, "vae": VAE_DEFAULTS, "target": TARGET_DEFAULTS}
 
@@ -371,6 +371,17 @@ def _build_vae(settings, dim, rng, n_classes=0):
                          bins=settings["bins"], **common)
 
 
+def _iaf_implies_amortised(settings):
+    """``posterior="iaf"`` sets ``amortised=True`` (before the config is written).
+
+    WHY: Kingma et al.'s IAF posterior reads a context h from the encoder; without
+    ``--amortised`` ``train-vae --posterior iaf`` silently built an IAF with no context.
+    """
+    if settings.get("posterior") == "iaf" and not settings.get("amortised", False):
+        return {**settings, "amortised": True}
+    return settings
+
+
 @guarded_run
 def train_vae(out=None, quiet=False, resume=False, figures=True, stop_after=None, **settings):
     """Fit a VAE (mean-field or flow posterior) by maximising the ELBO. Returns
@@ -384,11 +395,13 @@ def train_vae(out=None, quiet=False, resume=False, figures=True, stop_after=None
     ``epochs``, ``batch``, ``lr``, ``lr_schedule`` ("cosine" | "constant"),
     ``beta``, ``warmup`` (steps of linear beta warm-up), ``free_bits`` (nats per latent
     dimension), ``samples`` (Monte Carlo samples S), ``iwae_k``, ``posterior`` ("gaussian" |
-    "planar" | "radial" | "affine" | "spline" | "iaf"), ``flow_layers``, ``amortised``, ``bins``,
+    "planar" | "radial" | "affine" | "spline" | "iaf"), ``flow_layers``, ``amortised`` (always
+    true for "iaf", whose steps read a context from the encoder), ``bins``,
     ``seed``, ``dtype``. The parameters of the epoch with the best validation ELBO are kept.
     Metrics (nats per example): ``test_elbo``, ``test_iwae``, ``test_kl``, ``test_rec``,
     ``active_units``, ``epochs``, ``seconds``.
     """
+    settings = _iaf_implies_amortised(settings)
     settings = _prepare_out(out, resume, "vae", VAE_DEFAULTS, settings, quiet)
     posteriors = ("gaussian", "planar", "radial", "affine", "spline", "iaf")
     if settings["posterior"] not in posteriors:
@@ -494,7 +507,9 @@ def fit_target(out=None, quiet=False, resume=False, figures=True, stop_after=Non
 
     Settings (defaults in ``TARGET_DEFAULTS``): ``target`` (a name of
     ``scratchvae.targets.TARGETS``), ``flow`` ("gaussian" | "planar" | "radial" | "affine" |
-    "spline"), ``layers``, ``hidden``, ``bins``, ``steps``, ``batch`` (samples per step),
+    "spline" | "iaf" | "iaf-spline"), ``layers``, ``hidden``, ``bins``, ``bound`` (the spline
+    interval ``[-bound, bound]`` of spline-based q's, identity outside), ``steps``, ``batch``
+    (samples per step),
     ``lr``, ``seed``, ``n_estimate`` (samples for the log Z estimate). ``target_object``: a
     ``Target`` to fit instead of a named one (not saved: such a run cannot be resumed).
     Metrics: ``elbo``, ``log_z_estimate``, ``ess``, ``ess_fraction``, ``log_z_true`` (by
@@ -546,18 +561,20 @@ def _build_variational(settings, make_variational=None):
     kinds = (*KINDS, *TARGET_IAF_KINDS)
     if settings["flow"] not in kinds:
         raise ValueError(f"flow: expected one of {kinds}, got {settings['flow']!r}")
+    # runs saved before fit-target had --bound used the spline box [-4, 4]
+    bound = settings.get("bound", 4.0)
     if settings["flow"] in TARGET_IAF_KINDS:  # q = IAF of the Gaussian: one pass per sample
         from .flows.autoregressive import iaf_flow
         from .flows.bijector import Chain
         from .flows.elementwise import ElementwiseAffine
         from .variational import Variational
         iaf = iaf_flow(2, settings["layers"], TARGET_IAF_KINDS[settings["flow"]],
-                       tuple(settings["hidden"]), bins=settings["bins"],
+                       tuple(settings["hidden"]), bins=settings["bins"], bound=bound,
                        rng=np.random.default_rng([settings["seed"], 7]))
         return Variational(Chain([ElementwiseAffine(2), *iaf.bijectors]), 2, settings["flow"])
     return make_variational(settings["flow"], 2, n_layers=settings["layers"],
                             hidden=tuple(settings["hidden"]), bins=settings["bins"],
-                            rng=np.random.default_rng([settings["seed"], 7]))
+                            bound=bound, rng=np.random.default_rng([settings["seed"], 7]))
 
 
 # ----------------------------------------------------------------------------- saved runs
