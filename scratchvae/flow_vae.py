@@ -132,7 +132,8 @@ def make_posterior_flow(kind, latent_dim, n_layers=4, *, context_dim=0, hidden=(
     identity up to rounding, log-det exactly 0 (except the DSF: at zero parameters each block
     applies the same odd map with y(0) = 0 and unit tail slopes to its half).
     ``context_dim > 0`` (coupling kinds only): every conditioner also reads a context.
-    Derivation: derivations/13-flow-vae.md#the-posterior-as-a-flow.
+    Derivation: derivations/13-flow-vae.md#the-posterior-as-a-flow; the side of the closed
+    form: derivations/17-combination-flows.md#the-neural-autoregressive-flow.
     """
     if kind not in POSTERIORS:
         raise ValueError(f"posterior: expected one of {POSTERIORS}, got {kind!r}")

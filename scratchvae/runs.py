@@ -62,7 +62,7 @@ DEFAULT_LAYERS = {"spline": 4, "affine": 8, "dsf": 4, "sos": 4, "maf": 5, "maf-s
 #: pays the numerical inverse. The same setting serves the MAF (NAF = MADE + DSF): its cheap
 #: direction is the normalising one, which calls ``law.inverse`` (``AutoregressiveBlock``), so
 #: the density costs one conditioner pass and no root finding; sampling costs D passes, each
-#: with a numerical inverse.
+#: with a numerical inverse (derivations/17-combination-flows.md#the-neural-autoregressive-flow).
 DENSITY_LAWS = {"dsf": dict(closed_form="inverse"), "sos": dict(closed_form="inverse")}
 
 #: ``train-flow --flow``: name -> (stack builder, law). MAF: one-pass density, D-pass sampling;

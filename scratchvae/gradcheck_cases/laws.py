@@ -3,7 +3,8 @@ numerical inverse of ``flows.monotone`` (on its small skew-tanh test law) and th
 combination-based laws of ``flows.combination`` (deep sigmoidal, sum of squares), each with
 its closed form on either side, alone, inside a conditional coupling block and inside a
 conditional MAF block (MADE + DSF = the neural autoregressive flow; MADE + SOS), both
-directions: the one-pass normalising direction and the D-pass generative one."""
+directions: the one-pass normalising direction and the D-pass generative one
+(derivations/17-combination-flows.md#the-neural-autoregressive-flow)."""
 
 from __future__ import annotations
 
