@@ -565,3 +565,28 @@ def test_inputs_are_validated(rng):
     for call, name in cases:
         with pytest.raises(ValueError, match=name):
             call()
+
+
+def test_command_line_and_train_vae_offer_every_flow_posterior():
+    """The CLI's --posterior choices are the mean-field one and every FlowVAE posterior."""
+    from scratchvae.cli import POSTERIORS as CLI_POSTERIORS
+    from scratchvae.cli import build_parser
+
+    assert set(CLI_POSTERIORS) == {"gaussian", *POSTERIORS}
+    args = build_parser().parse_args(["train-vae", "--posterior", "dsf", "--amortised",
+                                      "--out", "x"])
+    assert args.posterior == "dsf" and args.amortised
+
+
+@pytest.mark.parametrize("kind", ["dsf", "sos"])
+def test_train_vae_takes_the_combination_posteriors_with_their_closed_form_forward(kind):
+    """A posterior is only sampled: the laws' closed form is the generative side, so no root
+    finder runs in training."""
+    from scratchvae.runs import train_vae
+
+    model, m = train_vae(quiet=True, posterior=kind, amortised=True, epochs=1, iwae_k=5,
+                         flow_layers=2, hidden=(16,), latent=4)
+    laws = [b.law for b in model.flow.bijectors if isinstance(b, CouplingBlock)]
+    assert len(laws) == 2 and all(law.name == kind and law.closed_form == "forward"
+                                  for law in laws)
+    assert np.isfinite(m["test_elbo"]) and np.isfinite(m["test_iwae"])
