@@ -172,7 +172,7 @@ def cmd_demo(args) -> int:
 # ----------------------------------------------------------------------------- parser
 #: The choices of the flow options that runs.py does not list (train-flow's are its
 #: ``FLOW_KINDS``, fit-target's its ``TARGET_IAF_KINDS`` beside variational's ``KINDS``).
-POSTERIORS = ("gaussian", "planar", "radial", "affine", "spline", "iaf")
+POSTERIORS = ("gaussian", "planar", "radial", "affine", "spline", "dsf", "sos", "iaf")
 
 
 class _Help(argparse.HelpFormatter):

@@ -57,8 +57,13 @@ __all__ = ["FlowVAE", "EncoderWithHidden", "POSTERIORS", "KL_ESTIMATORS", "KL_ES
            "PosteriorSample", "closed_form_weight", "make_posterior_flow", "randomize_flow"]
 
 #: The posterior flows ``FlowVAE.build`` knows; the coupling ones and the IAF can be amortised.
-POSTERIORS = ("planar", "radial", "affine", "spline", "iaf")
-AMORTISABLE = ("affine", "spline", "iaf")
+POSTERIORS = ("planar", "radial", "affine", "spline", "dsf", "sos", "iaf")
+AMORTISABLE = ("affine", "spline", "dsf", "sos", "iaf")
+#: Coupling laws with a numerical inverse (``flows/combination.py``): a posterior is only ever
+#: sampled, so the closed form goes on the generative side (``closed_form="forward"``) and the
+#: ELBO never runs a root finder. At zero parameters the SOS is the identity (up to rounding),
+#: the DSF is not: it starts odd, with y(0) = 0 and unit tail slopes (its docstring).
+POSTERIOR_LAWS = {"dsf": dict(closed_form="forward"), "sos": dict(closed_form="forward")}
 
 
 # ----------------------------------------------------------------------------- the encoder
@@ -119,13 +124,16 @@ def make_posterior_flow(kind, latent_dim, n_layers=4, *, context_dim=0, hidden=(
     """The flow T = T_K o ... o T_1 of a posterior, as a ``Chain`` (forward = generative).
 
     ``kind``: ``"planar"`` / ``"radial"`` (``n_layers`` layers with global parameters, started
-    near the identity) or ``"affine"`` / ``"spline"`` (``coupling_flow`` with ``n_layers``
-    coupling blocks, conditioners of ``hidden`` units with ``activation``, zero-initialised;
-    ``bins`` and ``bound`` for the spline). A coupling stack ends with the fixed permutation
+    near the identity) or ``"affine"`` / ``"spline"`` / ``"dsf"`` / ``"sos"`` (``coupling_flow``
+    with ``n_layers`` coupling blocks, conditioners of ``hidden`` units with ``activation``,
+    zero-initialised; ``bins`` and ``bound`` for the spline; the DSF and SOS laws with their
+    closed form forward, ``POSTERIOR_LAWS``). A coupling stack ends with the fixed permutation
     that undoes the ones between its blocks (``_undo_permutations``), so it starts as the
-    identity up to rounding, log-det exactly 0.
+    identity up to rounding, log-det exactly 0 (except the DSF: at zero parameters each block
+    applies the same odd map with y(0) = 0 and unit tail slopes to its half).
     ``context_dim > 0`` (coupling kinds only): every conditioner also reads a context.
-    Derivation: derivations/13-flow-vae.md#the-posterior-as-a-flow.
+    Derivation: derivations/13-flow-vae.md#the-posterior-as-a-flow; the side of the closed
+    form: derivations/17-combination-flows.md#the-neural-autoregressive-flow.
     """
     if kind not in POSTERIORS:
         raise ValueError(f"posterior: expected one of {POSTERIORS}, got {kind!r}")
@@ -143,7 +151,11 @@ def make_posterior_flow(kind, latent_dim, n_layers=4, *, context_dim=0, hidden=(
     if kind == "iaf":  # Kingma et al.'s gated IAF, starts as the identity exactly
         return gated_iaf_flow(latent_dim, n_layers, int(context_dim), tuple(hidden), activation,
                               rng, dtype=dtype)
-    flow = coupling_flow(latent_dim, n_layers, kind, tuple(hidden), activation, bins=bins,
+    law = kind
+    if kind in POSTERIOR_LAWS:
+        from .flows.combination import LAWS
+        law = LAWS[kind](**POSTERIOR_LAWS[kind])
+    flow = coupling_flow(latent_dim, n_layers, law, tuple(hidden), activation, bins=bins,
                          bound=bound, rng=rng, context_dim=int(context_dim), dtype=dtype)
     return _undo_permutations(flow)
 
@@ -259,7 +271,7 @@ class FlowVAE(VAE):
         """Encoder MLP D -> hidden -> 2L, decoder MLP L -> reversed(hidden) -> D, a likelihood
         (as ``VAE.build``; with the same ``rng`` they start with the same weights as the
         mean-field VAE's), then the flow ``make_posterior_flow(posterior, L, flow_layers, ...)``
-        and, when ``amortised`` (``"affine"`` / ``"spline"`` only), a ``Linear`` context map
+        and, when ``amortised`` (``AMORTISABLE`` kinds only), a ``Linear`` context map
         from the encoder's last hidden layer to ``context_dim`` numbers.
         ``flow_hidden``, ``flow_activation``: the coupling conditioners; ``bins``, ``bound``:
         the spline. Other keyword arguments (``kl_estimator``, ``n_samples``, ``warmup``,

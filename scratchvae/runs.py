@@ -55,11 +55,14 @@ FLOW_DEFAULTS = dict(data="moons", flow="spline", layers=None, bins=16, bound=4.
 
 #: Coupling layers of each law when ``layers`` is not given.
 DEFAULT_LAYERS = {"spline": 4, "affine": 8, "dsf": 4, "sos": 4, "maf": 5, "maf-spline": 5,
-                  "iaf": 5, "iaf-spline": 5}
+                  "maf-dsf": 5, "maf-sos": 5, "iaf": 5, "iaf-spline": 5}
 
 #: Laws whose inverse is numerical (``flows/combination.py``): ``train-flow`` builds them with
 #: the closed form in the normalising direction, the one a likelihood fit evaluates; sampling
-#: pays the numerical inverse.
+#: pays the numerical inverse. The same setting serves the MAF (NAF = MADE + DSF): its cheap
+#: direction is the normalising one, which calls ``law.inverse`` (``AutoregressiveBlock``), so
+#: the density costs one conditioner pass and no root finding; sampling costs D passes, each
+#: with a numerical inverse (derivations/17-combination-flows.md#the-neural-autoregressive-flow).
 DENSITY_LAWS = {"dsf": dict(closed_form="inverse"), "sos": dict(closed_form="inverse")}
 
 #: ``train-flow --flow``: name -> (stack builder, law). MAF: one-pass density, D-pass sampling;
@@ -67,6 +70,7 @@ DENSITY_LAWS = {"dsf": dict(closed_form="inverse"), "sos": dict(closed_form="inv
 FLOW_KINDS = {"affine": ("coupling_flow", "affine"), "spline": ("coupling_flow", "spline"),
               "dsf": ("coupling_flow", "dsf"), "sos": ("coupling_flow", "sos"),
               "maf": ("maf_flow", "affine"), "maf-spline": ("maf_flow", "spline"),
+              "maf-dsf": ("maf_flow", "dsf"), "maf-sos": ("maf_flow", "sos"),
               "iaf": ("iaf_flow", "affine"), "iaf-spline": ("iaf_flow", "spline")}
 #: ``fit-target --flow``: the IAFs (cheap samples and their log q) next to variational's kinds.
 TARGET_IAF_KINDS = {"iaf": "affine", "iaf-spline": "spline"}
@@ -224,8 +228,9 @@ def train_flow(out=None, quiet=False, resume=False, figures=True, stop_after=Non
 
     Settings (defaults in ``FLOW_DEFAULTS``): ``data`` (a toy name, or a .npy/.npz/.csv
     file), ``flow`` (``FLOW_KINDS``: coupling "affine", "spline", "dsf", "sos"; autoregressive
-    "maf", "maf-spline", "iaf", "iaf-spline"), ``layers``, ``bins``, ``bound``, ``hidden``,
-    ``activation``, ``steps``, ``batch``, ``lr``, ``lr_schedule``, ``seed``, ``dtype``,
+    "maf", "maf-spline", "maf-dsf" (the NAF), "maf-sos", "iaf", "iaf-spline"), ``layers``,
+    ``bins``, ``bound``, ``hidden``, ``activation``, ``steps``, ``batch``, ``lr``,
+    ``lr_schedule``, ``seed``, ``dtype``,
     ``conditional`` (one-hot labels as context), ``n_train`` (points drawn from a toy set).
     Metrics: ``test_nll``, ``train_nll``, ``val_nll`` (nats per sample, in the data's own
     units: the standardisation's log-det is included), ``entropy`` (where known), ``steps``,
@@ -395,15 +400,15 @@ def train_vae(out=None, quiet=False, resume=False, figures=True, stop_after=None
     ``epochs``, ``batch``, ``lr``, ``lr_schedule`` ("cosine" | "constant"),
     ``beta``, ``warmup`` (steps of linear beta warm-up), ``free_bits`` (nats per latent
     dimension), ``samples`` (Monte Carlo samples S), ``iwae_k``, ``posterior`` ("gaussian" |
-    "planar" | "radial" | "affine" | "spline" | "iaf"), ``flow_layers``, ``amortised`` (always
-    true for "iaf", whose steps read a context from the encoder), ``bins``,
+    "planar" | "radial" | "affine" | "spline" | "dsf" | "sos" | "iaf"), ``flow_layers``,
+    ``amortised`` (always true for "iaf", whose steps read a context from the encoder), ``bins``,
     ``seed``, ``dtype``. The parameters of the epoch with the best validation ELBO are kept.
     Metrics (nats per example): ``test_elbo``, ``test_iwae``, ``test_kl``, ``test_rec``,
     ``active_units``, ``epochs``, ``seconds``.
     """
     settings = _iaf_implies_amortised(settings)
     settings = _prepare_out(out, resume, "vae", VAE_DEFAULTS, settings, quiet)
-    posteriors = ("gaussian", "planar", "radial", "affine", "spline", "iaf")
+    posteriors = ("gaussian", "planar", "radial", "affine", "spline", "dsf", "sos", "iaf")
     if settings["posterior"] not in posteriors:
         raise ValueError(f"posterior: expected one of {posteriors}, got {settings['posterior']!r}")
     vae_run_options.check_settings(settings)

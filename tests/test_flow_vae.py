@@ -425,7 +425,15 @@ def test_identity_flow_gives_the_mean_field_vae(rng):
     np.testing.assert_allclose(rec_f, rec_v, rtol=1e-12)
 
 
-@pytest.mark.parametrize("kind", [k for k in AMORTISABLE if k != "iaf"])  # coupling kinds
+#: Coupling posteriors whose law is the identity at zero parameters (the DSF is not: below).
+IDENTITY_AT_INIT = [k for k in AMORTISABLE if k not in ("iaf", "dsf")]
+
+
+def test_identity_at_init_lists_every_coupling_kind_but_the_dsf():
+    assert set(AMORTISABLE) - set(IDENTITY_AT_INIT) == {"iaf", "dsf"}
+
+
+@pytest.mark.parametrize("kind", IDENTITY_AT_INIT)
 def test_fresh_coupling_posterior_is_the_identity_despite_its_permutations(kind, rng):
     model = small_flow_vae(rng, kind, latent=5, layers=6)  # two permutations
     assert sum(isinstance(b, Permutation) for b in model.flow.bijectors) >= 2
@@ -438,6 +446,29 @@ def test_fresh_coupling_posterior_is_the_identity_despite_its_permutations(kind,
     x = binary(rng)
     np.testing.assert_allclose(fresh.reconstruct(x, np.random.default_rng(1)),
                                vae.reconstruct(x, np.random.default_rng(1)), rtol=1e-12)
+
+
+def test_fresh_dsf_posterior_has_the_dsf_zero_parameter_properties(rng):
+    """At zero parameters every DSF block applies one fixed odd map with y(0) = 0 and slope 1
+    far out in the tails to its half (DSFLaw's docstring), so the fresh flow is one elementwise
+    map, the same on every coordinate: 0 -> 0, odd, log-det -> 0 in both tails; and not the
+    identity (the offsets of the components make it bend near 0)."""
+    model = small_flow_vae(rng, "dsf", latent=5, layers=6)  # every coordinate: 3 DSF maps
+    z = rng.standard_normal((7, 5))
+    zK, logdet, _ = model.flow.forward(z)
+    zero, ld0, _ = model.flow.forward(np.zeros((1, 5)))
+    np.testing.assert_allclose(zero, 0.0, atol=1e-13)
+    minus, ld_minus, _ = model.flow.forward(-z)
+    np.testing.assert_allclose(minus, -zK, rtol=1e-12, atol=1e-13)  # odd
+    np.testing.assert_allclose(ld_minus, logdet, rtol=1e-12)       # |slope| even
+    # the same elementwise map on every coordinate: a value moved to another column maps alike
+    np.testing.assert_allclose(model.flow.forward(z[:, ::-1])[0], zK[:, ::-1], rtol=1e-12)
+    assert np.max(np.abs(zK - z)) > 1e-2 and np.max(np.abs(ld0)) > 1e-2  # not the identity
+    for far in (60.0, -60.0):  # unit tail slopes: log-det 0, unit difference quotients
+        t = np.full((1, 5), far)
+        y, ld, _ = model.flow.forward(t)
+        np.testing.assert_allclose(ld, 0.0, atol=1e-9)
+        np.testing.assert_allclose(model.flow.forward(t + 1.0)[0] - y, 1.0, atol=1e-9)
 
 
 def test_parameters_have_dotted_names(rng):
@@ -534,3 +565,28 @@ def test_inputs_are_validated(rng):
     for call, name in cases:
         with pytest.raises(ValueError, match=name):
             call()
+
+
+def test_command_line_and_train_vae_offer_every_flow_posterior():
+    """The CLI's --posterior choices are the mean-field one and every FlowVAE posterior."""
+    from scratchvae.cli import POSTERIORS as CLI_POSTERIORS
+    from scratchvae.cli import build_parser
+
+    assert set(CLI_POSTERIORS) == {"gaussian", *POSTERIORS}
+    args = build_parser().parse_args(["train-vae", "--posterior", "dsf", "--amortised",
+                                      "--out", "x"])
+    assert args.posterior == "dsf" and args.amortised
+
+
+@pytest.mark.parametrize("kind", ["dsf", "sos"])
+def test_train_vae_takes_the_combination_posteriors_with_their_closed_form_forward(kind):
+    """A posterior is only sampled: the laws' closed form is the generative side, so no root
+    finder runs in training."""
+    from scratchvae.runs import train_vae
+
+    model, m = train_vae(quiet=True, posterior=kind, amortised=True, epochs=1, iwae_k=5,
+                         flow_layers=2, hidden=(16,), latent=4)
+    laws = [b.law for b in model.flow.bijectors if isinstance(b, CouplingBlock)]
+    assert len(laws) == 2 and all(law.name == kind and law.closed_form == "forward"
+                                  for law in laws)
+    assert np.isfinite(m["test_elbo"]) and np.isfinite(m["test_iwae"])

@@ -1,12 +1,16 @@
 """Gradient-check cases of the elementwise laws without a closed form in one direction: the
 numerical inverse of ``flows.monotone`` (on its small skew-tanh test law) and the
 combination-based laws of ``flows.combination`` (deep sigmoidal, sum of squares), each with
-its closed form on either side, alone and inside a conditional coupling block."""
+its closed form on either side, alone, inside a conditional coupling block and inside a
+conditional MAF block (MADE + DSF = the neural autoregressive flow; MADE + SOS), both
+directions: the one-pass normalising direction and the D-pass generative one
+(derivations/17-combination-flows.md#the-neural-autoregressive-flow)."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..flows.autoregressive import AutoregressiveBlock
 from ..flows.combination import LAWS, DSFLaw, SOSLaw
 from ..flows.coupling import CouplingBlock, randomize_conditioners
 from ..flows.monotone import _SkewTanhLaw
@@ -55,8 +59,19 @@ def _combination_block_case(rng, name, closed_form):
     return BijectorCase(block, rng.standard_normal((2, 3)), rng.standard_normal((2, 1)))
 
 
+def _combination_maf_case(rng, name, closed_form):
+    """A MAF block (cheap normalising direction) with the law; ``BijectorCase`` checks both
+    directions, log-dets against finite-difference Jacobians and the backward of each."""
+    block = AutoregressiveBlock(3, _make(name, closed_form, 2), (6, 5), "tanh", rng, "random",
+                                context_dim=1, cheap="inverse")
+    block.randomize(rng, 0.4)
+    return BijectorCase(block, rng.standard_normal((2, 3)), rng.standard_normal((2, 1)))
+
+
 for _name in LAWS:
     for _cf in ("forward", "inverse"):
+        register(f"flows.combination.{_name}.{_cf}-closed.maf")(
+            lambda rng, n=_name, cf=_cf: _combination_maf_case(rng, n, cf))
         for _inv in DIRECTIONS:
             register(f"flows.combination.{_name}.{_cf}-closed."
                      f"{'inverse' if _inv else 'forward'}")(
