@@ -408,7 +408,9 @@ def train_vae(out=None, quiet=False, resume=False, figures=True, stop_after=None
     """
     settings = _iaf_implies_amortised(settings)
     settings = _prepare_out(out, resume, "vae", VAE_DEFAULTS, settings, quiet)
-    posteriors = ("gaussian", "planar", "radial", "affine", "spline", "dsf", "sos", "iaf")
+    from .flow_vae import POSTERIORS as FLOW_POSTERIORS
+
+    posteriors = ("gaussian", *FLOW_POSTERIORS)
     if settings["posterior"] not in posteriors:
         raise ValueError(f"posterior: expected one of {posteriors}, got {settings['posterior']!r}")
     vae_run_options.check_settings(settings)
