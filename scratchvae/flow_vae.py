@@ -40,7 +40,8 @@ from .flows.bijector import Bijector, Chain
 from .flows.coupling import CouplingBlock, coupling_flow, randomize_conditioners
 from .flows.gated_iaf import gated_iaf_flow
 from .flows.linear import Permutation
-from .flows.planar import Planar, Radial
+from .flows.planar import Planar
+from .flows.radial import Radial
 from .gaussian import kl_standard_normal, softplus_scale_backward, std_normal_log_prob
 from .kl_estimators import (
     KL_ESTIMATOR_PAIRS,
