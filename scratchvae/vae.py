@@ -48,6 +48,7 @@ __all__ = [
     "linear_warmup",
     "free_bits_kl",
     "build_vae",
+    "elbo_loss_and_grads",
 ]
 
 
@@ -138,6 +139,69 @@ def build_vae(cls, data_dim, latent_dim, hidden=(256, 256), activation="tanh",
                **kwargs)
 
 
+# ----------------------------------------------------------------------------- model steps
+def check_rows(model, x, name="x"):
+    """``x`` checked by the likelihood, with ``data_dim`` columns and at least one row, as an
+    array of the model's dtype (``VAE._check_x``, every public entry point's first line)."""
+    x = model.likelihood.validate(x, name)
+    if model.data_dim is not None and x.shape[1] != model.data_dim:
+        raise ValueError(f"{name}: expected {model.data_dim} columns (data_dim), got shape "
+                         f"{x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name}: expected at least one row, got shape {x.shape}")
+    return np.asarray(x, dtype=model.dtype)
+
+
+def decode_over_samples(model, z):
+    """The decoder on latents with leading sample axes, z (S, N, L) -> (S, N, D), and a cache
+    (``VAE._decode_forward``; the decoder itself takes (M, L))."""
+    lead = z.shape[:-1]
+    out, cache = model.decoder.forward(z.reshape(-1, z.shape[-1]))
+    return out.reshape(lead + out.shape[-1:]), (cache, lead)
+
+
+def decode_over_samples_backward(model, d_out, cache):
+    """Backward of ``decode_over_samples``: d_out (S, N, D) -> (d_z (S, N, L), grads)."""
+    dec_cache, lead = cache
+    d_z, grads = model.decoder.backward(d_out.reshape(-1, d_out.shape[-1]), dec_cache)
+    return d_z.reshape(lead + d_z.shape[-1:]), grads
+
+
+# ----------------------------------------------------------------------------- training objective
+def elbo_loss_and_grads(model, batch, rng, beta=1.0, step=None):
+    """Returns three values, ``(loss, grads, info)``: the loss (a float), its gradient
+    for every parameter (a dict keyed like ``model.params``) and a dict of diagnostics;
+    the ``Trainer``'s ``loss_fn`` contract, so ``loss, grads, _ = vae.loss_and_grads(x,
+    rng)``.
+
+    loss = -(mean_n rec_n - beta_t * KL term), in nats per example (a negative ELBO when
+    beta_t = 1 and there are no free bits).
+    beta_t = ``linear_warmup(beta, step, model.warmup)``. KL term = sum_g mean_n kl_ng, or
+    with free bits lambda, sum_g max(lambda, mean_n kl_ng) (Kingma et al. 2016).
+    ``info``: ``rec``, ``kl`` (the true KL, not the free-bits term), ``elbo`` = rec - kl
+    (batch means, nats per example) and ``beta`` (beta_t). Noise: S = ``n_samples``
+    draws per example from ``rng``.
+    derivations/04-elbo-and-iwae.md#beta-warm-up-and-free-bits.
+    """
+    x = model._check_x(batch, "batch")
+    check_rng(rng)
+    if not (np.isfinite(beta) and beta >= 0):
+        raise ValueError(f"beta: expected a non-negative number, got {beta!r}")
+    N = x.shape[0]
+    eps = model._noise(rng, (model.n_samples, N, model.latent_dim))
+    rec, kl, cache = model.elbo_terms_forward(x, eps)
+    beta_t = linear_warmup(beta, step, model.warmup)
+    kl_term, open_groups = free_bits_kl(sum_over_batch(kl) / N, model.free_bits, model.dtype)
+    rec_mean, kl_mean = rec.mean(), kl.sum(axis=-1).mean()
+    loss = -(rec_mean - beta_t * kl_term)
+    d_rec = np.full(N, -1.0 / N, dtype=model.dtype)
+    d_kl = np.broadcast_to((beta_t / N) * open_groups, kl.shape)
+    grads = model.elbo_terms_backward(d_rec, d_kl, cache)
+    info = {"rec": float(rec_mean), "kl": float(kl_mean), "elbo": float(rec_mean - kl_mean),
+            "beta": beta_t}
+    return float(loss), grads, info
+
+
 # ----------------------------------------------------------------------------- the model
 class VAE(Module):
     """A VAE with a diagonal-Gaussian posterior, a N(0, I) prior and a likelihood p(x|z).
@@ -168,16 +232,6 @@ class VAE(Module):
         """``build_vae`` for this class: MLP encoder and decoder, a likelihood by name."""
         return build_vae(cls, data_dim, latent_dim, hidden, activation, likelihood, rng, dtype,
                          **kwargs)
-
-    # -- input checks
-    def _check_x(self, x, name="x"):
-        x = self.likelihood.validate(x, name)
-        if self.data_dim is not None and x.shape[1] != self.data_dim:
-            raise ValueError(f"{name}: expected {self.data_dim} columns (data_dim), got shape "
-                             f"{x.shape}")
-        if x.shape[0] == 0:
-            raise ValueError(f"{name}: expected at least one row, got shape {x.shape}")
-        return np.asarray(x, dtype=self.dtype)
 
     def _noise(self, rng, shape):
         return standard_normal_noise(rng, shape, self.dtype)
@@ -228,17 +282,6 @@ class VAE(Module):
         log_q = std_normal_log_prob(eps) - log_sigma.sum(axis=-1)
         return z, log_q - std_normal_log_prob(z)
 
-    # -- decoder over sample axes
-    def _decode_forward(self, z):
-        lead = z.shape[:-1]
-        out, cache = self.decoder.forward(z.reshape(-1, z.shape[-1]))
-        return out.reshape(lead + out.shape[-1:]), (cache, lead)
-
-    def _decode_backward(self, d_out, cache):
-        dec_cache, lead = cache
-        d_z, grads = self.decoder.backward(d_out.reshape(-1, d_out.shape[-1]), dec_cache)
-        return d_z.reshape(lead + d_z.shape[-1:]), grads
-
     # -- the ELBO terms and their backward
     def elbo_terms_forward(self, x, eps):
         """Reconstruction term and KL term per example, with the noise ``eps`` held fixed.
@@ -270,39 +313,11 @@ class VAE(Module):
                  **self.prefixed("likelihood", lik_grads), **q_grads}
         return grads
 
-    # -- training objective
-    def loss_and_grads(self, batch, rng, beta=1.0, step=None):
-        """Returns three values, ``(loss, grads, info)``: the loss (a float), its gradient
-        for every parameter (a dict keyed like ``self.params``) and a dict of diagnostics;
-        the ``Trainer``'s ``loss_fn`` contract, so ``loss, grads, _ = vae.loss_and_grads(x,
-        rng)``.
-
-        loss = -(mean_n rec_n - beta_t * KL term), in nats per example (a negative ELBO when
-        beta_t = 1 and there are no free bits).
-        beta_t = ``linear_warmup(beta, step, self.warmup)``. KL term = sum_g mean_n kl_ng, or
-        with free bits lambda, sum_g max(lambda, mean_n kl_ng) (Kingma et al. 2016).
-        ``info``: ``rec``, ``kl`` (the true KL, not the free-bits term), ``elbo`` = rec - kl
-        (batch means, nats per example) and ``beta`` (beta_t). Noise: S = ``n_samples``
-        draws per example from ``rng``.
-        derivations/04-elbo-and-iwae.md#beta-warm-up-and-free-bits.
-        """
-        x = self._check_x(batch, "batch")
-        check_rng(rng)
-        if not (np.isfinite(beta) and beta >= 0):
-            raise ValueError(f"beta: expected a non-negative number, got {beta!r}")
-        N = x.shape[0]
-        eps = self._noise(rng, (self.n_samples, N, self.latent_dim))
-        rec, kl, cache = self.elbo_terms_forward(x, eps)
-        beta_t = linear_warmup(beta, step, self.warmup)
-        kl_term, open_groups = free_bits_kl(sum_over_batch(kl) / N, self.free_bits, self.dtype)
-        rec_mean, kl_mean = rec.mean(), kl.sum(axis=-1).mean()
-        loss = -(rec_mean - beta_t * kl_term)
-        d_rec = np.full(N, -1.0 / N, dtype=self.dtype)
-        d_kl = np.broadcast_to((beta_t / N) * open_groups, kl.shape)
-        grads = self.elbo_terms_backward(d_rec, d_kl, cache)
-        info = {"rec": float(rec_mean), "kl": float(kl_mean), "elbo": float(rec_mean - kl_mean),
-                "beta": beta_t}
-        return float(loss), grads, info
+    # -- functions of the model above, bound here as methods
+    _check_x = check_rows
+    _decode_forward = decode_over_samples
+    _decode_backward = decode_over_samples_backward
+    loss_and_grads = elbo_loss_and_grads
 
     # -- evaluation (scratchvae.vae_eval) and sampling (scratchvae.sampling): functions of the
     # model, bound here as methods, so ``vae.iwae(x, rng)`` is ``vae_eval.iwae(vae, x, rng)``
