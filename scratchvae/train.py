@@ -203,6 +203,97 @@ class Progress:
             self.bar.close()
 
 
+# ----------------------------------------------------------------------------- checkpoints
+def trainer_state(trainer) -> dict[str, np.ndarray]:
+    """Everything needed to continue exactly: parameters, optimiser, RNG, step, best."""
+    out = {f"param.{k}": p for k, p in trainer.params.items()}
+    out.update({f"opt.{k}": v for k, v in trainer.optimizer.state_dict().items()})
+    out["rng_state"] = np.array(json.dumps(trainer.rng.bit_generator.state))
+    out["step"] = np.array(trainer.step)
+    running = 0.0 if trainer._run_start is None else time.perf_counter() - trainer._run_start
+    out["seconds"] = np.array(trainer.seconds + running)  # cumulative over resumes
+    out["history"] = np.array(json.dumps(trainer.history))
+    out["best_val"] = np.array(trainer.best_val)
+    out["best_step"] = np.array(-1 if trainer.best_step is None else trainer.best_step)
+    if trainer.best_params is not None:
+        out.update({f"best.{k}": p for k, p in trainer.best_params.items()})
+    return out
+
+
+def load_checkpoint(trainer, path,
+                    extra: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Restore a checkpoint written by ``save``; returns all its arrays (for extras).
+
+    Every array is checked before anything is restored (``check_checkpoint``): a damaged
+    or edited file raises ``ValueError`` naming the file and leaves the trainer as it was.
+    ``extra``: templates of the caller's own arrays (same shape and dtype expected).
+    """
+    arrays = load_npz(path)
+    trainer.check_checkpoint(arrays, path, extra or {})
+    trainer.model.load_params({k[6:]: v for k, v in arrays.items() if k.startswith("param.")})
+    trainer.optimizer.load_state_dict({k[4:]: v for k, v in arrays.items()
+                                    if k.startswith("opt.")})
+    trainer.rng.bit_generator.state = json.loads(str(arrays["rng_state"]))
+    trainer.step = int(arrays["step"])
+    trainer.seconds = float(arrays["seconds"])
+    trainer.history = json.loads(str(arrays["history"]))
+    trainer.best_val = float(arrays["best_val"])
+    best_step = int(arrays["best_step"])
+    trainer.best_step = None if best_step < 0 else best_step
+    best = {k[5:]: v.copy() for k, v in arrays.items() if k.startswith("best.")}
+    trainer.best_params = best or None
+    return arrays
+
+
+def check_checkpoint(trainer, arrays: dict, path, extra: dict) -> None:
+    """Guard: exact shapes and dtypes, finite values and scalars in range, or
+    ``ValueError`` naming the file and the array.
+
+    WHY: an edited or damaged checkpoint used to crash with a TypeError or KeyError, or
+    worse run on: a moment of the wrong shape was broadcast, ``step = 1e12`` was reported
+    as done, NaN parameters were trained (issue 15, items 1 and 2).
+    """
+    name = os.fspath(path)
+    step = _scalar(arrays, "step", path, "i", 0, trainer.steps)
+    _scalar(arrays, "opt.t", path, "i", step, step)  # Adam counts the steps taken
+    _scalar(arrays, "seconds", path, "f", 0.0, 1e12)
+    _scalar(arrays, "best_val", path, "f")
+    best_step = _scalar(arrays, "best_step", path, "i", -1, step)
+    check_arrays_like(arrays, trainer.params, path, "param.")
+    opt = {k: v for k, v in trainer.optimizer.state_dict().items() if k != "t"}
+    if any(k.startswith(("opt.m.", "opt.v.")) for k in arrays):  # Adam's older format
+        opt = {k.replace("m_sum.", "m.", 1).replace("v_sum.", "v.", 1): v
+               for k, v in opt.items()}
+    check_arrays_like(arrays, opt, path, "opt.")
+    if any(np.any(arrays[f"opt.{k}"] < 0) for k in opt if k.startswith("v")):
+        raise ValueError(f"checkpoint: {name!r}: Adam's second moments must be >= 0")
+    has_best = any(k.startswith("best.") for k in arrays)
+    if has_best != (best_step >= 0 and trainer.eval_fn is not None):
+        raise ValueError(f"checkpoint: {name!r}: best_step = {best_step} does not match "
+                         "its best.* arrays")
+    if has_best:
+        check_arrays_like(arrays, trainer.params, path, "best.")
+    check_arrays_like(arrays, extra, path)
+    known = {f"param.{k}" for k in trainer.params} | {f"opt.{k}" for k in opt} | set(extra)
+    known |= {f"best.{k}" for k in trainer.params} | {"opt.t", "step", "seconds", "history",
+                                                    "best_val", "best_step", "rng_state"}
+    unknown = sorted(set(arrays) - known)
+    if unknown:
+        raise ValueError(f"checkpoint: {name!r} holds unexpected arrays {unknown[:3]}; "
+                         "not a checkpoint of this run's model")
+    history = _json_value(_scalar(arrays, "history", path, "U"), "history", path, list)
+    if not all(isinstance(row, dict) and all(isinstance(v, int | float | None)
+                                             for v in row.values()) for row in history):
+        raise ValueError(f"checkpoint: {name!r}: 'history' expected rows of numbers")
+    state = _json_value(_scalar(arrays, "rng_state", path, "U"), "rng_state", path, dict)
+    probe = np.random.default_rng().bit_generator
+    try:
+        probe.state = state
+    except (ValueError, TypeError, KeyError, OverflowError) as e:
+        raise ValueError(f"checkpoint: {name!r}: 'rng_state' is not a generator state "
+                         f"({e})") from None
+
+
 # ----------------------------------------------------------------------------- the loop
 @dataclass
 class FitResult:
@@ -357,95 +448,13 @@ class Trainer:
                          self.best_step, None if self.best_step is None else self.best_val,
                          stopped, self.stop_signal if self.step < end else None)
 
-    # -- checkpoints
-    def state(self) -> dict[str, np.ndarray]:
-        """Everything needed to continue exactly: parameters, optimiser, RNG, step, best."""
-        out = {f"param.{k}": p for k, p in self.params.items()}
-        out.update({f"opt.{k}": v for k, v in self.optimizer.state_dict().items()})
-        out["rng_state"] = np.array(json.dumps(self.rng.bit_generator.state))
-        out["step"] = np.array(self.step)
-        running = 0.0 if self._run_start is None else time.perf_counter() - self._run_start
-        out["seconds"] = np.array(self.seconds + running)  # cumulative over resumes
-        out["history"] = np.array(json.dumps(self.history))
-        out["best_val"] = np.array(self.best_val)
-        out["best_step"] = np.array(-1 if self.best_step is None else self.best_step)
-        if self.best_params is not None:
-            out.update({f"best.{k}": p for k, p in self.best_params.items()})
-        return out
+    # -- checkpoints: the functions above, bound here as methods
+    state = trainer_state
+    load = load_checkpoint
+    check_checkpoint = check_checkpoint
 
     def save(self, path, extra: dict[str, np.ndarray] | None = None) -> None:
         atomic_save_npz(path, {**self.state(), **(extra or {})})
-
-    def load(self, path, extra: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """Restore a checkpoint written by ``save``; returns all its arrays (for extras).
-
-        Every array is checked before anything is restored (``check_checkpoint``): a damaged
-        or edited file raises ``ValueError`` naming the file and leaves the trainer as it was.
-        ``extra``: templates of the caller's own arrays (same shape and dtype expected).
-        """
-        arrays = load_npz(path)
-        self.check_checkpoint(arrays, path, extra or {})
-        self.model.load_params({k[6:]: v for k, v in arrays.items() if k.startswith("param.")})
-        self.optimizer.load_state_dict({k[4:]: v for k, v in arrays.items()
-                                        if k.startswith("opt.")})
-        self.rng.bit_generator.state = json.loads(str(arrays["rng_state"]))
-        self.step = int(arrays["step"])
-        self.seconds = float(arrays["seconds"])
-        self.history = json.loads(str(arrays["history"]))
-        self.best_val = float(arrays["best_val"])
-        best_step = int(arrays["best_step"])
-        self.best_step = None if best_step < 0 else best_step
-        best = {k[5:]: v.copy() for k, v in arrays.items() if k.startswith("best.")}
-        self.best_params = best or None
-        return arrays
-
-    def check_checkpoint(self, arrays: dict, path, extra: dict) -> None:
-        """Guard: exact shapes and dtypes, finite values and scalars in range, or
-        ``ValueError`` naming the file and the array.
-
-        WHY: an edited or damaged checkpoint used to crash with a TypeError or KeyError, or
-        worse run on: a moment of the wrong shape was broadcast, ``step = 1e12`` was reported
-        as done, NaN parameters were trained (issue 15, items 1 and 2).
-        """
-        name = os.fspath(path)
-        step = _scalar(arrays, "step", path, "i", 0, self.steps)
-        _scalar(arrays, "opt.t", path, "i", step, step)  # Adam counts the steps taken
-        _scalar(arrays, "seconds", path, "f", 0.0, 1e12)
-        _scalar(arrays, "best_val", path, "f")
-        best_step = _scalar(arrays, "best_step", path, "i", -1, step)
-        check_arrays_like(arrays, self.params, path, "param.")
-        opt = {k: v for k, v in self.optimizer.state_dict().items() if k != "t"}
-        if any(k.startswith(("opt.m.", "opt.v.")) for k in arrays):  # Adam's older format
-            opt = {k.replace("m_sum.", "m.", 1).replace("v_sum.", "v.", 1): v
-                   for k, v in opt.items()}
-        check_arrays_like(arrays, opt, path, "opt.")
-        if any(np.any(arrays[f"opt.{k}"] < 0) for k in opt if k.startswith("v")):
-            raise ValueError(f"checkpoint: {name!r}: Adam's second moments must be >= 0")
-        has_best = any(k.startswith("best.") for k in arrays)
-        if has_best != (best_step >= 0 and self.eval_fn is not None):
-            raise ValueError(f"checkpoint: {name!r}: best_step = {best_step} does not match "
-                             "its best.* arrays")
-        if has_best:
-            check_arrays_like(arrays, self.params, path, "best.")
-        check_arrays_like(arrays, extra, path)
-        known = {f"param.{k}" for k in self.params} | {f"opt.{k}" for k in opt} | set(extra)
-        known |= {f"best.{k}" for k in self.params} | {"opt.t", "step", "seconds", "history",
-                                                        "best_val", "best_step", "rng_state"}
-        unknown = sorted(set(arrays) - known)
-        if unknown:
-            raise ValueError(f"checkpoint: {name!r} holds unexpected arrays {unknown[:3]}; "
-                             "not a checkpoint of this run's model")
-        history = _json_value(_scalar(arrays, "history", path, "U"), "history", path, list)
-        if not all(isinstance(row, dict) and all(isinstance(v, int | float | None)
-                                                 for v in row.values()) for row in history):
-            raise ValueError(f"checkpoint: {name!r}: 'history' expected rows of numbers")
-        state = _json_value(_scalar(arrays, "rng_state", path, "U"), "rng_state", path, dict)
-        probe = np.random.default_rng().bit_generator
-        try:
-            probe.state = state
-        except (ValueError, TypeError, KeyError, OverflowError) as e:
-            raise ValueError(f"checkpoint: {name!r}: 'rng_state' is not a generator state "
-                             f"({e})") from None
 
 
 def _quiet_float_warnings():
