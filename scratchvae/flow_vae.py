@@ -225,6 +225,51 @@ def _check_flow_and_context(flow, context, encoder):
                              f"but the context map has {context.n_out} outputs")
 
 
+# ----------------------------------------------------------------------------- the builder
+def build_flow_vae(cls, data_dim, latent_dim, hidden=(256, 256), activation="tanh",
+                   likelihood="bernoulli", posterior="planar", flow_layers=4, amortised=False,
+                   context_dim=8, bins=8, bound=4.0, flow_hidden=(64, 64), flow_activation="relu",
+                   rng=None, dtype=np.float64, **kwargs):
+    """Encoder MLP D -> hidden -> 2L, decoder MLP L -> reversed(hidden) -> D, a likelihood
+    (as ``VAE.build``; with the same ``rng`` they start with the same weights as the
+    mean-field VAE's), then the flow ``make_posterior_flow(posterior, L, flow_layers, ...)``
+    and, when ``amortised`` (``"affine"`` / ``"spline"`` only), a ``Linear`` context map
+    from the encoder's last hidden layer to ``context_dim`` numbers.
+    ``flow_hidden``, ``flow_activation``: the coupling conditioners; ``bins``, ``bound``:
+    the spline. Other keyword arguments (``kl_estimator``, ``n_samples``, ``warmup``,
+    ``free_bits``, ``sigma_floor``) go to the constructor.
+    Derivation: derivations/13-flow-vae.md#the-posterior-as-a-flow.
+    """
+    data_dim = _positive_int(data_dim, "data_dim")
+    latent_dim = _positive_int(latent_dim, "latent_dim")
+    if posterior not in POSTERIORS:
+        raise ValueError(f"posterior: expected one of {POSTERIORS}, got {posterior!r}")
+    if not isinstance(amortised, bool | np.bool_):
+        raise ValueError(f"amortised: expected True or False, got {amortised!r}")
+    if amortised and posterior not in AMORTISABLE:
+        raise ValueError(f"amortised: a {posterior} flow has global parameters and reads no "
+                         f"context; amortised posteriors need one of {AMORTISABLE}")
+    context_dim = _positive_int(context_dim, "context_dim") if amortised else 0
+    hidden = tuple(hidden)
+    rng = np.random.default_rng(0) if rng is None else rng
+    check_rng(rng)
+    # the same draws, in the same order, as VAE.build: encoder first, then decoder
+    enc_cls = EncoderWithHidden if amortised else MLP
+    encoder = enc_cls([data_dim, *hidden, 2 * latent_dim], activation, rng, dtype)
+    decoder = MLP([latent_dim, *hidden[::-1], data_dim], activation, rng, dtype)
+    if not isinstance(likelihood, Likelihood):
+        likelihood = make_likelihood(likelihood, dtype=dtype)
+    flow = make_posterior_flow(posterior, latent_dim, flow_layers, context_dim=context_dim,
+                               hidden=flow_hidden, activation=flow_activation, bins=bins,
+                               bound=bound, rng=rng, dtype=dtype)
+    context = None
+    if amortised:
+        n_hidden = hidden[-1] if hidden else data_dim
+        context = Linear(n_hidden, context_dim, rng, "glorot", dtype)
+    return cls(encoder, decoder, likelihood, latent_dim, flow, context=context,
+               data_dim=data_dim, dtype=dtype, **kwargs)
+
+
 # ----------------------------------------------------------------------------- the model
 class FlowVAE(VAE):
     """A VAE with the posterior z_K = T(z_0), z_0 = mu + sigma * eps ~ q0(z|x) = N(mu, sigma^2).
@@ -258,15 +303,7 @@ class FlowVAE(VAE):
         """True when the flow's conditioners read a context computed from x."""
         return self.context is not None
 
-    @classmethod
-    def build(cls, data_dim, latent_dim, hidden=(256, 256), activation="tanh",
-              likelihood="bernoulli", posterior="planar", flow_layers=4, amortised=False,
-              context_dim=8, bins=8, bound=4.0, flow_hidden=(64, 64), flow_activation="relu",
-              rng=None, dtype=np.float64, **kwargs):
-        """``build_flow_vae`` for this class: MLP encoder and decoder, a posterior flow."""
-        return build_flow_vae(cls, data_dim, latent_dim, hidden, activation, likelihood,
-                              posterior, flow_layers, amortised, context_dim, bins, bound,
-                              flow_hidden, flow_activation, rng, dtype, **kwargs)
+    build = classmethod(build_flow_vae)  # FlowVAE.build(data_dim, latent_dim, ...)
 
     # -- the context
     def _context_forward(self, h):
@@ -413,48 +450,3 @@ class FlowVAE(VAE):
         S = 1 if n_samples is None else _positive_int(n_samples, "n_samples")
         sample, _ = self._flow_posterior(h, self._noise(rng, (S, h.shape[0], self.latent_dim)))
         return sample.zK[0] if n_samples is None else sample.zK
-
-
-# ----------------------------------------------------------------------------- the builder
-def build_flow_vae(cls, data_dim, latent_dim, hidden=(256, 256), activation="tanh",
-                   likelihood="bernoulli", posterior="planar", flow_layers=4, amortised=False,
-                   context_dim=8, bins=8, bound=4.0, flow_hidden=(64, 64), flow_activation="relu",
-                   rng=None, dtype=np.float64, **kwargs):
-    """Encoder MLP D -> hidden -> 2L, decoder MLP L -> reversed(hidden) -> D, a likelihood
-    (as ``VAE.build``; with the same ``rng`` they start with the same weights as the
-    mean-field VAE's), then the flow ``make_posterior_flow(posterior, L, flow_layers, ...)``
-    and, when ``amortised`` (``"affine"`` / ``"spline"`` only), a ``Linear`` context map
-    from the encoder's last hidden layer to ``context_dim`` numbers.
-    ``flow_hidden``, ``flow_activation``: the coupling conditioners; ``bins``, ``bound``:
-    the spline. Other keyword arguments (``kl_estimator``, ``n_samples``, ``warmup``,
-    ``free_bits``, ``sigma_floor``) go to the constructor.
-    Derivation: derivations/13-flow-vae.md#the-posterior-as-a-flow.
-    """
-    data_dim = _positive_int(data_dim, "data_dim")
-    latent_dim = _positive_int(latent_dim, "latent_dim")
-    if posterior not in POSTERIORS:
-        raise ValueError(f"posterior: expected one of {POSTERIORS}, got {posterior!r}")
-    if not isinstance(amortised, bool | np.bool_):
-        raise ValueError(f"amortised: expected True or False, got {amortised!r}")
-    if amortised and posterior not in AMORTISABLE:
-        raise ValueError(f"amortised: a {posterior} flow has global parameters and reads no "
-                         f"context; amortised posteriors need one of {AMORTISABLE}")
-    context_dim = _positive_int(context_dim, "context_dim") if amortised else 0
-    hidden = tuple(hidden)
-    rng = np.random.default_rng(0) if rng is None else rng
-    check_rng(rng)
-    # the same draws, in the same order, as VAE.build: encoder first, then decoder
-    enc_cls = EncoderWithHidden if amortised else MLP
-    encoder = enc_cls([data_dim, *hidden, 2 * latent_dim], activation, rng, dtype)
-    decoder = MLP([latent_dim, *hidden[::-1], data_dim], activation, rng, dtype)
-    if not isinstance(likelihood, Likelihood):
-        likelihood = make_likelihood(likelihood, dtype=dtype)
-    flow = make_posterior_flow(posterior, latent_dim, flow_layers, context_dim=context_dim,
-                               hidden=flow_hidden, activation=flow_activation, bins=bins,
-                               bound=bound, rng=rng, dtype=dtype)
-    context = None
-    if amortised:
-        n_hidden = hidden[-1] if hidden else data_dim
-        context = Linear(n_hidden, context_dim, rng, "glorot", dtype)
-    return cls(encoder, decoder, likelihood, latent_dim, flow, context=context,
-               data_dim=data_dim, dtype=dtype, **kwargs)

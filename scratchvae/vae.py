@@ -226,12 +226,7 @@ class VAE(Module):
         self.decoder = self.add_child("decoder", decoder)
         self.likelihood = self.add_child("likelihood", likelihood)
 
-    @classmethod
-    def build(cls, data_dim, latent_dim, hidden=(256, 256), activation="tanh",
-              likelihood="bernoulli", rng=None, dtype=np.float64, **kwargs):
-        """``build_vae`` for this class: MLP encoder and decoder, a likelihood by name."""
-        return build_vae(cls, data_dim, latent_dim, hidden, activation, likelihood, rng, dtype,
-                         **kwargs)
+    build = classmethod(build_vae)  # VAE.build(data_dim, latent_dim, ...)
 
     def _noise(self, rng, shape):
         return standard_normal_noise(rng, shape, self.dtype)
