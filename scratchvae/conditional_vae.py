@@ -30,7 +30,8 @@ from .checks import check_rng, rng_or_default
 from .flow_vae import AMORTISABLE, EncoderWithHidden, FlowVAE, make_posterior_flow
 from .likelihoods import Likelihood, make_likelihood
 from .nn import MLP, Layer, Linear
-from .vae import VAE, _check_mode, _forward_in_blocks, _positive_int
+from .sampling import _check_mode
+from .vae import VAE, _forward_in_blocks, _positive_int
 
 __all__ = ["ConditionalVAE", "ConditionalFlowVAE", "LabelledEncoder",
            "LabelledEncoderWithHidden", "LabelledDecoder", "LabelledLikelihood",

@@ -40,7 +40,8 @@ from .flows.bijector import Bijector, Chain
 from .flows.coupling import CouplingBlock, coupling_flow, randomize_conditioners
 from .flows.gated_iaf import gated_iaf_flow
 from .flows.linear import Permutation
-from .flows.planar import Planar, Radial
+from .flows.planar import Planar
+from .flows.radial import Radial
 from .gaussian import kl_standard_normal, softplus_scale_backward, std_normal_log_prob
 from .kl_estimators import (
     KL_ESTIMATOR_PAIRS,
@@ -209,6 +210,78 @@ def _flow_context_dims(flow):
     return {int(getattr(b, "context_dim", 0)) for b in members}
 
 
+def _check_flow_and_context(flow, context, encoder):
+    """The ``FlowVAE`` constructor's checks of ``flow`` and ``context`` (and of ``encoder``
+    when the flow is amortised)."""
+    if not isinstance(flow, Bijector):
+        raise ValueError(f"flow: expected a scratchvae.flows.bijector.Bijector, got "
+                         f"{type(flow).__name__}")
+    needs = _flow_context_dims(flow) - {0}
+    if context is None:
+        if needs:
+            raise ValueError(f"context: the flow reads a context of width {sorted(needs)}; "
+                             "pass a Linear map from the encoder's hidden layer to it")
+    else:
+        if not isinstance(context, Linear):
+            raise ValueError(f"context: expected a scratchvae.nn.Linear or None, got "
+                             f"{type(context).__name__}")
+        if not isinstance(encoder, EncoderWithHidden):
+            raise ValueError("encoder: an amortised flow posterior needs an "
+                             f"EncoderWithHidden (its hidden layer feeds the context), got "
+                             f"{type(encoder).__name__}")
+        if context.n_in != encoder.n_hidden:
+            raise ValueError(f"context: expected {encoder.n_hidden} inputs (the encoder's "
+                             f"last hidden width), got {context.n_in}")
+        if needs != {context.n_out}:
+            raise ValueError(f"context: the flow reads contexts of width {sorted(needs)}, "
+                             f"but the context map has {context.n_out} outputs")
+
+
+# ----------------------------------------------------------------------------- the builder
+def build_flow_vae(cls, data_dim, latent_dim, hidden=(256, 256), activation="tanh",
+                   likelihood="bernoulli", posterior="planar", flow_layers=4, amortised=False,
+                   context_dim=8, bins=8, bound=4.0, flow_hidden=(64, 64), flow_activation="relu",
+                   rng=None, dtype=np.float64, **kwargs):
+    """Encoder MLP D -> hidden -> 2L, decoder MLP L -> reversed(hidden) -> D, a likelihood
+    (as ``VAE.build``; with the same ``rng`` they start with the same weights as the
+    mean-field VAE's), then the flow ``make_posterior_flow(posterior, L, flow_layers, ...)``
+    and, when ``amortised`` (``AMORTISABLE`` kinds only), a ``Linear`` context map
+    from the encoder's last hidden layer to ``context_dim`` numbers.
+    ``flow_hidden``, ``flow_activation``: the coupling conditioners; ``bins``, ``bound``:
+    the spline. Other keyword arguments (``kl_estimator``, ``n_samples``, ``warmup``,
+    ``free_bits``, ``sigma_floor``) go to the constructor.
+    Derivation: derivations/13-flow-vae.md#the-posterior-as-a-flow.
+    """
+    data_dim = _positive_int(data_dim, "data_dim")
+    latent_dim = _positive_int(latent_dim, "latent_dim")
+    if posterior not in POSTERIORS:
+        raise ValueError(f"posterior: expected one of {POSTERIORS}, got {posterior!r}")
+    if not isinstance(amortised, bool | np.bool_):
+        raise ValueError(f"amortised: expected True or False, got {amortised!r}")
+    if amortised and posterior not in AMORTISABLE:
+        raise ValueError(f"amortised: a {posterior} flow has global parameters and reads no "
+                         f"context; amortised posteriors need one of {AMORTISABLE}")
+    context_dim = _positive_int(context_dim, "context_dim") if amortised else 0
+    hidden = tuple(hidden)
+    rng = np.random.default_rng(0) if rng is None else rng
+    check_rng(rng)
+    # the same draws, in the same order, as VAE.build: encoder first, then decoder
+    enc_cls = EncoderWithHidden if amortised else MLP
+    encoder = enc_cls([data_dim, *hidden, 2 * latent_dim], activation, rng, dtype)
+    decoder = MLP([latent_dim, *hidden[::-1], data_dim], activation, rng, dtype)
+    if not isinstance(likelihood, Likelihood):
+        likelihood = make_likelihood(likelihood, dtype=dtype)
+    flow = make_posterior_flow(posterior, latent_dim, flow_layers, context_dim=context_dim,
+                               hidden=flow_hidden, activation=flow_activation, bins=bins,
+                               bound=bound, rng=rng, dtype=dtype)
+    context = None
+    if amortised:
+        n_hidden = hidden[-1] if hidden else data_dim
+        context = Linear(n_hidden, context_dim, rng, "glorot", dtype)
+    return cls(encoder, decoder, likelihood, latent_dim, flow, context=context,
+               data_dim=data_dim, dtype=dtype, **kwargs)
+
+
 # ----------------------------------------------------------------------------- the model
 class FlowVAE(VAE):
     """A VAE with the posterior z_K = T(z_0), z_0 = mu + sigma * eps ~ q0(z|x) = N(mu, sigma^2).
@@ -233,28 +306,7 @@ class FlowVAE(VAE):
             raise ValueError(f"kl_estimator: expected one of {KL_ESTIMATORS}, got "
                              f"{kl_estimator!r}")
         self.kl_estimator = kl_estimator
-        if not isinstance(flow, Bijector):
-            raise ValueError(f"flow: expected a scratchvae.flows.bijector.Bijector, got "
-                             f"{type(flow).__name__}")
-        needs = _flow_context_dims(flow) - {0}
-        if context is None:
-            if needs:
-                raise ValueError(f"context: the flow reads a context of width {sorted(needs)}; "
-                                 "pass a Linear map from the encoder's hidden layer to it")
-        else:
-            if not isinstance(context, Linear):
-                raise ValueError(f"context: expected a scratchvae.nn.Linear or None, got "
-                                 f"{type(context).__name__}")
-            if not isinstance(encoder, EncoderWithHidden):
-                raise ValueError("encoder: an amortised flow posterior needs an "
-                                 f"EncoderWithHidden (its hidden layer feeds the context), got "
-                                 f"{type(encoder).__name__}")
-            if context.n_in != encoder.n_hidden:
-                raise ValueError(f"context: expected {encoder.n_hidden} inputs (the encoder's "
-                                 f"last hidden width), got {context.n_in}")
-            if needs != {context.n_out}:
-                raise ValueError(f"context: the flow reads contexts of width {sorted(needs)}, "
-                                 f"but the context map has {context.n_out} outputs")
+        _check_flow_and_context(flow, context, encoder)
         self.flow = self.add_child("flow", flow)
         self.context = None if context is None else self.add_child("context", context)
 
@@ -263,49 +315,7 @@ class FlowVAE(VAE):
         """True when the flow's conditioners read a context computed from x."""
         return self.context is not None
 
-    @classmethod
-    def build(cls, data_dim, latent_dim, hidden=(256, 256), activation="tanh",
-              likelihood="bernoulli", posterior="planar", flow_layers=4, amortised=False,
-              context_dim=8, bins=8, bound=4.0, flow_hidden=(64, 64), flow_activation="relu",
-              rng=None, dtype=np.float64, **kwargs):
-        """Encoder MLP D -> hidden -> 2L, decoder MLP L -> reversed(hidden) -> D, a likelihood
-        (as ``VAE.build``; with the same ``rng`` they start with the same weights as the
-        mean-field VAE's), then the flow ``make_posterior_flow(posterior, L, flow_layers, ...)``
-        and, when ``amortised`` (``AMORTISABLE`` kinds only), a ``Linear`` context map
-        from the encoder's last hidden layer to ``context_dim`` numbers.
-        ``flow_hidden``, ``flow_activation``: the coupling conditioners; ``bins``, ``bound``:
-        the spline. Other keyword arguments (``kl_estimator``, ``n_samples``, ``warmup``,
-        ``free_bits``, ``sigma_floor``) go to the constructor.
-        Derivation: derivations/13-flow-vae.md#the-posterior-as-a-flow.
-        """
-        data_dim = _positive_int(data_dim, "data_dim")
-        latent_dim = _positive_int(latent_dim, "latent_dim")
-        if posterior not in POSTERIORS:
-            raise ValueError(f"posterior: expected one of {POSTERIORS}, got {posterior!r}")
-        if not isinstance(amortised, bool | np.bool_):
-            raise ValueError(f"amortised: expected True or False, got {amortised!r}")
-        if amortised and posterior not in AMORTISABLE:
-            raise ValueError(f"amortised: a {posterior} flow has global parameters and reads no "
-                             f"context; amortised posteriors need one of {AMORTISABLE}")
-        context_dim = _positive_int(context_dim, "context_dim") if amortised else 0
-        hidden = tuple(hidden)
-        rng = np.random.default_rng(0) if rng is None else rng
-        check_rng(rng)
-        # the same draws, in the same order, as VAE.build: encoder first, then decoder
-        enc_cls = EncoderWithHidden if amortised else MLP
-        encoder = enc_cls([data_dim, *hidden, 2 * latent_dim], activation, rng, dtype)
-        decoder = MLP([latent_dim, *hidden[::-1], data_dim], activation, rng, dtype)
-        if not isinstance(likelihood, Likelihood):
-            likelihood = make_likelihood(likelihood, dtype=dtype)
-        flow = make_posterior_flow(posterior, latent_dim, flow_layers, context_dim=context_dim,
-                                   hidden=flow_hidden, activation=flow_activation, bins=bins,
-                                   bound=bound, rng=rng, dtype=dtype)
-        context = None
-        if amortised:
-            n_hidden = hidden[-1] if hidden else data_dim
-            context = Linear(n_hidden, context_dim, rng, "glorot", dtype)
-        return cls(encoder, decoder, likelihood, latent_dim, flow, context=context,
-                   data_dim=data_dim, dtype=dtype, **kwargs)
+    build = classmethod(build_flow_vae)  # FlowVAE.build(data_dim, latent_dim, ...)
 
     # -- the context
     def _context_forward(self, h):
@@ -452,4 +462,3 @@ class FlowVAE(VAE):
         S = 1 if n_samples is None else _positive_int(n_samples, "n_samples")
         sample, _ = self._flow_posterior(h, self._noise(rng, (S, h.shape[0], self.latent_dim)))
         return sample.zK[0] if n_samples is None else sample.zK
-

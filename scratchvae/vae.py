@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import sampling, vae_eval
 from .checks import check_rng
 from .gaussian import (
     SIGMA_FLOOR,
@@ -35,6 +36,8 @@ from .gaussian import (
 )
 from .likelihoods import Likelihood, make_likelihood
 from .nn import MLP, Layer, Module, sum_over_batch
+from .sampling import _forward_in_blocks, _positive_int, interpolate_latents
+from .vae_eval import ElboResult, log_mean_exp
 
 __all__ = [
     "VAE",
@@ -43,14 +46,10 @@ __all__ = [
     "log_mean_exp",
     "interpolate_latents",
     "linear_warmup",
+    "free_bits_kl",
+    "build_vae",
+    "elbo_loss_and_grads",
 ]
-
-
-class ElboResult(NamedTuple):
-    """Per-example ELBO = rec - kl, each shape (N,), in nats."""
-    elbo: np.ndarray
-    rec: np.ndarray
-    kl: np.ndarray
 
 
 class Encoding(NamedTuple):
@@ -60,33 +59,6 @@ class Encoding(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- pure helpers
-def _finite_max(a, axis):
-    """Max along ``axis`` (keepdims) with non-finite maxima replaced by 0.
-
-    The shift of log-mean-exp must be finite: if every entry is -inf, ``a - max`` would be
-    (-inf) - (-inf) = NaN; with the shift 0 the result is log(0) = -inf, the right answer.
-    derivations/04-elbo-and-iwae.md#stable-log-mean-exp.
-    """
-    m = np.max(a, axis=axis, keepdims=True)
-    return np.where(np.isfinite(m), m, 0.0)
-
-
-def log_mean_exp(a, axis=0):
-    """log(mean(exp(a))) along ``axis``, stable for entries of any size (e.g. -1e5).
-
-    ``m + log mean exp(a - m)`` with m the largest entry: the largest term becomes exp(0) = 1,
-    nothing overflows, and the sum is at least 1/K of the mean, so the log is finite. The same
-    function estimates log Z from importance weights
-    (derivations/14-reverse-kl.md#importance-sampling-estimate-of-log-z).
-    derivations/04-elbo-and-iwae.md#stable-log-mean-exp.
-    """
-    a = np.asarray(a)
-    m = _finite_max(a, axis)
-    with np.errstate(divide="ignore"):
-        out = m + np.log(np.mean(np.exp(a - m), axis=axis, keepdims=True))
-    return np.squeeze(out, axis=axis)
-
-
 def linear_warmup(beta, step, warmup):
     """beta_t = beta * min(1, step / warmup): 0 at step 0, beta from step ``warmup`` on.
 
@@ -98,105 +70,136 @@ def linear_warmup(beta, step, warmup):
     return float(beta) * min(1.0, float(step) / float(warmup))
 
 
-def _nearly_parallel(omega):
-    """True when the two endpoints point the same way: angle below 1e-6 rad.
+def free_bits_kl(kl_group, free_bits, dtype):
+    """The KL term with free bits lambda, sum_g max(lambda, kl_g), and the mask of the groups
+    it still lets gradient through (kl_g > lambda); lambda = 0: sum_g kl_g, every group open.
 
-    WHY: slerp divides by sin(omega), which is 0 for identical directions (NaN). Below 1e-6 rad,
-    sin(omega) ~ omega and slerp equals lerp to ~1e-12, so lerp is the right answer there.
-    derivations/05-sampling.md#interpolation.
+    ``kl_group``: the batch-mean KL per group, (G,).
+    derivations/04-elbo-and-iwae.md#beta-warm-up-and-free-bits.
     """
-    return omega < 1e-6
+    if free_bits > 0:
+        # groups held at lambda are constant in the loss: no gradient reaches them
+        return np.maximum(kl_group, free_bits).sum(), (kl_group > free_bits).astype(dtype)
+    return kl_group.sum(), np.ones_like(kl_group)
 
 
-def _nearly_antiparallel(omega):
-    """True when the two endpoints point in opposite directions: angle within 1e-6 of pi.
+def _check_parts(encoder, decoder, likelihood, latent_dim, n_samples, warmup, free_bits,
+                 sigma_floor, data_dim, dtype):
+    """The ``VAE`` constructor's argument checks: the settings it stores, as a dict."""
+    for name, m in (("encoder", encoder), ("decoder", decoder)):
+        if not isinstance(m, Layer):
+            raise ValueError(f"{name}: expected a scratchvae.nn.Layer, got "
+                             f"{type(m).__name__}")
+    if not isinstance(likelihood, Likelihood):
+        raise ValueError(f"likelihood: expected a scratchvae.likelihoods.Likelihood, got "
+                         f"{type(likelihood).__name__}")
+    latent_dim = _positive_int(latent_dim, "latent_dim")
+    n_samples = _positive_int(n_samples, "n_samples")
+    if int(warmup) != warmup or warmup < 0:
+        raise ValueError(f"warmup: expected a non-negative integer, got {warmup!r}")
+    if not (np.isfinite(free_bits) and free_bits >= 0):
+        raise ValueError(f"free_bits: expected a non-negative number, got {free_bits!r}")
+    if not (np.isfinite(sigma_floor) and sigma_floor > 0):
+        raise ValueError(f"sigma_floor: expected a positive number, got {sigma_floor!r}")
+    sizes_in = getattr(encoder, "sizes", None)
+    sizes_out = getattr(decoder, "sizes", None)
+    if sizes_in is not None and sizes_in[-1] != 2 * latent_dim:
+        # exactly 2L: the backward returns 2L columns (issue 15, item 14)
+        raise ValueError(f"encoder: expected exactly 2 * latent_dim = {2 * latent_dim} "
+                         f"outputs (mu, raw scale), got {sizes_in[-1]}")
+    if sizes_out is not None and sizes_out[0] != latent_dim:
+        raise ValueError(f"decoder: expected {latent_dim} inputs (latent_dim), got "
+                         f"{sizes_out[0]}")
+    if data_dim is None:
+        data_dim = sizes_in[0] if sizes_in is not None else None
+    dtype = np.dtype(dtype if dtype is not None else getattr(encoder, "dtype", np.float64))
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"dtype: expected float32 or float64, got {dtype}")
+    return {"latent_dim": latent_dim, "n_samples": n_samples, "warmup": int(warmup),
+            "free_bits": float(free_bits), "sigma_floor": float(sigma_floor),
+            "data_dim": None if data_dim is None else int(data_dim), "dtype": dtype}
 
-    WHY: sin(omega) -> 0 here too, but slerp is *not* lerp: lerp runs through the origin (for
-    ``z1 = -z0`` its midpoint is 0, where a high-dimensional N(0, I) has no mass), and slerp's
-    weights are 0/0 because every half great circle from ``z0`` to ``-z0`` is equally short. The
-    caller picks one of them (``_antiparallel_path``).
-    derivations/05-sampling.md#interpolation.
+
+def build_vae(cls, data_dim, latent_dim, hidden=(256, 256), activation="tanh",
+              likelihood="bernoulli", rng=None, dtype=np.float64, **kwargs):
+    """Encoder MLP D -> hidden -> 2L, decoder MLP L -> reversed(hidden) -> D, a likelihood
+    by name (``"bernoulli"``, ``"gaussian-fixed"``, ``"gaussian-shared"``) or instance.
+    Extra keyword arguments (``n_samples``, ``warmup``, ``free_bits``, ``sigma_floor``) go to
+    the constructor."""
+    data_dim = _positive_int(data_dim, "data_dim")
+    latent_dim = _positive_int(latent_dim, "latent_dim")
+    hidden = tuple(hidden)
+    rng = np.random.default_rng(0) if rng is None else rng
+    check_rng(rng)
+    encoder = MLP([data_dim, *hidden, 2 * latent_dim], activation, rng, dtype)
+    decoder = MLP([latent_dim, *hidden[::-1], data_dim], activation, rng, dtype)
+    if not isinstance(likelihood, Likelihood):
+        likelihood = make_likelihood(likelihood, dtype=dtype)
+    return cls(encoder, decoder, likelihood, latent_dim, data_dim=data_dim, dtype=dtype,
+               **kwargs)
+
+
+# ----------------------------------------------------------------------------- model steps
+def check_rows(model, x, name="x"):
+    """``x`` checked by the likelihood, with ``data_dim`` columns and at least one row, as an
+    array of the model's dtype (``VAE._check_x``, every public entry point's first line)."""
+    x = model.likelihood.validate(x, name)
+    if model.data_dim is not None and x.shape[1] != model.data_dim:
+        raise ValueError(f"{name}: expected {model.data_dim} columns (data_dim), got shape "
+                         f"{x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name}: expected at least one row, got shape {x.shape}")
+    return np.asarray(x, dtype=model.dtype)
+
+
+def decode_over_samples(model, z):
+    """The decoder on latents with leading sample axes, z (S, N, L) -> (S, N, D), and a cache
+    (``VAE._decode_forward``; the decoder itself takes (M, L))."""
+    lead = z.shape[:-1]
+    out, cache = model.decoder.forward(z.reshape(-1, z.shape[-1]))
+    return out.reshape(lead + out.shape[-1:]), (cache, lead)
+
+
+def decode_over_samples_backward(model, d_out, cache):
+    """Backward of ``decode_over_samples``: d_out (S, N, D) -> (d_z (S, N, L), grads)."""
+    dec_cache, lead = cache
+    d_z, grads = model.decoder.backward(d_out.reshape(-1, d_out.shape[-1]), dec_cache)
+    return d_z.reshape(lead + d_z.shape[-1:]), grads
+
+
+# ----------------------------------------------------------------------------- training objective
+def elbo_loss_and_grads(model, batch, rng, beta=1.0, step=None):
+    """Returns three values, ``(loss, grads, info)``: the loss (a float), its gradient
+    for every parameter (a dict keyed like ``model.params``) and a dict of diagnostics;
+    the ``Trainer``'s ``loss_fn`` contract, so ``loss, grads, _ = vae.loss_and_grads(x,
+    rng)``.
+
+    loss = -(mean_n rec_n - beta_t * KL term), in nats per example (a negative ELBO when
+    beta_t = 1 and there are no free bits).
+    beta_t = ``linear_warmup(beta, step, model.warmup)``. KL term = sum_g mean_n kl_ng, or
+    with free bits lambda, sum_g max(lambda, mean_n kl_ng) (Kingma et al. 2016).
+    ``info``: ``rec``, ``kl`` (the true KL, not the free-bits term), ``elbo`` = rec - kl
+    (batch means, nats per example) and ``beta`` (beta_t). Noise: S = ``n_samples``
+    draws per example from ``rng``.
+    derivations/04-elbo-and-iwae.md#beta-warm-up-and-free-bits.
     """
-    return np.pi - omega < 1e-6
-
-
-def _antiparallel_path(z0, z1, t):
-    """The half great circle from ``z0`` to the opposite direction of ``z1``, through the unit
-    vector ``p`` orthogonal to ``z0`` built from the coordinate axis least aligned with it;
-    the norm goes linearly from |z0| to |z1|: ``((1-t)|z0| + t|z1|)(cos(pi t) z0/|z0| +
-    sin(pi t) p)``. Returns None in one dimension, where no orthogonal direction exists.
-    derivations/05-sampling.md#interpolation.
-    """
-    if z0.size < 2:
-        return None
-    n0 = np.linalg.norm(z0)
-    d0 = z0 / n0
-    e = np.zeros_like(z0)
-    e[np.argmin(np.abs(d0))] = 1.0
-    p = e - np.dot(e, d0) * d0
-    p /= np.linalg.norm(p)
-    radius = (1.0 - t) * n0 + t * np.linalg.norm(z1)
-    return radius * (np.cos(np.pi * t) * d0 + np.sin(np.pi * t) * p)
-
-
-def interpolate_latents(z0, z1, n, method="linear"):
-    """``n`` points from z0 to z1 (both included): linear or spherical (slerp).
-
-    Linear: (1-t) z0 + t z1. Spherical: sin((1-t) w)/sin w z0 + sin(t w)/sin w z1, where w is
-    the angle between z0 and z1; it keeps the norm when |z0| = |z1|, so the path stays on the
-    shell where a high-dimensional N(0, I) puts its mass instead of cutting through the centre.
-    Guards: (nearly) parallel endpoints give lerp (equal to slerp there); (nearly) opposite
-    ones a half great circle (``_antiparallel_path``; lerp in one dimension).
-    Shapes: z0, z1 (L,) -> (n, L). derivations/05-sampling.md#interpolation.
-    """
-    z0, z1 = np.asarray(z0), np.asarray(z1)
-    if z0.shape != z1.shape or z0.ndim != 1:
-        raise ValueError(f"z0, z1: expected two vectors of the same length, got {z0.shape} "
-                         f"and {z1.shape}")
-    n = _positive_int(n, "n")
-    if method not in ("linear", "spherical"):
-        raise ValueError(f"method: expected 'linear' or 'spherical', got {method!r}")
-    t = np.linspace(0.0, 1.0, n).astype(z0.dtype)[:, None]
-    if method == "spherical":
-        norms = np.linalg.norm(z0) * np.linalg.norm(z1)
-        cos = np.clip(np.dot(z0, z1) / norms, -1.0, 1.0) if norms > 0 else 1.0
-        omega = float(np.arccos(cos))
-        if _nearly_antiparallel(omega):
-            path = _antiparallel_path(z0, z1, t)
-            if path is not None:
-                path[-1] = z1  # exact endpoint (cos(pi) d0 |z1| is -|z1| d0 up to rounding)
-                return path
-        elif not _nearly_parallel(omega):
-            s = np.sin(omega)
-            return (np.sin((1.0 - t) * omega) / s) * z0 + (np.sin(t * omega) / s) * z1
-    return (1.0 - t) * z0 + t * z1
-
-
-def _forward_in_blocks(module, x, max_rows=2**13):
-    """``module(x)`` for a 2-D ``x``, computed in blocks of at most ``max_rows`` rows.
-
-    Speed and memory, for inference on many rows: a block's hidden activations (256 floats
-    per row and layer) stay in the CPU cache instead of streaming hundreds of MB through
-    memory; encoding 100,000 digits took 250 ms in one call and 180 ms in blocks.
-    """
-    if len(x) <= max_rows:
-        return module(x)
-    return np.concatenate([module(x[a:a + max_rows]) for a in range(0, len(x), max_rows)])
-
-
-def _positive_int(value, name):
-    try:
-        ok = int(value) == value and int(value) >= 1
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
-
-
-def _check_mode(mode):
-    if mode not in ("mean", "sample"):
-        raise ValueError(f"mode: expected 'mean' or 'sample', got {mode!r}")
+    x = model._check_x(batch, "batch")
+    check_rng(rng)
+    if not (np.isfinite(beta) and beta >= 0):
+        raise ValueError(f"beta: expected a non-negative number, got {beta!r}")
+    N = x.shape[0]
+    eps = model._noise(rng, (model.n_samples, N, model.latent_dim))
+    rec, kl, cache = model.elbo_terms_forward(x, eps)
+    beta_t = linear_warmup(beta, step, model.warmup)
+    kl_term, open_groups = free_bits_kl(sum_over_batch(kl) / N, model.free_bits, model.dtype)
+    rec_mean, kl_mean = rec.mean(), kl.sum(axis=-1).mean()
+    loss = -(rec_mean - beta_t * kl_term)
+    d_rec = np.full(N, -1.0 / N, dtype=model.dtype)
+    d_kl = np.broadcast_to((beta_t / N) * open_groups, kl.shape)
+    grads = model.elbo_terms_backward(d_rec, d_kl, cache)
+    info = {"rec": float(rec_mean), "kl": float(kl_mean), "elbo": float(rec_mean - kl_mean),
+            "beta": beta_t}
+    return float(loss), grads, info
 
 
 # ----------------------------------------------------------------------------- the model
@@ -212,76 +215,18 @@ class VAE(Module):
     latent dimension (0: none). Parameters: ``encoder.*``, ``decoder.*``, ``likelihood.*``.
     derivations/04-elbo-and-iwae.md#the-elbo-per-example.
     """
-
     def __init__(self, encoder, decoder, likelihood, latent_dim, *, n_samples=1, warmup=0,
                  free_bits=0.0, sigma_floor=SIGMA_FLOOR, data_dim=None, dtype=None):
         super().__init__()
-        for name, m in (("encoder", encoder), ("decoder", decoder)):
-            if not isinstance(m, Layer):
-                raise ValueError(f"{name}: expected a scratchvae.nn.Layer, got "
-                                 f"{type(m).__name__}")
-        if not isinstance(likelihood, Likelihood):
-            raise ValueError(f"likelihood: expected a scratchvae.likelihoods.Likelihood, got "
-                             f"{type(likelihood).__name__}")
-        self.latent_dim = _positive_int(latent_dim, "latent_dim")
-        self.n_samples = _positive_int(n_samples, "n_samples")
-        if int(warmup) != warmup or warmup < 0:
-            raise ValueError(f"warmup: expected a non-negative integer, got {warmup!r}")
-        self.warmup = int(warmup)
-        if not (np.isfinite(free_bits) and free_bits >= 0):
-            raise ValueError(f"free_bits: expected a non-negative number, got {free_bits!r}")
-        self.free_bits = float(free_bits)
-        if not (np.isfinite(sigma_floor) and sigma_floor > 0):
-            raise ValueError(f"sigma_floor: expected a positive number, got {sigma_floor!r}")
-        self.sigma_floor = float(sigma_floor)
-        sizes_in = getattr(encoder, "sizes", None)
-        sizes_out = getattr(decoder, "sizes", None)
-        if sizes_in is not None and sizes_in[-1] != 2 * self.latent_dim:
-            # exactly 2L: the backward returns 2L columns (issue 15, item 14)
-            raise ValueError(f"encoder: expected exactly 2 * latent_dim = {2 * self.latent_dim} "
-                             f"outputs (mu, raw scale), got {sizes_in[-1]}")
-        if sizes_out is not None and sizes_out[0] != self.latent_dim:
-            raise ValueError(f"decoder: expected {self.latent_dim} inputs (latent_dim), got "
-                             f"{sizes_out[0]}")
-        if data_dim is None:
-            data_dim = sizes_in[0] if sizes_in is not None else None
-        self.data_dim = None if data_dim is None else int(data_dim)
-        self.dtype = np.dtype(dtype if dtype is not None else
-                              getattr(encoder, "dtype", np.float64))
-        if self.dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype: expected float32 or float64, got {self.dtype}")
+        settings = _check_parts(encoder, decoder, likelihood, latent_dim, n_samples, warmup,
+                                free_bits, sigma_floor, data_dim, dtype)
+        for name, value in settings.items():
+            setattr(self, name, value)
         self.encoder = self.add_child("encoder", encoder)
         self.decoder = self.add_child("decoder", decoder)
         self.likelihood = self.add_child("likelihood", likelihood)
 
-    @classmethod
-    def build(cls, data_dim, latent_dim, hidden=(256, 256), activation="tanh",
-              likelihood="bernoulli", rng=None, dtype=np.float64, **kwargs):
-        """Encoder MLP D -> hidden -> 2L, decoder MLP L -> reversed(hidden) -> D, a likelihood
-        by name (``"bernoulli"``, ``"gaussian-fixed"``, ``"gaussian-shared"``) or instance.
-        Extra keyword arguments (``n_samples``, ``warmup``, ``free_bits``, ``sigma_floor``) go to
-        the constructor."""
-        data_dim = _positive_int(data_dim, "data_dim")
-        latent_dim = _positive_int(latent_dim, "latent_dim")
-        hidden = tuple(hidden)
-        rng = np.random.default_rng(0) if rng is None else rng
-        check_rng(rng)
-        encoder = MLP([data_dim, *hidden, 2 * latent_dim], activation, rng, dtype)
-        decoder = MLP([latent_dim, *hidden[::-1], data_dim], activation, rng, dtype)
-        if not isinstance(likelihood, Likelihood):
-            likelihood = make_likelihood(likelihood, dtype=dtype)
-        return cls(encoder, decoder, likelihood, latent_dim, data_dim=data_dim, dtype=dtype,
-                   **kwargs)
-
-    # -- input checks
-    def _check_x(self, x, name="x"):
-        x = self.likelihood.validate(x, name)
-        if self.data_dim is not None and x.shape[1] != self.data_dim:
-            raise ValueError(f"{name}: expected {self.data_dim} columns (data_dim), got shape "
-                             f"{x.shape}")
-        if x.shape[0] == 0:
-            raise ValueError(f"{name}: expected at least one row, got shape {x.shape}")
-        return np.asarray(x, dtype=self.dtype)
+    build = classmethod(build_vae)  # VAE.build(data_dim, latent_dim, ...)
 
     def _noise(self, rng, shape):
         return standard_normal_noise(rng, shape, self.dtype)
@@ -332,17 +277,6 @@ class VAE(Module):
         log_q = std_normal_log_prob(eps) - log_sigma.sum(axis=-1)
         return z, log_q - std_normal_log_prob(z)
 
-    # -- decoder over sample axes
-    def _decode_forward(self, z):
-        lead = z.shape[:-1]
-        out, cache = self.decoder.forward(z.reshape(-1, z.shape[-1]))
-        return out.reshape(lead + out.shape[-1:]), (cache, lead)
-
-    def _decode_backward(self, d_out, cache):
-        dec_cache, lead = cache
-        d_z, grads = self.decoder.backward(d_out.reshape(-1, d_out.shape[-1]), dec_cache)
-        return d_z.reshape(lead + d_z.shape[-1:]), grads
-
     # -- the ELBO terms and their backward
     def elbo_terms_forward(self, x, eps):
         """Reconstruction term and KL term per example, with the noise ``eps`` held fixed.
@@ -374,196 +308,27 @@ class VAE(Module):
                  **self.prefixed("likelihood", lik_grads), **q_grads}
         return grads
 
-    # -- training objective
-    def loss_and_grads(self, batch, rng, beta=1.0, step=None):
-        """Returns three values, ``(loss, grads, info)``: the loss (a float), its gradient
-        for every parameter (a dict keyed like ``self.params``) and a dict of diagnostics;
-        the ``Trainer``'s ``loss_fn`` contract, so ``loss, grads, _ = vae.loss_and_grads(x,
-        rng)``.
+    # -- functions of the model above, bound here as methods
+    _check_x = check_rows
+    _decode_forward = decode_over_samples
+    _decode_backward = decode_over_samples_backward
+    loss_and_grads = elbo_loss_and_grads
 
-        loss = -(mean_n rec_n - beta_t * KL term), in nats per example (a negative ELBO when
-        beta_t = 1 and there are no free bits).
-        beta_t = ``linear_warmup(beta, step, self.warmup)``. KL term = sum_g mean_n kl_ng, or
-        with free bits lambda, sum_g max(lambda, mean_n kl_ng) (Kingma et al. 2016).
-        ``info``: ``rec``, ``kl`` (the true KL, not the free-bits term), ``elbo`` = rec - kl
-        (batch means, nats per example) and ``beta`` (beta_t). Noise: S = ``n_samples``
-        draws per example from ``rng``.
-        derivations/04-elbo-and-iwae.md#beta-warm-up-and-free-bits.
-        """
-        x = self._check_x(batch, "batch")
-        check_rng(rng)
-        if not (np.isfinite(beta) and beta >= 0):
-            raise ValueError(f"beta: expected a non-negative number, got {beta!r}")
-        N = x.shape[0]
-        eps = self._noise(rng, (self.n_samples, N, self.latent_dim))
-        rec, kl, cache = self.elbo_terms_forward(x, eps)
-        beta_t = linear_warmup(beta, step, self.warmup)
-        kl_group = sum_over_batch(kl) / N  # (G,) batch-mean KL per group
-        if self.free_bits > 0:
-            kl_term = np.maximum(kl_group, self.free_bits).sum()
-            # groups held at lambda are constant in the loss: no gradient reaches them
-            open_groups = (kl_group > self.free_bits).astype(self.dtype)
-        else:
-            kl_term = kl_group.sum()
-            open_groups = np.ones_like(kl_group)
-        rec_mean, kl_mean = rec.mean(), kl.sum(axis=-1).mean()
-        loss = -(rec_mean - beta_t * kl_term)
-        d_rec = np.full(N, -1.0 / N, dtype=self.dtype)
-        d_kl = np.broadcast_to((beta_t / N) * open_groups, kl.shape)
-        grads = self.elbo_terms_backward(d_rec, d_kl, cache)
-        info = {"rec": float(rec_mean), "kl": float(kl_mean), "elbo": float(rec_mean - kl_mean),
-                "beta": beta_t}
-        return float(loss), grads, info
-
-    # -- evaluation
-    def _row_blocks(self, N, rows_per_example, max_rows):
-        step = max(1, int(max_rows) // max(1, rows_per_example))
-        return [(a, min(N, a + step)) for a in range(0, N, step)]
-
-    def elbo(self, x, rng, n_samples=1, max_rows=2**13):
-        """Per-example ELBO with ``n_samples`` Monte Carlo samples: ElboResult(elbo, rec, kl).
-
-        Each (N,); rec is the Monte Carlo mean of log p(x|z), kl the closed-form KL (a flow
-        posterior: its Monte Carlo estimate). Computed in blocks of at most ``max_rows`` rows.
-        derivations/04-elbo-and-iwae.md#the-monte-carlo-estimate.
-        """
-        x = self._check_x(x)
-        check_rng(rng)
-        S = _positive_int(n_samples, "n_samples")
-        rec, kl = np.empty(len(x), self.dtype), np.empty(len(x), self.dtype)
-        for a, b in self._row_blocks(len(x), S, max_rows):  # memory blocks, not samples
-            eps = self._noise(rng, (S, b - a, self.latent_dim))
-            r, k, _ = self.elbo_terms_forward(x[a:b], eps)
-            rec[a:b], kl[a:b] = r, k.sum(axis=-1)
-        return ElboResult(rec - kl, rec, kl)
-
-    def iwae(self, x, rng, K=1000, max_rows=2**13):
-        """The importance-weighted bound with K samples per example, shape (N,).
-
-        log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x), by a stable log-mean-exp.
-        The K x N decoder passes run in chunks of at most ``max_rows`` rows, so K = 1000 on a
-        few hundred examples needs tens of MB, not GB.
-        derivations/04-elbo-and-iwae.md#the-importance-weighted-bound.
-        """
-        x = self._check_x(x)
-        check_rng(rng)
-        K = _positive_int(K, "K")
-        N, L = x.shape[0], self.latent_dim
-        log_w = np.empty((K, N), dtype=self.dtype)
-        for a, b in self._row_blocks(N, 1, max_rows):  # memory blocks of examples
-            h = self.encoder(x[a:b])
-            chunk = max(1, int(max_rows) // (b - a))
-            for k0 in range(0, K, chunk):  # memory blocks of samples
-                k1 = min(K, k0 + chunk)
-                z, log_ratio = self.posterior_log_ratio(h, self._noise(rng, (k1 - k0, b - a, L)))
-                out, _ = self._decode_forward(z)
-                log_px, _ = self.likelihood.log_prob_forward(x[a:b], out)
-                log_w[k0:k1, a:b] = log_px - log_ratio
-        return log_mean_exp(log_w, axis=0)
-
+    # -- evaluation (scratchvae.vae_eval) and sampling (scratchvae.sampling): functions of the
+    # model, bound here as methods, so ``vae.iwae(x, rng)`` is ``vae_eval.iwae(vae, x, rng)``
     def encode(self, x):
         """Encoding(mu, sigma) of q(z|x), each (N, L)."""
         x = self._check_x(x)
         mu, sigma, _, _ = self.posterior_stats(_forward_in_blocks(self.encoder, x))
         return Encoding(mu, sigma)
 
-    def posterior_samples(self, x, rng, n_samples=None):
-        """Draws z ~ q(z|x) = N(mu, sigma^2): one per example, (N, L) (``n_samples=None``: a
-        sample of the aggregate posterior), or ``n_samples`` per example, (S, N, L).
-
-        derivations/05-sampling.md#reconstruction-sampling.
-        """
-        check_rng(rng)
-        mu, sigma = self.encode(x)
-        S = 1 if n_samples is None else _positive_int(n_samples, "n_samples")
-        z = mu + sigma * self._noise(rng, (S,) + mu.shape)
-        return z[0] if n_samples is None else z
-
-    def kl_per_dimension(self, x):
-        """Batch-mean closed-form KL of each latent dimension, shape (L,), in nats.
-
-        Dimensions with KL ~ 0 carry no information about x (collapsed).
-        derivations/04-elbo-and-iwae.md#diagnosing-posterior-collapse.
-        """
-        enc = self.encode(x)
-        return kl_standard_normal(enc.mu, enc.sigma)[0].mean(axis=0)
-
-    def unit_activity(self, x):
-        """A_u = Var_x(E_q[z_u | x]) per latent dimension, shape (L,) (Burda et al. 2016).
-
-        derivations/04-elbo-and-iwae.md#diagnosing-posterior-collapse.
-        """
-        return self.encode(x).mu.var(axis=0)
-
-    def active_units(self, x, threshold=0.01):
-        """Number of latent dimensions with activity Var_x(E_q[z_u|x]) > threshold.
-
-        derivations/04-elbo-and-iwae.md#diagnosing-posterior-collapse.
-        """
-        if not (np.isfinite(threshold) and threshold >= 0):
-            raise ValueError(f"threshold: expected a non-negative number, got {threshold!r}")
-        return int(np.sum(self.unit_activity(x) > threshold))
-
-    # -- sampling: four modes
-    def decode(self, z, mode="mean", rng=None):
-        """Decode latents z (N, L): the likelihood's mean (``"mean"``) or a sample from it
-        (``"sample"``, which needs ``rng``). Returns (N, D).
-
-        derivations/05-sampling.md#decoding-the-mean-or-a-sample.
-        """
-        _check_mode(mode)
-        z = np.asarray(z, dtype=self.dtype)
-        if z.ndim != 2 or z.shape[1] != self.latent_dim or not np.all(np.isfinite(z)):
-            raise ValueError(f"z: expected finite values of shape (N, {self.latent_dim}), got "
-                             f"shape {z.shape}")
-        out = _forward_in_blocks(self.decoder, z)
-        if mode == "mean":
-            return self.likelihood.mean(out)
-        check_rng(rng)
-        return self.likelihood.sample(out, rng)
-
-    def sample(self, n, rng, temperature=1.0, mode="mean"):
-        """Unconditional samples: z ~ N(0, T I) (T = ``temperature``; T = 1 is the prior), decoded.
-
-        The temperature multiplies the prior's *variance* (its standard deviation by sqrt(T)),
-        the lecture's N(0, T I) and the same convention as ``FlowDensity.sample``. ``mode``:
-        decode to the likelihood's mean (``"mean"``) or draw from it (``"sample"``).
-        Returns (n, D). derivations/05-sampling.md#prior-sampling,
-        derivations/05-sampling.md#temperature.
-        """
-        n = _positive_int(n, "n")
-        check_rng(rng)
-        _check_mode(mode)
-        if not (np.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature: expected a positive number, got {temperature!r}")
-        z = np.sqrt(float(temperature)) * self._noise(rng, (n, self.latent_dim))
-        return self.decode(z, mode, rng)
-
-    def reconstruct(self, x, rng, mode="mean"):
-        """Reconstruction sampling: encode x, draw z ~ q(z|x), decode (mean or a sample), (N, D).
-
-        derivations/05-sampling.md#reconstruction-sampling.
-        """
-        x = self._check_x(x)
-        check_rng(rng)
-        _check_mode(mode)
-        h = self.encoder(x)
-        z, _, _ = self.posterior_sample(h, self._noise(rng, (1, len(x), self.latent_dim)))
-        return self.decode(z[0], mode, rng)
-
-    def interpolate(self, x0, x1, n, method="linear", mode="mean", rng=None):
-        """Decode ``n`` latents on the path between the posterior means of inputs x0 and x1.
-
-        ``method``: ``"linear"`` or ``"spherical"`` (``interpolate_latents``). x0, x1: one
-        input each, shape (D,) or (1, D). Returns (n, D).
-        derivations/05-sampling.md#interpolation.
-        """
-        ends = []
-        for name, xi in (("x0", x0), ("x1", x1)):
-            xi = np.asarray(xi)
-            xi = xi[None, :] if xi.ndim == 1 else xi
-            if xi.ndim != 2 or xi.shape[0] != 1:
-                raise ValueError(f"{name}: expected one input of shape (D,) or (1, D), got "
-                                 f"{np.shape(xi)}")
-            ends.append(self.encode(self._check_x(xi, name)).mu[0])
-        return self.decode(interpolate_latents(ends[0], ends[1], n, method), mode, rng)
+    elbo = vae_eval.elbo
+    iwae = vae_eval.iwae
+    kl_per_dimension = vae_eval.kl_per_dimension
+    unit_activity = vae_eval.unit_activity
+    active_units = vae_eval.active_units
+    posterior_samples = sampling.posterior_samples
+    decode = sampling.decode
+    sample = sampling.sample
+    reconstruct = sampling.reconstruct
+    interpolate = sampling.interpolate

@@ -40,7 +40,8 @@ from .checks import check_count, check_rng
 from .density import push_forward, push_forward_backward
 from .flows.bijector import Chain
 from .flows.elementwise import ElementwiseAffine
-from .flows.planar import Planar, Radial
+from .flows.planar import Planar
+from .flows.radial import Radial
 from .gaussian import std_normal_log_prob, std_normal_log_prob_backward
 from .vae import log_mean_exp  # the IWAE's stable log-mean-exp serves log Z too
 

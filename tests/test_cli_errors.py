@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from scratchvae import cli, nn
-from scratchvae.flows.planar import random_radial
+from scratchvae.flows.radial import random_radial
 
 TINY_FLOW = ["--layers", "2", "--hidden", "8,8", "--steps", "6", "--batch", "64",
              "--n-train", "300", "--quiet", "--no-figures"]
@@ -190,7 +190,7 @@ def test_radial_far_from_its_centre_does_not_overflow(dtype, scale):
 
 def test_radial_ordinary_points_are_unchanged_by_the_overflow_guard():
     # the guard takes the scaled norm only on overflowing rows: elsewhere the plain formula
-    from scratchvae.flows.planar import _row_norms
+    from scratchvae.flows.radial import _row_norms
     e = np.random.default_rng(0).standard_normal((50, 4))
     np.testing.assert_array_equal(_row_norms(e), np.sqrt(np.sum(e * e, axis=1)))
     big = np.array([[3e200, 4e200], [3.0, 4.0]])

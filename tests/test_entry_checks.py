@@ -14,7 +14,8 @@ from scratchvae.flows.bijector import Chain, Inverse
 from scratchvae.flows.coupling import CouplingBlock, coupling_flow, randomize_conditioners
 from scratchvae.flows.elementwise import ElementwiseAffine, Logit, Sigmoid
 from scratchvae.flows.linear import ActNorm, LULinear, Permutation
-from scratchvae.flows.planar import Planar, Radial
+from scratchvae.flows.planar import Planar
+from scratchvae.flows.radial import Radial
 
 
 def every_bijector():

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from scratchvae import gradcheck, testing
 from scratchvae.flows.coupling import randomize_conditioners
-from scratchvae.flows.planar import Planar, Radial
+from scratchvae.flows.planar import Planar
+from scratchvae.flows.radial import Radial
 from scratchvae.targets import make_target
 from scratchvae.train import Trainer
 from scratchvae.variational import (

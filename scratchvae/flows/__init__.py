@@ -14,11 +14,11 @@ _EXPORTS = {
     "SplineLaw": "coupling", "make_law": "coupling",
     "Permutation": "linear", "ActNorm": "linear", "LULinear": "linear",
     "ElementwiseAffine": "elementwise", "Sigmoid": "elementwise", "Logit": "elementwise",
-    "Planar": "planar", "Radial": "planar",
+    "Planar": "planar", "Radial": "radial",
     "rq_spline": "spline", "rq_spline_backward": "spline",
 }
 
-_SUBMODULES = ("bijector", "coupling", "linear", "elementwise", "planar", "spline",
+_SUBMODULES = ("bijector", "coupling", "linear", "elementwise", "planar", "radial", "spline",
                "spline_kernel", "spline_reference")
 
 __all__ = [*_EXPORTS, *_SUBMODULES]

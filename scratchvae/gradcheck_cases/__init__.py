@@ -13,7 +13,7 @@ repeat it.
 - ``layers``: ``nn`` (activations, ``Linear``, ``MLP``)
 - ``distributions``: ``gaussian``, ``likelihoods``, ``targets``
 - ``flows``: ``flows.spline``, ``flows.elementwise``, ``flows.linear``, ``flows.planar``,
-  ``flows.coupling``
+  ``flows.radial``, ``flows.coupling``
 - ``autoregressive``: ``made``, ``flows.autoregressive``, ``flows.gated_iaf``
 - ``laws``: ``flows.monotone`` (the numerical inverse), ``flows.combination`` (DSF, SOS)
 - ``models``: ``vae``, ``flow_vae``, ``density``, ``variational``

@@ -18,7 +18,8 @@ from ..flows.coupling import (
 )
 from ..flows.elementwise import ElementwiseAffine, Logit, Sigmoid
 from ..flows.linear import ActNorm, LULinear, Permutation
-from ..flows.planar import random_planar, random_radial
+from ..flows.planar import random_planar
+from ..flows.radial import random_radial
 from ..gradcheck import BijectorCase, FunctionCase, register
 from ..nn import sigmoid
 
@@ -109,7 +110,7 @@ def _planar(rng):
     return BijectorCase(layer, rng.standard_normal((5, 3)))
 
 
-@register("flows.planar.Radial")
+@register("flows.radial.Radial")
 def _radial(rng):
     layer = random_radial(3, rng)
     return BijectorCase(layer, layer.z0 + rng.standard_normal((5, 3)))
