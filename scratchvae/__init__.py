@@ -18,6 +18,9 @@ _EXPORTS = {
     # models
     "VAE": "vae", "interpolate_latents": "vae",
     "FlowVAE": "flow_vae",
+    "ConditionalVAE": "conditional_vae", "ConditionalFlowVAE": "conditional_vae",
+    "build_conditional": "conditional_vae",
+    "iwae_objective": "iwae", "iwae_loss_and_grads": "iwae",
     "FlowDensity": "density", "StandardNormal": "bases", "ConditionalDiagonalGaussian": "bases",
     "Variational": "variational", "make_variational": "variational",
     "reverse_kl_loss_and_grads": "variational",
@@ -39,22 +42,28 @@ _EXPORTS = {
 #: submodules reachable as attributes (``scratchvae.flows``, ``scratchvae.plots``, ...)
 _SUBMODULES = ("flows", "plots", "testing", "gradcheck", "runs", "data", "vae", "density",
                "flow_vae", "nn", "optim", "train", "likelihoods", "variational", "targets",
-               "bases", "gaussian", "kl_estimators")
+               "bases", "gaussian", "kl_estimators", "made", "conditional_vae", "iwae",
+               "sampling", "vae_eval")
 
 __all__ = ["__version__", *_EXPORTS, *_SUBMODULES]
 
 
-def __getattr__(name):
-    """Import the submodule that defines ``name`` on first use (PEP 562)."""
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    elif name in _SUBMODULES:
-        value = importlib.import_module(f".{name}", __name__)
-    else:
-        raise AttributeError(f"module 'scratchvae' has no attribute {name!r}")
-    globals()[name] = value  # later lookups skip this function
-    return value
+def lazy_getattr(package, exports, submodules):
+    """A module ``__getattr__`` (PEP 562) for ``package``: a name of ``exports`` (name ->
+    submodule) or ``submodules`` is imported on first use and cached in the package."""
+    namespace = importlib.import_module(package).__dict__
+
+    def __getattr__(name):
+        if name in exports:
+            value = getattr(importlib.import_module(f".{exports[name]}", package), name)
+        elif name in submodules:
+            value = importlib.import_module(f".{name}", package)
+        else:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        namespace[name] = value  # later lookups skip __getattr__
+        return value
+
+    return __getattr__
 
 
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__ = lazy_getattr(__name__, _EXPORTS, _SUBMODULES)

@@ -5,7 +5,7 @@ imports ``scratchvae.flows.coupling``); the linear bijectors need SciPy, the oth
 The contract every bijector follows is in docs/design.md ("The bijector").
 """
 
-import importlib
+from .. import lazy_getattr
 
 #: public name -> the submodule that defines it
 _EXPORTS = {
@@ -16,25 +16,16 @@ _EXPORTS = {
     "ElementwiseAffine": "elementwise", "Sigmoid": "elementwise", "Logit": "elementwise",
     "Planar": "planar", "Radial": "radial",
     "rq_spline": "spline", "rq_spline_backward": "spline",
+    "AutoregressiveBlock": "autoregressive", "maf_flow": "autoregressive",
+    "iaf_flow": "autoregressive", "gated_iaf_flow": "gated_iaf",
+    "DSFLaw": "combination", "SOSLaw": "combination",
 }
 
 _SUBMODULES = ("bijector", "coupling", "linear", "elementwise", "planar", "radial", "spline",
-               "spline_kernel", "spline_reference")
+               "spline_kernel", "spline_reference", "autoregressive", "gated_iaf", "combination",
+               "monotone")
 
 __all__ = [*_EXPORTS, *_SUBMODULES]
 
 
-def __getattr__(name):
-    """Import the submodule that defines ``name`` on first use (PEP 562)."""
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    elif name in _SUBMODULES:
-        value = importlib.import_module(f".{name}", __name__)
-    else:
-        raise AttributeError(f"module 'scratchvae.flows' has no attribute {name!r}")
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__ = lazy_getattr(__name__, _EXPORTS, _SUBMODULES)
