@@ -14,20 +14,10 @@ import pytest
 
 from scratchvae import cli
 
-TINY_FLOW = ["--layers", "2", "--hidden", "8,8", "--steps", "6", "--batch", "64",
-             "--n-train", "300", "--quiet", "--no-figures"]
 
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "flow"
-    assert cli.main(["train-flow", *TINY_FLOW, "--out", str(out)]) == 0
-    return out
-
-
-def _copy(finished_run, tmp_path):
+def _copy(tiny_flow_run, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(finished_run, run)
+    shutil.copytree(tiny_flow_run, run)
     return run
 
 
@@ -65,22 +55,22 @@ def _one_line_error_naming(run, capsys, name, readers=("resume", "sample")):
 
 
 # ----------------------------------------------------------------------------- item 1: damaged
-def test_truncated_checkpoint_is_a_one_line_error(finished_run, tmp_path, capsys):
-    run = _copy(finished_run, tmp_path)
+def test_truncated_checkpoint_is_a_one_line_error(tiny_flow_run, tmp_path, capsys):
+    run = _copy(tiny_flow_run, tmp_path)
     data = (run / "checkpoint.npz").read_bytes()
     (run / "checkpoint.npz").write_bytes(data[:1000])  # head -c 1000
     _one_line_error_naming(run, capsys, "checkpoint.npz")
 
 
-def test_zero_byte_checkpoint_is_a_one_line_error(finished_run, tmp_path, capsys):
-    run = _copy(finished_run, tmp_path)
+def test_zero_byte_checkpoint_is_a_one_line_error(tiny_flow_run, tmp_path, capsys):
+    run = _copy(tiny_flow_run, tmp_path)
     (run / "checkpoint.npz").write_bytes(b"")
     _one_line_error_naming(run, capsys, "checkpoint.npz")
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_bit_flipped_checkpoint_is_a_one_line_error(finished_run, tmp_path, capsys, seed):
-    run = _copy(finished_run, tmp_path)
+def test_bit_flipped_checkpoint_is_a_one_line_error(tiny_flow_run, tmp_path, capsys, seed):
+    run = _copy(tiny_flow_run, tmp_path)
     data = bytearray((run / "checkpoint.npz").read_bytes())
     rng = np.random.default_rng(seed)
     for i in rng.integers(0, len(data), 8):
@@ -99,9 +89,9 @@ def test_bit_flipped_checkpoint_is_a_one_line_error(finished_run, tmp_path, caps
     ("unexpected_array", lambda a: a.update(extra=np.zeros(3))),
     ("pickled_object", lambda a: a.update(step=np.array([{"x": 1}], dtype=object))),
 ])
-def test_edited_checkpoint_arrays_are_refused_naming_the_file(finished_run, tmp_path, capsys,
+def test_edited_checkpoint_arrays_are_refused_naming_the_file(tiny_flow_run, tmp_path, capsys,
                                                               case, edit):
-    run = _copy(finished_run, tmp_path)
+    run = _copy(tiny_flow_run, tmp_path)
     _rewrite(run, edit)  # an object array is pickled by np.savez: refused on load
     state_only = case.startswith(("step", "history", "rng", "unexpected"))
     _one_line_error_naming(run, capsys, "checkpoint.npz",
@@ -115,17 +105,17 @@ def test_edited_checkpoint_arrays_are_refused_naming_the_file(finished_run, tmp_
     ("unknown_setting", lambda s: s.update(colour="red")),
     ("bound_1e308", lambda s: s.update(bound=1e308)),
 ])
-def test_edited_config_is_refused_naming_the_file_and_setting(finished_run, tmp_path, capsys,
+def test_edited_config_is_refused_naming_the_file_and_setting(tiny_flow_run, tmp_path, capsys,
                                                               case, edit):
-    run = _copy(finished_run, tmp_path)
+    run = _copy(tiny_flow_run, tmp_path)
     cfg = json.loads((run / "config.json").read_text())
     edit(cfg["settings"])
     (run / "config.json").write_text(json.dumps(cfg))
     _one_line_error_naming(run, capsys, "config.json")
 
 
-def test_config_that_is_not_json_is_a_one_line_error(finished_run, tmp_path, capsys):
-    run = _copy(finished_run, tmp_path)
+def test_config_that_is_not_json_is_a_one_line_error(tiny_flow_run, tmp_path, capsys):
+    run = _copy(tiny_flow_run, tmp_path)
     (run / "config.json").write_text('{"kind": "flow", ')
     _one_line_error_naming(run, capsys, "config.json")
 
@@ -145,18 +135,18 @@ def test_config_that_is_not_json_is_a_one_line_error(finished_run, tmp_path, cap
     ("opt_t_negative", lambda a: a.update(**{"opt.t": np.array(-1)})),
     ("second_moment_negative", lambda a: a[_first(a, "opt.v_sum.")].__setitem__((0, 0), -1.0)),
 ])
-def test_edited_checkpoint_values_are_refused_not_used(finished_run, tmp_path, capsys, case,
+def test_edited_checkpoint_values_are_refused_not_used(tiny_flow_run, tmp_path, capsys, case,
                                                        edit):
-    run = _copy(finished_run, tmp_path)
+    run = _copy(tiny_flow_run, tmp_path)
     _rewrite(run, edit)
     state_only = case.startswith(("step", "opt", "second", "moment"))  # read by --resume only
     _one_line_error_naming(run, capsys, "checkpoint.npz",
                            ("resume",) if state_only else ("resume", "sample"))
 
 
-def test_the_untouched_copy_still_resumes_and_samples(finished_run, tmp_path, capsys):
+def test_the_untouched_copy_still_resumes_and_samples(tiny_flow_run, tmp_path, capsys):
     # the control: the edits above, not the copying, are what is refused
-    run = _copy(finished_run, tmp_path)
+    run = _copy(tiny_flow_run, tmp_path)
     assert cli.main(["train-flow", "--out", str(run), "--resume", "--quiet",
                      "--no-figures"]) == 0
     assert cli.main(["sample", "--run", str(run), "--n", "5", "--out",
@@ -165,9 +155,9 @@ def test_the_untouched_copy_still_resumes_and_samples(finished_run, tmp_path, ca
     assert os.path.getsize(run / "checkpoint.npz") > 0
 
 
-def test_checkpoint_in_adams_older_format_still_resumes(finished_run, tmp_path, capsys):
+def test_checkpoint_in_adams_older_format_still_resumes(tiny_flow_run, tmp_path, capsys):
     # the check accepts the paper's moments m, v (what Adam.load_state_dict also reads)
-    run = _copy(finished_run, tmp_path)
+    run = _copy(tiny_flow_run, tmp_path)
 
     def to_moments(a):
         for k in [k for k in a if k.startswith(("opt.m_sum.", "opt.v_sum."))]:

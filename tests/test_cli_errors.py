@@ -28,13 +28,6 @@ def run_cli(args, capsys):
     return code, lines[0] if lines else ""
 
 
-@pytest.fixture(scope="module")
-def flow_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "flow"
-    assert cli.main(["train-flow", *TINY_FLOW, "--out", str(out)]) == 0
-    return out
-
-
 # ----------------------------------------------------------------------------- item 3
 def _npy_claiming(path, shape):
     """A .npy file whose header claims ``shape`` but which holds 16 bytes of data."""
@@ -85,8 +78,8 @@ def test_settings_too_large_for_memory_are_refused_up_front(tmp_path, capsys, ar
     assert not (tmp_path / "o").exists()
 
 
-def test_sample_n_1e11_is_refused_up_front(flow_run, tmp_path, capsys):
-    code, line = run_cli(["sample", "--run", str(flow_run), "--n", "100000000000", "--out",
+def test_sample_n_1e11_is_refused_up_front(tiny_flow_run, tmp_path, capsys):
+    code, line = run_cli(["sample", "--run", str(tiny_flow_run), "--n", "100000000000", "--out",
                           str(tmp_path / "s.npy")], capsys)
     assert code == 2 and "--n" in line and "GB" in line
 
@@ -153,10 +146,10 @@ def test_seed_minus_one_names_seed(tmp_path, capsys, command):
     assert code == 2 and "--seed" in line and "non-negative" in line
 
 
-def test_string_lr_in_config_names_the_file(flow_run, tmp_path, capsys):
+def test_string_lr_in_config_names_the_file(tiny_flow_run, tmp_path, capsys):
     import shutil
     run = tmp_path / "r"
-    shutil.copytree(flow_run, run)
+    shutil.copytree(tiny_flow_run, run)
     cfg = json.loads((run / "config.json").read_text())
     cfg["settings"]["lr"] = "abc"
     (run / "config.json").write_text(json.dumps(cfg))
