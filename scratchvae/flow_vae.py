@@ -55,7 +55,8 @@ from .nn import MLP, Linear
 from .vae import VAE, Encoding, _positive_int
 
 __all__ = ["FlowVAE", "EncoderWithHidden", "POSTERIORS", "KL_ESTIMATORS", "KL_ESTIMATOR_PAIRS",
-           "PosteriorSample", "closed_form_weight", "make_posterior_flow", "randomize_flow"]
+           "PosteriorSample", "build_flow_vae", "closed_form_weight", "make_posterior_flow",
+           "randomize_flow"]
 
 #: The posterior flows ``FlowVAE.build`` knows; the coupling ones and the IAF can be amortised.
 POSTERIORS = ("planar", "radial", "affine", "spline", "dsf", "sos", "iaf")
