@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checks import check_rng
+from .checks import check_rng, rng_or_default
 from .density import push_forward, push_forward_backward
 from .flows.bijector import Bijector, Chain
 from .flows.coupling import CouplingBlock, coupling_flow, randomize_conditioners
@@ -141,8 +141,7 @@ def make_posterior_flow(kind, latent_dim, n_layers=4, *, context_dim=0, hidden=(
         raise ValueError(f"posterior: expected one of {POSTERIORS}, got {kind!r}")
     latent_dim = _positive_int(latent_dim, "latent_dim")
     n_layers = _positive_int(n_layers, "flow_layers")
-    rng = np.random.default_rng(0) if rng is None else rng
-    check_rng(rng)
+    rng = rng_or_default(rng)
     if context_dim and kind not in AMORTISABLE:
         raise ValueError(f"amortised: a {kind} flow has global parameters and reads no "
                          f"context; amortised posteriors need one of {AMORTISABLE}")
@@ -264,8 +263,7 @@ def build_flow_vae(cls, data_dim, latent_dim, hidden=(256, 256), activation="tan
                          f"context; amortised posteriors need one of {AMORTISABLE}")
     context_dim = _positive_int(context_dim, "context_dim") if amortised else 0
     hidden = tuple(hidden)
-    rng = np.random.default_rng(0) if rng is None else rng
-    check_rng(rng)
+    rng = rng_or_default(rng)
     # the same draws, in the same order, as VAE.build: encoder first, then decoder
     enc_cls = EncoderWithHidden if amortised else MLP
     encoder = enc_cls([data_dim, *hidden, 2 * latent_dim], activation, rng, dtype)

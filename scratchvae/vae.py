@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import sampling, vae_eval
-from .checks import check_rng
+from .checks import check_rng, rng_or_default
 from .gaussian import (
     SIGMA_FLOOR,
     kl_standard_normal,
@@ -129,8 +129,7 @@ def build_vae(cls, data_dim, latent_dim, hidden=(256, 256), activation="tanh",
     data_dim = _positive_int(data_dim, "data_dim")
     latent_dim = _positive_int(latent_dim, "latent_dim")
     hidden = tuple(hidden)
-    rng = np.random.default_rng(0) if rng is None else rng
-    check_rng(rng)
+    rng = rng_or_default(rng)
     encoder = MLP([data_dim, *hidden, 2 * latent_dim], activation, rng, dtype)
     decoder = MLP([latent_dim, *hidden[::-1], data_dim], activation, rng, dtype)
     if not isinstance(likelihood, Likelihood):

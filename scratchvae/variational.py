@@ -36,7 +36,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .bases import Density
-from .checks import check_count, check_rng
+from .checks import check_count, check_rng, rng_or_default
 from .density import push_forward, push_forward_backward
 from .flows.bijector import Chain
 from .flows.elementwise import ElementwiseAffine
@@ -206,7 +206,7 @@ def make_variational(kind="gaussian", dim=2, n_layers=8, hidden=(64, 64), rng=No
     if kind not in KINDS:
         raise ValueError(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
     dim = check_count(dim, "dim")
-    rng = np.random.default_rng(0) if rng is None else check_rng(rng)
+    rng = rng_or_default(rng)
     bijectors = [ElementwiseAffine(dim, dtype=dtype)]
     if kind != "gaussian":
         n_layers = check_count(n_layers, "n_layers")

@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..checks import check_count, check_rng
+from ..checks import check_count, rng_or_default
 from ..nn import sigmoid, softplus
 from .bijector import Bijector, Cache
 
@@ -332,7 +332,7 @@ class Planar(Bijector):
         super().__init__()
         self.dim = D = check_count(dim, "dim")
         self.dtype = np.dtype(dtype)
-        rng = np.random.default_rng(0) if rng is None else check_rng(rng)
+        rng = rng_or_default(rng)
         w = rng.standard_normal(D) / np.sqrt(D)
         # u = w s* / |w|^2 with softplus(s*) = 1 gives w.u = s*, m(s*) = 0 and u_hat = 0
         s_star = np.log(np.expm1(1.0))

@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..checks import check_count, check_rng
+from ..checks import check_count, rng_or_default
 from ..nn import sigmoid, softplus
 from .bijector import Bijector, Cache
 from .planar import _drop_singular_samples, _positive_part
@@ -272,7 +272,7 @@ class Radial(Bijector):
         super().__init__()
         self.dim = D = check_count(dim, "dim")
         self.dtype = np.dtype(dtype)
-        rng = np.random.default_rng(0) if rng is None else check_rng(rng)
+        rng = rng_or_default(rng)
         self.z0 = self.add_param("z0", rng.standard_normal(D).astype(self.dtype))
         self.raw_alpha = self.add_param("raw_alpha", np.zeros(1, dtype=self.dtype))
         self.raw_beta = self.add_param("raw_beta",
