@@ -12,6 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 
+try:
+    import jax
+    import jax.numpy as jnp
+except ImportError:  # the bench extra is optional: available() says so
+    jax = jnp = None
+
 from .common import (
     ADAM_EPS,
     BETAS,
@@ -31,16 +37,11 @@ VARIANTS = ("jax-jit",)
 
 
 def available():
-    try:
-        import jax  # noqa: F401
-        import jax.numpy  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return jax is not None
 
 
 # ----------------------------------------------------------------------------- the models
-def _mlp(jnp, params, prefix, n_layers, h):
+def _mlp(params, prefix, n_layers, h):
     """ReLU MLP ``h (N, n_in) -> (N, n_out)``, no activation on the output (``nn.MLP``)."""
     for i in range(n_layers):
         h = h @ params[f"{prefix}.{i}.W"] + params[f"{prefix}.{i}.b"]
@@ -49,7 +50,7 @@ def _mlp(jnp, params, prefix, n_layers, h):
     return h
 
 
-def _softplus(jnp, x):
+def _softplus(x):
     # max(x, 0) + log1p(e^-|x|), as scratchvae.nn.softplus_fast
     return jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
 
@@ -57,29 +58,27 @@ def _softplus(jnp, x):
 def vae_loss(s: VAESpec, params, x, eps):
     """(summed Bernoulli BCE-with-logits + analytic KL) / N: scratchvae/vae.py
     ``elbo_loss_and_grads`` at beta 1, one sample. x (N, D), eps (1, N, L) -> scalar."""
-    import jax.numpy as jnp
     L = s.latent
-    h = _mlp(jnp, params, "encoder.layers", s.enc_layers, x)
+    h = _mlp(params, "encoder.layers", s.enc_layers, x)
     mu, raw = h[:, :L], h[:, L:2 * L]
-    sigma = _softplus(jnp, raw) + s.sigma_floor
+    sigma = _softplus(raw) + s.sigma_floor
     z = mu + sigma * eps[0]
-    logits = _mlp(jnp, params, "decoder.layers", s.dec_layers, z)
-    rec = jnp.sum(x * logits - _softplus(jnp, logits))
+    logits = _mlp(params, "decoder.layers", s.dec_layers, z)
+    rec = jnp.sum(x * logits - _softplus(logits))
     d = sigma - 1.0  # the KL around sigma = 1, as scratchvae/gaussian.py kl_standard_normal
     kl = jnp.sum(0.5 * (mu * mu + d * (2.0 + d)) - jnp.log1p(d))
     return (kl - rec) / x.shape[0]
 
 
-def _at(jnp, table, onehot):
+def _at(table, onehot):
     """Each point's entry of ``table`` ``(..., K+1)`` at its bin: a one-hot product, which XLA
     fuses with its neighbours (a gather's backward is a scatter, slow on XLA's CPU)."""
     return jnp.sum(table * onehot, axis=-1)
 
 
-def _knots(jnp, logits, bound, minimum):
+def _knots(logits, bound, minimum):
     """Knots ``(..., K+1)`` from bin logits ``(..., K)`` (``knot_positions``): softmax,
     minimum bin size, cumsum, end knots exactly at -bound and +bound."""
-    import jax
     K = logits.shape[-1]
     omega = minimum + (1.0 - K * minimum) * jax.nn.softmax(logits, axis=-1)
     interior = -bound + 2.0 * bound * jnp.cumsum(omega[..., :-1], axis=-1)
@@ -95,22 +94,21 @@ def spline_inverse(x, theta, bins, bound, min_width, min_height, min_derivative)
     width/height/slope, the derivative shift (zero parameter = slope 1), the slope cap, the
     tail points evaluated at the bound then masked, the stable root, the clipped fraction.
     """
-    import jax.numpy as jnp
     K = bins
-    xs = _knots(jnp, theta[..., :K], bound, min_width)
-    ys = _knots(jnp, theta[..., K:2 * K], bound, min_height)
+    xs = _knots(theta[..., :K], bound, min_width)
+    ys = _knots(theta[..., K:2 * K], bound, min_height)
     one_minus, shift = one_minus_softplus_shift(min_derivative)
     d = jnp.pad(theta[..., 2 * K:], [(0, 0), (0, 0), (1, 1)])
-    delta = jnp.minimum(_softplus(jnp, d + shift) + one_minus, MAX_DERIVATIVE)
+    delta = jnp.minimum(_softplus(d + shift) + one_minus, MAX_DERIVATIVE)
 
     inside = (x >= -bound) & (x <= bound)
     v = jnp.clip(x, -bound, bound)
     k = jnp.sum(v[..., None] >= ys[..., 1:-1], axis=-1)
     onehot = (k[..., None] == jnp.arange(K + 1)).astype(x.dtype)       # knot k
     onehot1 = (k[..., None] + 1 == jnp.arange(K + 1)).astype(x.dtype)  # knot k + 1
-    xk, yk, dk = _at(jnp, xs, onehot), _at(jnp, ys, onehot), _at(jnp, delta, onehot)
-    wk, hk = _at(jnp, xs, onehot1) - xk, _at(jnp, ys, onehot1) - yk
-    dk1 = _at(jnp, delta, onehot1)
+    xk, yk, dk = _at(xs, onehot), _at(ys, onehot), _at(delta, onehot)
+    wk, hk = _at(xs, onehot1) - xk, _at(ys, onehot1) - yk
+    dk1 = _at(delta, onehot1)
     s = hk / wk
     # the bin fraction: the root in [0, 1] of a xi^2 + b xi + c = 0, the stable form
     eta = v - yk
@@ -134,14 +132,13 @@ def spline_inverse(x, theta, bins, bound, min_width, min_height, min_derivative)
 def flow_loss(s, params, x):
     """Mean NLL under N(0, I) of x (N, D), through the flow's inverse x -> u (our Chain runs
     its blocks last first): scratchvae/density.py ``FlowDensity.nll_and_grads``."""
-    import jax.numpy as jnp
     N = x.shape[0]
     logdet = jnp.zeros(N, dtype=x.dtype)
     z = x
     for blk in reversed(s.blocks):
         za, zb = z[:, blk.cols_a], z[:, blk.cols_b]
         M = zb.shape[1]
-        theta = _mlp(jnp, params, blk.prefix, blk.n_layers, za).reshape(N, M, -1)
+        theta = _mlp(params, blk.prefix, blk.n_layers, za).reshape(N, M, -1)
         if blk.law == "affine":
             (bound,) = blk.settings
             log_scale = bound * jnp.tanh(theta[..., 0] / bound)  # coupling.bounded_log_scale
@@ -165,8 +162,6 @@ def _loss_fn(name):
 def adam(params, grads, m, v, t):
     """One Adam step, the paper's form (scratchvae/optim.py ``AdamReference``; the same update
     as our ``Adam``): ``p -= lr m_hat / (sqrt(v_hat) + eps)``. ``t`` is the new step count."""
-    import jax
-    import jax.numpy as jnp
     b1, b2 = BETAS
     m = jax.tree_util.tree_map(lambda m_, g: b1 * m_ + (1.0 - b1) * g, m, grads)
     v = jax.tree_util.tree_map(lambda v_, g: b2 * v_ + (1.0 - b2) * g * g, v, grads)
@@ -180,8 +175,6 @@ class JaxStep:
     """One workload's training step in JAX: ``step()`` -> loss (float), ``name``."""
 
     def __init__(self, workload, variant="jax-jit", batch=None, seed=0):
-        import jax
-        import jax.numpy as jnp
         if variant not in VARIANTS:
             raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
         self.name = f"{workload}/{variant}"
@@ -227,8 +220,6 @@ def loss_and_grads(workload, params, x, eps=None):
     """The loss and its gradient at ``params`` (keyed like our model's ``params``), on the
     batch ``x`` ``(N, D)`` (and the VAE's noise ``eps`` ``(1, N, L)`` or ``(N, L)``):
     ``(float, {name: float32 array})``."""
-    import jax
-    import jax.numpy as jnp
     p = {k: jnp.asarray(np.asarray(a, np.float32)) for k, a in params.items()}
     x = jnp.asarray(np.asarray(x, np.float32))
     e = jnp.zeros((1, 0, 0), jnp.float32) if eps is None else \

@@ -23,6 +23,7 @@ run.py does for ours, so every implementation runs with the same allocator setti
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import statistics
@@ -31,8 +32,11 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # benchmarks/, so that ``peers`` imports
+
+from peers import MODULES as PEER_MODULES  # noqa: E402  (imports no framework, no NumPy)
+
 WORKLOAD_NAMES = ("W1-b128", "W1-b1024", "W2-2d", "W2-16d", "W3-2d", "W3-16d")
-PEER_MODULES = {"jax-jit": "jax_models", "torch": "torch_models", "torch-fused": "torch_models"}
 
 
 def parse_args(argv=None):
@@ -73,9 +77,6 @@ def peer_threads(variant):
 
 def time_one(workload, variant, steps, warmup, default_malloc=False):
     """One row: the step of ``workload`` in peer ``variant``, timed in this process."""
-    sys.path.insert(0, os.path.dirname(HERE))  # benchmarks/, so that ``peers`` imports
-    import importlib
-
     from scratchvae.memory import keep_freed_memory
     allocator = "default" if default_malloc or not keep_freed_memory() else "kept"
     row = {"workload": workload, "peer": variant}

@@ -13,6 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:  # the bench extra is optional: available() says so
+    torch = F = None
+
 from .common import (
     ADAM_EPS,
     BETAS,
@@ -32,15 +38,11 @@ VARIANTS = ("torch", "torch-fused")
 
 
 def available():
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return torch is not None
 
 
 # ----------------------------------------------------------------------------- the models
-def _mlp(torch, params, prefix, n_layers, h):
+def _mlp(params, prefix, n_layers, h):
     """ReLU MLP ``h (N, n_in) -> (N, n_out)``, no activation on the output (``nn.MLP``)."""
     for i in range(n_layers):
         h = torch.addmm(params[f"{prefix}.{i}.b"], h, params[f"{prefix}.{i}.W"])
@@ -52,14 +54,12 @@ def _mlp(torch, params, prefix, n_layers, h):
 def vae_loss(s: VAESpec, params, x, eps):
     """(summed Bernoulli BCE-with-logits + analytic KL) / N: scratchvae/vae.py
     ``elbo_loss_and_grads`` at beta 1, one sample. x (N, D), eps (1, N, L) -> scalar."""
-    import torch
-    import torch.nn.functional as F
     L = s.latent
-    h = _mlp(torch, params, "encoder.layers", s.enc_layers, x)
+    h = _mlp(params, "encoder.layers", s.enc_layers, x)
     mu, raw = h[:, :L], h[:, L:2 * L]
     sigma = F.softplus(raw) + s.sigma_floor
     z = mu + sigma * eps[0]
-    logits = _mlp(torch, params, "decoder.layers", s.dec_layers, z)
+    logits = _mlp(params, "decoder.layers", s.dec_layers, z)
     # BCE-with-logits is -(x l - softplus(l)), the Bernoulli log-likelihood's negative
     bce = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
     d = sigma - 1.0  # the KL around sigma = 1, as scratchvae/gaussian.py kl_standard_normal
@@ -67,10 +67,9 @@ def vae_loss(s: VAESpec, params, x, eps):
     return (bce + kl) / x.shape[0]
 
 
-def _knots(torch, logits, bound, minimum):
+def _knots(logits, bound, minimum):
     """Knots ``(..., K+1)`` from bin logits ``(..., K)`` (``knot_positions``): softmax,
     minimum bin size, cumsum, end knots exactly at -bound and +bound."""
-    import torch.nn.functional as F
     K = logits.shape[-1]
     omega = minimum + (1.0 - K * minimum) * torch.softmax(logits, dim=-1)
     interior = -bound + 2.0 * bound * torch.cumsum(omega[..., :-1], dim=-1)
@@ -85,11 +84,9 @@ def spline_inverse(x, theta, bins, bound, min_width, min_height, min_derivative)
     width/height/slope, the derivative shift (zero parameter = slope 1), the slope cap, the
     tail points evaluated at the bound then masked, the stable root, the clipped fraction.
     """
-    import torch
-    import torch.nn.functional as F
     K = bins
-    xs = _knots(torch, theta[..., :K], bound, min_width)
-    ys = _knots(torch, theta[..., K:2 * K], bound, min_height)
+    xs = _knots(theta[..., :K], bound, min_width)
+    ys = _knots(theta[..., K:2 * K], bound, min_height)
     one_minus, shift = one_minus_softplus_shift(min_derivative)
     d = F.pad(theta[..., 2 * K:], (1, 1))
     delta = torch.clamp(F.softplus(d + shift) + one_minus, max=MAX_DERIVATIVE)
@@ -126,14 +123,13 @@ def spline_inverse(x, theta, bins, bound, min_width, min_height, min_derivative)
 def flow_loss(s, params, x):
     """Mean NLL under N(0, I) of x (N, D), through the flow's inverse x -> u (our Chain runs
     its blocks last first): scratchvae/density.py ``FlowDensity.nll_and_grads``."""
-    import torch
     N = x.shape[0]
     logdet = 0.0
     z = x
     for blk in reversed(s.blocks):
         za, zb = z[:, blk.cols_a], z[:, blk.cols_b]
         M = zb.shape[1]
-        theta = _mlp(torch, params, blk.prefix, blk.n_layers, za).reshape(N, M, -1)
+        theta = _mlp(params, blk.prefix, blk.n_layers, za).reshape(N, M, -1)
         if blk.law == "affine":
             (bound,) = blk.settings
             log_scale = bound * torch.tanh(theta[..., 0] / bound)  # bounded_log_scale
@@ -163,7 +159,6 @@ class TorchStep:
     """One workload's training step in PyTorch: ``step()`` -> loss (float), ``name``."""
 
     def __init__(self, workload, variant="torch", batch=None, seed=0):
-        import torch
         if variant not in VARIANTS:
             raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
         self.name = f"{workload}/{variant}"
@@ -200,7 +195,6 @@ def loss_and_grads(workload, params, x, eps=None):
     """The loss and its gradient at ``params`` (keyed like our model's ``params``), on the
     batch ``x`` ``(N, D)`` (and the VAE's noise ``eps`` ``(1, N, L)`` or ``(N, L)``):
     ``(float, {name: float32 array})``."""
-    import torch
     p = {k: torch.tensor(np.asarray(a, np.float32), requires_grad=True)
          for k, a in params.items()}
     x = torch.from_numpy(np.ascontiguousarray(x, np.float32))
