@@ -191,9 +191,9 @@ class JaxStep:
         # params and Adam's state are donated: XLA writes the new ones into their buffers
         self._step = jax.jit(train_step, donate_argnums=(0,))
         p = {k: jnp.asarray(a) for k, a in params.items()}
-        zeros = {k: jnp.zeros_like(a) for k, a in p.items()}
-        self.state = (p, zeros, {k: jnp.zeros_like(a) for k, a in p.items()},
-                      jnp.zeros((), jnp.float32))
+        m = {k: jnp.zeros_like(a) for k, a in p.items()}
+        v = {k: jnp.zeros_like(a) for k, a in p.items()}
+        self.state = (p, m, v, jnp.zeros((), jnp.float32))  # t: Adam's step count
         self._next_x = cycler([jax.device_put(b) for b in data_pool(workload, batch, seed)])
         noise = noise_source(workload, batch, seed)
         # a flow has no noise: a constant placeholder keeps one signature for both

@@ -136,7 +136,8 @@ def flow_loss(s, params, x):
             ub, ld = (zb - theta[..., 1]) * torch.exp(-log_scale), -log_scale
         else:
             ub, ld = spline_inverse(zb, theta, *blk.settings)
-        # out-of-place: autograd keeps z as it was for the conditioner's backward
+        # a new z, not a write into the old one: the conditioner's input za is a view of it,
+        # which autograd still needs for the backward
         parts = [za, ub] if blk.cols_a.start == 0 else [ub, za]
         z = torch.cat(parts, dim=1)
         logdet = logdet + ld.sum(dim=1)
@@ -148,9 +149,9 @@ def _loss_fn(name):
     s = spec(name)
     if isinstance(s, VAESpec):
         return lambda params, x, eps: vae_loss(s, params, x, eps)
-    for blk in s.blocks:  # the torch.cat above assumes the two halves tile [0, D)
-        if {blk.cols_a.start, blk.cols_b.start} != {0, min(blk.cols_a.stop, blk.cols_b.stop)} \
-                or max(blk.cols_a.stop, blk.cols_b.stop) != s.dim:
+    for blk in s.blocks:  # flow_loss's torch.cat needs halves [0, d) and [d, D), either order
+        first, second = sorted((blk.cols_a, blk.cols_b), key=lambda c: c.start)
+        if (first.start, first.stop, second.stop) != (0, second.start, s.dim):
             raise ValueError(f"{name}: a block's halves do not tile the coordinates")
     return lambda params, x, eps: flow_loss(s, params, x)
 
