@@ -4,8 +4,9 @@ For every linear layer ``y = x W + b`` run on ``rows`` rows, a step needs three 
 forward ``x @ W``, backward ``dy @ W.T`` (the input gradient) and ``x.T @ dy`` (the weight
 gradient). ``MatmulFloor`` allocates those operands once, in float32 and in the same shapes
 (and memory layouts: C-ordered, the transposes are views, as in ``scratchvae.nn.Linear``),
-and times the products alone. Whatever a step spends above that time is not BLAS: the
-elementwise work, Python overhead, copies and allocation.
+and times the products alone, called as ``Linear`` calls them (``scratchvae.nn.matmul``).
+Whatever a step spends above that time is not BLAS: the elementwise work, Python overhead,
+copies and allocation.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import time
 
 import numpy as np
+
+from scratchvae.nn import matmul
 
 
 class MatmulFloor:
@@ -29,11 +32,10 @@ class MatmulFloor:
             self.operands.append((x, W, dy))
 
     def run(self):
-        # np.dot hands every shape to BLAS (``@`` does not when a shared dimension is 1)
         for x, W, dy in self.operands:
-            np.dot(x, W)          # forward
-            np.dot(dy, W.T)       # backward: input gradient
-            np.dot(x.T, dy)       # backward: weight gradient
+            matmul(x, W)          # forward
+            matmul(dy, W.T)       # backward: input gradient
+            matmul(x.T, dy)       # backward: weight gradient
 
     def time_ms(self):
         t0 = time.perf_counter()

@@ -309,3 +309,56 @@ def format_inference(rows):
         lines.append(f"{r['inference']:<18} {r['n']:>8} {r['ms']:>9.1f} {r['min_ms']:>9.1f} "
                      f"{r['peak_mb']:>8.1f} {r['dtype']:>8}")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- long runs
+def subnormal_fraction(arrays):
+    """The fraction of the entries of ``arrays`` that are subnormal (nonzero, below the
+    dtype's smallest normal number), on which the CPU's arithmetic is many times slower."""
+    n = bad = 0
+    for a in arrays:
+        tiny = np.finfo(a.dtype).tiny
+        bad += int(np.count_nonzero((a != 0) & (np.abs(a) < tiny)))
+        n += a.size
+    return bad / n if n else 0.0
+
+
+def time_late(name, early=200, late=3000, window=100, flush=True):
+    """Step time early and late in one long run: the medians of steps ``early .. early+window``
+    and ``late .. late+window`` (wall ms), their ratio, and the fraction of Adam's moment
+    entries that are subnormal at the end.
+
+    A step that grows slower as the run goes on (subnormal optimiser state, a cache or a pool
+    that grows) shows as a ratio above 1. ``flush=False`` switches Adam's subnormal flush off
+    (``scratchvae.optim.FLUSH_EVERY``), to show what it is for.
+    """
+    from scratchvae import optim
+    if not flush:
+        optim.FLUSH_EVERY = 2**62
+    w = WORKLOADS[name]()
+    ms = {}
+    for i in range(late + window):
+        t0 = time.perf_counter()
+        w.step()
+        if early <= i < early + window or late <= i < late + window:
+            ms[i] = 1e3 * (time.perf_counter() - t0)
+    early_ms = statistics.median(ms[i] for i in range(early, early + window))
+    late_ms = statistics.median(ms[i] for i in range(late, late + window))
+    # the state as the optimiser keeps it (Adam: the moment sums), not a rescaled copy
+    moments = [a for k, a in w.optimiser.state_dict().items() if k != "t"]
+    return {"workload": name, "early_step": early, "late_step": late, "window": window,
+            "early_ms": round(early_ms, 3), "late_ms": round(late_ms, 3),
+            "late_over_early": round(late_ms / early_ms, 3),
+            "subnormal_moments": round(subnormal_fraction(moments), 4), "flush": flush}
+
+
+def format_late(rows):
+    head = (f"{'workload':<10} {'steps':>13} {'early ms':>9} {'steps':>13} {'late ms':>9} "
+            f"{'late/early':>11} {'subnormal m,v':>14}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        e, la, win = r["early_step"], r["late_step"], r["window"]
+        lines.append(f"{r['workload']:<10} {f'{e}-{e + win}':>13} {r['early_ms']:>9.2f} "
+                     f"{f'{la}-{la + win}':>13} {r['late_ms']:>9.2f} "
+                     f"{r['late_over_early']:>11.3f} {100 * r['subnormal_moments']:>13.2f}%")
+    return "\n".join(lines)

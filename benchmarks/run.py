@@ -5,6 +5,7 @@
     python benchmarks/run.py --threads 1 --steps 50
     python benchmarks/run.py --scaling             # step time against batch, dim, layers, bins
     python benchmarks/run.py --inference           # log_prob / sample / encode / decode of 100k
+    python benchmarks/run.py --late                # step time at step 200 and at step 3,000
     python benchmarks/run.py --quick --json        # a second or two per workload (tests)
 
 Each workload (and each configuration of the scaling table) is measured in a fresh Python
@@ -43,6 +44,14 @@ def parse_args(argv=None):
                    help="the scaling table: step time against batch, dimension, layers, bins")
     p.add_argument("--inference", action="store_true",
                    help="time log_prob/sample of the flows and encode/decode of the VAE")
+    p.add_argument("--late", action="store_true",
+                   help="one long run per workload: the step time early (steps 200-300) next "
+                        "to late (steps 3,000-3,100), and Adam's subnormal moments at the end")
+    p.add_argument("--late-steps", type=int, nargs=2, default=None, metavar=("EARLY", "LATE"),
+                   help="the two windows' first steps for --late (default 200 3000; "
+                        "20 60 with --quick)")
+    p.add_argument("--no-flush", action="store_true",
+                   help="with --late: Adam without its subnormal flush, to see what it is for")
     p.add_argument("--points", type=int, default=None,
                    help="points for --inference (default 100000; 5000 with --quick)")
     p.add_argument("--default-malloc", action="store_true",
@@ -55,6 +64,10 @@ def parse_args(argv=None):
     unknown = [w for w in args.workloads if w not in WORKLOAD_NAMES]
     if unknown:
         p.error(f"unknown workload(s) {unknown}; expected any of {list(WORKLOAD_NAMES)}")
+    if args.late_steps is not None and not 0 <= args.late_steps[0] < args.late_steps[1]:
+        p.error(f"--late-steps: expected 0 <= EARLY < LATE, got {args.late_steps}")
+    if args.no_flush and not args.late:
+        p.error("--no-flush: only with --late")
     for name in ("steps", "threads", "points"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -82,6 +95,10 @@ def _child(args, *extra):
         cmd.append("--quick")
     if args.default_malloc:
         cmd.append("--default-malloc")
+    if args.late_steps is not None:
+        cmd += ["--late-steps", *map(str, args.late_steps)]
+    if args.no_flush:
+        cmd.append("--no-flush")
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
@@ -130,6 +147,17 @@ def main(argv=None):
                     for r in _child(args, "--scaling-index", str(i))]
         show(measure.add_linear_fits(rows), measure.format_scaling)
         did_something = True
+    if args.late:
+        names = args.workloads or list(WORKLOAD_NAMES)
+        early, late = args.late_steps or ((20, 60) if args.quick else (200, 3000))
+        window = 10 if args.quick else 100
+        if args.in_process:
+            rows = [measure.time_late(name, early, late, window, flush=not args.no_flush)
+                    for name in names]
+        else:
+            rows = [r for name in names for r in _child(args, "--late", name)]
+        show(rows, measure.format_late)
+        return 0
     if args.inference:
         n = args.points or (5000 if args.quick else 100_000)
         show(measure.inference_table(n), measure.format_inference)

@@ -41,7 +41,8 @@ class Workload:
 
     ``layers``: ``(rows, n_in, n_out)`` of every linear layer the step runs, for the floor.
     ``model``: the model (its ``params``); ``grads()``: the gradients of one step (for the
-    float32 check); ``config``: the knobs, as printed in the scaling table.
+    float32 check); ``config``: the knobs, as printed in the scaling table; ``optimiser``: the
+    ``Adam`` the step updates (its state is inspected by the long-run mode).
     """
     name: str
     step: Callable[[], float]
@@ -49,6 +50,7 @@ class Workload:
     model: object
     layers: list = field(default_factory=list)
     config: dict = field(default_factory=dict)
+    optimiser: object = None
 
 
 def mlp_layers(mlp: MLP, rows: int):
@@ -98,7 +100,7 @@ def make_vae(batch=128, data_dim=64, latent_dim=16, hidden=(256, 256), seed=0, n
 
     layers = mlp_layers(vae.encoder, batch) + mlp_layers(vae.decoder, batch)
     return Workload(name or f"W1-b{batch}", step, grads, vae, layers,
-                    dict(batch=batch, dim=data_dim, latent=latent_dim, hidden=hidden))
+                    dict(batch=batch, dim=data_dim, latent=latent_dim, hidden=hidden), opt)
 
 
 # ----------------------------------------------------------------------------- W2/W3: flows
@@ -135,7 +137,7 @@ def make_flow(law, dim, n_layers, hidden, batch=512, bins=8, bound=3.0, seed=0, 
         if isinstance(b, CouplingBlock):
             layers += mlp_layers(b.conditioner, batch)
     return Workload(name, step, grads, model, layers,
-                    dict(batch=batch, dim=dim, layers=n_layers, hidden=hidden, bins=bins))
+                    dict(batch=batch, dim=dim, layers=n_layers, hidden=hidden, bins=bins), opt)
 
 
 def make_w2(dim, batch=512, n_layers=8, hidden=None, name=None):

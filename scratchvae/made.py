@@ -25,7 +25,7 @@ import numpy as np
 
 from .activation_kernels import inplace_passes
 from .checks import check_count, rng_or_default
-from .nn import MLP, Layer, Linear, make_activation, sum_over_batch
+from .nn import MLP, Layer, Linear, make_activation, matmul, sum_over_batch
 
 __all__ = ["MaskedLinear", "MADE", "input_degrees", "hidden_degrees", "output_degrees",
            "hidden_mask", "output_mask"]
@@ -126,15 +126,15 @@ class MaskedLinear(Linear):
 
     def forward(self, x):
         W = self.W * self._mask_f
-        y = np.dot(x, W)
+        y = matmul(x, W)
         y += self.b
         return y, (x, W)
 
     def backward(self, dy, cache):
         x, W = cache
-        dW = np.dot(x.T, dy)
+        dW = matmul(x.T, dy)
         dW *= self._mask_f
-        return np.dot(dy, W.T), {"W": dW, "b": sum_over_batch(dy)}
+        return matmul(dy, W.T), {"W": dW, "b": sum_over_batch(dy)}
 
 
 # ----------------------------------------------------------------------------- the network

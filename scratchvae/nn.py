@@ -41,6 +41,7 @@ __all__ = [
     "sum_over_batch",
     "sum_over_features",
     "ones_vector",
+    "matmul",
 ]
 
 
@@ -112,6 +113,22 @@ def ones_vector(n, dtype):
     ones = np.ones(int(n), dtype=dtype)
     ones.flags.writeable = False
     return ones
+
+
+# ----------------------------------------------------------------------------- products
+def matmul(a, b):
+    """``a @ b`` of two 2-D arrays, always computed by BLAS: ``(N, K) @ (K, M) -> (N, M)``.
+
+    Speed: ``np.matmul`` hands the product to BLAS without first filling the result with
+    zeros, as ``np.dot`` does (a whole extra pass over the output, which BLAS then
+    overwrites), but it does not hand BLAS a product with a dimension of 1: the first layer of
+    a 2-D coupling conditioner, ``(512, 1) @ (1, 64)``, took 48 us with ``np.matmul`` and 10 us
+    with ``np.dot``. So: ``np.dot`` where a dimension is 1, ``np.matmul`` elsewhere. Both give
+    the product; ``benchmarks/README.md`` has the measurements.
+    """
+    if a.shape[0] == 1 or a.shape[1] == 1 or b.shape[1] == 1:
+        return np.dot(a, b)
+    return np.matmul(a, b)
 
 
 # ----------------------------------------------------------------------------- the tree
@@ -223,19 +240,16 @@ class Linear(Layer):
         self.W = self.add_param("W", W.astype(self.dtype))
         self.b = self.add_param("b", np.zeros(n_out, dtype=self.dtype))
 
-    # Speed: the products are written np.dot(a, b), which equals a @ b for a 2-D right
-    # operand. NumPy's @ does not hand a product whose shared dimension is 1 to BLAS: the
-    # first layer of a 2-D coupling conditioner, (512, 1) @ (1, 64), took 48 us with @ and
-    # 10 us with np.dot.
+    # (``matmul`` is ``x @ W``, always through BLAS: see its docstring)
     def forward(self, x):
-        y = np.dot(x, self.W)
+        y = matmul(x, self.W)
         y += self.b
         return y, x
 
     def backward(self, dy, cache):
         x = cache
         # y = xW + b:  dL/dx = dy W^T,  dL/dW = x^T dy,  dL/db = sum_n dy
-        return np.dot(dy, self.W.T), {"W": np.dot(x.T, dy), "b": sum_over_batch(dy)}
+        return matmul(dy, self.W.T), {"W": matmul(x.T, dy), "b": sum_over_batch(dy)}
 
 
 # ----------------------------------------------------------------------------- activations

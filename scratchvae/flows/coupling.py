@@ -142,17 +142,17 @@ class SplineLaw:
         return f"SplineLaw(bins={self.bins}, bound={self.bound})"
 
     def _tables(self, theta):
-        """``theta`` ``(N, M, 3K-1)`` -> the kernel's bins-first tables ``w``, ``h`` ``(K, n)``
-        and ``d`` ``(K-1, n)``, ``n = M N``, points in the order ``(m, i)`` (column ``m N + i``
-        is element ``(i, m)``).
+        """``theta`` ``(N, M, 3K-1)`` -> the kernel's bins-first tables: the width and height
+        logits stacked, ``wh`` ``(2, K, n)``, and ``d`` ``(K-1, n)``, ``n = M N``, points in the
+        order ``(m, i)`` (column ``m N + i`` is element ``(i, m)``).
 
         The spline's layout stays here: one transposing copy makes each parameter slot a
-        contiguous row, of which the three tables are views.
+        contiguous row, of which the tables are views.
         """
         N, M, P = theta.shape
         K = self.bins
         slots = np.ascontiguousarray(theta.transpose(2, 1, 0)).reshape(P, N * M)
-        return slots[:K], slots[K:2 * K], slots[2 * K:]
+        return slots[:2 * K].reshape(2, K, N * M), slots[2 * K:]
 
     def _run(self, z, theta, inverse):
         N, M = z.shape
@@ -160,8 +160,8 @@ class SplineLaw:
         # built in float32 for float64 points would lose the round trip's accuracy
         dtype = np.result_type(z, theta, np.float32)
         z, theta = z.astype(dtype, copy=False), theta.astype(dtype, copy=False)
-        w, h, d = self._tables(theta)
-        out, logdet, cache = rq_spline_bins_first(z.T.reshape(N * M), w, h, d, inverse,
+        wh, d = self._tables(theta)
+        out, logdet, cache = rq_spline_bins_first(z.T.reshape(N * M), wh, d, inverse,
                                                   **self.settings)
         # back from the (m, i) order: (M, N) -> (N, M), views
         return out.reshape(M, N).T, logdet.reshape(M, N).T, cache
@@ -183,11 +183,9 @@ class SplineLaw:
         K, n = self.bins, N * M
         dl = np.empty((M, N), dtype=np.result_type(d_out, d_logdet))
         dl.T[...] = d_logdet  # any shape that broadcasts to (N, M), stored in the (m, i) order
-        d_in, dw, dh, dd = rq_spline_bins_first_backward(d_out.T.reshape(n), dl.reshape(n),
-                                                         cache)
-        d_slots = np.empty((M, self.n_params, N), dtype=dw.dtype)
-        d_slots[:, :K] = dw.reshape(K, M, N).transpose(1, 0, 2)
-        d_slots[:, K:2 * K] = dh.reshape(K, M, N).transpose(1, 0, 2)
+        d_in, dwh, dd = rq_spline_bins_first_backward(d_out.T.reshape(n), dl.reshape(n), cache)
+        d_slots = np.empty((M, self.n_params, N), dtype=dwh.dtype)
+        d_slots[:, :2 * K] = dwh.reshape(2 * K, M, N).transpose(1, 0, 2)  # widths, heights
         d_slots[:, 2 * K:] = dd.reshape(K - 1, M, N).transpose(1, 0, 2)
         return d_in.reshape(M, N).T, d_slots.transpose(2, 0, 1)
 

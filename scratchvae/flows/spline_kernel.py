@@ -11,7 +11,12 @@ What it optimises:
 - every per-bin table is *bins first*, ``(K+1, n)`` with ``n`` the number of points, so that
   sums over bins run along the long axis, where NumPy vectorises (a reduction over a short
   last axis pays a per-row overhead); sums over bins as a product with a vector of ones;
-- knots by one product with a triangle of ones instead of ``np.cumsum`` along the bins;
+- the widths and the heights go through every step side by side, as one stacked table
+  ``(2, K, n)``: one softmax, one triangle product, one gather and one chain back to the
+  logits for both (each NumPy call costs about a microsecond whatever its size, and at a few
+  hundred points the calls, not the arithmetic, are the cost);
+- knots by one product with a triangle of ones instead of ``np.cumsum`` along the bins, and
+  the affine map from running sums to knots a constant made once per setting;
 - a bin's knots gathered by flat index (``take``) instead of ``np.take_along_axis``, and the
   slopes formed at the two knots of each point's bin only;
 - the local partials are formed in the backward pass, in place, from a cache of a few
@@ -60,8 +65,9 @@ def rq_spline_kernel(x, w, h, d, inverse=False, bound=3.0, min_width=1e-3, min_h
     """
     x = np.asarray(x)
     S, n = x.shape, x.size
+    wh = np.stack([_bins_first(w, n), _bins_first(h, n)])
     out, logdet, cache = rq_spline_bins_first(
-        x.reshape(n), _bins_first(w, n), _bins_first(h, n), _bins_first(d, n), inverse,
+        x.reshape(n), wh, _bins_first(d, n), inverse,
         float(bound), float(min_width), float(min_height), float(min_derivative))
     return out.reshape(S), logdet.reshape(S), cache._replace(shape=S)
 
@@ -71,10 +77,10 @@ def rq_spline_kernel_backward(dout, dlogdet, cache):
     Derivation: derivations/08-rq-spline.md#gradients-of-the-forward-map.
     """
     n = cache.k.size
-    d_in, dw, dh, dd = rq_spline_bins_first_backward(
+    d_in, dwh, dd = rq_spline_bins_first_backward(
         np.reshape(dout, n), np.reshape(dlogdet, n), cache)
     S = cache.shape
-    return d_in.reshape(S), _bins_last(dw, S), _bins_last(dh, S), _bins_last(dd, S)
+    return d_in.reshape(S), _bins_last(dwh[0], S), _bins_last(dwh[1], S), _bins_last(dd, S)
 
 
 def _bins_first(a, n):
@@ -88,12 +94,12 @@ def _bins_first(a, n):
 
 
 def _sum_over_bins(a):
-    """Sum of a bins-first table ``(M, n)`` over its bins: ``(n,)``.
+    """Sum of a bins-first table ``(..., M, n)`` over its bins: ``(..., n)``.
 
     Speed: as the matrix-vector product ``ones(M) @ a`` (BLAS gemv), faster than
-    ``a.sum(axis=0)``.
+    ``a.sum(axis=-2)``.
     """
-    return ones_vector(a.shape[0], a.dtype) @ a
+    return ones_vector(a.shape[-2], a.dtype) @ a
 
 
 def _bins_last(a, shape):
@@ -102,8 +108,9 @@ def _bins_last(a, shape):
 
 
 def _knot_positions(logits, bound, minimum):
-    """Knots ``(K+1, n)`` from unnormalised bin sizes ``(K, n)`` (bins first, any layout); also
-    the softmax ``(K, n)``.
+    """Knots ``(..., K+1, n)`` from unnormalised bin sizes ``(..., K, n)`` (bins first, any
+    layout); also the softmax ``(..., K, n)``. ``minimum``: one number, or a tuple with one
+    per leading table (the widths' and the heights' minimum for a stacked ``(2, K, n)``).
 
     Bin fractions ``omega = minimum + (1 - K minimum) softmax(logits)``; knots
     ``-bound + 2 bound cumsum(omega)``, the first pinned to ``-bound`` and the last to
@@ -113,20 +120,24 @@ def _knot_positions(logits, bound, minimum):
     """
     # stable softmax: exp never overflows. The shifted logits are a fresh C-ordered table
     # (whatever the layout of ``logits``), turned into the softmax in place.
-    softmax = np.subtract(logits, logits.max(axis=0), order="C")
+    softmax = np.subtract(logits, logits.max(axis=-2, keepdims=True), order="C")
     np.exp(softmax, out=softmax)
-    softmax *= 1.0 / _sum_over_bins(softmax)
-    K, n = softmax.shape
-    positions = np.empty((K + 1, n), dtype=softmax.dtype)
-    positions[0] = -bound
+    softmax *= np.reciprocal(_sum_over_bins(softmax))[..., None, :]
+    *lead, K, n = softmax.shape
+    positions = np.empty((*lead, K + 1, n), dtype=softmax.dtype)
+    positions[..., 0, :] = -bound
     # interior knot i (1 <= i < K) is -bound + 2 bound sum_{j<i} omega_j, with
     # sum_{j<i} omega_j = i minimum + (1 - K minimum) sum_{j<i} softmax_j; the running sums
     # as one product with a triangle of ones (np.cumsum along the bins axis is ~10x slower)
-    inner = positions[1:K]
-    np.matmul(_lower_triangle_of_ones(K - 1, softmax.dtype), softmax[:-1], out=inner)
-    inner *= 2.0 * bound * (1.0 - K * minimum)
-    inner += (2.0 * bound * minimum * np.arange(1, K, dtype=softmax.dtype) - bound)[:, None]
-    positions[K] = bound
+    inner = positions[..., 1:K, :]
+    np.matmul(_lower_triangle_of_ones(K - 1, softmax.dtype), softmax[..., :-1, :], out=inner)
+    minimums = minimum if isinstance(minimum, tuple) else (minimum,)
+    scale, offset = _running_sums_to_knots(K, bound, minimums, softmax.dtype)
+    if not lead:  # one table: the single (1, ...) entry
+        scale, offset = scale[0], offset[0]
+    inner *= scale
+    inner += offset
+    positions[..., K, :] = bound
     return positions, softmax
 
 
@@ -134,6 +145,32 @@ def _knot_positions(logits, bound, minimum):
 def _lower_triangle_of_ones(size, dtype):
     """``np.tri(size)`` in ``dtype``, built once per size and dtype (speed: a constant)."""
     return np.tri(size, dtype=dtype)
+
+
+@functools.cache
+def _running_sums_to_knots(K, bound, minimums, dtype):
+    """The affine map from running softmax sums to interior knots, per table: ``scale``
+    ``(T, 1, 1)`` and ``offset`` ``(T, K-1, 1)`` with knot ``i = offset_i + scale sum_{j<i}
+    softmax_j``, ``scale = 2 bound (1 - K minimum)``, ``offset_i = 2 bound minimum i - bound``
+    (``_knot_positions``). Speed: a constant of the spline's settings, made once (read only).
+    """
+    scale = np.empty((len(minimums), 1, 1), dtype=dtype)
+    offset = np.empty((len(minimums), K - 1, 1), dtype=dtype)
+    for t, minimum in enumerate(minimums):
+        # the same roundings as the formula written out in ``dtype``: the scale rounded once,
+        # the offsets as (2 bound minimum) i - bound in ``dtype``
+        scale[t] = 2.0 * bound * (1.0 - K * minimum)
+        offset[t, :, 0] = 2.0 * bound * minimum * np.arange(1, K, dtype=dtype) - bound
+    scale.flags.writeable = offset.flags.writeable = False
+    return scale, offset
+
+
+@functools.lru_cache(maxsize=64)
+def _point_index(n):
+    """``np.arange(n)`` (read only), made once per number of points (speed: a constant)."""
+    index = np.arange(n)
+    index.flags.writeable = False
+    return index
 
 
 
@@ -188,36 +225,37 @@ class SplineCache(NamedTuple):
     den: np.ndarray         # s + (d_k + d_k1 - 2 s) xi (1 - xi)
     m: np.ndarray           # d_k1 xi^2 + 2 s xi (1 - xi) + d_k (1 - xi)^2
     jac: np.ndarray         # dy/dx of the forward map at the point
-    softmax_w: np.ndarray   # (K, n)
-    softmax_h: np.ndarray   # (K, n)
+    softmax: np.ndarray     # (2, K, n): of the width logits, then of the height logits
     slope_dk: np.ndarray    # sigmoid(d + c) at the left knot
     slope_dk1: np.ndarray   # sigmoid(d + c) at the right knot
 
 
 
-def rq_spline_bins_first(v_in, w, h, d, inverse, bound, min_width, min_height, min_derivative):
+def rq_spline_bins_first(v_in, wh, d, inverse, bound, min_width, min_height, min_derivative):
     """``rq_spline`` on flat points and bins-first tables, without input checks.
 
-    ``v_in`` ``(n,)``; ``w``, ``h`` ``(K, n)``; ``d`` ``(K-1, n)``: column ``i`` of each table
-    belongs to point ``i``. The tables may be views of any layout (they are only read).
+    ``v_in`` ``(n,)``; ``wh`` ``(2, K, n)``: the width logits ``w = wh[0]`` and the height
+    logits ``h = wh[1]``, stacked; ``d`` ``(K-1, n)``: column ``i`` of each table belongs to
+    point ``i``. The tables may be views of any layout (they are only read).
     Settings are floats, checked by the caller (``rq_spline`` or ``SplineLaw``). Returns
     ``(out (n,), logdet (n,), cache)``; ``rq_spline`` documents the rest.
     Derivation: derivations/08-rq-spline.md#forward-map.
     """
     n = v_in.shape[0]
-    xs, softmax_w = _knot_positions(w, bound, min_width)
-    ys, softmax_h = _knot_positions(h, bound, min_height)
+    knots, softmax = _knot_positions(wh, bound, (min_width, min_height))
+    xs, ys = knots  # (K+1, n) each
 
     inside = (v_in >= -bound) & (v_in <= bound)
     v = _clip_to_interval(v_in, bound)  # guard: tails are evaluated at the bound, then masked
 
     # bin lookup in the space of this direction's input, then the bin's knots and slopes
     k = _bin_index(v, ys if inverse else xs)
-    left = k * n + np.arange(n)  # flat index of (knot k, point i) in a (K+1, n) table
-    right = left + n             # knot k+1
-    xk, yk = xs.take(left), ys.take(left)
-    wk = xs.take(right) - xk
-    hk = ys.take(right) - yk
+    left = k * n + _point_index(n)  # flat index of (knot k, point i) in a (K+1, n) table
+    # both tables' knots k and k+1 at once: (x_k, y_k) and (w_k, h_k), each (2, n)
+    both = left + _table_starts(knots.shape[1] * n)
+    knot_k = knots.take(both)
+    xk, yk = knot_k
+    wk, hk = knots.take(both + n) - knot_k
     s = hk / wk
     d_raw = _padded_derivatives(d)
     # the slopes at the bin's two knots, (2, n): one call for both
@@ -252,14 +290,24 @@ def rq_spline_bins_first(v_in, w, h, d, inverse, bound, min_width, min_height, m
     out = _mask_tails(inside, spline_out, v_in)
     logdet = _mask_tails(inside, logdet, 0.0)
     cache = SplineCache(bool(inverse), (n,), bound, min_width, min_height, inside, k, xi, s, wk,
-                        hk, dk, dk1, g, den, m, jac, softmax_w, softmax_h, slope_dk, slope_dk1)
+                        hk, dk, dk1, g, den, m, jac, softmax, slope_dk, slope_dk1)
     return out, logdet, cache
+
+
+@functools.lru_cache(maxsize=64)
+def _table_starts(size):
+    """``[[0], [size]]``: the flat offsets of two stacked tables of ``size`` entries (read only;
+    speed: a constant)."""
+    starts = np.array([[0], [size]])
+    starts.flags.writeable = False
+    return starts
 
 
 
 def rq_spline_bins_first_backward(dout, dlogdet, cache: SplineCache):
     """``rq_spline_backward`` on flat points: ``dout``, ``dlogdet`` ``(n,)`` ->
-    ``(d_in (n,), dw (K, n), dh (K, n), dd (K-1, n))``, the tables bins first and C-ordered.
+    ``(d_in (n,), dwh (2, K, n), dd (K-1, n))``, the tables bins first and C-ordered, the width
+    logits' gradient ``dwh[0]`` and the height logits' ``dwh[1]`` stacked as in the forward.
     Derivation: derivations/08-rq-spline.md#gradients-of-the-forward-map.
     """
     c = cache
@@ -299,37 +347,50 @@ def rq_spline_bins_first_backward(dout, dlogdet, cache: SplineCache):
     ds = dy_f * hk_t_den2 * (dk1 * xi2 - dk * omx2) + dl_f * dell_ds
     ddk = dy_f * hk_t_den2 * (s * omx2 + dk1 * t) + dl_f * dell_ddk
     ddk1 = dl_f * dell_ddk1 - dy_f * hk_t_den2 * (s * xi2 + dk * t)
-    # to the bin's knots, through xi = (x - x_k) / w_k and s = h_k / w_k
-    dxk = -dxi / wk
-    dwk = -(dxi * xi + ds * s) / wk
-    dyk = dy_f
-    dhk = dy_f * c.g + ds / wk
+    # to the bin's knots, through xi = (x - x_k) / w_k and s = h_k / w_k: the adjoints of
+    # the left knots (x_k, y_k) and of the sizes (w_k, h_k), each pair stacked (2, n) as the
+    # forward stacked the tables
+    n = dout.shape[0]
+    d_left, d_size = np.empty((2, n), dtype=dxi.dtype), np.empty((2, n), dtype=dxi.dtype)
+    np.divide(-dxi, wk, out=d_left[0])                    # d x_k
+    d_left[1] = dy_f                                      # d y_k
+    np.divide(-(dxi * xi + ds * s), wk, out=d_size[0])    # d w_k
+    np.add(dy_f * c.g, ds / wk, out=d_size[1])            # d h_k
 
-    K = c.softmax_w.shape[0]
-    bins = np.arange(K)[:, None]
+    K = c.softmax.shape[1]
+    bins = _bin_numbers(K)
     # indicators as numbers (a float times a float is faster than a float times a bool)
     below = (bins < c.k).astype(dout.dtype)   # (K, n): bins j < k, whose widths move x_k
     at = (bins == c.k).astype(dout.dtype)     # (K, n): bin k itself
-    dw = _logit_gradients(dxk, dwk, below, at, c.softmax_w, c.bound, c.min_width)
-    dh = _logit_gradients(dyk, dhk, below, at, c.softmax_h, c.bound, c.min_height)
+    dwh = _logit_gradients(d_left, d_size, below, at, c.softmax, c.bound,
+                           (c.min_width, c.min_height))
     # knot k has raw parameter d[k-1], knot k+1 has d[k]; the end knots have none
     dd = (ddk * c.slope_dk) * at[1:] + (ddk1 * c.slope_dk1) * at[:-1]
-    return d_in, dw, dh, dd
+    return d_in, dwh, dd
 
 
-def _logit_gradients(d_left, d_size, below, at, softmax, bound, minimum):
-    """Gradients ``(K, n)`` of the logits from the adjoints of the bin's left knot and its
-    size (``(n,)`` each): ``d omega_j = 2 bound (d_left [j < k] + d_size [j = k])``, then
-    through the minimum and the softmax. (Pinning the last knot would only add the same
-    number to every ``d omega_j``, which the softmax removes.)
+@functools.lru_cache(maxsize=64)
+def _bin_numbers(K):
+    """``[[0], [1], ..., [K-1]]`` (read only; speed: a constant)."""
+    bins = np.arange(K)[:, None]
+    bins.flags.writeable = False
+    return bins
+
+
+def _logit_gradients(d_left, d_size, below, at, softmax, bound, minimums):
+    """Gradients ``(T, K, n)`` of the logits of ``T`` stacked tables (widths, heights) from the
+    adjoints of each bin's left knot and its size (``(T, n)`` each):
+    ``d omega_j = 2 bound (d_left [j < k] + d_size [j = k])``, then through the minimum
+    (one per table, ``minimums``) and the softmax ``(T, K, n)``. (Pinning the last knot would
+    only add the same number to every ``d omega_j``, which the softmax removes.)
     Derivation: derivations/08-rq-spline.md#chain-through-the-parametrisation.
     """
-    K = softmax.shape[0]
-    d_soft = d_left * below
-    d_soft += d_size * at
-    d_soft *= 2.0 * bound * (1.0 - K * minimum)
+    K = softmax.shape[1]
+    d_soft = d_left[:, None, :] * below
+    d_soft += d_size[:, None, :] * at
+    d_soft *= _running_sums_to_knots(K, bound, minimums, softmax.dtype)[0]  # 2 bound (1 - K min)
     # softmax: d logit_j = softmax_j (d_soft_j - sum_i softmax_i d_soft_i)
-    d_soft -= _sum_over_bins(softmax * d_soft)
+    d_soft -= _sum_over_bins(softmax * d_soft)[:, None, :]
     d_soft *= softmax
     return d_soft
 
