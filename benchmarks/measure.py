@@ -25,16 +25,22 @@ from workloads import (
 
 
 def blas_threads():
-    """The BLAS thread count in force (threadpoolctl when installed, else the environment)."""
-    try:
-        from threadpoolctl import threadpool_info
-        counts = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
-        if counts:
-            return int(counts[0])
-    except Exception:  # threadpoolctl is optional
-        pass
+    """The BLAS thread count in force (``scratchvae.threads``, else the environment)."""
+    from scratchvae.threads import blas_threads as current
+    count = current()
+    if count is not None:
+        return count
     import os
     return int(os.environ.get("OPENBLAS_NUM_THREADS", 0)) or None
+
+
+def apply_thread_policy(w):
+    """BLAS threads for workload ``w`` as the library's ``Trainer`` chooses them
+    (``scratchvae.threads.threads_for`` of the step's products); the count set."""
+    from scratchvae.threads import set_blas_threads, threads_for
+    n = threads_for(w.layers)
+    set_blas_threads(n)
+    return n
 
 
 def emit_json(row):
@@ -73,14 +79,17 @@ def dtypes_of(arrays):
     return sorted({str(np.asarray(a).dtype) for a in arrays})
 
 
-def time_workload(name, steps=40, warmup=5, factory=None):
+def time_workload(name, steps=40, warmup=5, factory=None, auto_threads=False):
     """Median/min/max ms per step, the floor measured interleaved with the steps, memory.
 
     Steps and floor runs alternate, so both see the same machine load; each is summarised by
-    its median over ``steps`` repetitions.
+    its median over ``steps`` repetitions. ``auto_threads``: BLAS threads chosen by the
+    library's policy for this workload (``apply_thread_policy``), else left as they are.
     """
     factory = factory or WORKLOADS[name]
     w, peak_mb, step_mb = build_and_measure_memory(factory)
+    if auto_threads:
+        apply_thread_policy(w)
     grads = w.grads()
     floor = MatmulFloor(w.layers)
     step_ms, cpu_ms, floor_ms, floor_cpu_ms, faults, loss = _interleaved(w, floor, steps, warmup)
@@ -103,6 +112,8 @@ def time_workload(name, steps=40, warmup=5, factory=None):
         "n_params": int(sum(p.size for p in w.model.params.values())),
         "gflops_floor": round(floor.flops() / (f_ms * 1e6), 2) if f_ms > 0 else None,
         "fixed_ms": fixed,
+        "threads": blas_threads(),
+        "thread_policy": "auto" if auto_threads else "fixed",
     }
 
 
@@ -146,14 +157,17 @@ def _interleaved(w, floor, steps, warmup):
 
 
 def format_results(rows, threads):
-    head = (f"{'workload':<10} {'ms/step':>9} {'min':>8} {'max':>8} {'floor ms':>9} "
+    head = (f"{'workload':<10} {'thr':>3} {'ms/step':>9} {'min':>8} {'max':>8} {'floor ms':>9} "
             f"{'ratio':>6} {'fixed':>7} {'cpu ms':>8} {'cpu flr':>8} {'peak MB':>8} "
             f"{'step MB':>8} {'faults':>7}")
     allocator = rows[0].get("allocator", "?") if rows else "?"
-    lines = [f"BLAS threads: {threads}; malloc: {allocator} (see benchmarks/README.md)", head,
+    policy = rows[0].get("thread_policy") == "auto" if rows else False
+    said = "per workload, the library's policy" if policy else threads
+    lines = [f"BLAS threads: {said}; malloc: {allocator} (see benchmarks/README.md)", head,
              "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['workload']:<10} {r['ms']:>9.2f} {r['min_ms']:>8.2f} "
+        lines.append(f"{r['workload']:<10} {r.get('threads') or '?':>3} {r['ms']:>9.2f} "
+                     f"{r['min_ms']:>8.2f} "
                      f"{r['max_ms']:>8.2f} {r['floor_ms']:>9.2f} {r['ratio']:>6.2f} "
                      f"{r['fixed_ms'] if r.get('fixed_ms') is not None else float('nan'):>7.2f} "
                      f"{r['cpu_ms']:>8.2f} {r['floor_cpu_ms']:>8.2f} "
@@ -201,14 +215,16 @@ def _linear_fit(xs, ys):
     return float(a), float(b), float(resid)
 
 
-def scaling_row(index, steps=20, warmup=3, quick=False):
+def scaling_row(index, steps=20, warmup=3, quick=False, auto_threads=False):
     """Time configuration ``index`` of ``scaling_configs``: one row of the scaling table."""
     group, base, value, factory = scaling_configs(quick)[index]
-    r = time_workload(None, steps=steps, warmup=warmup, factory=factory)
+    r = time_workload(None, steps=steps, warmup=warmup, factory=factory,
+                      auto_threads=auto_threads)
     return {"scaling": group, "base": base, "value": value, "workload": r["workload"],
             "ms": r["ms"], "min_ms": r["min_ms"], "floor_ms": r["floor_ms"], "ratio": r["ratio"],
             "cpu_ms": r["cpu_ms"], "floor_cpu_ms": r["floor_cpu_ms"],
-            "peak_mb": r["peak_mb"], "page_faults_per_step": r["page_faults_per_step"]}
+            "peak_mb": r["peak_mb"], "page_faults_per_step": r["page_faults_per_step"],
+            "threads": r["threads"]}
 
 
 def add_linear_fits(rows):
@@ -323,7 +339,7 @@ def subnormal_fraction(arrays):
     return bad / n if n else 0.0
 
 
-def time_late(name, early=200, late=3000, window=100, flush=True):
+def time_late(name, early=200, late=3000, window=100, flush=True, auto_threads=False):
     """Step time early and late in one long run: the medians of steps ``early .. early+window``
     and ``late .. late+window`` (wall ms), their ratio, and the fraction of Adam's moment
     entries that are subnormal at the end.
@@ -336,6 +352,8 @@ def time_late(name, early=200, late=3000, window=100, flush=True):
     if not flush:
         optim.FLUSH_EVERY = 2**62
     w = WORKLOADS[name]()
+    if auto_threads:
+        apply_thread_policy(w)
     ms = {}
     for i in range(late + window):
         t0 = time.perf_counter()
@@ -349,7 +367,8 @@ def time_late(name, early=200, late=3000, window=100, flush=True):
     return {"workload": name, "early_step": early, "late_step": late, "window": window,
             "early_ms": round(early_ms, 3), "late_ms": round(late_ms, 3),
             "late_over_early": round(late_ms / early_ms, 3),
-            "subnormal_moments": round(subnormal_fraction(moments), 4), "flush": flush}
+            "subnormal_moments": round(subnormal_fraction(moments), 4), "flush": flush,
+            "threads": blas_threads()}
 
 
 def format_late(rows):

@@ -2,10 +2,11 @@
 
     python benchmarks/run.py                       # every workload, a table
     python benchmarks/run.py W1-b128 W3-16d --json # one JSON object per line
-    python benchmarks/run.py --threads 1 --steps 50
+    python benchmarks/run.py --threads 1 --steps 50  # one BLAS thread for every workload
     python benchmarks/run.py --scaling             # step time against batch, dim, layers, bins
     python benchmarks/run.py --inference           # log_prob / sample / encode / decode of 100k
     python benchmarks/run.py --late                # step time at step 200 and at step 3,000
+    python benchmarks/run.py --peers               # JAX and PyTorch beside us (the [bench] extra)
     python benchmarks/run.py --quick --json        # a second or two per workload (tests)
 
 Each workload (and each configuration of the scaling table) is measured in a fresh Python
@@ -38,12 +39,17 @@ def parse_args(argv=None):
                    help="timed steps per workload (default 40, 20 for --scaling)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5)")
     p.add_argument("--threads", type=int, default=None,
-                   help="BLAS threads (sets OPENBLAS/OMP/MKL_NUM_THREADS before NumPy loads); "
-                        "default: the BLAS library's own choice")
+                   help="BLAS threads for every workload (sets OPENBLAS/OMP/MKL_NUM_THREADS "
+                        "before NumPy loads); default: per workload, as the library's Trainer "
+                        "chooses them (scratchvae/threads.py)")
     p.add_argument("--scaling", action="store_true",
                    help="the scaling table: step time against batch, dimension, layers, bins")
     p.add_argument("--inference", action="store_true",
                    help="time log_prob/sample of the flows and encode/decode of the VAE")
+    p.add_argument("--peers", action="store_true",
+                   help="after each workload, the same model in JAX (jit) and PyTorch (eager, "
+                        "default and fused Adam), each in a fresh process "
+                        "(benchmarks/peers/; pip install -e '.[bench]')")
     p.add_argument("--late", action="store_true",
                    help="one long run per workload: the step time early (steps 200-300) next "
                         "to late (steps 3,000-3,100), and Adam's subnormal moments at the end")
@@ -66,6 +72,9 @@ def parse_args(argv=None):
         p.error(f"unknown workload(s) {unknown}; expected any of {list(WORKLOAD_NAMES)}")
     if args.late_steps is not None and not 0 <= args.late_steps[0] < args.late_steps[1]:
         p.error(f"--late-steps: expected 0 <= EARLY < LATE, got {args.late_steps}")
+    if args.peers and (args.late or args.scaling or args.inference or args.in_process):
+        p.error("--peers: only with the workload table (not --late/--scaling/--inference/"
+                "--in-process)")
     if args.no_flush and not args.late:
         p.error("--no-flush: only with --late")
     for name in ("steps", "threads", "points"):
@@ -118,6 +127,7 @@ def main(argv=None):
     steps = args.steps or (3 if args.quick else 40)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
     threads = measure.blas_threads()
+    auto = args.threads is None  # the library's thread policy, per workload
     emit = measure.emit_json if args.json else None
 
     def show(rows, fmt):
@@ -131,7 +141,8 @@ def main(argv=None):
 
     if args.scaling_index is not None:  # one configuration of the scaling table (a child)
         show([measure.scaling_row(args.scaling_index, steps=args.steps or
-                                  (3 if args.quick else 20), warmup=warmup, quick=args.quick)],
+                                  (3 if args.quick else 20), warmup=warmup, quick=args.quick,
+                                  auto_threads=auto)],
              measure.format_scaling)
         return 0
 
@@ -140,7 +151,7 @@ def main(argv=None):
         n_configs = len(measure.scaling_configs(args.quick))
         if args.in_process:
             rows = [measure.scaling_row(i, steps=args.steps or (3 if args.quick else 20),
-                                        warmup=warmup, quick=args.quick)
+                                        warmup=warmup, quick=args.quick, auto_threads=auto)
                     for i in range(n_configs)]
         else:
             rows = [r for i in range(n_configs)
@@ -152,7 +163,8 @@ def main(argv=None):
         early, late = args.late_steps or ((20, 60) if args.quick else (200, 3000))
         window = 10 if args.quick else 100
         if args.in_process:
-            rows = [measure.time_late(name, early, late, window, flush=not args.no_flush)
+            rows = [measure.time_late(name, early, late, window, flush=not args.no_flush,
+                                      auto_threads=auto)
                     for name in names]
         else:
             rows = [r for name in names for r in _child(args, "--late", name)]
@@ -167,22 +179,71 @@ def main(argv=None):
         if args.in_process:
             rows = []
             for name in names:
-                rows.append(measure.time_workload(name, steps=steps, warmup=warmup))
-                rows[-1]["threads"] = threads
+                rows.append(measure.time_workload(name, steps=steps, warmup=warmup,
+                                                  auto_threads=auto))
                 rows[-1]["allocator"] = allocator
                 if emit:
                     emit(rows[-1])
             if not emit:
                 print(measure.format_results(rows, threads))
         else:
-            rows = []
+            rows, peer_rows = [], []
             for name in names:
                 rows += _child(args, name)
                 if emit:
                     emit(rows[-1])
+                if args.peers:  # right after ours: the same machine state
+                    peer_rows += _peers(args, name, steps, warmup)
+                    add_peer_ratio(rows[-1], peer_rows)
+                    if emit:
+                        for r in peer_rows:
+                            if r["workload"] == name:
+                                emit(r)
             if not emit:
                 print(measure.format_results(rows, threads))
+                if args.peers:
+                    print()
+                    print(format_peers(rows, peer_rows))
     return 0
+
+
+def _peers(args, name, steps, warmup):
+    """The peers' rows for workload ``name`` (benchmarks/peers/time_peers.py, each variant in a
+    fresh process, with our step and warm-up counts)."""
+    cmd = [sys.executable, os.path.join(HERE, "peers", "time_peers.py"), name, "--json",
+           "--steps", str(steps), "--warmup", str(max(warmup, 2))]
+    if args.default_malloc:
+        cmd.append("--default-malloc")
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def add_peer_ratio(row, peer_rows):
+    """``best_peer``, ``best_peer_ms`` and ``vs_best_peer`` (our ms / the best peer's) on our
+    row, from the peers' rows of the same workload that ran (an uninstalled peer has none)."""
+    times = {r["peer"]: r["ms"] for r in peer_rows
+             if r["workload"] == row["workload"] and "ms" in r}
+    if times:
+        best = min(times, key=times.get)
+        row.update(best_peer=best, best_peer_ms=times[best],
+                   vs_best_peer=round(row["ms"] / times[best], 3))
+
+
+def format_peers(rows, peer_rows):
+    variants = sorted({r["peer"] for r in peer_rows})
+    head = (f"{'workload':<10} {'ours ms':>8} " + " ".join(f"{v:>12}" for v in variants)
+            + f" {'best peer':>12} {'ours/best':>10}")
+    lines = ["wall ms per step, median (peers: their own thread defaults)", head,
+             "-" * len(head)]
+    for row in rows:
+        times = {r["peer"]: r.get("ms") for r in peer_rows if r["workload"] == row["workload"]}
+        cells = " ".join(f"{times[v]:>12.2f}" if times.get(v) is not None else f"{'-':>12}"
+                         for v in variants)
+        best = row.get("best_peer")
+        lines.append(f"{row['workload']:<10} {row['ms']:>8.2f} {cells} "
+                     f"{best or '-':>12} "
+                     + (f"{row['vs_best_peer']:>10.2f}" if best else f"{'-':>10}"))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -245,8 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"scratchvae {__version__}",
                    help="print the version and exit")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    p.add_argument("--threads", type=_positive_int, default=1,
-                   help="BLAS threads (one is fastest for models this small)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="BLAS threads (default: chosen by the model's size, one thread for "
+                        "small models, both cores for large ones; scratchvae/threads.py)")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub_kw = dict(formatter_class=_Help)
 
@@ -379,16 +380,21 @@ def _subparsers(p):
 
 
 def _limit_blas_threads(argv) -> None:
-    """Speed helper: run BLAS with ``--threads`` threads (default 1), set before NumPy loads.
+    """Speed helper: run BLAS with ``--threads`` threads, set before NumPy loads.
 
-    WHY: the matrix products of these small models are too small for a second BLAS thread to
-    pay (benchmarks/README.md), and on a machine that is busy with anything else an OpenBLAS
-    thread that waits for its time slice made training steps 10-40x slower. An explicit
-    OPENBLAS_NUM_THREADS / OMP_NUM_THREADS / MKL_NUM_THREADS in the environment wins.
+    Without ``--threads`` nothing is set here: the ``Trainer`` chooses by the model's size
+    (``scratchvae.threads``: one thread for small models, whose products are too small for a
+    second thread to pay, both cores for large ones). ``--threads 1`` is the setting for a
+    machine busy with anything else, where an OpenBLAS thread that waits for its time slice
+    made training steps 10-40x slower. An explicit OPENBLAS_NUM_THREADS / OMP_NUM_THREADS /
+    MKL_NUM_THREADS in the environment wins.
     """
     pre = argparse.ArgumentParser(add_help=False, exit_on_error=False)
-    pre.add_argument("--threads", type=_positive_int, default=1)
-    threads = str(pre.parse_known_args(argv)[0].threads)
+    pre.add_argument("--threads", type=_positive_int, default=None)
+    threads = pre.parse_known_args(argv)[0].threads
+    if threads is None:
+        return
+    threads = str(threads)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, threads)
     if "numpy" in sys.modules:  # too late for the environment (main called from Python)

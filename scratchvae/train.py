@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import memory
+from . import memory, threads
 from .checkpoint import (
     atomic_save_npz,
     atomic_write,
@@ -124,6 +124,11 @@ class Trainer:
     ``keep_freed_memory``: ``run`` first calls ``scratchvae.memory.keep_freed_memory()``, so
     the temporaries of one step reuse the memory of the last instead of faulting in fresh
     pages (10-20 % of a step; identical results). False leaves the allocator alone.
+    ``threads``: BLAS threads while ``run`` trains (the count before is restored after).
+    ``"auto"`` (default) chooses by the size of the model's matrix products at
+    ``batch_size`` rows (``scratchvae.threads.threads_for``: one thread for small models,
+    every core, at most 2, for large ones), unless the environment pinned the count before
+    NumPy loaded (``OPENBLAS_NUM_THREADS`` ...), which it then leaves alone; an integer sets it.
     """
 
     def __init__(self, model, loss_fn: Callable, *, data=None, steps: int, batch_size: int = 128,
@@ -131,7 +136,7 @@ class Trainer:
                  eval_every: int | None = None, keep_best: bool = True, clip: float | None = None,
                  lr_schedule: str = "constant", quiet: bool = False, desc: str = "",
                  log_every: int | None = None, on_eval: Callable | None = None,
-                 keep_freed_memory: bool = True):
+                 keep_freed_memory: bool = True, threads: int | str = "auto"):
         if int(steps) < 1:
             raise ValueError(f"steps: expected a positive number of steps, got {steps}")
         if int(batch_size) < 1:
@@ -146,6 +151,10 @@ class Trainer:
         self.eval_fn, self.keep_best, self.quiet, self.desc = eval_fn, keep_best, quiet, desc
         self.on_eval = on_eval
         self.keep_freed_memory = bool(keep_freed_memory)
+        if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int)
+                                  or threads < 1):
+            raise ValueError(f"threads: expected 'auto' or a positive integer, got {threads!r}")
+        self.threads = threads
         self.eval_every = int(eval_every) if eval_every else max(1, self.steps // 20)
         self.log_every = int(log_every) if log_every else max(1, min(self.eval_every, 100))
         self.params = model.params
@@ -188,6 +197,7 @@ class Trainer:
         end = self.steps if stop_after is None else min(self.steps, int(stop_after))
         if self.keep_freed_memory:
             memory.keep_freed_memory()  # speed only: see scratchvae/memory.py
+        previous_threads = self._set_threads()  # speed only: see scratchvae/threads.py
         progress = Progress(self.steps, self.step, self.quiet, self.desc)
         stopped = None
         t0 = self._run_start = time.perf_counter()
@@ -239,6 +249,8 @@ class Trainer:
                     running, count, info_sum = 0.0, 0, {}
         finally:
             quiet_floats.__exit__(None, None, None)
+            if previous_threads is not None:
+                threads.set_blas_threads(previous_threads)
             self.seconds += time.perf_counter() - t0
             self._run_start = None
             progress.close()
@@ -249,6 +261,16 @@ class Trainer:
         return FitResult(self.step, self.seconds, self.history,
                          self.best_step, None if self.best_step is None else self.best_val,
                          stopped, self.stop_signal if self.step < end else None)
+
+    def _set_threads(self):
+        """Apply ``threads`` (the class docstring); the count before, or None if unchanged."""
+        if self.threads == "auto":
+            if threads.pinned_by_environment():
+                return None
+            n = threads.threads_for(threads.step_products(self.model, self.batch_size))
+        else:
+            n = self.threads
+        return threads.set_blas_threads(n)
 
     # -- checkpoints: functions of scratchvae.checkpoint, bound here as methods
     state = trainer_state
