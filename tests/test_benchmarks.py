@@ -121,3 +121,62 @@ def test_no_float64_array_anywhere_in_a_float32_step(name):
         dx, grads, _ = model.log_prob_backward(np.full(8, -0.125, np.float32), cache)
         found = _float64_arrays((logp, cache, dx, grads))
     assert found == []
+
+
+def test_late_mode_reports_both_windows_and_the_subnormal_state():
+    rows = run_json("--late", "W2-2d")
+    row, = rows
+    assert (row["early_step"], row["late_step"], row["window"]) == (20, 60, 10)
+    assert row["early_ms"] > 0 and row["late_ms"] > 0
+    assert row["late_over_early"] == pytest.approx(row["late_ms"] / row["early_ms"], rel=1e-2)
+    assert row["flush"] is True and 0 <= row["subnormal_moments"] <= 1
+
+
+def test_subnormal_fraction_counts_only_subnormals():
+    sys.path.insert(0, str(RUN.parent))
+    from measure import subnormal_fraction
+
+    tiny32 = np.finfo(np.float32).tiny
+    a = np.array([0.0, tiny32, tiny32 / 4, -tiny32 / 8, 1.0], dtype=np.float32)
+    b = np.array([np.finfo(np.float64).tiny / 2, 1e-300], dtype=np.float64)
+    # a: two subnormals (tiny/4, -tiny/8), not 0 or the smallest normal; b: one (float64's)
+    assert subnormal_fraction([a, b]) == pytest.approx(3 / 7)
+
+
+# a callgrind file in the documented format: name compression, a call and its inclusive cost
+CALLGRIND_SAMPLE = """\
+version: 1
+events: Ir
+ob=(1) /lib/libnumpy.so
+fn=(1) caller
+0 100
+cob=(2) /lib/libscipy_openblas.so
+cfn=(2) sgemm_kernel
+calls=3 0
+0 900
+cfn=(3) ufunc_generic_fastcall
+calls=2 0
+0 50
+ob=(2)
+fn=(2)
+0 900
+ob=(1)
+fn=(3)
+0 50
+fn=(1)
+cfn=(3)
+calls=5 0
+0 125
+"""
+
+
+def test_callgrind_parser_counts_calls_and_separates_inclusive_costs(tmp_path):
+    sys.path.insert(0, str(RUN.parent))
+    from call_counts import parse_callgrind
+
+    path = tmp_path / "callgrind.out"
+    path.write_text(CALLGRIND_SAMPLE)
+    calls, self_ir = parse_callgrind(path)
+    assert calls == {"sgemm_kernel": 3, "ufunc_generic_fastcall": 7}
+    # self costs only: the call lines' inclusive costs (900, 50, 125) are not the caller's own
+    assert self_ir == {"/lib/libnumpy.so": 150, "/lib/libscipy_openblas.so": 900}

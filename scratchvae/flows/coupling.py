@@ -109,8 +109,11 @@ class AffineLaw:
             # x = u e^{s} + t, logdet = s: dx/du = e^{s}, dx/dt = 1, dx/ds = u e^{s}
             d_t = d_out
             d_s = d_in * u + d_logdet
-        d_theta = np.stack([d_s * slope, d_t], axis=-1)  # ds/draw = slope
-        return d_in, d_theta.astype(d_out.dtype, copy=False)
+        # d_theta = [d_s * slope, d_t] side by side (ds/draw = slope), written in place
+        d_theta = np.empty(d_out.shape + (2,), dtype=d_out.dtype)
+        np.multiply(d_s, slope, out=d_theta[..., 0])
+        d_theta[..., 1] = d_t
+        return d_in, d_theta
 
 
 class SplineLaw:

@@ -1,0 +1,135 @@
+"""The BLAS thread policy (scratchvae/threads.py): which steps get every core, that the count
+is really set and restored, and that an explicit choice wins."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from scratchvae import threads
+from scratchvae.flows.coupling import coupling_flow
+from scratchvae.train import Trainer
+from scratchvae.vae import VAE
+
+CAN_SET = threads.blas_threads() is not None
+
+
+def test_step_products_lists_every_linear_layer_of_a_vae():
+    vae = VAE.build(64, 16, hidden=(256, 256), activation="relu",
+                    rng=np.random.default_rng(0), dtype=np.float32)
+    products = sorted(threads.step_products(vae, 128))
+    expected = sorted([(128, 64, 256), (128, 256, 256), (128, 256, 32),
+                       (128, 16, 256), (128, 256, 256), (128, 256, 64)])
+    assert products == expected
+
+
+def test_step_products_finds_the_conditioners_of_a_flow():
+    flow = coupling_flow(16, 4, "affine", hidden=(128, 128), rng=np.random.default_rng(0),
+                         permutation=None)
+    products = threads.step_products(flow, 512)
+    assert len(products) == 4 * 3
+    assert products.count((512, 8, 128)) == 4 and products.count((512, 128, 16)) == 4
+
+
+def test_threads_for_switches_at_the_measured_threshold():
+    # one layer whose three products make exactly the threshold's multiply-adds
+    rows = threads.PARALLEL_MIN_MACS // 3
+    at = [(rows, 1, 1)]
+    below = [(rows - 1, 1, 1)]
+    assert threads.threads_for(below, cores=2) == 1
+    assert threads.threads_for(at, cores=2) == 2
+    assert threads.threads_for(at, cores=1) == 1            # never more than the cores
+    assert threads.threads_for(at, cores=64) == threads.MAX_AUTO_THREADS
+
+
+def test_the_benchmark_workloads_split_as_measured():
+    # the policy's promise in benchmarks/README.md ("Threads"): the VAE at batch 1024 and the
+    # two 16-D flows on every core, the others on one
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    from workloads import WORKLOADS
+    chosen = {name: threads.threads_for(make().layers, cores=2)
+              for name, make in WORKLOADS.items()}
+    assert chosen == {"W1-b128": 1, "W1-b1024": 2, "W2-2d": 1, "W2-16d": 2, "W3-2d": 1,
+                      "W3-16d": 2}
+
+
+@pytest.mark.skipif(not CAN_SET, reason="this BLAS's thread count cannot be reached")
+def test_set_blas_threads_sets_and_returns_the_previous_count():
+    before = threads.blas_threads()
+    try:
+        assert threads.set_blas_threads(2) == before
+        assert threads.blas_threads() == 2
+        assert threads.set_blas_threads(1) == 2
+        assert threads.blas_threads() == 1
+    finally:
+        threads.set_blas_threads(before)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_set_blas_threads_refuses_a_bad_count(bad):
+    with pytest.raises(ValueError, match="threads"):
+        threads.set_blas_threads(bad)
+
+
+@pytest.mark.parametrize("bad", [0, "many", 2.0, False])
+def test_trainer_refuses_a_bad_threads_argument(bad):
+    vae = VAE.build(8, 2, hidden=(8,), rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="threads"):
+        Trainer(vae, vae.loss_and_grads, data=np.zeros((4, 8)), steps=1, threads=bad)
+
+
+def _tiny_trainer(**kw):
+    vae = VAE.build(8, 2, hidden=(8,), rng=np.random.default_rng(0))
+    data = (np.random.default_rng(1).random((16, 8)) > 0.5).astype(float)
+    seen = []
+
+    def loss_fn(batch, rng, step):
+        seen.append(threads.blas_threads())
+        return vae.loss_and_grads(batch, rng)
+
+    return Trainer(vae, loss_fn, data=data, steps=2, batch_size=8, quiet=True, **kw), seen
+
+
+@pytest.mark.skipif(not CAN_SET, reason="this BLAS's thread count cannot be reached")
+def test_trainer_sets_the_count_while_it_runs_and_restores_it(monkeypatch):
+    for var in threads.ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    before = threads.blas_threads()
+    other = 2 if before == 1 else 1
+    trainer, seen = _tiny_trainer(threads=other)
+    trainer.run()
+    assert seen == [other, other]
+    assert threads.blas_threads() == before
+    # "auto" on a tiny model: one thread
+    threads.set_blas_threads(2)
+    try:
+        trainer, seen = _tiny_trainer()
+        trainer.run()
+        assert seen == [1, 1] and threads.blas_threads() == 2
+    finally:
+        threads.set_blas_threads(before)
+
+
+@pytest.mark.skipif(not CAN_SET, reason="this BLAS's thread count cannot be reached")
+def test_trainer_leaves_a_count_pinned_by_the_environment(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    before = threads.blas_threads()
+    threads.set_blas_threads(2)
+    try:
+        trainer, seen = _tiny_trainer()
+        trainer.run()
+        assert seen == [2, 2]  # auto, but the environment pinned it: left alone
+    finally:
+        threads.set_blas_threads(before)
+
+
+def test_cli_sets_no_thread_count_without_threads():
+    # without --threads, the environment is left alone (the Trainer's policy decides)
+    code = subprocess.run([sys.executable, "-c", (
+        "import scratchvae.cli as c, os; c._limit_blas_threads(['train-flow']);"
+        "print(os.environ.get('OPENBLAS_NUM_THREADS'))")],
+        capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items()
+                                                       if not k.endswith("NUM_THREADS")})
+    assert code.stdout.strip() == "None"
