@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -50,6 +51,10 @@ def parse_args(argv=None):
                    help="after each workload, the same model in JAX (jit) and PyTorch (eager, "
                         "default and fused Adam), each in a fresh process "
                         "(benchmarks/peers/; pip install -e '.[bench]')")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="measure every workload (and its peers) this many times, round after "
+                        "round, and report the median of the rounds (default 1; on a noisy "
+                        "machine 3 or more)")
     p.add_argument("--late", action="store_true",
                    help="one long run per workload: the step time early (steps 200-300) next "
                         "to late (steps 3,000-3,100), and Adam's subnormal moments at the end")
@@ -77,7 +82,7 @@ def parse_args(argv=None):
                 "--in-process)")
     if args.no_flush and not args.late:
         p.error("--no-flush: only with --late")
-    for name in ("steps", "threads", "points"):
+    for name in ("steps", "threads", "points", "rounds"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name}: expected a positive integer, got {value}")
@@ -187,24 +192,49 @@ def main(argv=None):
             if not emit:
                 print(measure.format_results(rows, threads))
         else:
+            # every round measures every workload (and its peers right after it: the same
+            # machine state) in fresh processes; rounds are then summarised per workload
+            ours, theirs = {name: [] for name in names}, {name: [] for name in names}
+            for _ in range(args.rounds):
+                for name in names:
+                    ours[name] += _child(args, name)
+                    if args.peers:
+                        theirs[name] += _peers(args, name, steps, warmup)
             rows, peer_rows = [], []
             for name in names:
-                rows += _child(args, name)
+                rows.append(combine_rounds(ours[name]))
+                peer_rows += [combine_rounds([r for r in theirs[name] if r["peer"] == peer])
+                              for peer in dict.fromkeys(r["peer"] for r in theirs[name])]
+                add_peer_ratio(rows[-1], peer_rows)
                 if emit:
-                    emit(rows[-1])
-                if args.peers:  # right after ours: the same machine state
-                    peer_rows += _peers(args, name, steps, warmup)
-                    add_peer_ratio(rows[-1], peer_rows)
-                    if emit:
-                        for r in peer_rows:
-                            if r["workload"] == name:
-                                emit(r)
+                    for r in [rows[-1]] + [r for r in peer_rows if r["workload"] == name]:
+                        emit(r)
             if not emit:
                 print(measure.format_results(rows, threads))
                 if args.peers:
                     print()
                     print(format_peers(rows, peer_rows))
     return 0
+
+
+def combine_rounds(rounds):
+    """One row from the rows of several rounds of the same measurement: ``ms`` the median of
+    the rounds' medians, ``min_ms``/``max_ms`` over all rounds, ``floor_ms`` and ``cpu_ms``
+    the medians, ``ms_rounds`` every round's median (their spread shows the machine's noise)."""
+    if len(rounds) == 1 or "error" in rounds[0]:
+        return rounds[0]
+    row = dict(rounds[0])
+    for key in ("ms", "floor_ms", "cpu_ms", "fixed_ms"):
+        if all(r.get(key) is not None for r in rounds):
+            row[key] = round(statistics.median(r[key] for r in rounds), 3)
+    row["min_ms"] = min(r["min_ms"] for r in rounds)
+    if "max_ms" in row:
+        row["max_ms"] = max(r["max_ms"] for r in rounds)
+    if row.get("floor_ms"):
+        row["ratio"] = round(row["ms"] / row["floor_ms"], 2)
+    row["rounds"] = len(rounds)
+    row["ms_rounds"] = [r["ms"] for r in rounds]
+    return row
 
 
 def _peers(args, name, steps, warmup):
