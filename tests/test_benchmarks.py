@@ -180,3 +180,19 @@ def test_callgrind_parser_counts_calls_and_separates_inclusive_costs(tmp_path):
     assert calls == {"sgemm_kernel": 3, "ufunc_generic_fastcall": 7}
     # self costs only: the call lines' inclusive costs (900, 50, 125) are not the caller's own
     assert self_ir == {"/lib/libnumpy.so": 150, "/lib/libscipy_openblas.so": 900}
+
+
+def test_rounds_are_summarised_by_their_median():
+    sys.path.insert(0, str(RUN.parent))
+    from run import add_peer_ratio, combine_rounds
+
+    rounds = [{"workload": "W", "ms": ms, "min_ms": ms - 1, "max_ms": ms + 1, "floor_ms": 2.0,
+               "cpu_ms": ms, "fixed_ms": 0.5} for ms in (5.0, 9.0, 6.0)]
+    row = combine_rounds(rounds)
+    assert row["ms"] == 6.0 and row["ms_rounds"] == [5.0, 9.0, 6.0] and row["rounds"] == 3
+    assert (row["min_ms"], row["max_ms"], row["ratio"]) == (4.0, 10.0, 3.0)
+    peers = [{"workload": "W", "peer": "a", "ms": 8.0}, {"workload": "W", "peer": "b", "ms": 4.0},
+             {"workload": "V", "peer": "c", "ms": 1.0}, {"workload": "W", "peer": "d",
+                                                         "error": "not installed"}]
+    add_peer_ratio(row, peers)
+    assert (row["best_peer"], row["best_peer_ms"], row["vs_best_peer"]) == ("b", 4.0, 1.5)

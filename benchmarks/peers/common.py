@@ -150,15 +150,8 @@ def noise_source(name, batch, seed=0):
     return lambda: rng.standard_normal((1, batch, s.latent), dtype=np.float32)
 
 
-def cycler(items):
-    """The next item of a list, round robin (``workloads._cycler``)."""
-    state = {"i": 0}
-
-    def next_item():
-        item = items[state["i"] % len(items)]
-        state["i"] += 1
-        return item
-    return next_item
+#: the next item of a list, round robin: the same cycler as our workloads'
+cycler = workloads._cycler
 
 
 def initial_params(name, batch=None, seed=0):
