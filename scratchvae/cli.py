@@ -394,15 +394,11 @@ def _limit_blas_threads(argv) -> None:
     threads = pre.parse_known_args(argv)[0].threads
     if threads is None:
         return
-    threads = str(threads)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, threads)
+    from .threads import ENV_VARS, set_blas_threads  # imports no NumPy
+    for var in ENV_VARS:
+        os.environ.setdefault(var, str(threads))
     if "numpy" in sys.modules:  # too late for the environment (main called from Python)
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:
-            return
-        threadpool_limits(int(os.environ["OPENBLAS_NUM_THREADS"]))
+        set_blas_threads(int(os.environ["OPENBLAS_NUM_THREADS"]))
 
 
 class _Terminated(KeyboardInterrupt):

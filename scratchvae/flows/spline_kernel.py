@@ -161,16 +161,19 @@ def _running_sums_to_knots(K, bound, minimums, dtype):
         # the offsets as (2 bound minimum) i - bound in ``dtype``
         scale[t] = 2.0 * bound * (1.0 - K * minimum)
         offset[t, :, 0] = 2.0 * bound * minimum * np.arange(1, K, dtype=dtype) - bound
-    scale.flags.writeable = offset.flags.writeable = False
-    return scale, offset
+    return _read_only(scale), _read_only(offset)
+
+
+def _read_only(a):
+    """``a``, made read only: the cached constants below are shared by every call."""
+    a.flags.writeable = False
+    return a
 
 
 @functools.lru_cache(maxsize=64)
 def _point_index(n):
     """``np.arange(n)`` (read only), made once per number of points (speed: a constant)."""
-    index = np.arange(n)
-    index.flags.writeable = False
-    return index
+    return _read_only(np.arange(n))
 
 
 
@@ -298,9 +301,7 @@ def rq_spline_bins_first(v_in, wh, d, inverse, bound, min_width, min_height, min
 def _table_starts(size):
     """``[[0], [size]]``: the flat offsets of two stacked tables of ``size`` entries (read only;
     speed: a constant)."""
-    starts = np.array([[0], [size]])
-    starts.flags.writeable = False
-    return starts
+    return _read_only(np.array([[0], [size]]))
 
 
 
@@ -372,9 +373,7 @@ def rq_spline_bins_first_backward(dout, dlogdet, cache: SplineCache):
 @functools.lru_cache(maxsize=64)
 def _bin_numbers(K):
     """``[[0], [1], ..., [K-1]]`` (read only; speed: a constant)."""
-    bins = np.arange(K)[:, None]
-    bins.flags.writeable = False
-    return bins
+    return _read_only(np.arange(K)[:, None])
 
 
 def _logit_gradients(d_left, d_size, below, at, softmax, bound, minimums):
