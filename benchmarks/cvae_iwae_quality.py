@@ -35,8 +35,8 @@ def nearest_mean_accuracy(x, labels, means):
 
 
 def run_cvae(args, write):
-    from scratchvae import data
-    from scratchvae.runs import train_vae
+    from scratchvae.cli.runs import train_vae
+    from scratchvae.data import datasets as data
 
     ds = data.load_digits("binary")
     C = ds.n_classes
@@ -63,7 +63,7 @@ def run_cvae(args, write):
 
 
 def run_iwae(args, write):
-    from scratchvae.runs import train_vae
+    from scratchvae.cli.runs import train_vae
 
     for seed in args.seeds:
         for objective, k in (c.split(":") for c in args.configs):

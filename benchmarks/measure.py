@@ -25,8 +25,8 @@ from workloads import (
 
 
 def blas_threads():
-    """The BLAS thread count in force (``scratchvae.threads``, else the environment)."""
-    from scratchvae.threads import blas_threads as current
+    """The BLAS thread count in force (``scratchvae.engine.threads``, else the environment)."""
+    from scratchvae.engine.threads import blas_threads as current
     count = current()
     if count is not None:
         return count
@@ -36,8 +36,8 @@ def blas_threads():
 
 def apply_thread_policy(w):
     """BLAS threads for workload ``w`` as the library's ``Trainer`` chooses them
-    (``scratchvae.threads.threads_for`` of the step's products); the count set."""
-    from scratchvae.threads import set_blas_threads, threads_for
+    (``scratchvae.engine.threads.threads_for`` of the step's products); the count set."""
+    from scratchvae.engine.threads import set_blas_threads, threads_for
     n = threads_for(w.layers)
     set_blas_threads(n)
     return n
@@ -346,9 +346,9 @@ def time_late(name, early=200, late=3000, window=100, flush=True, auto_threads=F
 
     A step that grows slower as the run goes on (subnormal optimiser state, a cache or a pool
     that grows) shows as a ratio above 1. ``flush=False`` switches Adam's subnormal flush off
-    (``scratchvae.optim.FLUSH_EVERY``), to show what it is for.
+    (``scratchvae.training.optim.FLUSH_EVERY``), to show what it is for.
     """
-    from scratchvae import optim
+    from scratchvae.training import optim
     if not flush:
         optim.FLUSH_EVERY = 2**62
     w = WORKLOADS[name]()

@@ -42,7 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None,
                    help="BLAS threads for every workload (sets OPENBLAS/OMP/MKL_NUM_THREADS "
                         "before NumPy loads); default: per workload, as the library's Trainer "
-                        "chooses them (scratchvae/threads.py)")
+                        "chooses them (scratchvae/engine/threads.py)")
     p.add_argument("--scaling", action="store_true",
                    help="the scaling table: step time against batch, dimension, layers, bins")
     p.add_argument("--inference", action="store_true",
@@ -124,9 +124,9 @@ def main(argv=None):
     sys.path.insert(0, HERE)
     import measure
 
-    from scratchvae.memory import keep_freed_memory
+    from scratchvae.engine.memory import keep_freed_memory
     # a training step measured as scratchvae's Trainer runs it: freed memory kept in the
-    # process (scratchvae/memory.py); --default-malloc measures glibc's defaults instead
+    # process (scratchvae/engine/memory.py); --default-malloc measures glibc's defaults instead
     allocator = "default" if args.default_malloc or not keep_freed_memory() else "kept"
 
     steps = args.steps or (3 if args.quick else 40)

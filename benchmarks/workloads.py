@@ -1,7 +1,7 @@
 """The benchmark workloads W1 (VAE), W2 (affine coupling flow), W3 (spline coupling flow).
 
 Each is built from the library's own pieces, in float32, with ReLU hidden layers and
-``scratchvae.optim.Adam(lr=1e-3)``. One timed *step* = forward, loss, backward, Adam update,
+``scratchvae.Adam(lr=1e-3)``. One timed *step* = forward, loss, backward, Adam update,
 exactly what a training loop does per batch:
 
 - ``W1-b128``, ``W1-b1024``: ``VAE.build(64, 16, hidden=(256, 256), activation="relu")``
@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scratchvae.density import FlowDensity, StandardNormal
 from scratchvae.flows.bijector import Chain
 from scratchvae.flows.coupling import CouplingBlock, coupling_flow, randomize_conditioners
+from scratchvae.models.density import FlowDensity, StandardNormal
+from scratchvae.models.vae import VAE
 from scratchvae.nn import MLP
-from scratchvae.optim import Adam
-from scratchvae.vae import VAE
+from scratchvae.training.optim import Adam
 
 DTYPE = np.float32
 N_BATCHES = 8  # a pool of batches cycled through, so the data is not one repeated array

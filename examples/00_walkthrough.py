@@ -32,14 +32,15 @@
 import numpy as np
 from _common import FAST, out, plt, show, show_file, steps
 
-from scratchvae import data, plots
-from scratchvae.density import FlowDensity, StandardNormal
-from scratchvae.flow_vae import FlowVAE
+from scratchvae.cli import plots
+from scratchvae.data import datasets as data
+from scratchvae.distributions.gaussian import kl_standard_normal
 from scratchvae.flows.coupling import coupling_flow, randomize_conditioners
 from scratchvae.flows.spline import rq_spline
-from scratchvae.gaussian import kl_standard_normal
-from scratchvae.train import Trainer
-from scratchvae.vae import VAE
+from scratchvae.models.density import FlowDensity, StandardNormal
+from scratchvae.models.flow_vae import FlowVAE
+from scratchvae.models.vae import VAE
+from scratchvae.training.trainer import Trainer
 
 digits = data.load_digits("binary")  # 8x8 binarised digits: 1000 train, 350 val, 447 test
 HIDDEN = (32,) if FAST else (128,)

@@ -36,9 +36,10 @@
 import numpy as np
 from _common import FAST, out, show_file, steps
 
-from scratchvae import data, plots
-from scratchvae.train import Trainer
-from scratchvae.vae import VAE
+from scratchvae.cli import plots
+from scratchvae.data import datasets as data
+from scratchvae.models.vae import VAE
+from scratchvae.training.trainer import Trainer
 
 ds = data.load_digits("binary")
 betas = (0.0, 1.0, 8.0)

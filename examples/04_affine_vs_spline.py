@@ -35,10 +35,11 @@
 import numpy as np
 from _common import out, show_file, steps
 
-from scratchvae import data, plots
-from scratchvae.density import FlowDensity, StandardNormal
+from scratchvae.cli import plots
+from scratchvae.data import datasets as data
 from scratchvae.flows.coupling import coupling_flow
-from scratchvae.train import Trainer
+from scratchvae.models.density import FlowDensity, StandardNormal
+from scratchvae.training.trainer import Trainer
 
 ds = data.load_toy("moons", 20_000, seed=0)
 laws = ("affine", "spline")

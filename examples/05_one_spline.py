@@ -31,7 +31,7 @@
 import numpy as np
 from _common import out, show_file
 
-from scratchvae import plots
+from scratchvae.cli import plots
 from scratchvae.flows.spline import knots, rq_spline
 
 rng = np.random.default_rng(3)

@@ -29,8 +29,8 @@
 import numpy as np
 from _common import plt, show, steps
 
-from scratchvae import data
-from scratchvae.runs import one_hot, train_flow
+from scratchvae.cli.runs import one_hot, train_flow
+from scratchvae.data import datasets as data
 
 # %% [markdown]
 # ## Fit on the pinwheel, its arms as classes

@@ -37,14 +37,14 @@
 import numpy as np
 from _common import FAST, out, show_file, steps
 
-from scratchvae import plots
-from scratchvae.targets import make_target
-from scratchvae.train import Trainer
-from scratchvae.variational import (
+from scratchvae.cli import plots
+from scratchvae.distributions.targets import make_target
+from scratchvae.models.variational import (
     importance_estimate,
     make_variational,
     reverse_kl_loss_and_grads,
 )
+from scratchvae.training.trainer import Trainer
 
 # %% [markdown]
 # ## Three families, one fit each

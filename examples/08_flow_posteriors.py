@@ -33,10 +33,10 @@
 import numpy as np
 from _common import FAST, plt, show, steps
 
-from scratchvae import data
-from scratchvae.flow_vae import FlowVAE
-from scratchvae.train import Trainer
-from scratchvae.vae import VAE
+from scratchvae.data import datasets as data
+from scratchvae.models.flow_vae import FlowVAE
+from scratchvae.models.vae import VAE
+from scratchvae.training.trainer import Trainer
 
 ds = data.load_digits("binary")
 hidden = (64,) if FAST else (256, 256)

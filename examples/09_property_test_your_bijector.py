@@ -13,7 +13,7 @@
 # ---
 
 # %% [markdown]
-# # Property-testing your own bijector with scratchvae.testing
+# # Property-testing your own bijector with scratchvae.checks.testing
 #
 # Write `_forward`, `_inverse` and their backward passes; `testing.assert_bijector` checks, in
 # both directions, the round trip $T^{-1}(T(u)) = u$, the log-det against
@@ -27,7 +27,7 @@
 # %%
 import numpy as np
 
-from scratchvae import testing
+from scratchvae.checks import testing
 from scratchvae.flows.bijector import Bijector, Cache
 
 # %% [markdown]

@@ -33,10 +33,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from _common import show, steps
 
-from scratchvae.density import FlowDensity, StandardNormal
 from scratchvae.flows.combination import DSFLaw, SOSLaw
 from scratchvae.flows.coupling import SplineLaw, coupling_flow
-from scratchvae.train import Trainer
+from scratchvae.models.density import FlowDensity, StandardNormal
+from scratchvae.training.trainer import Trainer
 
 rng = np.random.default_rng(0)
 # the data: 0.6 N(-2, 0.6^2) + 0.4 N(1.5, 0.4^2), one column

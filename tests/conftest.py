@@ -31,7 +31,7 @@ TINY_FLOW_ARGS = ["--layers", "2", "--hidden", "8,8", "--steps", "6", "--batch",
 @pytest.fixture(scope="module")
 def tiny_flow_run(tmp_path_factory):
     """A finished tiny train-flow run directory, trained once per test module."""
-    from scratchvae import cli
+    from scratchvae.cli import app as cli
 
     out = tmp_path_factory.mktemp("runs") / "flow"
     assert cli.main(["train-flow", *TINY_FLOW_ARGS, "--out", str(out)]) == 0

@@ -100,7 +100,7 @@ def test_flow_density_still_checks_an_explicit_dim():
 
 
 def test_flow_density_without_any_dim_names_dim():
-    from scratchvae.bases import Density
+    from scratchvae.distributions.bases import Density
     from scratchvae.flows import Sigmoid
 
     class NoDim(Density):  # a base of unstated dimension, in front of an elementwise flow

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scratchvae import gradcheck, testing
+from scratchvae.checks import gradcheck, testing
 from scratchvae.flows.autoregressive import (
     AutoregressiveBlock,
     iaf_flow,

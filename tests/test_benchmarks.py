@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scratchvae.memory import _glibc
+from scratchvae.engine.memory import _glibc
 
 GLIBC = _glibc() is not None
 

@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
-from scratchvae import cli
+from scratchvae.cli import app as cli
 
 
 def _copy(tiny_flow_run, tmp_path):
@@ -173,7 +173,7 @@ def test_checkpoint_in_adams_older_format_still_resumes(tiny_flow_run, tmp_path,
 @pytest.mark.parametrize("setting, value", [("hidden", 5), ("lr", "abc"), ("steps", 2.0),
                                             ("seed", -1), ("conditional", "yes")])
 def test_python_api_settings_are_checked_naming_the_setting(tmp_path, setting, value):
-    from scratchvae import runs
+    from scratchvae.cli import runs
     with pytest.raises(ValueError, match=f"^{setting}: expected"):
         runs.train_flow(out=str(tmp_path / "r"), quiet=True, **{setting: value})
     assert not (tmp_path / "r").exists()

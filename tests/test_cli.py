@@ -11,8 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from scratchvae import cli, runs
-from scratchvae.train import load_npz
+from scratchvae.cli import app as cli
+from scratchvae.cli import runs
+from scratchvae.training.trainer import load_npz
 
 TINY_FLOW = ["--layers", "2", "--hidden", "8,8", "--steps", "6", "--batch", "64",
              "--n-train", "500", "--quiet"]
@@ -205,7 +206,7 @@ def test_threads_option_is_checked_and_limits_blas(capsys):
     err = capsys.readouterr().err
     assert err.count("--threads") >= 1 and err.count("error:") == 1  # said once, not twice
     code = subprocess.run([sys.executable, "-c", (
-        "import scratchvae.cli as c; c._limit_blas_threads(['--threads', '1']);"
+        "import scratchvae.cli.app as c; c._limit_blas_threads(['--threads', '1']);"
         "import os; print(os.environ['OPENBLAS_NUM_THREADS'])")],
         capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items()
                                                        if not k.endswith("NUM_THREADS")})

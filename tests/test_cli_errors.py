@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from scratchvae import cli, nn
+from scratchvae import nn
+from scratchvae.cli import app as cli
 from scratchvae.flows.radial import random_radial
 
 TINY_FLOW = ["--layers", "2", "--hidden", "8,8", "--steps", "6", "--batch", "64",
@@ -85,7 +86,7 @@ def test_sample_n_1e11_is_refused_up_front(tiny_flow_run, tmp_path, capsys):
 
 
 def test_a_remaining_memory_error_is_one_line(tmp_path, capsys, monkeypatch):
-    from scratchvae import runs
+    from scratchvae.cli import runs
 
     def boom(*a, **k):
         raise MemoryError("Unable to allocate 9.1 TiB")
@@ -226,8 +227,8 @@ def test_help_of_each_subcommand_prints_the_defaults(capsys):
 
 # ----------------------------------------------------------------------------- item 14
 def test_vae_encoder_with_more_than_2L_outputs_is_refused():
-    from scratchvae.likelihoods import make_likelihood
-    from scratchvae.vae import VAE
+    from scratchvae.distributions.likelihoods import make_likelihood
+    from scratchvae.models.vae import VAE
     rng = np.random.default_rng(0)
     encoder, decoder = nn.MLP([6, 5, 7], "tanh", rng), nn.MLP([3, 5, 6], "tanh", rng)
     with pytest.raises(ValueError, match="exactly 2 \\* latent_dim = 6"):

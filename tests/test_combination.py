@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scratchvae import gradcheck, testing
+from scratchvae.checks import gradcheck, testing
 from scratchvae.flows.combination import DSFLaw, SOSLaw, log_sigmoids, logsumexp_and_weights
 from scratchvae.flows.coupling import CouplingBlock, make_law, randomize_conditioners
 
@@ -298,7 +298,7 @@ def test_bad_arguments_raise_value_error_naming_them(build, name):
 def test_train_flow_and_fit_target_take_the_combination_laws(name, tmp_path):
     """Tiny runs: train-flow builds the law with its closed form in the normalising direction
     (the one a likelihood fit evaluates); fit-target with it in the generative one."""
-    from scratchvae.runs import fit_target, train_flow
+    from scratchvae.cli.runs import fit_target, train_flow
 
     model, metrics = train_flow(out=str(tmp_path / "flow"), quiet=True, figures=False,
                                 data="moons", flow=name, steps=3, batch=64, n_train=500)
@@ -311,7 +311,7 @@ def test_train_flow_and_fit_target_take_the_combination_laws(name, tmp_path):
 
 
 def test_cli_offers_the_combination_laws():
-    from scratchvae.cli import build_parser
+    from scratchvae.cli.app import build_parser
 
     parser = build_parser()
     assert parser.parse_args(["train-flow", "--flow", "dsf", "--out", "x"]).flow == "dsf"
@@ -324,8 +324,8 @@ def test_train_flow_builds_the_naf_with_the_closed_form_on_the_maf_cheap_side(na
     direction) whose law has its closed form in that direction, so the likelihood fit runs no
     root finder; sampling (D passes, each a numerical inverse) still gives finite points.
     On digits-dequantized: tests/test_dequantized_digits.py runs every ``FLOW_KINDS`` name."""
+    from scratchvae.cli.runs import FLOW_KINDS, train_flow
     from scratchvae.flows.autoregressive import AutoregressiveBlock
-    from scratchvae.runs import FLOW_KINDS, train_flow
 
     assert name in FLOW_KINDS
     model, metrics = train_flow(out=str(tmp_path / "flow"), quiet=True, figures=False,

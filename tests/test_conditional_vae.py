@@ -8,18 +8,19 @@ import json
 import numpy as np
 import pytest
 
-from scratchvae import cli, data
-from scratchvae.conditional_vae import (
+from scratchvae.checks.cases.vae_objectives import CONDITIONAL_CASES as CHECK_CASES
+from scratchvae.checks.cases.vae_objectives import _small_conditional, _small_rows
+from scratchvae.checks.gradcheck import check_vjp, run_checks
+from scratchvae.cli import app as cli
+from scratchvae.cli.runs import load_run
+from scratchvae.cli.vae_options import dataset_rows
+from scratchvae.data import datasets as data
+from scratchvae.models.conditional_vae import (
     LabelledDecoder,
     build_conditional,
     check_labels,
     labelled_rows,
 )
-from scratchvae.gradcheck import check_vjp, run_checks
-from scratchvae.gradcheck_cases.vae_objectives import CONDITIONAL_CASES as CHECK_CASES
-from scratchvae.gradcheck_cases.vae_objectives import _small_conditional, _small_rows
-from scratchvae.runs import load_run
-from scratchvae.vae_run_options import dataset_rows
 
 TOL = 1e-6
 TINY = ["--latent", "2", "--hidden", "8", "--epochs", "2", "--batch", "256", "--iwae-k", "4",

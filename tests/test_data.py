@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from scratchvae import data
 from scratchvae.data import (
     TOY_DATASETS,
     load_array_file,
@@ -19,6 +18,7 @@ from scratchvae.data import (
     toy_entropy,
     toy_log_prob,
 )
+from scratchvae.data import datasets as data
 
 
 # ----------------------------------------------------------------------------- toy sets

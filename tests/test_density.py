@@ -1,4 +1,4 @@
-"""Density models (scratchvae.density): bases, FlowDensity's log-density and its gradients,
+"""Density models (scratchvae.models.density): bases, FlowDensity's log-density and its gradients,
 sampling, standardisation, conditional models, and short maximum-likelihood fits.
 
 Direction convention: the flow's forward is generative (u -> x), its inverse normalising
@@ -12,8 +12,11 @@ from hypothesis import strategies as st
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal, norm
 
-from scratchvae import gradcheck, testing
-from scratchvae.density import (
+from scratchvae.checks import gradcheck, testing
+from scratchvae.flows.bijector import Chain
+from scratchvae.flows.coupling import coupling_flow, randomize_conditioners
+from scratchvae.flows.linear import Permutation
+from scratchvae.models.density import (
     STANDARDIZE_MIN_SCALE,
     ConditionalDiagonalGaussian,
     FlowDensity,
@@ -21,10 +24,7 @@ from scratchvae.density import (
     bounded_log_std,
     randomize_last_layer,
 )
-from scratchvae.flows.bijector import Chain
-from scratchvae.flows.coupling import coupling_flow, randomize_conditioners
-from scratchvae.flows.linear import Permutation
-from scratchvae.train import Trainer
+from scratchvae.training.trainer import Trainer
 
 laws = st.sampled_from(["affine", "spline"])
 
@@ -431,7 +431,7 @@ def test_float32_model_keeps_its_dtype(law):
 
 def test_many_points_in_row_blocks_agree_with_one_pass(monkeypatch):
     # _in_row_blocks: log_prob, transform and sample of many points run in blocks of rows
-    from scratchvae import density as density_module
+    from scratchvae.models import density as density_module
 
     rng = np.random.default_rng(3)
     flow = coupling_flow(2, 2, "spline", (8,), "tanh", bins=4, bound=3.0, rng=rng)

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from scratchvae import data
+from scratchvae.cli.runs import FLOW_KINDS, fit_target, train_flow, train_vae
+from scratchvae.data import datasets as data
 from scratchvae.flows.elementwise import Sigmoid
-from scratchvae.runs import FLOW_KINDS, fit_target, train_flow, train_vae
 
 pytest.importorskip("sklearn")
 

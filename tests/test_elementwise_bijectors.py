@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scratchvae import testing
+from scratchvae.checks import testing
 from scratchvae.flows.elementwise import ElementwiseAffine, Logit, Sigmoid
 from scratchvae.nn import sigmoid
 

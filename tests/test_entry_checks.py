@@ -8,7 +8,6 @@ members' unchecked passes.
 import numpy as np
 import pytest
 
-from scratchvae.density import FlowDensity, StandardNormal
 from scratchvae.flows import bijector as bijector_module
 from scratchvae.flows.bijector import Chain, Inverse
 from scratchvae.flows.coupling import CouplingBlock, coupling_flow, randomize_conditioners
@@ -16,6 +15,7 @@ from scratchvae.flows.elementwise import ElementwiseAffine, Logit, Sigmoid
 from scratchvae.flows.linear import ActNorm, LULinear, Permutation
 from scratchvae.flows.planar import Planar
 from scratchvae.flows.radial import Radial
+from scratchvae.models.density import FlowDensity, StandardNormal
 
 
 def every_bijector():

@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from scratchvae import cli, data
-from scratchvae.runs import TARGET_DEFAULTS, _build_variational, fit_target, load_run, train_vae
+from scratchvae.cli import app as cli
+from scratchvae.cli.runs import TARGET_DEFAULTS, _build_variational, fit_target, load_run, train_vae
+from scratchvae.data import datasets as data
 
 
 def spline_bounds(q):

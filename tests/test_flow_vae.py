@@ -7,7 +7,18 @@ import numpy as np
 import pytest
 
 from scratchvae import nn
-from scratchvae.flow_vae import (
+from scratchvae.checks.gradcheck import check_module, check_vjp, numerical_jacobian
+from scratchvae.distributions.gaussian import (
+    diag_gaussian_log_prob,
+    kl_standard_normal,
+    std_normal_log_prob,
+)
+from scratchvae.distributions.likelihoods import Bernoulli
+from scratchvae.flows.coupling import CouplingBlock
+from scratchvae.flows.elementwise import ElementwiseAffine
+from scratchvae.flows.linear import Permutation
+from scratchvae.flows.planar import PLANAR_MIN_W_NORM2, Planar
+from scratchvae.models.flow_vae import (
     AMORTISABLE,
     KL_ESTIMATORS,
     POSTERIORS,
@@ -17,15 +28,8 @@ from scratchvae.flow_vae import (
     make_posterior_flow,
     randomize_flow,
 )
-from scratchvae.flows.coupling import CouplingBlock
-from scratchvae.flows.elementwise import ElementwiseAffine
-from scratchvae.flows.linear import Permutation
-from scratchvae.flows.planar import PLANAR_MIN_W_NORM2, Planar
-from scratchvae.gaussian import diag_gaussian_log_prob, kl_standard_normal, std_normal_log_prob
-from scratchvae.gradcheck import check_module, check_vjp, numerical_jacobian
-from scratchvae.likelihoods import Bernoulli
-from scratchvae.train import Trainer
-from scratchvae.vae import VAE
+from scratchvae.models.vae import VAE
+from scratchvae.training.trainer import Trainer
 
 TOL = 1e-6
 KINDS = [(k, False) for k in POSTERIORS] + [(k, True) for k in AMORTISABLE]
@@ -99,7 +103,7 @@ def trained():
 
 # ----------------------------------------------------------------------------- gradients
 # The whole ELBO's gradient for every posterior kind, global and amortised, and every KL
-# estimator is the registered case flow_vae.elbo_terms.* (scratchvae/gradcheck_cases/models.py,
+# estimator is the registered case flow_vae.elbo_terms.* (scratchvae/checks/cases/models.py,
 # run by tests/test_gradcheck.py); this checks that those cases see every part of the model.
 @pytest.mark.parametrize("kind,amortised", KINDS, ids=KIND_IDS)
 def test_every_part_of_the_model_is_a_parameter(kind, amortised, rng):
@@ -569,8 +573,8 @@ def test_inputs_are_validated(rng):
 
 def test_command_line_and_train_vae_offer_every_flow_posterior():
     """The CLI's --posterior choices are the mean-field one and every FlowVAE posterior."""
-    from scratchvae.cli import POSTERIORS as CLI_POSTERIORS
-    from scratchvae.cli import build_parser
+    from scratchvae.cli.app import POSTERIORS as CLI_POSTERIORS
+    from scratchvae.cli.app import build_parser
 
     assert set(CLI_POSTERIORS) == {"gaussian", *POSTERIORS}
     args = build_parser().parse_args(["train-vae", "--posterior", "dsf", "--amortised",
@@ -582,7 +586,7 @@ def test_command_line_and_train_vae_offer_every_flow_posterior():
 def test_train_vae_takes_the_combination_posteriors_with_their_closed_form_forward(kind):
     """A posterior is only sampled: the laws' closed form is the generative side, so no root
     finder runs in training."""
-    from scratchvae.runs import train_vae
+    from scratchvae.cli.runs import train_vae
 
     model, m = train_vae(quiet=True, posterior=kind, amortised=True, epochs=1, iwae_k=5,
                          flow_layers=2, hidden=(16,), latent=4)

@@ -17,7 +17,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scratchvae import cli, data
+from scratchvae.cli import app as cli
+from scratchvae.data import datasets as data
 
 TINY_FLOW = ["--layers", "2", "--hidden", "8,8", "--steps", "4", "--batch", "64",
              "--n-train", "200", "--quiet", "--no-figures"]

@@ -8,13 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scratchvae import gradcheck, testing
-from scratchvae.flow_vae import KL_ESTIMATORS, FlowVAE, randomize_flow
+from scratchvae.checks import gradcheck, testing
+from scratchvae.distributions.gaussian import std_normal_log_prob
 from scratchvae.flows.autoregressive import AutoregressiveBlock
 from scratchvae.flows.gated_iaf import DEFAULT_GATE_BIAS, FixedScale, GatedLaw, gated_iaf_flow
-from scratchvae.gaussian import std_normal_log_prob
+from scratchvae.models.flow_vae import KL_ESTIMATORS, FlowVAE, randomize_flow
+from scratchvae.models.vae import VAE
 from scratchvae.nn import sigmoid
-from scratchvae.vae import VAE
 
 
 def random_flow(rng, dim, steps, ctx, scale=0.6):

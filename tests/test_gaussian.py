@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy.stats import norm
 
-from scratchvae import gaussian as g
-from scratchvae import testing
-from scratchvae.gradcheck import check_function
+from scratchvae.checks import testing
+from scratchvae.checks.gradcheck import check_function
+from scratchvae.distributions import gaussian as g
 
 TOL = 1e-6
 

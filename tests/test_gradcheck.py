@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from hypothesis import given
 
-from scratchvae import gradcheck, nn, testing
-from scratchvae.cli import main
+from scratchvae import nn
+from scratchvae.checks import gradcheck, testing
+from scratchvae.cli.app import main
 
 
 class FlippedSignLinear(nn.Linear):
@@ -72,7 +73,7 @@ COMPONENTS = sorted(gradcheck.registered())
 
 @pytest.mark.parametrize("name", COMPONENTS)
 def test_registered_component_passes(name):
-    """Every case of the registry (scratchvae/gradcheck_cases/), one test each: the only place
+    """Every case of the registry (scratchvae/checks/cases/), one test each: the only place
     the suite checks those gradients, so each is written once."""
     results = gradcheck.check_component(name)
     assert results and {r.component for r in results} == {name}
@@ -94,12 +95,12 @@ def test_a_component_gets_the_same_case_alone_or_among_others():
 
 
 def test_library_modules_register_nothing_at_import():
-    # the cases live in scratchvae.gradcheck_cases: importing the library builds no instance
+    # the cases live in scratchvae.checks.cases: importing the library builds no instance
     # (pkgutil.walk_packages would import every subpackage, the registry too, to look inside)
     names = [f"scratchvae.{p.relative_to(ROOT).with_suffix('').as_posix().replace('/', '.')}"
              for p in ROOT.rglob("*.py")
              if "gradcheck_cases" not in p.parts and p.stem not in ("__init__", "__main__")]
-    assert "scratchvae.flows.spline" in names and "scratchvae.vae" in names
+    assert "scratchvae.flows.spline" in names and "scratchvae.models.vae" in names
     code = ("import importlib, sys\nfrom scratchvae import gradcheck\n"
             "for name in sys.argv[1:]:\n    importlib.import_module(name)\n"
             "print(len(gradcheck._REGISTRY))\n")

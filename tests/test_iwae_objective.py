@@ -6,21 +6,21 @@ normalised weights stay finite for log-weights of any size."""
 import numpy as np
 import pytest
 
-from scratchvae import cli
-from scratchvae.conditional_vae import build_conditional
-from scratchvae.flow_vae import FlowVAE
-from scratchvae.gaussian import inverse_softplus_scale
-from scratchvae.gradcheck import check_vjp, run_checks
-from scratchvae.gradcheck_cases.vae_objectives import IWAE_CASES as CHECK_CASES
-from scratchvae.gradcheck_cases.vae_objectives import _small_batch, _small_model
-from scratchvae.iwae import (
+from scratchvae.checks.cases.vae_objectives import IWAE_CASES as CHECK_CASES
+from scratchvae.checks.cases.vae_objectives import _small_batch, _small_model
+from scratchvae.checks.gradcheck import check_vjp, run_checks
+from scratchvae.cli import app as cli
+from scratchvae.cli.vae_options import check_settings
+from scratchvae.distributions.gaussian import inverse_softplus_scale
+from scratchvae.models.conditional_vae import build_conditional
+from scratchvae.models.flow_vae import FlowVAE
+from scratchvae.models.iwae import (
     iwae_loss_and_grads,
     iwae_objective,
     log_weights_forward,
     normalised_weights,
 )
-from scratchvae.vae import VAE
-from scratchvae.vae_run_options import check_settings
+from scratchvae.models.vae import VAE
 
 TOL = 1e-6
 

@@ -1,4 +1,4 @@
-"""The KL estimators of a flow posterior as pure pairs (scratchvae.kl_estimators).
+"""The KL estimators of a flow posterior as pure pairs (scratchvae.models.kl_estimators).
 
 Each pair is checked alone, with the fields of a ``PosteriorSample`` as independent inputs
 (the posterior step's chain rule through the flow and the reparameterisation is checked by
@@ -8,8 +8,8 @@ the whole-ELBO tests in test_flow_vae.py).
 import numpy as np
 import pytest
 
-from scratchvae import gradcheck, testing
-from scratchvae.kl_estimators import (
+from scratchvae.checks import gradcheck, testing
+from scratchvae.models.kl_estimators import (
     KL_ESTIMATOR_PAIRS,
     KL_ESTIMATORS,
     PosteriorSample,

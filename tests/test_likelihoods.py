@@ -7,9 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy.stats import bernoulli, norm
 
-from scratchvae import testing
-from scratchvae.gradcheck import check_vjp
-from scratchvae.likelihoods import (
+from scratchvae.checks import testing
+from scratchvae.checks.gradcheck import check_vjp
+from scratchvae.distributions.likelihoods import (
     LOG_VAR_BOUND,
     Bernoulli,
     GaussianFixedVariance,

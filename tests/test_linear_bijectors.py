@@ -12,7 +12,7 @@ import scipy.linalg
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scratchvae import gradcheck, testing
+from scratchvae.checks import gradcheck, testing
 from scratchvae.flows import linear
 from scratchvae.flows.bijector import Chain
 from scratchvae.flows.elementwise import ElementwiseAffine

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scratchvae import testing
-from scratchvae.made import (
+from scratchvae.checks import testing
+from scratchvae.nn.made import (
     MADE,
     MaskedLinear,
     hidden_degrees,

@@ -1,4 +1,4 @@
-"""scratchvae.memory: keeping freed memory in the process removes the page faults of a
+"""scratchvae.engine.memory: keeping freed memory in the process removes the page faults of a
 training loop's temporaries, and changes no result."""
 
 import subprocess
@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from scratchvae import memory
+from scratchvae.engine import memory
 
 GLIBC = memory._glibc() is not None
 
@@ -16,7 +16,7 @@ GLIBC = memory._glibc() is not None
 CHURN = textwrap.dedent("""
     import resource, sys
     import numpy as np
-    from scratchvae.memory import keep_freed_memory
+    from scratchvae.engine.memory import keep_freed_memory
     if sys.argv[1] == "keep":
         assert keep_freed_memory()
     def step():
@@ -75,9 +75,9 @@ def test_bad_thresholds_are_refused_by_name(kwargs, name):
 TRAIN = textwrap.dedent("""
     import hashlib, sys
     import numpy as np
-    from scratchvae.density import FlowDensity, StandardNormal
+    from scratchvae.models.density import FlowDensity, StandardNormal
     from scratchvae.flows.coupling import coupling_flow
-    from scratchvae.train import Trainer
+    from scratchvae.training.trainer import Trainer
     rng = np.random.default_rng(0)
     flow = coupling_flow(2, 2, "spline", hidden=(16,), bins=4, bound=3.0, rng=rng)
     model = FlowDensity(StandardNormal(2), flow, 2)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scratchvae import gradcheck, testing
+from scratchvae.checks import gradcheck, testing
 from scratchvae.flows.monotone import (
     _SkewTanhLaw,
     check_closed_form,

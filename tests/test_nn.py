@@ -5,7 +5,9 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from scratchvae import activation_kernels, nn, testing
+from scratchvae import nn
+from scratchvae.checks import testing
+from scratchvae.engine import activations as activation_kernels
 
 
 @given(testing.seeds(), testing.batch_sizes(), testing.dims(), testing.dims())
@@ -113,7 +115,7 @@ def test_bad_constructor_arguments_name_the_argument():
 # ----------------------------------------------------------------------------- speed paths
 @pytest.mark.parametrize("name", sorted(nn.ACTIVATIONS))
 def test_inplace_activation_kernels_equal_the_plain_passes(name):
-    # the MLP runs tanh and ReLU through in-place kernels (scratchvae.activation_kernels);
+    # the MLP runs tanh and ReLU through in-place kernels (scratchvae.engine.activations);
     # they must give the plain reference's numbers bit for bit
     rng = np.random.default_rng(0)
     x = rng.standard_normal((6, 5)) * 2

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from scratchvae import nn, optim
+from scratchvae import nn
+from scratchvae.training import optim
 
 
 def test_adam_first_step_equals_textbook_value():

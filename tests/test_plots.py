@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("matplotlib")
-from scratchvae import plots  # noqa: E402
+from scratchvae.cli import plots  # noqa: E402
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ import math
 import numpy as np
 import pytest
 
-from scratchvae import cli, runs
+from scratchvae.cli import app as cli
+from scratchvae.cli import runs
 
 # a Gaussian far from standard in both mean and scale: a standardisation applied twice moves
 # the samples by several standard deviations and changes the NLL by log |det diag(scale)|

@@ -14,9 +14,10 @@ import warnings
 import numpy as np
 import pytest
 
-from scratchvae import cli, runs
-from scratchvae.rundir import LOCK_NAME
-from scratchvae.train import load_npz
+from scratchvae.cli import app as cli
+from scratchvae.cli import runs
+from scratchvae.cli.rundir import LOCK_NAME
+from scratchvae.training.trainer import load_npz
 
 TINY_FLOW = ["--layers", "2", "--hidden", "8,8", "--steps", "6", "--batch", "64",
              "--n-train", "300", "--quiet", "--no-figures"]

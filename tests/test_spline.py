@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scratchvae import gradcheck, testing
+from scratchvae.checks import gradcheck, testing
 from scratchvae.flows import spline, spline_kernel, spline_reference
 from scratchvae.flows.spline import knots, rq_spline, rq_spline_backward
 from scratchvae.flows.spline_kernel import rq_spline_kernel, rq_spline_kernel_backward

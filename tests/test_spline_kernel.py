@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from scratchvae import testing
+from scratchvae.checks import testing
 from scratchvae.flows import spline, spline_kernel
 from scratchvae.flows.coupling import CouplingBlock, SplineLaw
 from scratchvae.flows.spline import rq_spline, rq_spline_backward

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scratchvae import gradcheck, testing
-from scratchvae.targets import (
+from scratchvae.checks import gradcheck, testing
+from scratchvae.distributions.targets import (
     ENVELOPE_POWER,
     ENVELOPE_SCALE,
     TARGETS,

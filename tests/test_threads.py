@@ -1,4 +1,4 @@
-"""The BLAS thread policy (scratchvae/threads.py): which steps get every core, that the count
+"""The BLAS thread policy (scratchvae/engine/threads.py): which steps get every core, that the count
 is really set and restored, and that an explicit choice wins."""
 
 import os
@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from scratchvae import threads
+from scratchvae.engine import threads
 from scratchvae.flows.coupling import coupling_flow
-from scratchvae.train import Trainer
-from scratchvae.vae import VAE
+from scratchvae.models.vae import VAE
+from scratchvae.training.trainer import Trainer
 
 CAN_SET = threads.blas_threads() is not None
 
@@ -128,7 +128,7 @@ def test_trainer_leaves_a_count_pinned_by_the_environment(monkeypatch):
 def test_cli_sets_no_thread_count_without_threads():
     # without --threads, the environment is left alone (the Trainer's policy decides)
     code = subprocess.run([sys.executable, "-c", (
-        "import scratchvae.cli as c, os; c._limit_blas_threads(['train-flow']);"
+        "import scratchvae.cli.app as c, os; c._limit_blas_threads(['train-flow']);"
         "print(os.environ.get('OPENBLAS_NUM_THREADS'))")],
         capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items()
                                                        if not k.endswith("NUM_THREADS")})

@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from scratchvae import nn, train
+from scratchvae import nn
+from scratchvae.training import trainer as train
 
 
 def regression(seed=0, n=200):

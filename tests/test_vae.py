@@ -8,17 +8,17 @@ from hypothesis import strategies as st
 from scipy.stats import norm
 
 from scratchvae import nn
-from scratchvae.gaussian import (
+from scratchvae.checks.gradcheck import check_vjp
+from scratchvae.distributions.gaussian import (
     diag_gaussian_log_prob,
     diag_gaussian_log_prob_backward,
     softplus_scale_backward,
     std_normal_log_prob,
     std_normal_log_prob_backward,
 )
-from scratchvae.gradcheck import check_vjp
-from scratchvae.likelihoods import Bernoulli, GaussianFixedVariance
-from scratchvae.train import Trainer
-from scratchvae.vae import VAE, interpolate_latents, linear_warmup, log_mean_exp
+from scratchvae.distributions.likelihoods import Bernoulli, GaussianFixedVariance
+from scratchvae.models.vae import VAE, interpolate_latents, linear_warmup, log_mean_exp
+from scratchvae.training.trainer import Trainer
 
 TOL = 1e-6
 
@@ -61,7 +61,7 @@ def trained():
 # ----------------------------------------------------------------------------- gradients
 # The whole ELBO's gradient (every likelihood, eps fixed) and the loss's with beta, warm-up and
 # free bits are the registered cases vae.elbo_terms.* and vae.loss_and_grads.* (in
-# scratchvae/gradcheck_cases/models.py), run by tests/test_gradcheck.py at many seeds.
+# scratchvae/checks/cases/models.py), run by tests/test_gradcheck.py at many seeds.
 
 
 class ShiftPosteriorVAE(VAE):

@@ -10,13 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scratchvae import gradcheck, testing
+from scratchvae.checks import gradcheck, testing
+from scratchvae.distributions.targets import make_target
 from scratchvae.flows.coupling import randomize_conditioners
 from scratchvae.flows.planar import Planar
 from scratchvae.flows.radial import Radial
-from scratchvae.targets import make_target
-from scratchvae.train import Trainer
-from scratchvae.variational import (
+from scratchvae.models.variational import (
     KINDS,
     Variational,
     importance_estimate,
@@ -26,6 +25,7 @@ from scratchvae.variational import (
     reverse_kl_loss_and_grads,
     reverse_kl_loss_fn,
 )
+from scratchvae.training.trainer import Trainer
 
 
 class GaussianTarget:
@@ -65,7 +65,7 @@ def small_q(kind, dim, rng):
 
 
 def u1_energy(z):
-    """Rezende & Mohamed's U1, written out here independently of scratchvae.targets."""
+    """Rezende & Mohamed's U1, written out here independently of distributions.targets."""
     r = np.linalg.norm(z, axis=-1)
     z1 = z[..., 0]
     return 0.5 * ((r - 2.0) / 0.4) ** 2 - np.logaddexp(-0.5 * ((z1 - 2.0) / 0.6) ** 2,
@@ -111,7 +111,7 @@ def test_reverse_kl_gradient_matches_finite_differences(kind):
 
 @pytest.mark.parametrize("kind", ["planar", "radial", "spline"])
 def test_reverse_kl_gradient_on_u1(kind):
-    # a non-Gaussian target from scratchvae.targets, whose gradient is its own
+    # a non-Gaussian target from scratchvae.distributions.targets, whose gradient is its own
     rng = np.random.default_rng(5)
     q = small_q(kind, 2, rng)
     target = make_target("u1")

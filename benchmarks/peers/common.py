@@ -25,10 +25,10 @@ if BENCH not in sys.path:  # workloads.py lives beside run.py, which puts its fo
 import workloads  # noqa: E402  (needs the path above)
 
 from scratchvae.flows.coupling import AffineLaw, CouplingBlock, SplineLaw  # noqa: E402
-from scratchvae.vae import VAE  # noqa: E402
+from scratchvae.models.vae import VAE  # noqa: E402
 
 WORKLOAD_NAMES = tuple(workloads.WORKLOADS)
-LR, BETAS, ADAM_EPS = 1e-3, (0.9, 0.999), 1e-8  # scratchvae.optim.Adam's defaults
+LR, BETAS, ADAM_EPS = 1e-3, (0.9, 0.999), 1e-8  # scratchvae.training.optim.Adam's defaults
 LOG_2PI = math.log(2.0 * math.pi)
 MAX_DERIVATIVE = 1e6  # the knot-slope cap of scratchvae/flows/spline_reference.py
 
@@ -140,7 +140,7 @@ def data_pool(name, batch, seed=0):
 def noise_source(name, batch, seed=0):
     """A function giving the next VAE noise ``eps`` ``(1, batch, L)`` float32, drawn exactly as
     our W1 step draws it (``np.random.default_rng(seed + 1)``, ``standard_normal`` of shape
-    ``(n_samples, N, L)`` in float32: scratchvae/gaussian.py ``standard_normal_noise``); None
+    ``(n_samples, N, L)`` in float32: ``gaussian.standard_normal_noise``); None
     for a flow. Every implementation pays the same draw, and the loss sequences can be
     compared step by step."""
     s = spec(name)

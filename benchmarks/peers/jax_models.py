@@ -1,7 +1,7 @@
 """The benchmark workloads hand-written in JAX: the whole step under one ``jax.jit``.
 
 One step = loss, ``jax.value_and_grad``, Adam (written out, the paper's form, as
-scratchvae/optim.py ``AdamReference``), all inside one jitted function whose parameters and
+scratchvae/training/optim.py ``AdamReference``), all inside one jitted function whose parameters and
 optimiser state are donated (``donate_argnums``), so XLA updates them in place. ``step()``
 returns the loss as a Python float, which waits for the device: the timing is honest.
 Parameters are a dict keyed by our names (``encoder.layers.0.W``, ...), ``W`` ``(n_in,
@@ -56,7 +56,7 @@ def _softplus(x):
 
 
 def vae_loss(s: VAESpec, params, x, eps):
-    """(summed Bernoulli BCE-with-logits + analytic KL) / N: scratchvae/vae.py
+    """(summed Bernoulli BCE-with-logits + analytic KL) / N: scratchvae/models/vae.py
     ``elbo_loss_and_grads`` at beta 1, one sample. x (N, D), eps (1, N, L) -> scalar."""
     L = s.latent
     h = _mlp(params, "encoder.layers", s.enc_layers, x)
@@ -65,7 +65,7 @@ def vae_loss(s: VAESpec, params, x, eps):
     z = mu + sigma * eps[0]
     logits = _mlp(params, "decoder.layers", s.dec_layers, z)
     rec = jnp.sum(x * logits - _softplus(logits))
-    d = sigma - 1.0  # the KL around sigma = 1, as scratchvae/gaussian.py kl_standard_normal
+    d = sigma - 1.0  # the KL around sigma = 1, as gaussian.kl_standard_normal
     kl = jnp.sum(0.5 * (mu * mu + d * (2.0 + d)) - jnp.log1p(d))
     return (kl - rec) / x.shape[0]
 
@@ -131,7 +131,7 @@ def spline_inverse(x, theta, bins, bound, min_width, min_height, min_derivative)
 
 def flow_loss(s, params, x):
     """Mean NLL under N(0, I) of x (N, D), through the flow's inverse x -> u (our Chain runs
-    its blocks last first): scratchvae/density.py ``FlowDensity.nll_and_grads``."""
+    its blocks last first): scratchvae/models/density.py ``FlowDensity.nll_and_grads``."""
     N = x.shape[0]
     logdet = jnp.zeros(N, dtype=x.dtype)
     z = x
@@ -160,7 +160,7 @@ def _loss_fn(name):
 
 # ----------------------------------------------------------------------------- Adam
 def adam(params, grads, m, v, t):
-    """One Adam step, the paper's form (scratchvae/optim.py ``AdamReference``; the same update
+    """One Adam step, the paper's form (``training/optim.py``, ``AdamReference``; the same update
     as our ``Adam``): ``p -= lr m_hat / (sqrt(v_hat) + eps)``. ``t`` is the new step count."""
     b1, b2 = BETAS
     m = jax.tree_util.tree_map(lambda m_, g: b1 * m_ + (1.0 - b1) * g, m, grads)

@@ -15,7 +15,7 @@ threads), ``allocator``, ``loss`` (the last). A peer that is not installed gives
 
 Threads are the peer's own default (PyTorch: one per core, or ``OMP_NUM_THREADS``; XLA: a pool
 of one per core unless ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false``): set the environment
-to pin them. Freed memory is kept in the process (``scratchvae.memory.keep_freed_memory``) as
+to pin them. Freed memory is kept in the process (``scratchvae.engine.memory.keep_freed_memory``) as
 run.py does for ours, so every implementation runs with the same allocator settings;
 ``--default-malloc`` leaves glibc's as they are.
 """
@@ -77,7 +77,7 @@ def peer_threads(variant):
 
 def time_one(workload, variant, steps, warmup, default_malloc=False):
     """One row: the step of ``workload`` in peer ``variant``, timed in this process."""
-    from scratchvae.memory import keep_freed_memory
+    from scratchvae.engine.memory import keep_freed_memory
     allocator = "default" if default_malloc or not keep_freed_memory() else "kept"
     row = {"workload": workload, "peer": variant}
     module = importlib.import_module(f"peers.{PEER_MODULES[variant]}")

@@ -2,7 +2,7 @@
 
 One step = ``zero_grad``, loss, ``loss.backward()``, ``torch.optim.Adam.step()`` with our
 settings (lr 1e-3, betas (0.9, 0.999), eps 1e-8 added to sqrt(v_hat): the same update as
-scratchvae/optim.py). Variants: ``torch`` (Adam's default implementation) and
+scratchvae/training/optim.py). Variants: ``torch`` (Adam's default implementation) and
 ``torch-fused`` (``Adam(..., fused=True)``, one fused kernel over all parameters).
 Parameters are a dict keyed by our names, ``W`` ``(n_in, n_out)``; a layer is
 ``torch.addmm(b, x, W)`` = ``x W + b`` in one call (what ``F.linear`` runs, without the
@@ -52,7 +52,7 @@ def _mlp(params, prefix, n_layers, h):
 
 
 def vae_loss(s: VAESpec, params, x, eps):
-    """(summed Bernoulli BCE-with-logits + analytic KL) / N: scratchvae/vae.py
+    """(summed Bernoulli BCE-with-logits + analytic KL) / N: scratchvae/models/vae.py
     ``elbo_loss_and_grads`` at beta 1, one sample. x (N, D), eps (1, N, L) -> scalar."""
     L = s.latent
     h = _mlp(params, "encoder.layers", s.enc_layers, x)
@@ -62,7 +62,7 @@ def vae_loss(s: VAESpec, params, x, eps):
     logits = _mlp(params, "decoder.layers", s.dec_layers, z)
     # BCE-with-logits is -(x l - softplus(l)), the Bernoulli log-likelihood's negative
     bce = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
-    d = sigma - 1.0  # the KL around sigma = 1, as scratchvae/gaussian.py kl_standard_normal
+    d = sigma - 1.0  # the KL around sigma = 1, as gaussian.kl_standard_normal
     kl = torch.sum(0.5 * (mu * mu + d * (2.0 + d)) - torch.log1p(d))
     return (bce + kl) / x.shape[0]
 
@@ -122,7 +122,7 @@ def spline_inverse(x, theta, bins, bound, min_width, min_height, min_derivative)
 
 def flow_loss(s, params, x):
     """Mean NLL under N(0, I) of x (N, D), through the flow's inverse x -> u (our Chain runs
-    its blocks last first): scratchvae/density.py ``FlowDensity.nll_and_grads``."""
+    its blocks last first): scratchvae/models/density.py ``FlowDensity.nll_and_grads``."""
     N = x.shape[0]
     logdet = 0.0
     z = x

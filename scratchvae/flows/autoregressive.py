@@ -31,9 +31,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..checks import check_count, rng_or_default
-from ..made import MADE
+from ..checks.arguments import check_count, rng_or_default
 from ..nn import sum_over_features
+from ..nn.made import MADE
 from .bijector import Bijector, Cache, Chain
 from .coupling import make_law
 

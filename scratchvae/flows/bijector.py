@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..checks import check_points
+from ..checks.arguments import check_points
 from ..nn import Module
 
 __all__ = ["Bijector", "Cache", "Chain", "Inverse", "add_context_grads", "check_points"]

@@ -23,6 +23,7 @@ import math
 
 import numpy as np
 
+from ..nn import soft_clip
 from .monotone import MonotoneLaw, check_closed_form, implicit_upstream
 
 __all__ = ["DSFLaw", "SOSLaw", "LAWS", "log_sigmoids", "logsumexp_and_weights",
@@ -66,8 +67,7 @@ def bounded_coefficients(raw, limit):
     order near 0, so zero parameters keep the identity.
     Derivation: derivations/17-combination-flows.md#the-sum-of-squares-polynomial.
     """
-    th = np.tanh(raw / limit)
-    return limit * th, 1.0 - th * th
+    return soft_clip(raw, limit)
 
 
 def _slope_shift(minimum):

@@ -30,8 +30,8 @@ import math
 
 import numpy as np
 
-from ..checks import check_count, rng_or_default
-from ..nn import MLP, sum_over_features
+from ..checks.arguments import check_count, rng_or_default
+from ..nn import MLP, soft_clip, sum_over_features
 from .bijector import Bijector, Cache, Chain
 from .linear import Permutation
 from .spline import check_spline_settings, rq_spline_params_size
@@ -53,8 +53,7 @@ def bounded_log_scale(raw, bound):
     still gives the identity. Slope: ``1 - tanh^2 = 1 - (s / bound)^2``.
     Derivation: derivations/07-coupling.md#bounding-the-log-scale.
     """
-    th = np.tanh(raw / bound)
-    return bound * th, 1.0 - th * th
+    return soft_clip(raw, bound)
 
 
 class AffineLaw:

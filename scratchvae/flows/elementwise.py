@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checks import check_count
+from ..checks.arguments import check_count
 from ..nn import log_sigmoid, sigmoid
 from .bijector import Bijector, Cache, Inverse
 

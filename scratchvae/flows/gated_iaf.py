@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checks import check_count, rng_or_default
+from ..checks.arguments import check_count, rng_or_default
 from ..nn import log_sigmoid, sigmoid
 from .autoregressive import AutoregressiveBlock
 from .bijector import Bijector, Cache, Chain

@@ -18,7 +18,7 @@ import numpy as np
 import scipy.linalg
 from scipy.linalg import solve_triangular
 
-from ..checks import check_count, check_rng, rng_or_default
+from ..checks.arguments import check_count, check_rng, rng_or_default
 from ..nn import sigmoid, softplus
 from .bijector import Bijector, Cache
 from .elementwise import ElementwiseAffine

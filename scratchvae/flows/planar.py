@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..checks import check_count, rng_or_default
+from ..checks.arguments import check_count, rng_or_default
 from ..nn import sigmoid, softplus
 from .bijector import Bijector, Cache
 

@@ -1,0 +1,383 @@
+"""The pictures, shared by the command line and the examples. Every function writes one PNG
+(atomically) and returns its path. matplotlib is an optional dependency (``pip install
+"scratchvae[plot]"``); it is imported on first use with the non-interactive Agg backend.
+
+Every picture explains itself: each panel has a title saying what it shows, axes are
+labelled (with the unit: nats, points per bin, density), colours are explained by a colour
+bar or a legend, and rows of image grids are titled.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "density_grid", "plot_density_and_data", "plot_samples_vs_data", "plot_gaussianization",
+    "plot_layers", "plot_image_grid", "plot_interpolation", "plot_latent_space",
+    "plot_aggregate_posterior", "plot_history", "plot_target_fit", "plot_spline",
+    "plot_class_grid", "plot_style_transfer",
+]
+
+
+def _plt():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError('plots need matplotlib: pip install "scratchvae[plot]"') from None
+    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path) -> str:
+    """Write ``fig`` as a PNG atomically and close it."""
+    from ..training.trainer import atomic_write
+
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110,
+                                                          bbox_inches="tight"), suffix=".png")
+    finally:
+        _plt().close(fig)
+
+
+def _box(x, pad=0.1):
+    lo, hi = np.percentile(x, 0.5, axis=0), np.percentile(x, 99.5, axis=0)
+    span = hi - lo
+    return lo - pad * span, hi + pad * span
+
+
+def density_grid(log_prob, lo, hi, n=200):
+    """Evaluate ``log_prob`` ((M, 2) -> (M,)) on an n x n grid over the box [lo, hi].
+
+    Returns (xs, ys, density (n, n)) with density = exp(log_prob), rows along y.
+    """
+    xs = np.linspace(lo[0], hi[0], n)
+    ys = np.linspace(lo[1], hi[1], n)
+    gx, gy = np.meshgrid(xs, ys)
+    logp = log_prob(np.column_stack([gx.ravel(), gy.ravel()]))
+    return xs, ys, np.exp(logp).reshape(n, n)
+
+
+def _hist2d(ax, x, lo, hi, title, bins=120):
+    """A 2-D histogram of points ``x`` ``(N, 2)`` on [lo, hi], with its colour bar."""
+    *_, im = ax.hist2d(x[:, 0], x[:, 1], bins=bins, range=[[lo[0], hi[0]], [lo[1], hi[1]]],
+                       cmap="viridis")
+    ax.set_title(title)
+    ax.set_aspect("equal")
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label="points per bin")
+    return im
+
+
+def _normal_pdf(grid):
+    return np.exp(-grid**2 / 2) / np.sqrt(2 * np.pi)
+
+
+def plot_density_and_data(log_prob, data, path, title="learned density", lo=None, hi=None):
+    """The data's histogram next to the model's density on a grid (2-D data)."""
+    plt = _plt()
+    if lo is None:
+        lo, hi = _box(data)
+    xs, ys, dens = density_grid(log_prob, lo, hi)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), constrained_layout=True)
+    _hist2d(axes[0], data, lo, hi, f"data ({len(data)} test points)")
+    im = axes[1].imshow(dens, origin="lower", extent=[lo[0], hi[0], lo[1], hi[1]],
+                        cmap="viridis", aspect="equal")
+    axes[1].set_title(title)
+    axes[1].set_xlabel("$x_1$")
+    axes[1].set_ylabel("$x_2$")
+    fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.03,
+                 label="model density p(x) (per unit area)")
+    return _save(fig, path)
+
+
+def plot_samples_vs_data(samples, data, path, title=None):
+    """Histograms of the data and of as many model samples, side by side, same bins."""
+    plt = _plt()
+    lo, hi = _box(data)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), constrained_layout=True)
+    _hist2d(axes[0], data, lo, hi, f"data ({len(data)} test points)")
+    _hist2d(axes[1], samples, lo, hi,
+            title or f"model samples x = T(u), u ~ N(0, I) ({len(samples)})")
+    return _save(fig, path)
+
+
+def plot_gaussianization(x, u, path):
+    """The lecture's "Gaussianization" picture: marginals of the data x and of u = T^-1(x),
+    with the standard normal density over the latter."""
+    plt = _plt()
+    D = min(x.shape[1], 4)
+    fig, axes = plt.subplots(2, D, figsize=(3.6 * D, 5.8), squeeze=False,
+                             constrained_layout=True)  # titles clear of the tick labels
+    grid = np.linspace(-4, 4, 200)
+    for j in range(D):
+        axes[0, j].hist(x[:, j], bins=80, density=True, color="tab:blue",
+                        label="histogram of the data")
+        axes[0, j].set_title(f"data: marginal of $x_{j + 1}$")
+        axes[0, j].set_xlabel(f"$x_{j + 1}$")
+        axes[1, j].hist(u[:, j], bins=80, density=True, range=(-4, 4), color="tab:orange",
+                        label="histogram of $u = T^{-1}(x)$")
+        axes[1, j].plot(grid, _normal_pdf(grid), "k--", lw=1, label="base N(0, 1)")
+        axes[1, j].set_title(f"base space: marginal of $u_{j + 1}$")
+        axes[1, j].set_xlabel(f"$u_{j + 1}$")
+    for row in axes:
+        row[0].set_ylabel("density")
+        row[0].legend(loc="upper left", fontsize=7)
+    fig.suptitle("Gaussianization: the flow's inverse $u = T^{-1}(x)$ maps the data to the "
+                 "base N(0, I)")
+    return _save(fig, path)
+
+
+def _class_colours(labels):
+    """``(classes, index of each label, colours)``: one tab10/tab20 colour per class."""
+    plt = _plt()
+    classes, index = np.unique(np.asarray(labels), return_inverse=True)
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    return classes, index, [cmap(i % cmap.N) for i in range(len(classes))]
+
+
+def plot_layers(points, path, labels=None, titles=None, title=None, class_names=None,
+                axis_names=("$z_1$", "$z_2$")):
+    """Points pushed through a flow layer by layer (a list of (N, 2) arrays), one panel each.
+
+    ``labels``: a class per point, coloured and named in a legend (``class_names``, else
+    "class k"); without labels each point is coloured by the angle of its starting position,
+    so one can follow it from panel to panel. ``titles``: one per panel (default: "start",
+    "after layer k"); ``title``: the figure's title. Axes keep their ticks (each panel has
+    its own scale) and are named ``axis_names``.
+    """
+    plt = _plt()
+    K = len(points)
+    fig, axes = plt.subplots(1, K, figsize=(max(3.0 * K, 5.0), 3.6), squeeze=False,
+                             constrained_layout=True)
+    if titles is None:
+        titles = ["start"] + [f"after layer {k}" for k in range(1, K)]
+    if labels is not None:
+        classes, index, colours = _class_colours(labels)
+        colour = np.asarray(colours)[index]
+    else:
+        # colour each point by where it started, so one can follow it from layer to layer
+        colour = np.arctan2(points[0][:, 1], points[0][:, 0])
+    for k, p in enumerate(points):
+        ax = axes[0, k]
+        sc = ax.scatter(p[:, 0], p[:, 1], s=1, c=colour,
+                        cmap="hsv" if labels is None else None, alpha=0.6)
+        ax.set_title(titles[k] if k < len(titles) else f"after layer {k}", fontsize=10)
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.set_xlabel(axis_names[0])
+        ax.tick_params(labelsize=7)
+    axes[0, 0].set_ylabel(axis_names[1])
+    if labels is not None:
+        names = class_names or [f"class {c}" for c in classes]
+        handles = [plt.Line2D([], [], ls="", marker="o", ms=5, color=col) for col in colours]
+        axes[0, -1].legend(handles, names, loc="upper left", bbox_to_anchor=(1.02, 1),
+                           fontsize=8, title="label", title_fontsize=8, frameon=False)
+    else:
+        fig.colorbar(sc, ax=axes[0, -1], fraction=0.046, pad=0.03,
+                     label="colour: angle of the start point (rad)")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_image_grid(images, path, shape=(8, 8), ncols=10, title=None, row_titles=None):
+    """Images (n, H*W) in a grid; values in [0, 1] (black = 1). ``row_titles``: a title over
+    the left end of each row, saying what the row shows."""
+    plt = _plt()
+    images = np.asarray(images)
+    n = len(images)
+    nrows = int(np.ceil(n / ncols))
+    row_space = 0.15 if row_titles else 0.0
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * 0.8,
+                                                    nrows * (0.85 + row_space) + 0.5),
+                             squeeze=False)
+    for i, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(images[i].reshape(shape), cmap="gray_r", vmin=0, vmax=1)
+    if row_titles:
+        for r, t in enumerate(row_titles[:nrows]):
+            axes[r, 0].set_title(t, fontsize=7, loc="left")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_interpolation(rows, path, shape=(8, 8), labels=None,
+                       title="interpolation in latent space, from one encoding to another"):
+    """Each row: a strip of images interpolated between two inputs (``labels``: row titles)."""
+    rows = [np.asarray(r) for r in rows]
+    return plot_image_grid(np.concatenate(rows), path, shape, ncols=len(rows[0]),
+                           title=title, row_titles=labels)
+
+
+def plot_latent_space(mu, labels, path, label_name="digit"):
+    """Posterior means coloured by label, projected on two principal axes if L > 2.
+
+    The colour bar has one colour per class and its ticks sit at the middle of each colour,
+    so every class can be read off.
+    """
+    plt = _plt()
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    z = np.asarray(mu)
+    if z.shape[1] > 2:
+        centred = z - z.mean(axis=0)
+        _, s, vt = np.linalg.svd(centred, full_matrices=False)
+        z = centred @ vt[:2].T
+        share = s[:2]**2 / np.sum(s**2)
+        xlabel = f"principal axis 1 of the means ({100 * share[0]:.0f} % of the variance)"
+        ylabel = f"principal axis 2 ({100 * share[1]:.0f} %)"
+    else:
+        xlabel, ylabel = "$z_1$", "$z_2$"
+    fig, ax = plt.subplots(figsize=(6.0, 4.8), constrained_layout=True)
+    if labels is None:
+        ax.scatter(z[:, 0], z[:, 1], s=8, color="tab:blue")
+    else:
+        classes, index, colours = _class_colours(labels)
+        K = len(classes)
+        norm = BoundaryNorm(np.arange(K + 1) - 0.5, K)
+        sc = ax.scatter(z[:, 0], z[:, 1], c=index, cmap=ListedColormap(colours), norm=norm,
+                        s=8)
+        bar = fig.colorbar(sc, ax=ax, ticks=np.arange(K), label=label_name)
+        bar.ax.set_yticklabels([str(c) for c in classes])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"latent space: posterior means mu(x) of {len(z)} test inputs")
+    return _save(fig, path)
+
+
+def plot_aggregate_posterior(z, path, max_dims=64, per_row=8):
+    """Marginals of the aggregate posterior q(z) = mean_x q(z|x) against the prior N(0, 1):
+    one panel per latent (all of them, up to ``max_dims``), ``per_row`` panels a row."""
+    plt = _plt()
+    L = min(z.shape[1], max_dims)
+    ncols = min(L, per_row)
+    nrows = int(np.ceil(L / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.1 * ncols, 2.0 * nrows + 0.9),
+                             squeeze=False, sharex=True, sharey=True, constrained_layout=True)
+    grid = np.linspace(-4, 4, 200)
+    for j, ax in enumerate(axes.ravel()):
+        if j >= L:
+            ax.axis("off")
+            continue
+        ax.hist(z[:, j], bins=60, range=(-4, 4), density=True, color="tab:green",
+                label="q(z), one draw per input")
+        ax.plot(grid, _normal_pdf(grid), "k--", lw=1, label="prior N(0, 1)")
+        ax.set_title(f"latent $z_{{{j + 1}}}$", fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("density")
+    for ax in axes[-1, :]:
+        ax.set_xlabel("value of $z_j$")
+    axes[0, 0].legend(loc="upper left", fontsize=6)
+    fig.suptitle(f"aggregate posterior q(z) (green) against the prior N(0, 1) (dashed): "
+                 f"all {L} latents")
+    return _save(fig, path)
+
+
+#: Legend names of the usual history columns.
+HISTORY_NAMES = {"train_loss": "training loss (minibatch)", "val_loss": "validation loss",
+                 "val_kl": "validation KL", "elbo": "ELBO (minibatch)"}
+
+
+def plot_history(history, path, keys=("train_loss", "val_loss"), title="loss during training"):
+    """The columns ``keys`` of a ``Trainer`` history against the step, in nats per example."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.6), constrained_layout=True)
+    for k in keys:
+        pts = [(r["step"], r[k]) for r in history if r.get(k) is not None]
+        if pts:
+            s, v = zip(*pts)
+            ax.plot(s, v, label=HISTORY_NAMES.get(k, k))
+    ax.set_xlabel("step (Adam updates)")
+    ax.set_ylabel("nats per example")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_target_fit(target_log_prob, model_log_prob, samples, lo, hi, path, title=""):
+    """Unnormalised target, fitted density and samples, side by side."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), constrained_layout=True)
+    for ax, f, name, unit in (
+            (axes[0], target_log_prob, "target exp(-U(x)) (unnormalised)", "exp(-U(x))"),
+            (axes[1], model_log_prob, "fitted density q(x)", "q(x) (per unit area)")):
+        _, _, dens = density_grid(f, lo, hi)
+        im = ax.imshow(dens, origin="lower", extent=[lo[0], hi[0], lo[1], hi[1]],
+                       cmap="magma", aspect="equal")
+        ax.set_title(name)
+        ax.set_xlabel("$x_1$")
+        ax.set_ylabel("$x_2$")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label=unit)
+    _hist2d(axes[2], samples, lo, hi, f"{len(samples)} samples from q")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_spline(x, y, dydx, knots_x, knots_y, bound, path, y_inv=None, x_inv_grid=None):
+    """One rational-quadratic spline: the map with its knots, its derivative, its inverse."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    axes[0].plot(x, y, lw=2)
+    axes[0].plot(knots_x, knots_y, "o", color="tab:red", label="knots")
+    axes[0].axvline(-bound, ls=":", c="gray")
+    axes[0].axvline(bound, ls=":", c="gray")
+    axes[0].set_title("spline y = g(x)")
+    axes[0].set_xlabel("x")
+    axes[0].set_ylabel("y")
+    axes[0].legend()
+    axes[1].plot(x, dydx, lw=2, color="tab:green")
+    axes[1].set_title("derivative g'(x)")
+    axes[1].set_xlabel("x")
+    axes[1].set_ylabel("dy/dx")
+    if y_inv is not None:
+        axes[2].plot(x_inv_grid, y_inv, lw=2, color="tab:purple")
+        axes[2].set_title("inverse $g^{-1}(y)$")
+        axes[2].set_xlabel("y")
+        axes[2].set_ylabel("x")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _labelled_grid(images, path, shape, row_titles, panel_titles, title):
+    """images (R, K, H*W) in R rows of K panels; every row and every panel titled."""
+    plt = _plt()
+    images = np.asarray(images)
+    R, K = images.shape[:2]
+    fig, axes = plt.subplots(R, K, figsize=(K * 0.85 + 0.9, R * 0.95 + 0.5), squeeze=False)
+    for r in range(R):
+        for k in range(K):
+            ax = axes[r, k]
+            ax.imshow(images[r, k].reshape(shape), cmap="gray_r", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(panel_titles[r][k], fontsize=6, pad=2)
+        axes[r, 0].set_ylabel(row_titles[r], fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_class_grid(images, path, shape=(8, 8), title="conditional samples, one row per class"):
+    """Samples of a conditional model, images (C, K, H*W): row c holds K samples of class c."""
+    images = np.asarray(images)
+    C, K = images.shape[:2]
+    return _labelled_grid(images, path, shape, [f"class {c}" for c in range(C)],
+                          [[f"y={c}" for _ in range(K)] for c in range(C)], title)
+
+
+def plot_style_transfer(inputs, labels, outputs, path, shape=(8, 8),
+                        title="style transfer: z of the input, decoded with every label"):
+    """Inputs (N, H*W) with their labels (N,) in the first column; outputs (N, C, H*W): row n
+    decodes the input's z with each label y = 0..C-1."""
+    inputs, outputs = np.asarray(inputs), np.asarray(outputs)
+    N, C = outputs.shape[:2]
+    grid = np.concatenate([inputs[:, None], outputs], axis=1)
+    panels = [[f"input (y={labels[n]})"] + [f"y={c}" for c in range(C)] for n in range(N)]
+    return _labelled_grid(grid, path, shape, [f"input {n}" for n in range(N)], panels, title)
