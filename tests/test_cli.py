@@ -211,3 +211,31 @@ def test_threads_option_is_checked_and_limits_blas(capsys):
         capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items()
                                                        if not k.endswith("NUM_THREADS")})
     assert code.stdout.strip() == "1"
+
+
+# ----------------------------------------------------------------------------- global options
+def test_global_options_are_accepted_after_the_subcommand(capsys):
+    # --debug, --threads and --engine before or after the subcommand
+    assert cli.main(["gradcheck", "nn.Linear", "--debug", "--threads", "1",
+                     "--engine", "reference"]) == 0
+    assert cli.build_parser().parse_args(["gradcheck", "--debug"]).debug is True
+    assert cli.build_parser().parse_args(["--debug", "gradcheck"]).debug is True
+    assert cli.build_parser().parse_args(["gradcheck"]).debug is False
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_engine_option_runs_the_command_on_that_engine_and_restores_it(monkeypatch, where):
+    from scratchvae import engine
+    from scratchvae.checks import gradcheck
+
+    seen = []
+    monkeypatch.setattr(gradcheck, "run_checks",
+                        lambda *a, **k: seen.append(engine.current()) or [])
+    monkeypatch.setattr(gradcheck, "format_table", lambda results: "")
+    before = engine.current()
+    argv = ["gradcheck", "--engine", "reference"] if where == "after" else \
+        ["--engine", "reference", "gradcheck"]
+    assert cli.main(argv) == 0
+    assert seen == ["reference"] and engine.current() == before
+    with pytest.raises(SystemExit):
+        cli.main(["--engine", "quick", "gradcheck"])

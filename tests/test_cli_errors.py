@@ -208,7 +208,11 @@ def test_every_option_has_help_with_its_default_and_choices():
             text = fmt._get_help_string(a)
             where = f"{p.prog} {a.option_strings[0]}"
             assert a.help, f"{where}: no help"
-            if not a.required:
+            if a.default is argparse.SUPPRESS:  # a global option repeated after the subcommand
+                assert p is not parser, f"{where}: the top-level parser has no default"
+            elif "default:" in a.help:  # a default said in words ("chosen by the model's size")
+                assert text.count("default:") == 1, f"{where}: {text!r}"
+            elif not a.required:
                 shown = ("none" if a.default is None else
                          ",".join(map(str, a.default)) if isinstance(a.default, tuple)
                          else str(a.default))

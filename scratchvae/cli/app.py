@@ -182,8 +182,10 @@ class _Help(argparse.HelpFormatter):
         text = action.help or ""
         if action.choices and "choices" not in text:
             text += f" (choices: {', '.join(map(str, action.choices))})"
-        if action.default is not argparse.SUPPRESS and action.option_strings \
-                and not action.required and action.nargs != 0 or action.const is True:
+        if action.default is argparse.SUPPRESS or "default:" in text:
+            return text  # a global option repeated after the subcommand, or a default in words
+        if action.option_strings and not action.required and action.nargs != 0 \
+                or action.const is True:
             shown = "none" if action.default is None else action.default
             text += f" (default: {shown})"
         return text
@@ -244,10 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "flows from scratch in NumPy, every gradient derived by hand.")
     p.add_argument("--version", action="version", version=f"scratchvae {__version__}",
                    help="print the version and exit")
-    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    p.add_argument("--threads", type=_positive_int, default=None,
-                   help="BLAS threads (default: chosen by the model's size, one thread for "
-                        "small models, both cores for large ones; scratchvae/engine/threads.py)")
+    _global_options(p)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub_kw = dict(formatter_class=_Help)
 
@@ -360,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "none: all")
     g.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the random test points")
     g.set_defaults(func=cmd_gradcheck)
+    for subcommand in _subparsers(p):
+        _global_options(subcommand, in_subcommand=True)
     return p
 
 
@@ -370,6 +371,23 @@ def explicit_options(argv) -> set[str]:
         for a in sub._actions:
             a.default = argparse.SUPPRESS
     return set(vars(p.parse_args(argv)))
+
+
+def _global_options(p, in_subcommand=False):
+    """``--debug``, ``--threads`` and ``--engine``: accepted before the subcommand and after it
+    (there with no default of its own, so a value given before is kept)."""
+    def default(value):
+        return argparse.SUPPRESS if in_subcommand else value
+
+    p.add_argument("--debug", action="store_true", default=default(False),
+                   help="show tracebacks on errors")
+    p.add_argument("--threads", type=_positive_int, default=default(None),
+                   help="BLAS threads (default: chosen by the model's size: one thread for "
+                        "small models, both cores for large ones; scratchvae/engine/threads.py)")
+    p.add_argument("--engine", choices=("reference", "fast"), default=default(None),
+                   help="the code that runs: the reference (the derivations' formulas, one per "
+                        "line) or the fast engine's equal kernels (default: $SCRATCHVAE_ENGINE, "
+                        "else fast)")
 
 
 def _subparsers(p):
@@ -418,9 +436,11 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.explicit = explicit_options(argv) if getattr(args, "resume", False) else set()
+    from .. import engine
     from .rundir import RunInterrupted
 
     old_term = _install(signal.SIGTERM, _raise_terminated)
+    old_engine = engine.use(args.engine) if args.engine else None
     try:
         return int(args.func(args) or 0)
     except RunInterrupted as e:
@@ -448,6 +468,8 @@ def main(argv=None) -> int:
         return 2
     finally:
         _install(signal.SIGTERM, old_term)
+        if old_engine is not None:
+            engine.use(old_engine)
 
 
 def _install(signum, handler):
