@@ -114,7 +114,27 @@ def time_workload(name, steps=40, warmup=5, factory=None, auto_threads=False):
         "fixed_ms": fixed,
         "threads": blas_threads(),
         "thread_policy": "auto" if auto_threads else "fixed",
+        "engine": _engine(),
+        "blas_kernel": blas_kernel(),
     }
+
+
+def _engine():
+    from scratchvae import engine
+    return engine.current()
+
+
+def blas_kernel():
+    """The BLAS library's kernel in force (OpenBLAS's ``architecture``: 'Haswell', 'SkylakeX',
+    ...) as threadpoolctl reports it, or None without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    for info in threadpool_info():
+        if info.get("user_api") == "blas":
+            return info.get("architecture") or info.get("internal_api")
+    return None
 
 
 def fixed_cost_ms(name, steps, warmup):
@@ -163,8 +183,15 @@ def format_results(rows, threads):
     allocator = rows[0].get("allocator", "?") if rows else "?"
     policy = rows[0].get("thread_policy") == "auto" if rows else False
     said = "per workload, the library's policy" if policy else threads
-    lines = [f"BLAS threads: {said}; malloc: {allocator} (see benchmarks/README.md)", head,
-             "-" * len(head)]
+    engines = rows[0].get("engine", "?") if rows else "?"
+    kernel = rows[0].get("blas_kernel") if rows else None
+    with_reference = any("reference_ms" in r for r in rows)
+    if with_reference:
+        head += f" {'ref ms':>8} {'engine x':>8}"
+    lines = [f"engine: {engines}" + (" (beside it: the reference engine's ms/step and the ratio)"
+                                     if with_reference else "")
+             + f"; BLAS threads: {said}; BLAS kernel: {kernel or 'unknown'}; malloc: "
+             f"{allocator} (see benchmarks/README.md)", head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['workload']:<10} {r.get('threads') or '?':>3} {r['ms']:>9.2f} "
                      f"{r['min_ms']:>8.2f} "
@@ -172,7 +199,9 @@ def format_results(rows, threads):
                      f"{r['fixed_ms'] if r.get('fixed_ms') is not None else float('nan'):>7.2f} "
                      f"{r['cpu_ms']:>8.2f} {r['floor_cpu_ms']:>8.2f} "
                      f"{r['peak_mb']:>8.1f} {r['step_mb']:>8.1f} "
-                     f"{r['page_faults_per_step']:>7.0f}")
+                     f"{r['page_faults_per_step']:>7.0f}"
+                     + (f" {r['reference_ms']:>8.2f} {r['engine_speedup']:>8.2f}"
+                        if "reference_ms" in r else ""))
     return "\n".join(lines)
 
 

@@ -43,6 +43,10 @@ def parse_args(argv=None):
                    help="BLAS threads for every workload (sets OPENBLAS/OMP/MKL_NUM_THREADS "
                         "before NumPy loads); default: per workload, as the library's Trainer "
                         "chooses them (scratchvae/engine/threads.py)")
+    p.add_argument("--engine", choices=("both", "fast", "reference"), default="both",
+                   help="the engine each workload runs on (SCRATCHVAE_ENGINE in its process); "
+                        "'both' (default): the fast engine's table with the reference engine's "
+                        "step time beside it, each workload in fresh processes")
     p.add_argument("--scaling", action="store_true",
                    help="the scaling table: step time against batch, dimension, layers, bins")
     p.add_argument("--inference", action="store_true",
@@ -98,8 +102,9 @@ def set_threads(n):
             os.environ[var] = str(n)
 
 
-def _child(args, *extra):
-    """Run this script in a fresh process with ``extra`` arguments; its JSON rows."""
+def _child(args, *extra, engine=None):
+    """Run this script in a fresh process with ``extra`` arguments (on ``engine``, default the
+    one ``--engine`` names, the fast one for 'both'); its JSON rows."""
     cmd = [sys.executable, os.path.abspath(__file__), "--json", "--in-process", *extra]
     for flag in ("steps", "warmup", "threads"):
         value = getattr(args, flag)
@@ -113,7 +118,9 @@ def _child(args, *extra):
         cmd += ["--late-steps", *map(str, args.late_steps)]
     if args.no_flush:
         cmd.append("--no-flush")
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    env = dict(os.environ)
+    env["SCRATCHVAE_ENGINE"] = engine or ("fast" if args.engine == "both" else args.engine)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
@@ -195,14 +202,19 @@ def main(argv=None):
             # every round measures every workload (and its peers right after it: the same
             # machine state) in fresh processes; rounds are then summarised per workload
             ours, theirs = {name: [] for name in names}, {name: [] for name in names}
+            reference = {name: [] for name in names}
             for _ in range(args.rounds):
                 for name in names:
                     ours[name] += _child(args, name)
+                    if args.engine == "both":
+                        reference[name] += _child(args, name, engine="reference")
                     if args.peers:
                         theirs[name] += _peers(args, name, steps, warmup)
             rows, peer_rows = [], []
             for name in names:
                 rows.append(combine_rounds(ours[name]))
+                if reference[name]:
+                    add_reference_engine(rows[-1], combine_rounds(reference[name]))
                 peer_rows += [combine_rounds([r for r in theirs[name] if r["peer"] == peer])
                               for peer in dict.fromkeys(r["peer"] for r in theirs[name])]
                 add_peer_ratio(rows[-1], peer_rows)
@@ -215,6 +227,16 @@ def main(argv=None):
                     print()
                     print(format_peers(rows, peer_rows))
     return 0
+
+
+def add_reference_engine(row, reference_row):
+    """The reference engine's median step time beside the fast engine's, and their ratio (what
+    the engine buys on this workload). Both runs must have trained the same model: the losses
+    of their last steps agree to float rounding (float32 workloads)."""
+    row["reference_ms"] = reference_row["ms"]
+    row["reference_ms_rounds"] = reference_row.get("ms_rounds")
+    row["engine_speedup"] = round(reference_row["ms"] / row["ms"], 2) if row["ms"] else None
+    row["reference_loss"] = reference_row["loss"]
 
 
 def combine_rounds(rounds):

@@ -78,11 +78,24 @@ def test_unknown_workload_is_refused():
     assert res.returncode != 0 and "W9" in res.stderr
 
 
-def test_default_mode_measures_in_a_fresh_process():
+def test_default_mode_measures_in_a_fresh_process_on_both_engines():
     out = subprocess.run([sys.executable, str(RUN), "W3-2d", "--json", "--quick", "--threads",
                           "1"], check=True, capture_output=True, text=True, timeout=300).stdout
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["workload"] for r in rows] == ["W3-2d"]
+    row = rows[0]
+    # the fast engine's row, the reference engine's time beside it; the same model trained
+    assert row["engine"] == "fast" and row["reference_ms"] > 0
+    assert row["engine_speedup"] == pytest.approx(row["reference_ms"] / row["ms"], abs=0.01)
+    assert row["reference_loss"] == pytest.approx(row["loss"], rel=1e-4)
+
+
+def test_engine_option_runs_the_workload_on_that_engine():
+    out = subprocess.run([sys.executable, str(RUN), "W2-2d", "--json", "--quick", "--threads",
+                          "1", "--engine", "reference"], check=True, capture_output=True,
+                         text=True, timeout=300).stdout
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert rows[0]["engine"] == "reference" and "reference_ms" not in rows[0]
 
 
 def _float64_arrays(obj, path="", out=None):
