@@ -5,7 +5,7 @@ imports ``scratchvae.flows.coupling``); the linear bijectors need SciPy, the oth
 The contract every bijector follows is in docs/design.md ("The bijector").
 """
 
-from .. import lazy_getattr
+from .. import lazy_dir, lazy_getattr
 
 #: public name -> the submodule that defines it
 _EXPORTS = {
@@ -29,3 +29,4 @@ __all__ = [*_EXPORTS, *_SUBMODULES]
 
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS, _SUBMODULES)
+__dir__ = lazy_dir(__name__, _EXPORTS, _SUBMODULES)
