@@ -86,9 +86,10 @@ def test_old_import_forms_users_wrote_still_work():
 
 
 def test_dir_lists_the_public_names_before_they_are_loaded():
-    out = subprocess.run([sys.executable, "-c", "import scratchvae, scratchvae.flows;"
-                          "print(' '.join(dir(scratchvae)));print(' '.join(dir(scratchvae.flows)))"],
-                         check=True, capture_output=True, text=True).stdout.split("\n")
+    code = ("import scratchvae, scratchvae.flows\nprint(' '.join(dir(scratchvae)))\n"
+            "print(' '.join(dir(scratchvae.flows)))\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True).stdout.split("\n")
     top, flows = set(out[0].split()), set(out[1].split())
     assert {"VAE", "FlowDensity", "Trainer", "coupling_flow", "load_digits", "nn", "models",
             "engine", "flows"} <= top
