@@ -1,4 +1,4 @@
-"""The forward round trip f(f^-1(y)) - y of the DSF and SOS laws, in ulps of y and of the map's terms.
+"""The round trip f(f^-1(y)) - y of the DSF and SOS laws, in ulps of y and of the map's terms.
 
     python derivations/figures/monotone_round_trip.py
 
