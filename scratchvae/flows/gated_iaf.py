@@ -93,10 +93,14 @@ class FixedScale(Bijector):
 
     forward (generative u -> x): ``x = c u``; inverse (normalising): ``u = x / c``.
     ``gated_iaf_flow`` ends with ``c = g^-K`` so that the stack starts as the identity.
+    The log-det is constant but not 0 unless ``c = 1``: ``volume_preserving`` only then (as
+    ``LULinear``, whose constant log-det makes it False).
     Derivation: derivations/16-autoregressive-flows.md#at-initialisation-the-mean-field-posterior.
     """
 
-    volume_preserving = True
+    @property
+    def volume_preserving(self):
+        return self.log_scale == 0.0
 
     def __init__(self, dim, scale):
         super().__init__()
