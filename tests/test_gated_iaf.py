@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from scratchvae.checks import gradcheck, testing
 from scratchvae.distributions.gaussian import std_normal_log_prob
 from scratchvae.flows.autoregressive import AutoregressiveBlock
+from scratchvae.flows.bijector import Chain, Inverse
 from scratchvae.flows.gated_iaf import DEFAULT_GATE_BIAS, FixedScale, GatedLaw, gated_iaf_flow
+from scratchvae.flows.linear import LULinear, Permutation
 from scratchvae.models.flow_vae import KL_ESTIMATORS, FlowVAE, randomize_flow
 from scratchvae.models.vae import VAE
 from scratchvae.nn import sigmoid
@@ -121,3 +123,21 @@ def test_fixed_scale_and_bad_arguments(rng):
         gated_iaf_flow(3, 2, gate_bias=np.inf)
     with pytest.raises(ValueError, match="n_steps"):
         gated_iaf_flow(3, 0)
+
+
+def test_volume_preserving_means_a_log_det_of_exactly_zero(rng):
+    """One meaning of the flag: the log-det is 0 at every input, in both directions. A constant
+    log-det that is not 0 is not volume preserving: fails if ``FixedScale(c != 1)`` claims the
+    flag (it did) while ``LULinear``, also constant, does not, or if a composite disagrees."""
+    lu = LULinear(3, rng)
+    lu.raw_diag[:] = rng.standard_normal(3)  # a log-det sum log d_i, constant and not 0
+    g = gated_iaf_flow(3, 2, rng=rng)
+    cases = [Permutation([2, 0, 1]), FixedScale(3, 1.0), FixedScale(3, 2.5), lu, g, g.bijectors[-1],
+             Chain([Permutation([1, 2, 0]), FixedScale(3, 1.0)]),
+             Chain([Permutation([1, 2, 0]), FixedScale(3, 0.5)]), Inverse(FixedScale(3, 2.0))]
+    u = rng.standard_normal((5, 3))
+    for b in cases:
+        for run in (b.forward, b.inverse):
+            logdet = run(u)[1]
+            assert b.volume_preserving == bool(np.all(logdet == 0)), (b, logdet)
+    assert not g.bijectors[-1].volume_preserving and not lu.volume_preserving

@@ -112,6 +112,78 @@ def test_iterations_stay_few_for_a_smooth_map(rng):
     assert len(calls) <= 30
 
 
+def _solve_and_widths(f, y, x0, width):
+    """Solve with ``indexed=True`` (``f(v) -> (value, slope)``, ``y`` the targets) and rebuild,
+    per element, the bracket widths ``W_0, W_1, ...`` after each evaluation of the iteration,
+    each with the ulp of its larger end. Needs ``|x* - x0| < width``: the first bracket then
+    holds at once, and the first two calls are the bracketing's."""
+    calls = []
+
+    def recorded(v, idx):
+        out = f(v, idx)
+        calls.append((idx.copy(), v.copy(), out[0] - y[idx]))
+        return out
+
+    x = solve_increasing(recorded, y, x0=x0, width=width, indexed=True)
+    lo, hi = x0 - width, x0 + width
+    widths = [[(h - l, np.spacing(max(abs(l), abs(h))))] for l, h in zip(lo, hi)]
+    for idx, v, r in calls[2:]:
+        for i, vi, ri in zip(idx, v, r):
+            lo[i], hi[i] = (vi, hi[i]) if ri < 0 else (lo[i], vi) if ri > 0 else (lo[i], hi[i])
+            widths[i].append((hi[i] - lo[i], np.spacing(max(abs(lo[i]), abs(hi[i])))))
+    return x, widths
+
+
+def _check_halving_and_bound(widths, width, dtype):
+    """Of any two consecutive evaluations one halves the bracket (up to the midpoint's rounding,
+    an ulp of the points), and the iteration takes at most ``2 ceil(log2(W0 / eps))``."""
+    eps = np.finfo(dtype).eps
+    bound = 2 * int(np.ceil(np.log2(2.0 * width / eps)))
+    for w in widths:
+        halves = [w[j][0] <= 0.5 * w[j - 1][0] + 2.0 * w[j - 1][1] for j in range(1, len(w))]
+        assert all(a or b for a, b in zip(halves, halves[1:])), w
+        assert len(w) - 1 <= bound, (len(w) - 1, bound)
+
+
+@pytest.mark.parametrize("width", [1.0, 2.0 ** 40])
+def test_every_other_evaluation_halves_the_bracket(width):
+    """``f = x |x|``: from one side Newton halves its step at every evaluation while the far end
+    of the bracket stays put. Fails if Newton steps may follow each other without halving the
+    bracket (the old rule accepted every step at most half the one before), which leaves the
+    iteration count without a bound."""
+    rng = np.random.default_rng(1)
+    xs = np.concatenate([rng.uniform(-1, 1, 20), 1e6 * rng.uniform(-1, 1, 20), [0.0]])
+    y = xs * np.abs(xs)
+    x0 = np.zeros_like(xs) if width > 1 else xs + 0.3 * rng.choice([-1.0, 1.0], xs.size)
+    x, widths = _solve_and_widths(
+        lambda v, idx: (v * np.abs(v), 2.0 * np.abs(v)), y, x0, width)
+    _check_halving_and_bound(widths, width, np.float64)
+    np.testing.assert_allclose(x, xs, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("width", [1.0, 2.0 ** 40])
+def test_iteration_bound_holds_whatever_the_slope(width, dtype):
+    """The bound's proof never uses the slope. An adversarial slope makes every Newton step creep
+    ``1e-3 |x| + 16 eps`` towards the root: inside the bracket, never short enough to stop. Fails
+    if the count exceeds ``2 ceil(log2(W0 / eps))`` (the old rule ran out of its 300 steps)."""
+    rng = np.random.default_rng(2)
+    xs = np.concatenate([rng.uniform(-1, 1, 20), 1e6 * rng.uniform(-1, 1, 20), [0.0]])
+    xs = xs.astype(dtype)
+    y = xs ** 3 + xs
+    x0 = np.zeros_like(xs) if width > 1 else xs + dtype(0.3) * rng.choice([-1, 1], xs.size)
+
+    def creeping(v, idx):
+        value = v ** 3 + v
+        step = dtype(1e-3) * np.abs(v) + 16 * np.finfo(dtype).eps
+        return value, np.abs(value - y[idx]) / step
+
+    x, widths = _solve_and_widths(creeping, y, x0.astype(dtype), width)
+    _check_halving_and_bound(widths, width, dtype)
+    tol = 8 * np.finfo(dtype).eps
+    assert np.all(np.abs(x - xs) <= tol * (1.0 + np.abs(xs)))
+
+
 def test_empty_input():
     assert solve_increasing(skew, np.zeros(0)).shape == (0,)
 

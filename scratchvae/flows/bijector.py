@@ -61,7 +61,10 @@ class Bijector(Module):
     Contract: derivations/00-conventions.md#the-forward-cache-backward-contract.
     """
 
-    #: True when the log-det does not depend on the input (temperature is then exact tempering)
+    #: True when the log-det is exactly 0 for every input (|det| = 1: the map preserves volume,
+    #: e.g. a permutation). A constant log-det that is not 0 (``LULinear``, ``FixedScale`` with
+    #: ``c != 1``) is False, although temperature is exact tempering through it too
+    #: (derivations/05-sampling.md#temperature).
     volume_preserving = False
     dim = None
     dtype = None

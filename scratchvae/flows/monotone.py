@@ -6,11 +6,13 @@ finds ``x = f^{-1}(y)`` for every element at once:
 
 1. *bracketing*: start from ``[x0 - 1, x0 + 1]`` and, where the bracket does not hold the
    target, move it outwards with doubling steps until ``f(lo) <= y <= f(hi)`` (at most
-   ``max_expansions`` doublings, a reach of ``2^64``);
+   ``max_expansions`` doublings, a reach of ``2^65``);
 2. *safeguarded Newton*: a Newton step ``x - (f(x) - y) / f'(x)`` is taken when it lands
-   strictly inside the bracket and is at most half the step before it; otherwise the bracket
-   is bisected. Every evaluation shrinks the bracket, so the iteration ends in a bounded number
-   of steps (``max_iter``) at a tolerance of a few units in the last place of ``x``.
+   inside the bracket and the evaluation before it halved the bracket (a bisection always
+   does); otherwise the bracket is bisected. So of any two consecutive evaluations one halves
+   the bracket, and the iteration ends within ``2 ceil(log2(W0 / eps))`` evaluations
+   (``W0`` the first bracket's width; 232 in float64, 174 in float32, below ``max_iter``),
+   when the Newton correction or the bracket is below ``4 eps (1 + |x|)``.
 
 It never returns inf or a silently wrong answer: a target it cannot bracket (outside the map's
 range, not finite, or a map returning NaN) or an iteration that does not converge raises
@@ -69,7 +71,7 @@ def _bracket(f, y, x0, width, max_expansions, what):
         cause = ("the map is not finite there (non-finite parameters?)"
                  if not (np.isfinite(flo[i]) and np.isfinite(fhi[i])) else
                  "the target lies outside the map's range (or beyond the search's reach, "
-                 f"{width:g} * 2^{max_expansions} from the first guess)")
+                 f"{width:g} * (2^{max_expansions + 1} - 1) from the first guess)")
         raise ValueError(
             f"{what}: cannot bracket the target y = {y[i]!r} ({bad.sum()} of {bad.size} "
             f"targets): after {max_expansions} doublings the map's values at "
@@ -88,8 +90,11 @@ def solve_increasing(f, y, x0=None, width=1.0, max_expansions=64, max_iter=300, 
     unfinished elements are evaluated. The slope may be 0
     or inf where it underflows or overflows: such Newton steps are rejected. ``y``: targets,
     float32 or float64, solved in that dtype. ``x0``: a first guess (default ``y``).
+    A Newton step is taken only after an evaluation that halved the bracket (or was a
+    bisection); otherwise the step bisects.
     An element is done where its Newton correction is at most ``4 eps (1 + |x|)`` (then
-    applied), where ``f(x) = y`` exactly, or where its bracket has no representable midpoint.
+    applied), where ``f(x) = y`` exactly, where its bracket is at most ``4 eps (1 + |x|)``
+    wide, or where its bracket has no representable midpoint.
     ``ValueError`` (naming ``what``) when a target cannot be bracketed or ``max_iter`` steps do
     not converge: never an inf or a silently wrong answer.
     Derivation: derivations/17-combination-flows.md#the-numerical-inverse.
@@ -105,28 +110,37 @@ def solve_increasing(f, y, x0=None, width=1.0, max_expansions=64, max_iter=300, 
     lo, hi = _bracket(fn, y, x0, width, max_expansions, what)
     tol = 4.0 * np.finfo(y.dtype).eps
     x = np.where((x0 > lo) & (x0 < hi), x0, lo + 0.5 * (hi - lo))
-    last_step = hi - lo
+    bisected = ~((x0 > lo) & (x0 < hi))  # the point to evaluate next is a midpoint
+    bx, bstep = x.copy(), np.full_like(x, np.inf)  # Newton's start and step (r / f') so far
     idx = np.arange(y.size)  # the unfinished elements
     for _ in range(max_iter):
         if idx.size == 0:
             return x.reshape(shape)
         xa, la, ha = x[idx], lo[idx], hi[idx]
+        w_before = ha - la
         fx, slope = fn(xa, idx)
         r = fx - y[idx]
         ha = np.where(r > 0, xa, ha)  # the bracket shrinks at every evaluation
         la = np.where(r < 0, xa, la)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            newton = xa - r / slope
+            step = r / slope
+        # after a bisection Newton starts from the earlier point if its step is the shorter
+        keep = bisected[idx] & ~(np.abs(step) <= np.abs(bstep[idx]))
+        xs, step = np.where(keep, bx[idx], xa), np.where(keep, bstep[idx], step)
+        bx[idx], bstep[idx] = xs, step
+        newton = xs - step
         mid = la + 0.5 * (ha - la)
         inside = np.isfinite(newton) & (newton >= la) & (newton <= ha)
-        take_newton = inside & (np.abs(newton - xa) <= 0.5 * np.abs(last_step[idx]))
+        # Newton only after an evaluation that halved the bracket: of any two consecutive
+        # evaluations one halves it (derivation: the bound on the iterations)
+        take_newton = inside & (bisected[idx] | (ha - la <= 0.5 * w_before))
         x_new = np.where(take_newton, newton, mid)
-        done = ((r == 0) | (inside & (np.abs(newton - xa) <= tol * (1.0 + np.abs(xa))))
-                | (mid <= la) | (mid >= ha))
+        done = ((r == 0) | (inside & (np.abs(step) <= tol * (1.0 + np.abs(xs))))
+                | (ha - la <= tol * (1.0 + np.abs(xa))) | (mid <= la) | (mid >= ha))
         # a finished element keeps its point, plus its (tiny) Newton correction if inside
         x[idx] = np.where(done, np.where(inside & (r != 0), newton, xa), x_new)
         lo[idx], hi[idx] = la, ha
-        last_step[idx] = np.where(take_newton, x_new - xa, ha - la)
+        bisected[idx] = ~take_newton
         idx = idx[~done]
     if idx.size == 0:
         return x.reshape(shape)

@@ -153,7 +153,7 @@ def make_posterior_flow(kind, latent_dim, n_layers=4, *, context_dim=0, hidden=(
         return Chain([Planar(latent_dim, rng, dtype) for _ in range(n_layers)])
     if kind == "radial":
         return Chain([Radial(latent_dim, rng, dtype) for _ in range(n_layers)])
-    if kind == "iaf":  # Kingma et al.'s gated IAF, starts as the identity exactly
+    if kind == "iaf":  # Kingma et al.'s gated IAF, starts as the identity up to rounding
         return gated_iaf_flow(latent_dim, n_layers, int(context_dim), tuple(hidden), activation,
                               rng, dtype=dtype)
     law = kind
