@@ -215,6 +215,17 @@ def test_planar_inverse_solver_needs_few_iterations():
     np.testing.assert_allclose(a_few, a_full, rtol=0, atol=1e-14 * (1 + np.max(np.abs(y))))
 
 
+def test_planar_inverse_is_the_one_numerical_inverse_and_never_silently_unconverged():
+    """The pre-activation goes through ``flows.monotone.solve_increasing``: too few steps are a
+    ``ValueError`` naming the planar inverse, not an unconverged answer (a solver of its own
+    that stops at its cap would return one)."""
+    layer = planar_far_from_identity(3, np.random.default_rng(5), 2.0)
+    _, c, p, _ = planar_u_hat(layer.w, layer.u)
+    y = np.linspace(-4.0, 4.0, 9)
+    with pytest.raises(ValueError, match="Planar inverse.*did not converge"):
+        solve_planar_pre_activation(y, c, p, max_iter=1)
+
+
 # ----------------------------------------------------------------------------- guards
 def test_planar_determinant_that_rounds_to_zero_is_floored_not_minus_infinity():
     # w.u = -900: softplus(-900) = 0, so w.u_hat = -1 exactly, and z on the plane w.z + b = 0

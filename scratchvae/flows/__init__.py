@@ -2,7 +2,8 @@
 
 The names in ``__all__`` are imported on first use (``scratchvae.flows.coupling_flow``
 imports ``scratchvae.flows.coupling``); the linear bijectors need SciPy, the others do not.
-The contract every bijector follows is in docs/design.md ("The bijector").
+The contract every bijector follows is in docs/design.md ("The bijector"); the contract every
+elementwise law follows (``Law``, ``make_law``) in docs/design.md ("The law").
 """
 
 from .. import lazy_dir, lazy_getattr
@@ -11,7 +12,7 @@ from .. import lazy_dir, lazy_getattr
 _EXPORTS = {
     "Bijector": "bijector", "Cache": "bijector", "Chain": "bijector", "Inverse": "bijector",
     "coupling_flow": "coupling", "CouplingBlock": "coupling", "AffineLaw": "coupling",
-    "SplineLaw": "coupling", "make_law": "coupling",
+    "SplineLaw": "coupling", "Law": "law", "make_law": "law", "GatedLaw": "gated_iaf",
     "Permutation": "linear", "ActNorm": "linear", "LULinear": "linear",
     "ElementwiseAffine": "elementwise", "Sigmoid": "elementwise", "Logit": "elementwise",
     "Planar": "planar", "Radial": "radial",
@@ -23,7 +24,7 @@ _EXPORTS = {
 
 _SUBMODULES = ("bijector", "coupling", "linear", "elementwise", "planar", "radial", "spline",
                "spline_kernel", "spline_reference", "autoregressive", "gated_iaf", "combination",
-               "monotone")
+               "monotone", "law")
 
 __all__ = [*_EXPORTS, *_SUBMODULES]
 

@@ -4,8 +4,9 @@ Direction convention (as everywhere in scratchvae): ``forward`` is the *generati
 u -> x (base to data), ``inverse`` the *normalising* direction x -> u.
 
 Coordinate ``i`` (in the block's order) is transformed by the same laws the coupling blocks use
-(``AffineLaw``, ``SplineLaw``, any law from ``coupling.make_law``), with parameters that a MADE
-computes from the coordinates *before* ``i`` of one side of the map:
+(any ``scratchvae.flows.law.Law``: ``AffineLaw``, ``SplineLaw``, ``DSFLaw``, ``SOSLaw``,
+``GatedLaw``, or a name of ``law.LAWS``), with parameters that a MADE computes from the
+coordinates *before* ``i`` of one side of the map:
 
     MAF  (cheap="inverse"):  x_i = law(u_i; theta_i(x_<i)),   theta from the data side x
     IAF  (cheap="forward"):  x_i = law(u_i; theta_i(u_<i)),   theta from the base side u
@@ -35,7 +36,7 @@ from ..checks.arguments import check_count, rng_or_default
 from ..nn import sum_over_features
 from ..nn.made import MADE
 from .bijector import Bijector, Cache, Chain
-from .coupling import make_law
+from .law import make_law
 
 __all__ = ["AutoregressiveBlock", "maf_flow", "iaf_flow", "CHEAP_DIRECTIONS",
            "randomize_autoregressive"]
@@ -53,14 +54,6 @@ class PassData(NamedTuple):
     passes: int
 
 
-def _law(law, bins, bound, scale_bound):
-    """A law object: given objects (with ``n_params``, ``forward``, ``inverse``, ``backward``)
-    as they are, names through ``coupling.make_law``."""
-    if all(hasattr(law, a) for a in ("n_params", "forward", "inverse", "backward")):
-        return law
-    return make_law(law, bins, bound, scale_bound)
-
-
 class AutoregressiveBlock(Bijector):
     """One autoregressive block; ``cheap`` names its one-pass direction.
 
@@ -73,12 +66,14 @@ class AutoregressiveBlock(Bijector):
     forward (generative u -> x): ``x = law.forward(u, theta)``; inverse (normalising x -> u):
     ``u = law.inverse(x, theta)``; ``theta = MADE([x, c])`` (MAF) or ``MADE([u, c])`` (IAF),
     shaped ``(N, D, law.n_params)``. Log-det: the sum of the law's elementwise log-dets.
-    Arguments: ``dim``, ``law`` (a law object or ``"affine"``/``"spline"``: ``bins``,
-    ``bound``, ``scale_bound``), ``hidden``, ``activation``, ``rng``, ``order`` (the MADE's
-    input order: ``"natural"``, ``"reversed"``, ``"random"`` or a permutation of 1..D),
-    ``context_dim``, ``cheap``, ``hidden_order``, ``dtype``. The MADE's output layer is
-    zero, so the block starts as the identity. ``cache.data.passes`` reports the number of
-    conditioner passes a direction ran. Parameters ``conditioner.layers.{i}.W``/``.b``.
+    Arguments: ``dim``, ``law`` (any ``Law``, or a name of ``law.LAWS`` built by ``make_law``
+    with ``bins``, ``bound``, ``scale_bound``), ``hidden``, ``activation``, ``rng``, ``order``
+    (the MADE's input order: ``"natural"``, ``"reversed"``, ``"random"`` or a permutation of 1..D),
+    ``context_dim``, ``cheap``, ``hidden_order``, ``dtype``. The MADE's output layer has zero
+    weights and the law's ``initial_theta()`` (per coordinate) as its bias, so the block starts
+    as the law at those parameters for every input (the identity, up to rounding, for the
+    affine, spline and SOS laws). ``cache.data.passes`` reports the number of conditioner
+    passes a direction ran. Parameters ``conditioner.layers.{i}.W``/``.b``.
     Derivation: derivations/16-autoregressive-flows.md#maf-and-iaf-one-map-two-costs.
     """
 
@@ -92,10 +87,12 @@ class AutoregressiveBlock(Bijector):
             raise ValueError(f"cheap: expected one of {CHEAP_DIRECTIONS}, got {cheap!r}")
         rng = rng_or_default(rng)
         self.cheap = cheap
-        self.law = _law(law, bins, bound, scale_bound)
+        self.law = make_law(law, bins, bound, scale_bound)
         self.conditioner = self.add_child("conditioner", MADE(
             self.dim, self.law.n_params, hidden, self.context_dim, activation, rng, order,
             hidden_order, zero_last=True, dtype=dtype))
+        # theta = initial_theta for every input: zero weights, the law's start as the bias
+        self.conditioner.output_layer.b[...] = np.tile(self.law.initial_theta(), self.dim)
 
     @property
     def degrees(self):
@@ -235,7 +232,7 @@ def _stack(dim, n_blocks, cheap, law, hidden, activation, rng, context_dim, bins
     blocks = []
     for i in range(n_blocks):
         order = ("natural" if i % 2 == 0 else "reversed") if orders == "reversed" else "random"
-        blocks.append(AutoregressiveBlock(dim, _law(law, bins, bound, scale_bound), hidden,
+        blocks.append(AutoregressiveBlock(dim, make_law(law, bins, bound, scale_bound), hidden,
                                           activation, rng, order, context_dim, cheap,
                                           hidden_order, dtype=dtype))
     return Chain(blocks)
@@ -248,7 +245,8 @@ def maf_flow(dim, n_blocks, law="affine", hidden=(128, 128), activation="relu", 
 
     Cheap direction: ``inverse`` (density, ``log_prob``: one conditioner pass per block);
     sampling costs D passes per block. Orders alternate natural / reversed between blocks
-    (``orders="reversed"``) or are drawn from ``rng`` (``"random"``). Starts as the identity.
+    (``orders="reversed"``) or are drawn from ``rng`` (``"random"``). Starts as the identity
+    (with the affine, spline or SOS law; see ``AutoregressiveBlock``).
     Derivation: derivations/16-autoregressive-flows.md#stacks-and-orders.
     """
     return _stack(dim, n_blocks, "inverse", law, hidden, activation, rng, context_dim, bins,
@@ -262,7 +260,7 @@ def iaf_flow(dim, n_blocks, law="affine", hidden=(128, 128), activation="relu", 
 
     Cheap direction: ``forward`` (sampling and the log-density of the samples, one
     conditioner pass per block); the density of an outside point costs D passes per block.
-    Orders as in ``maf_flow``. Starts as the identity.
+    Orders as in ``maf_flow``; starts as ``maf_flow`` does.
     Derivation: derivations/16-autoregressive-flows.md#stacks-and-orders.
     """
     return _stack(dim, n_blocks, "forward", law, hidden, activation, rng, context_dim, bins,

@@ -8,8 +8,8 @@ numerical inverse of ``flows/monotone.py`` (gradients by the implicit-function t
     SOSLaw(squares=K, degree=R, bound=B)
                            y = c + floor x + int_0^x sum_k q_k(u / B)^2 du       1 + K(R+1)
 
-Both follow the law interface of ``flows/coupling.py`` (``n_params``, ``forward``,
-``inverse``, ``backward``) and choose which direction is the closed form
+Both are ``Law``s (``flows/law.py``: ``n_params``, ``forward``, ``inverse``, ``backward``,
+through ``MonotoneLaw``) and choose which direction is the closed form
 (``closed_form="forward"``: sampling is cheap; ``"inverse"``: density evaluation is cheap).
 Per-component arrays are components first, ``(K, N, M)``, so that sums over components are
 adds of contiguous slices.
@@ -20,13 +20,14 @@ Derivation: derivations/17-combination-flows.md.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 from ..nn import soft_clip
 from .monotone import MonotoneLaw, check_closed_form, implicit_upstream
 
-__all__ = ["DSFLaw", "SOSLaw", "LAWS", "log_sigmoids", "logsumexp_and_weights",
+__all__ = ["DSFLaw", "DSFMap", "SOSLaw", "SOSMap", "LAWS", "log_sigmoids", "logsumexp_and_weights",
            "bounded_coefficients"]
 
 
@@ -76,6 +77,19 @@ def _slope_shift(minimum):
 
 
 # ----------------------------------------------------------------------------- DSF
+class DSFMap(NamedTuple):
+    """``DSFLaw``'s record of its map at ``x`` (the ``map_cache`` of its ``MonotoneCache``);
+    per-component arrays ``(K, N, M)``, the others ``(N, M)``."""
+    x: np.ndarray
+    tables: tuple            # (a, da/dra, b, log w, w, log a), from ``_tables``
+    sig: np.ndarray          # sigmoid(p_j), p_j = a_j x + b_j
+    sig_minus: np.ndarray    # sigmoid(-p_j)
+    alpha: np.ndarray        # the weights of log s = logsumexp(log w_j + log sigmoid(p_j))
+    beta: np.ndarray         # the weights of log(1 - s), the same with sigmoid(-p_j)
+    gamma: np.ndarray        # the weights of the slope's log-sum-exp
+    ell: np.ndarray          # log y'
+
+
 class DSFLaw(MonotoneLaw):
     """The deep sigmoidal flow (Huang et al. 2018) as an elementwise law.
 
@@ -139,8 +153,8 @@ class DSFLaw(MonotoneLaw):
         ls_p, ls_m, log_s, alpha, log_1ms, beta = self._logs(x, tables)
         lse_c, gamma = logsumexp_and_weights(log_w + log_a + ls_p + ls_m)
         ell = lse_c - log_s - log_1ms
-        return log_s - log_1ms, ell, (x, tables, np.exp(ls_p), np.exp(ls_m), alpha, beta,
-                                      gamma, ell)
+        return log_s - log_1ms, ell, DSFMap(x, tables, np.exp(ls_p), np.exp(ls_m), alpha, beta,
+                                            gamma, ell)
 
     def _value_and_slope(self, x, tables):
         """``y`` and ``y'`` for the solver (``_map`` without the backward's extras)."""
@@ -149,9 +163,9 @@ class DSFLaw(MonotoneLaw):
         lse_c, _ = logsumexp_and_weights(log_w + log_a + ls_p + ls_m)
         return log_s - log_1ms, np.exp(lse_c - log_s - log_1ms)
 
-    def _backward(self, d_out, d_logdet, local, numerical):
+    def _backward(self, d_out, d_logdet, map_cache, numerical):
         """Derivation: derivations/17-combination-flows.md#gradients-of-the-dsf."""
-        x, (a, da, _, _, w, _), sig, sigm, alpha, beta, gamma, ell = local
+        x, (a, da, _, _, w, _), sig, sigm, alpha, beta, gamma, ell = map_cache
         Y = alpha * sigm + beta * sig                      # dy/dp_j
         L = gamma * (sigm - sig) - alpha * sigm + beta * sig  # dl/dp_j
         if numerical:
@@ -168,6 +182,22 @@ class DSFLaw(MonotoneLaw):
 
 
 # ----------------------------------------------------------------------------- SOS
+class SOSMap(NamedTuple):
+    """``SOSLaw``'s record of its map at ``x`` (the ``map_cache`` of its ``MonotoneCache``);
+    ``(N, M)`` unless said otherwise."""
+    x: np.ndarray
+    C: np.ndarray            # the squares' coefficients C_rk, (R+1, K, N, M)
+    t: np.ndarray            # clip(x / B, -1, 1)
+    inside: np.ndarray       # |x| <= B
+    powers: list             # t^m, m = 0..2R+1
+    q: np.ndarray            # q_k(t), (K, N, M)
+    H: np.ndarray            # H_rk = sum_s C_sk t^{r+s+1} / (r+s+1), (R+1, K, N, M)
+    g: np.ndarray            # the slope y' = floor + sum_k q_k^2
+    outside: np.ndarray      # x - B t, 0 inside [-B, B]
+    ell: np.ndarray          # log g
+    dC_draw: np.ndarray      # slope of the coefficients' bound, (R+1, K, N, M)
+
+
 class SOSLaw(MonotoneLaw):
     """The sum-of-squares polynomial flow (Jaini et al. 2019) as an elementwise law.
 
@@ -245,7 +275,7 @@ class SOSLaw(MonotoneLaw):
         outside = x - self.bound * t                             # 0 inside [-B, B]
         y = c + self.floor * x + self.bound * (C * H).sum(axis=(0, 1)) + (g - self.floor) * outside
         ell = np.log(g)
-        return y, ell, (x, C, t, inside, tp, q, H, g, outside, ell, dC_draw)
+        return y, ell, SOSMap(x, C, t, inside, tp, q, H, g, outside, ell, dC_draw)
 
     def _value_and_slope(self, x, tables):
         """``y`` and ``g`` by Horner's rule on the coefficients ``G`` (speed: the solver calls
@@ -260,9 +290,9 @@ class SOSLaw(MonotoneLaw):
         g = self.floor + squares
         return c + self.floor * x + self.bound * t * integral + squares * (x - self.bound * t), g
 
-    def _backward(self, d_out, d_logdet, local, numerical):
+    def _backward(self, d_out, d_logdet, map_cache, numerical):
         """Derivation: derivations/17-combination-flows.md#gradients-of-the-sos-polynomial."""
-        x, C, t, inside, tp, q, H, g, outside, ell, dC_draw = local
+        x, C, t, inside, tp, q, H, g, outside, ell, dC_draw = map_cache
         R1 = self.degree + 1
         if numerical:
             dq = sum(r * C[r] * tp[r - 1] for r in range(1, R1))  # q_k'(t)
@@ -285,5 +315,6 @@ class SOSLaw(MonotoneLaw):
         return d_in, d_theta
 
 
-#: name -> law class, for ``make_law`` and the command line
-LAWS = {"dsf": DSFLaw, "sos": SOSLaw}
+#: The combination-based laws by name (kept for the modules that import it; the one table of
+#: every law by name, which ``make_law`` reads, is ``flows.law.LAWS``)
+LAWS = {law.name: law for law in (DSFLaw, SOSLaw)}

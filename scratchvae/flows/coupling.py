@@ -12,14 +12,16 @@ from the identity part (and from a context, for conditional flows):
 
 Because ``theta`` depends only on the part that passes through unchanged, the inverse can
 recompute it, and the Jacobian is block triangular: its log-determinant is the sum of the
-law's elementwise log-slopes. Two laws:
+law's elementwise log-slopes. The block takes any law (``scratchvae.flows.law.Law``: the
+combination laws of flows/combination.py, the gated law of flows/gated_iaf.py); two live here:
 
     AffineLaw(scale_bound)     x_b = u_b * exp(s) + t,  s = B tanh(raw / B)      2 outputs / dim
     SplineLaw(bins, bound)     the rational-quadratic spline of flows/spline.py  3K-1 outputs / dim
 
-The conditioner's last layer starts at zero, so every block starts as the identity up to
-rounding, log-det exactly 0 (the affine law exactly; the spline's bin formula can move a point
-by one rounding unless its bin widths are powers of two).
+The conditioner's last layer starts with zero weights and the law's ``initial_theta()`` as its
+bias (zero for both laws here), so a block with either starts as the identity up to rounding,
+log-det exactly 0 (the affine law exactly; the spline's bin formula can move a point by one
+rounding unless its bin widths are powers of two).
 ``coupling_flow`` stacks blocks into a ``Chain``.
 Derivations: derivations/07-coupling.md.
 """
@@ -27,18 +29,20 @@ Derivations: derivations/07-coupling.md.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 from ..checks.arguments import check_count, rng_or_default
 from ..nn import MLP, soft_clip, sum_over_features
 from .bijector import Bijector, Cache, Chain
+from .law import Law, make_law
 from .linear import Permutation
 from .spline import check_spline_settings, rq_spline_params_size
 from .spline_kernel import rq_spline_bins_first, rq_spline_bins_first_backward
 
-__all__ = ["AffineLaw", "SplineLaw", "CouplingBlock", "coupling_flow", "make_law",
-           "default_mask", "bounded_log_scale"]
+__all__ = ["AffineLaw", "AffineCache", "SplineLaw", "CouplingBlock", "coupling_flow",
+           "make_law", "default_mask", "bounded_log_scale"]
 
 
 # ----------------------------------------------------------------------------- laws
@@ -56,7 +60,15 @@ def bounded_log_scale(raw, bound):
     return soft_clip(raw, bound)
 
 
-class AffineLaw:
+class AffineCache(NamedTuple):
+    """What ``AffineLaw.backward`` reads, all ``(N, M)`` but ``inverse``."""
+    inverse: bool             # which pass: False forward x = u e^s + t, True inverse
+    d_out_d_in: np.ndarray    # the pass's slope: e^{s} forward, e^{-s} inverse
+    ds_draw: np.ndarray       # slope of the bound, d s / d raw
+    u: np.ndarray             # the base-side point (the forward's input, the inverse's output)
+
+
+class AffineLaw(Law):
     """The affine (RealNVP) law, elementwise on the transformed part.
 
     forward (generative u -> x): ``x = u * exp(s) + t``, log-det ``s`` per element;
@@ -64,7 +76,8 @@ class AffineLaw:
     Per transformed dimension the conditioner gives two numbers, ``theta[..., 0]`` (the raw
     log-scale) and ``theta[..., 1] = t``; ``s = scale_bound * tanh(raw / scale_bound)``
     (``bounded_log_scale``). ``theta = 0`` is the identity exactly.
-    Shapes: z ``(N, M)``, theta ``(N, M, 2)``; log-dets elementwise ``(N, M)``.
+    Shapes: z ``(N, M)``, theta ``(N, M, 2)``; log-dets elementwise ``(N, M)``; the cache is
+    an ``AffineCache``.
     Derivation: derivations/07-coupling.md#the-affine-law.
     """
 
@@ -83,13 +96,13 @@ class AffineLaw:
         s, slope = bounded_log_scale(theta[..., 0], self.scale_bound)
         scale = np.exp(s)
         x = u * scale + theta[..., 1]
-        return x, s, (False, scale, slope, u)
+        return x, s, AffineCache(False, scale, slope, u)
 
     def inverse(self, x, theta):
         s, slope = bounded_log_scale(theta[..., 0], self.scale_bound)
         inv_scale = np.exp(-s)
         u = (x - theta[..., 1]) * inv_scale
-        return u, -s, (True, inv_scale, slope, u)
+        return u, -s, AffineCache(True, inv_scale, slope, u)
 
     def backward(self, d_out, d_logdet, cache):
         """``(d_in, d_theta)`` of ``L = <d_out, out> + <d_logdet, logdet>``, all elementwise.
@@ -98,9 +111,9 @@ class AffineLaw:
         block passes ``(N, 1)``: one upstream gradient per row).
         Derivation: derivations/07-coupling.md#gradients-of-the-affine-law.
         """
-        inverse, factor, slope, u = cache  # factor: e^{s} forward, e^{-s} inverse
-        d_in = d_out * factor
-        if inverse:
+        u = cache.u
+        d_in = d_out * cache.d_out_d_in
+        if cache.inverse:
             # u = (x - t) e^{-s}, logdet = -s: du/dx = e^{-s}, du/dt = -e^{-s}, du/ds = -u
             d_t = -d_in
             d_s = -(d_out * u + d_logdet)
@@ -110,12 +123,12 @@ class AffineLaw:
             d_s = d_in * u + d_logdet
         # d_theta = [d_s * slope, d_t] side by side (ds/draw = slope), written in place
         d_theta = np.empty(d_out.shape + (2,), dtype=d_out.dtype)
-        np.multiply(d_s, slope, out=d_theta[..., 0])
+        np.multiply(d_s, cache.ds_draw, out=d_theta[..., 0])
         d_theta[..., 1] = d_t
         return d_in, d_theta
 
 
-class SplineLaw:
+class SplineLaw(Law):
     """The rational-quadratic spline law (Durkan et al. 2019), elementwise on the transformed part.
 
     forward (generative u -> x): ``x = g(u)`` = ``rq_spline(u, w, h, d, inverse=False)``;
@@ -192,23 +205,6 @@ class SplineLaw:
         return d_in.reshape(M, N).T, d_slots.transpose(2, 0, 1)
 
 
-def make_law(law, bins=8, bound=4.0, scale_bound=2.0):
-    """A law object from ``"affine"`` / ``"spline"`` / ``"dsf"`` / ``"sos"`` (or a law object,
-    returned as is)."""
-    from .combination import LAWS as COMBINATION_LAWS  # lazy: combination builds coupling blocks
-    from .monotone import MonotoneLaw
-    if isinstance(law, AffineLaw | SplineLaw | MonotoneLaw):
-        return law
-    if law == "affine":
-        return AffineLaw(scale_bound)
-    if law == "spline":
-        return SplineLaw(bins, bound)
-    if isinstance(law, str) and law in COMBINATION_LAWS:
-        return COMBINATION_LAWS[law]()
-    raise ValueError(f"law: expected 'affine', 'spline', 'dsf', 'sos' or a law object, got "
-                     f"{law!r}")
-
-
 # ----------------------------------------------------------------------------- the block
 def default_mask(dim):
     """Which coordinates a block transforms: the last ``D - ceil(D/2)`` (``True``).
@@ -246,19 +242,22 @@ class CouplingBlock(Bijector):
     with ``theta = conditioner([input_a, context])`` reshaped to ``(N, |b|, law.n_params)``.
     log-det: the sum over ``b`` of the law's elementwise log-dets (block-triangular Jacobian).
 
-    Arguments: ``dim`` D; ``law`` an ``AffineLaw``/``SplineLaw`` or ``"affine"``/``"spline"``
-    (default settings); ``hidden`` the conditioner's hidden sizes; ``activation`` its
+    Arguments: ``dim`` D; ``law`` any ``Law`` (``AffineLaw``, ``SplineLaw``, ``DSFLaw``,
+    ``SOSLaw``, ``GatedLaw``, your own subclass) or a name of ``law.LAWS`` (``make_law``,
+    default settings); ``hidden`` the conditioner's hidden sizes; ``activation`` its
     nonlinearity; ``rng`` a ``np.random.Generator`` for its weights; ``mask`` a boolean array
     of length D, ``True`` where a coordinate is *transformed* (default ``default_mask``: the
     last ``D - ceil(D/2)``); ``context_dim`` C > 0 makes the block conditional (the context
     ``(N, C)`` is concatenated to the conditioner's input); ``dtype``.
 
-    The conditioner is a ``scratchvae.nn.MLP`` whose last layer is zero, so the block starts
-    as the identity up to rounding, log-det exactly 0. With an empty identity part and no
-    context (D = 1) it reads a constant 1, so the law's parameters are learned constants.
-    Parameters are ``conditioner.layers.{i}.W`` and ``.b``. ``backward`` returns the gradients
-    for the input (through the direct path and the conditioner), every conditioner parameter
-    and the context.
+    The conditioner is a ``scratchvae.nn.MLP`` whose last layer has zero weights and the
+    law's ``initial_theta()`` (repeated per transformed coordinate) as its bias, so the block
+    starts as the law at those parameters for every input: the identity up to rounding for
+    the affine, spline and SOS laws (log-det exactly 0 for the first two). With an empty
+    identity part and no context (D = 1) it reads a constant 1, so the law's parameters are
+    learned constants. Parameters are ``conditioner.layers.{i}.W`` and ``.b``. ``backward``
+    returns the gradients for the input (through the direct path and the conditioner), every
+    conditioner parameter and the context.
     Derivation: derivations/07-coupling.md#the-coupling-block.
     """
 
@@ -289,6 +288,8 @@ class CouplingBlock(Bijector):
         sizes = [max(self.n_in, 1), *hidden, self.idx_b.size * self.law.n_params]
         self.conditioner = self.add_child(
             "conditioner", MLP(sizes, activation, rng, dtype, zero_last=True))
+        # theta = initial_theta for every input: zero weights, the law's start as the bias
+        self.conditioner.layers[-1].b[...] = np.tile(self.law.initial_theta(), self.idx_b.size)
 
     def __repr__(self):
         return (f"CouplingBlock(dim={self.dim}, law={self.law!r}, "
@@ -390,9 +391,11 @@ def coupling_flow(dim, n_layers, law="affine", hidden=(64, 64), activation="relu
     ``dim`` and mode (with conditioners that do depend on their inputs): after 2 blocks every
     coordinate has been transformed; after 2 blocks (``dim <= 3``), 3 (``permutation=None``)
     or 4 (otherwise) every output depends on every input. A single block transforms only its
-    mask. Every conditioner's last layer is zero, so the flow starts as the fixed product of
-    its permutations (the identity for ``dim <= 2`` or ``permutation=None``; log-det 0).
-    ``law``: ``"affine"`` (``scale_bound``) or ``"spline"`` (``bins``, ``bound``).
+    mask. Every conditioner starts at the law's ``initial_theta()``, so with the affine or
+    spline law the flow starts as the fixed product of its permutations (the identity for
+    ``dim <= 2`` or ``permutation=None``; log-det 0).
+    ``law``: a ``Law`` (every block gets that same object) or a name of ``law.LAWS``, built
+    per block by ``make_law`` (``"affine"``: ``scale_bound``; ``"spline"``: ``bins``, ``bound``).
     ``context_dim > 0``: the context reaches every conditioner.
     Derivation: derivations/07-coupling.md#stacking-blocks.
     """

@@ -34,9 +34,14 @@ Derivation: derivations/17-combination-flows.md#the-numerical-inverse.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
-__all__ = ["solve_increasing", "implicit_upstream", "MonotoneLaw", "check_closed_form"]
+from .law import Law
+
+__all__ = ["solve_increasing", "implicit_upstream", "MonotoneLaw", "MonotoneCache",
+           "check_closed_form"]
 
 
 # ----------------------------------------------------------------------------- the solver
@@ -173,25 +178,31 @@ def check_closed_form(closed_form):
 
 
 # ----------------------------------------------------------------------------- the base law
-class MonotoneLaw:
+class MonotoneCache(NamedTuple):
+    """What ``MonotoneLaw.backward`` reads."""
+    numerical: bool    # the pass ran the numerical inverse (backward by implicit_upstream)
+    map_cache: tuple   # the subclass's own record of f at the pass's x (from ``_map``)
+
+
+class MonotoneLaw(Law):
     """A law with a closed-form increasing map ``f`` and a numerical inverse.
 
     Subclasses define ``name``, ``n_params`` and ``closed_form``, and
 
     - ``_tables(theta)``: per-element parameter tables from raw ``theta`` ``(N, M, P)``, a
       tuple of arrays whose last two axes are ``(N, M)``;
-    - ``_map(x, tables) -> (y, l, local)``: ``y = f(x)``, ``l = log f'(x)`` and what the
-      backward needs;
+    - ``_map(x, tables) -> (y, l, map_cache)``: ``y = f(x)``, ``l = log f'(x)`` and what the
+      backward needs, as the subclass's own ``NamedTuple``;
     - ``_value_and_slope(x, tables) -> (y, f'(x))`` for the solver (no cache), also for flat
       ``x`` ``(n,)`` with tables whose last two axes are flattened to ``(n,)``;
-    - ``_backward(d_out, d_logdet, local, numerical) -> (d_in, d_theta)``: for
+    - ``_backward(d_out, d_logdet, map_cache, numerical) -> (d_in, d_theta)``: for
       ``numerical=False`` the gradients of ``<d_out, f> + <d_logdet, l>``; for
       ``numerical=True`` those of the inverse pass, through ``implicit_upstream``.
 
     forward (generative u -> x) is ``f`` when ``closed_form == "forward"`` and ``f^{-1}``
     otherwise; inverse (normalising x -> u) the other one. Either returns ``(out, logdet,
-    cache)`` with elementwise log-dets ``(N, M)``; ``backward(d_out, d_logdet, cache)`` with
-    ``d_logdet`` anything that broadcasts to ``(N, M)``.
+    cache)`` with elementwise log-dets ``(N, M)`` and a ``MonotoneCache``; ``backward(d_out,
+    d_logdet, cache)`` with ``d_logdet`` anything that broadcasts to ``(N, M)``.
     Derivation: derivations/17-combination-flows.md#the-numerical-inverse.
     """
 
@@ -210,26 +221,32 @@ class MonotoneLaw:
         z, theta = z.astype(dtype, copy=False), theta.astype(dtype, copy=False)
         tables = self._tables(theta)
         if not numerical:
-            y, ell, local = self._map(z, tables)
-            return y, ell, (False, local)
+            y, ell, map_cache = self._map(z, tables)
+            return y, ell, MonotoneCache(False, map_cache)
         flat = tuple(t.reshape(t.shape[:-2] + (-1,)) for t in tables)
         x = solve_increasing(lambda v, idx: self._value_and_slope(
             v, tuple(t[..., idx] for t in flat)), z.reshape(-1), what=f"{type(self).__name__} "
             "inverse", indexed=True).reshape(z.shape)
-        _, ell, local = self._map(x, tables)
-        return x, -ell, (True, local)
+        _, ell, map_cache = self._map(x, tables)
+        return x, -ell, MonotoneCache(True, map_cache)
 
     def backward(self, d_out, d_logdet, cache):
         """``(d_in, d_theta)`` for whichever pass made ``cache``.
 
         Derivation: derivations/17-combination-flows.md#gradients-of-the-numerical-inverse.
         """
-        numerical, local = cache
         d_logdet = np.broadcast_to(d_logdet, d_out.shape)
-        return self._backward(d_out, d_logdet, local, numerical)
+        return self._backward(d_out, d_logdet, cache.map_cache, cache.numerical)
 
 
 # ----------------------------------------------------------------------------- an example law
+class _SkewTanhMap(NamedTuple):
+    """``_SkewTanhLaw``'s record of its map at ``x``."""
+    x: np.ndarray
+    tables: tuple        # (t, k = softplus(c), dk/dc = sigmoid(c))
+    slope: np.ndarray    # f'(x)
+
+
 class _SkewTanhLaw(MonotoneLaw):
     """``f(x) = x + t + softplus(c) tanh(x)`` (raw ``theta = (t, c)``): the smallest law with
     no closed-form inverse, for the solver's tests and gradient checks. ``f' = 1 + k (1 -
@@ -252,10 +269,10 @@ class _SkewTanhLaw(MonotoneLaw):
 
     def _map(self, x, tables):
         y, slope = self._value_and_slope(x, tables)
-        return y, np.log(slope), (x, tables, slope)
+        return y, np.log(slope), _SkewTanhMap(x, tables, slope)
 
-    def _backward(self, d_out, d_logdet, local, numerical):
-        x, (t, k, dk), slope = local
+    def _backward(self, d_out, d_logdet, map_cache, numerical):
+        x, slope, (_, k, dk) = map_cache.x, map_cache.slope, map_cache.tables
         th = np.tanh(x)
         sech2 = 1.0 - th * th
         dell_dx = -2.0 * k * th * sech2 / slope

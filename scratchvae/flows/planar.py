@@ -16,12 +16,13 @@ form that adds non-negative terms only (no cancellation), and a named guard keep
 where it rounds to 0.
 
 **Inverse.** The map has no closed-form inverse in the usual sense, but it reduces to a scalar
-equation: the pre-activation ``a = w.z + b`` solves the strictly monotone
+equation per sample: the pre-activation ``a = w.z + b`` solves the monotone
 ``a + c tanh(a) = w.x + b`` with ``c = w.u_hat``, whose root lies in ``[w.x + b - |c|,
-w.x + b + |c|]``; we solve it by vectorised safeguarded Newton iteration inside that bracket
-(bisection whenever a Newton step leaves it) to float64 precision (machine precision of the
-input's dtype), then ``z = x - u_hat tanh(a)``. The inverse direction is differentiable: its
-backward is the implicit function theorem applied to the forward map at the solution.
+w.x + b + |c|]``. That equation goes to the one numerical inverse of the package,
+``flows.monotone.solve_increasing`` (bracketing, then Newton steps safeguarded by bisection, to
+a few units in the last place of the input's dtype; a ``ValueError`` rather than a wrong
+answer), then ``z = x - u_hat tanh(a)``. The inverse direction is differentiable: its backward
+is the implicit function theorem applied to the forward map at the solution.
 
 The layer uses no context; it accepts ``context`` and returns ``d_context = None``.
 Derivations: derivations/12-planar-and-radial.md.
@@ -36,6 +37,7 @@ import numpy as np
 from ..checks.arguments import check_count, rng_or_default
 from ..nn import sigmoid, softplus
 from .bijector import Bijector, Cache
+from .monotone import solve_increasing
 
 __all__ = [
     "Planar",
@@ -47,15 +49,10 @@ __all__ = [
     "planar_inverse_backward",
     "solve_planar_pre_activation",
     "PLANAR_MIN_W_NORM2",
-    "PLANAR_MAX_ITER",
 ]
 
 #: Floor on |w|^2 in the planar reparameterisation (``_floored_squared_norm``).
 PLANAR_MIN_W_NORM2 = 1e-12
-
-#: Iteration cap of the planar inverse's safeguarded Newton solver. Bisection alone halves the
-#: bracket each step, so 200 steps shrink any finite bracket below a float64 rounding error.
-PLANAR_MAX_ITER = 200
 
 
 # ----------------------------------------------------------------------------- guards
@@ -237,48 +234,32 @@ def planar_backward(dx, dlogdet, cache: PlanarCache):
     return dz, dw_a + dw_hat, du, db
 
 
-def solve_planar_pre_activation(y, c, p, max_iter=PLANAR_MAX_ITER):
+def solve_planar_pre_activation(y, c, p, **solver):
     """The root ``a`` of ``f(a) = a + c tanh(a) - y = 0``, elementwise, for ``c >= -1``.
 
-    ``f' = 1 + c sech^2(a) = tanh^2(a) + sech^2(a) p >= 0`` (``p = 1 + c``), so f is monotone
-    and, as ``|tanh| <= 1``, ``f(y - |c|) <= 0 <= f(y + |c|)``: the root is bracketed. Each
-    step takes the Newton step from the current point; when it leaves the current bracket
-    (or the slope is 0) it bisects instead, and the bracket shrinks to the side of the root
-    that the sign of f shows. Stops per element when a step moves the point by less than
-    two units in the last place (or the bracket has collapsed). Vectorised over ``y`` ``(N,)``;
-    ``c``, ``p`` scalars. Returns ``a`` ``(N,)``.
+    ``f' = 1 + c sech^2(a) = tanh^2(a) + sech^2(a) p >= 0`` (``p = 1 + c``), so ``a + c tanh(a)``
+    is increasing, one map for every sample, and ``flows.monotone.solve_increasing`` finds its
+    root from the first guess ``a = y``: as ``|tanh| <= 1``, ``f(y - |c|) <= 0 <= f(y + |c|)``,
+    so a first bracket of half-width ``|c| + 1`` holds it (the ``+ 1`` leaves room for the
+    rounding of ``f`` at the ends). A Newton step where the slope is 0 (``c = -1``, ``a = 0``)
+    is rejected and the bracket bisected. Vectorised over ``y`` ``(N,)``; ``c``, ``p`` scalars;
+    ``solver``: keywords of ``solve_increasing`` (``max_iter``). Returns ``a`` ``(N,)``.
     Derivation: derivations/12-planar-and-radial.md#inverting-the-planar-flow.
     """
-    eps = np.finfo(y.dtype).eps
-    half = np.abs(c)
-    lo, hi = y - half, y + half
-    a = y.copy()
-    done = np.zeros(y.shape, dtype=bool)
-    for _ in range(int(max_iter)):
+
+    def value_and_slope(a):
         th, sech2 = _tanh_and_sech2(a)
-        f = a + c * th - y
-        lo = np.where(f <= 0, a, lo)
-        hi = np.where(f >= 0, a, hi)
-        slope = th * th + sech2 * p
-        with np.errstate(divide="ignore", invalid="ignore"):
-            newton = a - f / slope
-        inside = (slope > 0) & (newton > lo) & (newton < hi)
-        a_new = np.where(inside, newton, 0.5 * (lo + hi))
-        scale = np.maximum(np.abs(a), np.abs(a_new))
-        converged = (f == 0) | (np.abs(a_new - a) <= 2.0 * eps * scale) | \
-            (hi - lo <= 2.0 * eps * np.maximum(np.abs(lo), np.abs(hi)))
-        a = np.where(done, a, a_new)
-        done |= converged
-        if done.all():
-            break
-    return a
+        return a + c * th, th * th + sech2 * p
+
+    return solve_increasing(value_and_slope, y, width=float(abs(c)) + 1.0,
+                            what="Planar inverse (the pre-activation w.z + b)", **solver)
 
 
 def planar_inverse(x, w, u, b):
     """The planar flow, normalising direction: ``z`` with ``z + u_hat tanh(w.z + b) = x``.
 
     Taking ``w.`` of the forward map: ``a = w.z + b`` solves ``a + c tanh(a) = w.x + b``
-    (``solve_planar_pre_activation``, safeguarded Newton to machine precision); then
+    (``solve_planar_pre_activation``: the one numerical inverse, ``solve_increasing``); then
     ``z = x - u_hat tanh(a)``. logdet ``= log|det dz/dx| = -log(1 + tanh'(a) c)``.
     Shapes as ``planar_forward``; the cache is the forward cache at the solution ``z``.
     Derivation: derivations/12-planar-and-radial.md#inverting-the-planar-flow.
@@ -317,8 +298,8 @@ class Planar(Bijector):
     by the matrix-determinant lemma, O(D) per sample. ``u_hat = u + (m(w.u) - w.u) w / |w|^2``,
     ``m(s) = -1 + softplus(s)``, guarantees ``w.u_hat >= -1`` and so invertibility for any raw
     parameters. inverse (normalising x -> z): no closed form; the scalar equation for the
-    pre-activation is solved by vectorised, bracketed, safeguarded Newton iteration to float64
-    precision (see ``solve_planar_pre_activation``). Both directions have a hand-derived
+    pre-activation is solved by the one numerical inverse, ``flows.monotone.solve_increasing``
+    (see ``solve_planar_pre_activation``). Both directions have a hand-derived
     backward (the inverse's by the implicit function theorem).
 
     Parameters: ``"w"`` ``(dim,)``, ``"u"`` ``(dim,)`` (raw; ``u_hat`` is derived), ``"b"``
