@@ -90,8 +90,8 @@ def pytest_collection_modifyitems(config, items):
         for mark in item.iter_markers("needs"):
             unknown = [m for m in mark.args if m not in EXTRAS]
             if unknown:  # a typo would skip the test for good
-                raise ValueError(f"needs: {unknown} are not optional modules "
-                                 f"({', '.join(EXTRAS)})")
+                raise pytest.UsageError(f"{item.nodeid}: needs {unknown}: not optional "
+                                        f"modules ({', '.join(EXTRAS)})")
             reason = needs_reason(mark.args)
             if reason:
                 item.add_marker(pytest.mark.skip(reason=reason))
