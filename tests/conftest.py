@@ -1,13 +1,24 @@
 """Hypothesis profiles: ``ci`` (derandomised, few examples; the default) and ``thorough``.
 
     HYPOTHESIS_PROFILE=thorough python -m pytest
+
+The optional extras: ``@pytest.mark.needs("matplotlib")`` skips a test, saying which extra to
+install, when a module it needs is missing, so the suite passes on a core install
+(``pip install . pytest hypothesis``); the fixture ``installed("matplotlib")`` says whether a
+module is there, for a test that checks its numbers either way and its figures only with it.
+
+The engines: the fixture ``engine`` runs a test once under each engine of ``scratchvae.engine``
+(``"reference"``, ``"fast"``), with that engine in force for the whole test.
 """
 
+import importlib.util
 import os
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
+
+from scratchvae import engine as switch  # the switch alone: no engine module, no model
 
 settings.register_profile(
     "ci", max_examples=10, derandomize=True, deadline=None, print_blob=True,
@@ -36,3 +47,71 @@ def tiny_flow_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "flow"
     assert cli.main(["train-flow", *TINY_FLOW_ARGS, "--out", str(out)]) == 0
     return out
+
+
+# ----------------------------------------------------------------------------- optional extras
+#: The optional modules tests use -> (the package pip installs, the extra of setup.cfg that
+#: brings it). The core install is NumPy and SciPy; everything here is optional.
+EXTRAS = {
+    "matplotlib": ("matplotlib", "plot"),
+    "sklearn": ("scikit-learn", "examples"),
+    "tqdm": ("tqdm", "examples"),
+    "jupytext": ("jupytext", "notebooks"),
+    "nbformat": ("nbformat", "notebooks"),
+    "nbclient": ("nbclient", "notebooks"),
+    "ipykernel": ("ipykernel", "notebooks"),
+}
+
+
+def is_installed(module: str) -> bool:
+    """Whether ``module`` can be found here. Found, not imported: an installed but broken
+    package fails the tests that need it instead of skipping them."""
+    return importlib.util.find_spec(module) is not None
+
+
+def needs_reason(modules) -> str | None:
+    """Why a test that needs ``modules`` skips here (which extra to install), or None."""
+    missing = [m for m in modules if not is_installed(m)]
+    if not missing:
+        return None
+    packages = ", ".join(EXTRAS[m][0] for m in missing)
+    extras = ",".join(dict.fromkeys(EXTRAS[m][1] for m in missing))
+    return f'needs {packages}: pip install "scratchvae[{extras}]"'
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "needs(*modules): skip, naming the extra to install, when one of these "
+        f"optional modules is missing ({', '.join(EXTRAS)})")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for mark in item.iter_markers("needs"):
+            unknown = [m for m in mark.args if m not in EXTRAS]
+            if unknown:  # a typo would skip the test for good
+                raise pytest.UsageError(f"{item.nodeid}: needs {unknown}: not optional "
+                                        f"modules ({', '.join(EXTRAS)})")
+            reason = needs_reason(mark.args)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture
+def installed():
+    """``installed("matplotlib")``: whether an optional module is there (``EXTRAS``)."""
+    def installed(module):
+        if module not in EXTRAS:
+            raise ValueError(f"module: {module!r} is not an optional module ({', '.join(EXTRAS)})")
+        return is_installed(module)
+    return installed
+
+
+# ----------------------------------------------------------------------------- engines
+@pytest.fixture(params=switch.ENGINES)
+def engine(request):
+    """Runs the test under ``scratchvae.engine.using(name)`` for each engine of
+    ``scratchvae.engine.ENGINES`` (``"reference"``, ``"fast"``); the value is the engine's name.
+    The engine in force before is restored after."""
+    with switch.using(request.param):
+        yield request.param

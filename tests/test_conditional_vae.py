@@ -177,6 +177,7 @@ def run_cli(args, capsys):
     return code, captured.out, captured.err
 
 
+@pytest.mark.needs("sklearn", "matplotlib")  # the digits data set; the figures
 @pytest.mark.parametrize("extra", [[], ["--posterior", "spline", "--amortised"],
                                    ["--data", "digits-grey", "--likelihood", "gaussian-shared"]])
 def test_train_vae_conditional_figures_and_sample_each_label(tmp_path, capsys, extra):
@@ -237,7 +238,8 @@ def test_a_csv_label_column_is_read_as_labels(tmp_path, capsys):
 
 def test_an_unconditional_vae_refuses_a_label(tmp_path, capsys):
     out = tmp_path / "run"
-    assert run_cli(["train-vae", *TINY, "--no-figures", "--out", str(out)], capsys)[0] == 0
+    assert run_cli(["train-vae", *TINY, "--data", "bars-and-stripes", "--no-figures", "--out",
+                    str(out)], capsys)[0] == 0
     code, _, err = run_cli(["sample", "--run", str(out), "--n", "2", "--label", "1", "--out",
                             str(tmp_path / "x.npy")], capsys)
     assert code == 2 and "not conditional" in err

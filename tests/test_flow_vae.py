@@ -588,8 +588,8 @@ def test_train_vae_takes_the_combination_posteriors_with_their_closed_form_forwa
     finder runs in training."""
     from scratchvae.cli.runs import train_vae
 
-    model, m = train_vae(quiet=True, posterior=kind, amortised=True, epochs=1, iwae_k=5,
-                         flow_layers=2, hidden=(16,), latent=4)
+    model, m = train_vae(data="bars-and-stripes", quiet=True, posterior=kind, amortised=True,
+                         epochs=1, iwae_k=5, flow_layers=2, hidden=(16,), latent=4)
     laws = [b.law for b in model.flow.bijectors if isinstance(b, CouplingBlock)]
     assert len(laws) == 2 and all(law.name == kind and law.closed_form == "forward"
                                   for law in laws)

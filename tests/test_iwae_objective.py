@@ -204,7 +204,8 @@ def test_train_vae_objective_iwae_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
     code = cli.main(["train-vae", "--objective", "iwae", "--k", "3", "--posterior", "planar",
                      "--latent", "2", "--hidden", "8", "--epochs", "2", "--batch", "256",
-                     "--iwae-k", "4", "--quiet", "--no-figures", "--out", str(out)])
+                     "--iwae-k", "4", "--quiet", "--no-figures", "--data", "bars-and-stripes",
+                     "--out", str(out)])
     assert code == 0
     code = cli.main(["train-vae", "--objective", "iwae", "--warmup", "10", "--out",
                      str(tmp_path / "b")])
