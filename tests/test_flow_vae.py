@@ -8,6 +8,7 @@ import pytest
 
 from scratchvae import nn
 from scratchvae.checks.gradcheck import check_module, check_vjp, numerical_jacobian
+from scratchvae.checks.randomize import randomize_flow
 from scratchvae.distributions.gaussian import (
     diag_gaussian_log_prob,
     kl_standard_normal,
@@ -26,7 +27,6 @@ from scratchvae.models.flow_vae import (
     FlowVAE,
     closed_form_weight,
     make_posterior_flow,
-    randomize_flow,
 )
 from scratchvae.models.vae import VAE
 from scratchvae.training.trainer import Trainer

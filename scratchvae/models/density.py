@@ -397,10 +397,3 @@ class FlowDensity(Density):
     rsample_backward = rsample_backward
     sample_and_log_prob = sample_and_log_prob
     sample = sample
-def randomize_last_layer(mlp, rng, scale):
-    """Random weights in an MLP's (zero-initialised) last layer; for tests and checks."""
-    last = mlp.layers[-1]
-    last.W[...] = scale * rng.standard_normal(last.W.shape)
-    last.b[...] = scale * rng.standard_normal(last.b.shape)
-    return mlp
-

@@ -42,7 +42,7 @@ from ..distributions.gaussian import (
 )
 from ..distributions.likelihoods import Likelihood, make_likelihood
 from ..flows.bijector import Bijector, Chain
-from ..flows.coupling import CouplingBlock, coupling_flow, randomize_conditioners
+from ..flows.coupling import coupling_flow
 from ..flows.gated_iaf import gated_iaf_flow
 from ..flows.linear import Permutation
 from ..flows.planar import Planar
@@ -59,8 +59,7 @@ from .kl_estimators import (
 from .vae import VAE, Encoding, _positive_int
 
 __all__ = ["FlowVAE", "EncoderWithHidden", "POSTERIORS", "KL_ESTIMATORS", "KL_ESTIMATOR_PAIRS",
-           "PosteriorSample", "build_flow_vae", "closed_form_weight", "make_posterior_flow",
-           "randomize_flow"]
+           "PosteriorSample", "build_flow_vae", "closed_form_weight", "make_posterior_flow"]
 
 #: The posterior flows ``FlowVAE.build`` knows; the coupling ones and the IAF can be amortised.
 POSTERIORS = ("planar", "radial", "affine", "spline", "dsf", "sos", "iaf")
@@ -182,30 +181,6 @@ def _undo_permutations(flow):
     if np.array_equal(order, np.arange(order.size)):
         return flow
     return Chain([*flow.bijectors, Permutation(np.argsort(order))])
-
-
-def randomize_flow(flow, rng, scale=0.5):
-    """Move every layer of a posterior flow far from the identity (for tests and gradchecks).
-
-    Planar: raw ``w``, ``u`` ~ N(0, 4 scale^2 / D), ``b`` ~ N(0, 1); radial: ``raw_alpha`` ~
-    N(0, 1), ``raw_beta`` ~ N(1, 1); coupling: the zero last layers get N(0, scale^2) weights
-    (``randomize_conditioners``). At the identity every log-det is 0, where a wrong sign
-    cannot show. Returns ``flow``.
-    """
-    for b in flow.bijectors if isinstance(flow, Chain) else [flow]:
-        if isinstance(b, Planar):
-            D = b.w.size
-            b.w[...] = 2.0 * scale * rng.standard_normal(D) / np.sqrt(D)
-            b.u[...] = 2.0 * scale * rng.standard_normal(D) / np.sqrt(D)
-            b.b[...] = rng.standard_normal(1)
-        elif isinstance(b, Radial):
-            b.raw_alpha[...] = rng.normal(0.0, 1.0, 1)
-            b.raw_beta[...] = rng.normal(1.0, 1.0, 1)
-        elif isinstance(b, CouplingBlock):
-            randomize_conditioners(b, rng, scale)
-        elif hasattr(b, "randomize"):  # autoregressive blocks (gated IAF)
-            b.randomize(rng, scale)
-    return flow
 
 
 def _flow_context_dims(flow):

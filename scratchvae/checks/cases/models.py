@@ -8,12 +8,13 @@ from __future__ import annotations
 import numpy as np
 
 from ...distributions.likelihoods import make_likelihood
-from ...flows.coupling import coupling_flow, randomize_conditioners
-from ...models.density import ConditionalDiagonalGaussian, FlowDensity, randomize_last_layer
-from ...models.flow_vae import AMORTISABLE, KL_ESTIMATORS, POSTERIORS, FlowVAE, randomize_flow
+from ...flows.coupling import coupling_flow
+from ...models.density import ConditionalDiagonalGaussian, FlowDensity
+from ...models.flow_vae import AMORTISABLE, KL_ESTIMATORS, POSTERIORS, FlowVAE
 from ...models.vae import VAE
 from ...models.variational import make_variational, reverse_kl_loss_and_grads
 from ..gradcheck import VJPCase, register
+from ..randomize import randomize_conditioners, randomize_flow, randomize_last_layer
 
 
 def _elbo_terms_case(model, x, eps):

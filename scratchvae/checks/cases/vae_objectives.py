@@ -16,7 +16,7 @@ from ...models.conditional_vae import (
     build_conditional,
     labelled_rows,
 )
-from ...models.flow_vae import FlowVAE, randomize_flow
+from ...models.flow_vae import FlowVAE
 from ...models.iwae import (
     dreg_backward,
     iwae_objective,
@@ -26,6 +26,7 @@ from ...models.iwae import (
 )
 from ...models.vae import VAE
 from ..gradcheck import ModuleCase, VJPCase, register
+from ..randomize import randomize_flow
 
 
 # ----------------------------------------------------------------------------- conditional VAE
