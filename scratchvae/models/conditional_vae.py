@@ -26,16 +26,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checks.arguments import check_rng, rng_or_default
+from ..checks.arguments import check_count, check_rng, rng_or_default
 from ..distributions.likelihoods import Likelihood, make_likelihood
 from ..nn import MLP, Layer, Linear
-from .flow_vae import AMORTISABLE, EncoderWithHidden, FlowVAE, make_posterior_flow
+from .flow_vae import EncoderWithHidden, FlowVAE, make_posterior_flow
+from .kinds import check_posterior
 from .sampling import _check_mode
 from .vae import VAE, _forward_in_blocks, _positive_int
 
 __all__ = ["ConditionalVAE", "ConditionalFlowVAE", "LabelledEncoder",
            "LabelledEncoderWithHidden", "LabelledDecoder", "LabelledLikelihood",
-           "LabelledLatents", "build_conditional", "labelled_rows", "check_labels"]
+           "LabelledLatents", "build_conditional", "labelled_rows", "check_labels", "one_hot"]
 
 
 # ----------------------------------------------------------------------------- labels
@@ -58,7 +59,16 @@ def check_labels(labels, n_classes, n=None, name="labels"):
     return y.astype(np.int64)
 
 
-def _one_hot(y, n_classes, dtype):
+def one_hot(labels, n_classes, dtype=np.float64, name="labels"):
+    """Class labels ``(N,)`` -> one-hot rows ``(N, n_classes)``: row n is 1 in column labels[n].
+
+    The labels are checked by ``check_labels`` (integers in 0..C-1, whole-number floats
+    accepted); ``ValueError`` naming ``name`` otherwise. The one home of the one-hot code: the
+    conditional VAE's rows and the conditional flows' contexts (``cli.runs``) both use it.
+    derivations/18-conditional-vae-and-iwae.md#where-the-label-enters.
+    """
+    n_classes = check_count(n_classes, "n_classes")
+    y = check_labels(labels, n_classes, name=name)
     out = np.zeros((y.size, n_classes), dtype=dtype)
     out[np.arange(y.size), y] = 1
     return out
@@ -73,7 +83,7 @@ def labelled_rows(x, labels, n_classes, dtype=np.float64):
     if x.ndim != 2:
         raise ValueError(f"x: expected a 2-D array (N, D), got shape {x.shape}")
     y = check_labels(labels, n_classes, x.shape[0])
-    return np.concatenate([x.astype(dtype, copy=False), _one_hot(y, n_classes, dtype)], axis=1)
+    return np.concatenate([x.astype(dtype, copy=False), one_hot(y, n_classes, dtype)], axis=1)
 
 
 def _pad_columns(d, width):
@@ -274,7 +284,8 @@ class LabelledLatents:
                 raise ValueError(f"z: expected shape (N, {L}) with labels, got {z.shape}")
             y = np.asarray(labels)
             y = np.full(z.shape[0], y) if y.ndim == 0 else y
-            z = np.concatenate([z, _one_hot(check_labels(y, C, z.shape[0]), C, self.dtype)], 1)
+            y = check_labels(y, C, z.shape[0])
+            z = np.concatenate([z, one_hot(y, C, self.dtype)], axis=1)
         elif z.ndim != 2 or z.shape[1] != L + C:
             raise ValueError(f"z: expected labelled latents (N, {L} + {C}), or pass labels")
         if not np.all(np.isfinite(z)):
@@ -358,9 +369,7 @@ def build_conditional(data_dim, n_classes, latent_dim, hidden=(256, 256), activa
     hidden = tuple(hidden)
     rng = rng_or_default(rng)
     check_rng(rng)
-    if posterior != "gaussian" and amortised and posterior not in AMORTISABLE:
-        raise ValueError(f"amortised: a {posterior} flow reads no context; amortised posteriors "
-                         f"need one of {AMORTISABLE}")
+    check_posterior(posterior, amortised)
     amortised = bool(amortised) and posterior != "gaussian"
     enc_cls = LabelledEncoderWithHidden if amortised else LabelledEncoder
     encoder = enc_cls([D + C, *hidden, 2 * L], C, activation, rng, dtype)

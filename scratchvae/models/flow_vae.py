@@ -17,12 +17,14 @@ else (the ELBO, beta / warm-up / free bits, the IWAE, the
 sampling modes) is the ``VAE``'s: ``FlowVAE`` only overrides its posterior step
 (``posterior_sample``, ``posterior_sample_backward``, ``posterior_log_ratio``).
 
-Kinds of flow: ``"planar"``, ``"radial"`` (global parameters, ``scratchvae.flows.planar``) and
-``"affine"``, ``"spline"`` (coupling stacks, ``scratchvae.flows.coupling``). A coupling flow can
-be *amortised*: its conditioners then also read a context ``c = a W_c + b_c`` computed from the
-encoder's last hidden activation ``a``, so the shape of q(z|x), not only its location and
-scale, depends on x. Parameters: ``encoder.*``, ``decoder.*``, ``likelihood.*``, ``flow.*`` and,
-amortised, ``context.*``.
+Kinds of flow (the table ``models.kinds``: ``POSTERIOR_FLOWS``, ``AMORTISABLE``): ``"planar"``,
+``"radial"`` (global parameters, ``scratchvae.flows.planar``), ``"affine"``, ``"spline"``,
+``"dsf"``, ``"sos"`` (coupling stacks, ``scratchvae.flows.coupling``) and ``"iaf"`` (the gated
+IAF, ``scratchvae.flows.gated_iaf``). A coupling flow or the IAF can be *amortised*: its
+conditioners then also read a context ``c = a W_c + b_c`` computed from the encoder's last
+hidden activation ``a``, so the shape of q(z|x), not only its location and scale, depends on x.
+Parameters: ``encoder.*``, ``decoder.*``, ``likelihood.*``, ``flow.*`` and, amortised,
+``context.*``.
 
 The three estimators (``KL_ESTIMATORS``: ``"analytic_base"``, the default, ``"analytic_entropy"``,
 ``"monte_carlo"``) are pure forward/backward pairs in ``models.kl_estimators``, chosen from
@@ -49,6 +51,7 @@ from ..flows.planar import Planar
 from ..flows.radial import Radial
 from ..nn import MLP, Linear
 from .density import push_forward, push_forward_backward
+from .kinds import check_posterior
 from .kl_estimators import (
     KL_ESTIMATOR_PAIRS,
     KL_ESTIMATORS,
@@ -58,12 +61,9 @@ from .kl_estimators import (
 )
 from .vae import VAE, Encoding, _positive_int
 
-__all__ = ["FlowVAE", "EncoderWithHidden", "POSTERIORS", "KL_ESTIMATORS", "KL_ESTIMATOR_PAIRS",
+__all__ = ["FlowVAE", "EncoderWithHidden", "KL_ESTIMATORS", "KL_ESTIMATOR_PAIRS",
            "PosteriorSample", "build_flow_vae", "closed_form_weight", "make_posterior_flow"]
 
-#: The posterior flows ``FlowVAE.build`` knows; the coupling ones and the IAF can be amortised.
-POSTERIORS = ("planar", "radial", "affine", "spline", "dsf", "sos", "iaf")
-AMORTISABLE = ("affine", "spline", "dsf", "sos", "iaf")
 #: Coupling laws with a numerical inverse (``flows/combination.py``): a posterior is only ever
 #: sampled, so the closed form goes on the generative side (``closed_form="forward"``) and the
 #: ELBO never runs a root finder. At zero parameters the SOS is the identity (up to rounding),
@@ -140,14 +140,10 @@ def make_posterior_flow(kind, latent_dim, n_layers=4, *, context_dim=0, hidden=(
     Derivation: derivations/13-flow-vae.md#the-posterior-as-a-flow; the side of the closed
     form: derivations/17-combination-flows.md#the-neural-autoregressive-flow.
     """
-    if kind not in POSTERIORS:
-        raise ValueError(f"posterior: expected one of {POSTERIORS}, got {kind!r}")
+    check_posterior(kind, bool(context_dim), flows_only=True)
     latent_dim = _positive_int(latent_dim, "latent_dim")
     n_layers = _positive_int(n_layers, "flow_layers")
     rng = rng_or_default(rng)
-    if context_dim and kind not in AMORTISABLE:
-        raise ValueError(f"amortised: a {kind} flow has global parameters and reads no "
-                         f"context; amortised posteriors need one of {AMORTISABLE}")
     if kind == "planar":
         return Chain([Planar(latent_dim, rng, dtype) for _ in range(n_layers)])
     if kind == "radial":
@@ -224,8 +220,8 @@ def build_flow_vae(cls, data_dim, latent_dim, hidden=(256, 256), activation="tan
     """Encoder MLP D -> hidden -> 2L, decoder MLP L -> reversed(hidden) -> D, a likelihood
     (as ``VAE.build``; with the same ``rng`` they start with the same weights as the
     mean-field VAE's), then the flow ``make_posterior_flow(posterior, L, flow_layers, ...)``
-    and, when ``amortised`` (``AMORTISABLE`` kinds only), a ``Linear`` context map
-    from the encoder's last hidden layer to ``context_dim`` numbers.
+    and, when ``amortised`` (``models.kinds.AMORTISABLE`` kinds only), a ``Linear`` context
+    map from the encoder's last hidden layer to ``context_dim`` numbers.
     ``flow_hidden``, ``flow_activation``: the coupling conditioners; ``bins``, ``bound``:
     the spline. Other keyword arguments (``kl_estimator``, ``n_samples``, ``warmup``,
     ``free_bits``, ``sigma_floor``) go to the constructor.
@@ -233,13 +229,7 @@ def build_flow_vae(cls, data_dim, latent_dim, hidden=(256, 256), activation="tan
     """
     data_dim = _positive_int(data_dim, "data_dim")
     latent_dim = _positive_int(latent_dim, "latent_dim")
-    if posterior not in POSTERIORS:
-        raise ValueError(f"posterior: expected one of {POSTERIORS}, got {posterior!r}")
-    if not isinstance(amortised, bool | np.bool_):
-        raise ValueError(f"amortised: expected True or False, got {amortised!r}")
-    if amortised and posterior not in AMORTISABLE:
-        raise ValueError(f"amortised: a {posterior} flow has global parameters and reads no "
-                         f"context; amortised posteriors need one of {AMORTISABLE}")
+    check_posterior(posterior, amortised, flows_only=True)
     context_dim = _positive_int(context_dim, "context_dim") if amortised else 0
     hidden = tuple(hidden)
     rng = rng_or_default(rng)

@@ -10,7 +10,8 @@ import numpy as np
 from ...distributions.likelihoods import make_likelihood
 from ...flows.coupling import coupling_flow
 from ...models.density import ConditionalDiagonalGaussian, FlowDensity
-from ...models.flow_vae import AMORTISABLE, KL_ESTIMATORS, POSTERIORS, FlowVAE
+from ...models.flow_vae import KL_ESTIMATORS, FlowVAE
+from ...models.kinds import AMORTISABLE, POSTERIOR_FLOWS
 from ...models.vae import VAE
 from ...models.variational import make_variational, reverse_kl_loss_and_grads
 from ..gradcheck import VJPCase, register
@@ -80,7 +81,7 @@ def _small_flow_vae(rng, kind, amortised, **kwargs):
     return model
 
 
-_FLOW_VAE_CASES = [(k, False, KL_ESTIMATORS[0]) for k in POSTERIORS]
+_FLOW_VAE_CASES = [(k, False, KL_ESTIMATORS[0]) for k in POSTERIOR_FLOWS]
 _FLOW_VAE_CASES += [(k, True, KL_ESTIMATORS[0]) for k in AMORTISABLE]
 _FLOW_VAE_CASES += [("planar", False, e) for e in KL_ESTIMATORS[1:]]
 _FLOW_VAE_CASES += [("spline", True, e) for e in KL_ESTIMATORS[1:]]
