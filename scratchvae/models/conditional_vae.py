@@ -32,7 +32,7 @@ from ..nn import MLP, Layer, Linear
 from .flow_vae import EncoderWithHidden, FlowVAE, make_posterior_flow
 from .kinds import check_posterior
 from .sampling import _check_mode
-from .vae import VAE, _forward_in_blocks, _positive_int
+from .vae import VAE, _forward_in_blocks
 
 __all__ = ["ConditionalVAE", "ConditionalFlowVAE", "LabelledEncoder",
            "LabelledEncoderWithHidden", "LabelledDecoder", "LabelledLikelihood",
@@ -122,7 +122,7 @@ class LabelledEncoder(_PassesLabel, MLP):
 
     def __init__(self, sizes, n_classes, activation="tanh", rng=None, dtype=np.float64):
         super().__init__(sizes, activation, rng, dtype)
-        self.n_classes = _positive_int(n_classes, "n_classes")
+        self.n_classes = check_count(n_classes, "n_classes")
 
 
 class LabelledEncoderWithHidden(_PassesLabel, EncoderWithHidden):
@@ -135,7 +135,7 @@ class LabelledEncoderWithHidden(_PassesLabel, EncoderWithHidden):
 
     def __init__(self, sizes, n_classes, activation="tanh", rng=None, dtype=np.float64):
         super().__init__(sizes, activation, rng, dtype)
-        self.n_classes = _positive_int(n_classes, "n_classes")
+        self.n_classes = check_count(n_classes, "n_classes")
 
     @property
     def n_hidden(self):
@@ -153,7 +153,7 @@ class LabelledDecoder(Layer):
         super().__init__()
         if not isinstance(mlp, MLP):
             raise ValueError(f"mlp: expected a scratchvae.nn.MLP, got {type(mlp).__name__}")
-        self.n_classes = _positive_int(n_classes, "n_classes")
+        self.n_classes = check_count(n_classes, "n_classes")
         self.net = mlp
         for name, child in mlp._children.items():
             self.add_child(name, child)
@@ -177,8 +177,8 @@ class LabelledLikelihood(Likelihood):
                              f"{type(inner).__name__}")
         super().__init__(inner.dtype)
         self.inner, self.name = inner, inner.name
-        self.data_dim = _positive_int(data_dim, "data_dim")
-        self.n_classes = _positive_int(n_classes, "n_classes")
+        self.data_dim = check_count(data_dim, "data_dim")
+        self.n_classes = check_count(n_classes, "n_classes")
         for k, v in inner.params.items():
             self.add_param(k, v)
 
@@ -305,7 +305,7 @@ class LabelledLatents:
         if label is None:
             raise ValueError(f"label: a conditional model samples a chosen class; pass label "
                              f"in 0..{self.n_classes - 1}")
-        n = _positive_int(n, "n")
+        n = check_count(n, "n")
         check_labels(label, self.n_classes, name="label")
         check_rng(rng)
         _check_mode(mode)
@@ -363,9 +363,9 @@ def build_conditional(data_dim, n_classes, latent_dim, hidden=(256, 256), activa
     keyword arguments (``n_samples``, ``warmup``, ``free_bits``, ``kl_estimator``, ...) go to
     the model's constructor. derivations/18-conditional-vae-and-iwae.md#the-conditional-elbo.
     """
-    D = _positive_int(data_dim, "data_dim")
-    C = _positive_int(n_classes, "n_classes")
-    L = _positive_int(latent_dim, "latent_dim")
+    D = check_count(data_dim, "data_dim")
+    C = check_count(n_classes, "n_classes")
+    L = check_count(latent_dim, "latent_dim")
     hidden = tuple(hidden)
     rng = rng_or_default(rng)
     check_rng(rng)
@@ -379,7 +379,7 @@ def build_conditional(data_dim, n_classes, latent_dim, hidden=(256, 256), activa
     lik = LabelledLikelihood(likelihood, D, C)
     if posterior == "gaussian":
         return ConditionalVAE(encoder, decoder, lik, L, data_dim=D + C, dtype=dtype, **kwargs)
-    context_dim = _positive_int(context_dim, "context_dim") if amortised else 0
+    context_dim = check_count(context_dim, "context_dim") if amortised else 0
     flow = make_posterior_flow(posterior, L, flow_layers, context_dim=context_dim,
                                hidden=flow_hidden, activation=flow_activation, bins=bins,
                                bound=bound, rng=rng, dtype=dtype)

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checks.arguments import check_rng, rng_or_default
+from ..checks.arguments import check_count, check_rng, rng_or_default
 from ..distributions.gaussian import (
     kl_standard_normal,
     softplus_scale_backward,
@@ -59,7 +59,7 @@ from .kl_estimators import (
     add_paths,
     closed_form_weight,
 )
-from .vae import VAE, Encoding, _positive_int
+from .vae import VAE, Encoding
 
 __all__ = ["FlowVAE", "EncoderWithHidden", "KL_ESTIMATORS", "KL_ESTIMATOR_PAIRS",
            "PosteriorSample", "build_flow_vae", "closed_form_weight", "make_posterior_flow"]
@@ -140,9 +140,10 @@ def make_posterior_flow(kind, latent_dim, n_layers=4, *, context_dim=0, hidden=(
     Derivation: derivations/13-flow-vae.md#the-posterior-as-a-flow; the side of the closed
     form: derivations/17-combination-flows.md#the-neural-autoregressive-flow.
     """
-    check_posterior(kind, bool(context_dim), flows_only=True)
-    latent_dim = _positive_int(latent_dim, "latent_dim")
-    n_layers = _positive_int(n_layers, "flow_layers")
+    context_dim = check_count(context_dim, "context_dim", 0)
+    check_posterior(kind, context_dim > 0, flows_only=True)
+    latent_dim = check_count(latent_dim, "latent_dim")
+    n_layers = check_count(n_layers, "flow_layers")
     rng = rng_or_default(rng)
     if kind == "planar":
         return Chain([Planar(latent_dim, rng, dtype) for _ in range(n_layers)])
@@ -227,10 +228,10 @@ def build_flow_vae(cls, data_dim, latent_dim, hidden=(256, 256), activation="tan
     ``free_bits``, ``sigma_floor``) go to the constructor.
     Derivation: derivations/13-flow-vae.md#the-posterior-as-a-flow.
     """
-    data_dim = _positive_int(data_dim, "data_dim")
-    latent_dim = _positive_int(latent_dim, "latent_dim")
+    data_dim = check_count(data_dim, "data_dim")
+    latent_dim = check_count(latent_dim, "latent_dim")
     check_posterior(posterior, amortised, flows_only=True)
-    context_dim = _positive_int(context_dim, "context_dim") if amortised else 0
+    context_dim = check_count(context_dim, "context_dim") if amortised else 0
     hidden = tuple(hidden)
     rng = rng_or_default(rng)
     # the same draws, in the same order, as VAE.build: encoder first, then decoder
@@ -427,6 +428,6 @@ class FlowVAE(VAE):
         """
         check_rng(rng)
         h = self._encode_h(x)
-        S = 1 if n_samples is None else _positive_int(n_samples, "n_samples")
+        S = 1 if n_samples is None else check_count(n_samples, "n_samples")
         sample, _ = self._flow_posterior(h, self._noise(rng, (S, h.shape[0], self.latent_dim)))
         return sample.zK[0] if n_samples is None else sample.zK

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checks.arguments import check_rng
+from ..checks.arguments import check_count, check_rng
 from ..distributions.gaussian import softplus_scale_backward, std_normal_log_prob
 from .flow_vae import FlowVAE
-from .vae import VAE, _positive_int, log_mean_exp
+from .vae import VAE, log_mean_exp
 
 __all__ = ["posterior_rows_forward", "posterior_rows_backward", "log_weights_forward",
            "log_weights_backward", "dreg_backward", "normalised_weights", "iwae_objective",
@@ -201,6 +201,6 @@ def iwae_loss_and_grads(model, batch, rng, k=5, estimator="iwae"):
         raise ValueError("estimator: 'dreg' is built for the Gaussian posterior only")
     x = model._check_x(batch, "batch")
     check_rng(rng)
-    k = _positive_int(k, "k")
+    k = check_count(k, "k")
     eps = model._noise(rng, (k, x.shape[0], model.latent_dim))
     return iwae_objective(model, x, eps, estimator)

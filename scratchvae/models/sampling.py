@@ -12,23 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checks.arguments import check_rng
+from ..checks.arguments import check_count, check_rng
 
 __all__ = ["decode", "sample", "reconstruct", "interpolate", "posterior_samples",
            "interpolate_latents"]
 
 
 # ----------------------------------------------------------------------------- argument checks
-def _positive_int(value, name):
-    try:
-        ok = int(value) == value and int(value) >= 1
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
-
-
 def _check_mode(mode):
     if mode not in ("mean", "sample"):
         raise ValueError(f"mode: expected 'mean' or 'sample', got {mode!r}")
@@ -102,7 +92,7 @@ def interpolate_latents(z0, z1, n, method="linear"):
     if z0.shape != z1.shape or z0.ndim != 1:
         raise ValueError(f"z0, z1: expected two vectors of the same length, got {z0.shape} "
                          f"and {z1.shape}")
-    n = _positive_int(n, "n")
+    n = check_count(n, "n")
     if method not in ("linear", "spherical"):
         raise ValueError(f"method: expected 'linear' or 'spherical', got {method!r}")
     t = np.linspace(0.0, 1.0, n).astype(z0.dtype)[:, None]
@@ -149,7 +139,7 @@ def sample(model, n, rng, temperature=1.0, mode="mean"):
     Returns (n, D). derivations/05-sampling.md#prior-sampling,
     derivations/05-sampling.md#temperature.
     """
-    n = _positive_int(n, "n")
+    n = check_count(n, "n")
     check_rng(rng)
     _check_mode(mode)
     if not (np.isfinite(temperature) and temperature > 0):
@@ -166,7 +156,7 @@ def posterior_samples(model, x, rng, n_samples=None):
     """
     check_rng(rng)
     mu, sigma = model.encode(x)
-    S = 1 if n_samples is None else _positive_int(n_samples, "n_samples")
+    S = 1 if n_samples is None else check_count(n_samples, "n_samples")
     z = mu + sigma * model._noise(rng, (S,) + mu.shape)
     return z[0] if n_samples is None else z
 

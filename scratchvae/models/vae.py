@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..checks.arguments import check_rng, rng_or_default
+from ..checks.arguments import check_count, check_rng, rng_or_default
 from ..distributions.gaussian import (
     SIGMA_FLOOR,
     kl_standard_normal,
@@ -36,7 +36,7 @@ from ..distributions.gaussian import (
 from ..distributions.likelihoods import Likelihood, make_likelihood
 from ..nn import MLP, Layer, Module, sum_over_batch
 from . import sampling, vae_eval
-from .sampling import _forward_in_blocks, _positive_int, interpolate_latents
+from .sampling import _forward_in_blocks, interpolate_latents
 from .vae_eval import ElboResult, log_mean_exp
 
 __all__ = [
@@ -93,10 +93,9 @@ def _check_parts(encoder, decoder, likelihood, latent_dim, n_samples, warmup, fr
     if not isinstance(likelihood, Likelihood):
         raise ValueError(f"likelihood: expected a scratchvae Likelihood, got "
                          f"{type(likelihood).__name__}")
-    latent_dim = _positive_int(latent_dim, "latent_dim")
-    n_samples = _positive_int(n_samples, "n_samples")
-    if int(warmup) != warmup or warmup < 0:
-        raise ValueError(f"warmup: expected a non-negative integer, got {warmup!r}")
+    latent_dim = check_count(latent_dim, "latent_dim")
+    n_samples = check_count(n_samples, "n_samples")
+    warmup = check_count(warmup, "warmup", 0)
     if not (np.isfinite(free_bits) and free_bits >= 0):
         raise ValueError(f"free_bits: expected a non-negative number, got {free_bits!r}")
     if not (np.isfinite(sigma_floor) and sigma_floor > 0):
@@ -117,7 +116,8 @@ def _check_parts(encoder, decoder, likelihood, latent_dim, n_samples, warmup, fr
         raise ValueError(f"dtype: expected float32 or float64, got {dtype}")
     return {"latent_dim": latent_dim, "n_samples": n_samples, "warmup": int(warmup),
             "free_bits": float(free_bits), "sigma_floor": float(sigma_floor),
-            "data_dim": None if data_dim is None else int(data_dim), "dtype": dtype}
+            "data_dim": None if data_dim is None else check_count(data_dim, "data_dim"),
+            "dtype": dtype}
 
 
 def build_vae(cls, data_dim, latent_dim, hidden=(256, 256), activation="tanh",
@@ -126,8 +126,8 @@ def build_vae(cls, data_dim, latent_dim, hidden=(256, 256), activation="tanh",
     by name (``"bernoulli"``, ``"gaussian-fixed"``, ``"gaussian-shared"``) or instance.
     Extra keyword arguments (``n_samples``, ``warmup``, ``free_bits``, ``sigma_floor``) go to
     the constructor."""
-    data_dim = _positive_int(data_dim, "data_dim")
-    latent_dim = _positive_int(latent_dim, "latent_dim")
+    data_dim = check_count(data_dim, "data_dim")
+    latent_dim = check_count(latent_dim, "latent_dim")
     hidden = tuple(hidden)
     rng = rng_or_default(rng)
     encoder = MLP([data_dim, *hidden, 2 * latent_dim], activation, rng, dtype)

@@ -14,9 +14,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..checks.arguments import check_rng
+from ..checks.arguments import check_count, check_rng
 from ..distributions.gaussian import kl_standard_normal
-from .sampling import _positive_int
 
 __all__ = ["ElboResult", "log_mean_exp", "elbo", "iwae", "kl_per_dimension", "unit_activity",
            "active_units"]
@@ -70,7 +69,7 @@ def elbo(model, x, rng, n_samples=1, max_rows=2**13):
     """
     x = model._check_x(x)
     check_rng(rng)
-    S = _positive_int(n_samples, "n_samples")
+    S = check_count(n_samples, "n_samples")
     rec, kl = np.empty(len(x), model.dtype), np.empty(len(x), model.dtype)
     for a, b in _row_blocks(len(x), S, max_rows):  # memory blocks, not samples
         eps = model._noise(rng, (S, b - a, model.latent_dim))
@@ -89,7 +88,7 @@ def iwae(model, x, rng, K=1000, max_rows=2**13):
     """
     x = model._check_x(x)
     check_rng(rng)
-    K = _positive_int(K, "K")
+    K = check_count(K, "K")
     N, L = x.shape[0], model.latent_dim
     log_w = np.empty((K, N), dtype=model.dtype)
     for a, b in _row_blocks(N, 1, max_rows):  # memory blocks of examples
