@@ -53,6 +53,7 @@ ENTRIES = [
     ("VAE.elbo", "n_samples", lambda v: vae().elbo(X, rng(), n_samples=v)),
     ("VAE.iwae", "K", lambda v: vae().iwae(X, rng(), K=v)),
     ("VAE.sample", "n", lambda v: vae().sample(v, rng())),
+    ("VAE.draw_prior", "n", lambda v: vae().draw_prior(v, rng())),
     ("VAE.posterior_samples", "n_samples", lambda v: vae().posterior_samples(X, rng(), v)),
     ("VAE.interpolate", "n", lambda v: vae().interpolate(X[0], X[1], v)),
     ("interpolate_latents", "n", lambda v: interpolate_latents(Z, -Z, v)),

@@ -137,6 +137,27 @@ def test_encoder_with_hidden_backward_adds_the_hidden_gradient(rng):
     assert_ok(check_module("enc", enc, x, rng))
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("hidden", [(7, 5), ()])
+def test_amortised_flow_vae_starts_with_the_mean_field_weights(activation, hidden, rng):
+    """The encoder with a hidden output is drawn as the plain encoder MLP (He for hidden ReLU
+    layers, Glorot for the output): a trunk MLP of its own would draw its last hidden layer as
+    an output layer, and the decoder after it from other random numbers."""
+    kw = dict(hidden=hidden, activation=activation)
+    vae = VAE.build(6, 3, rng=np.random.default_rng(3), **kw)
+    flow = FlowVAE.build(6, 3, posterior="affine", amortised=True, context_dim=2,
+                         rng=np.random.default_rng(3), **kw)
+    assert isinstance(flow.encoder, EncoderWithHidden)
+    for k, p in vae.params.items():
+        np.testing.assert_array_equal(flow.params[k], p, err_msg=k)
+    x = binary(rng)
+    out = flow.encoder(x)
+    np.testing.assert_array_equal(out[:, :6], vae.encoder(x))
+    if not hidden:  # no hidden layer: the input itself is handed out
+        np.testing.assert_array_equal(out[:, 6:], x)
+    assert_ok(check_module("enc", flow.encoder, x, rng))
+
+
 # ----------------------------------------------------------------------------- the Monte Carlo KL
 @pytest.mark.parametrize("kind,amortised", KINDS, ids=KIND_IDS)
 def test_monte_carlo_kl_subtracts_the_logdet_and_evaluates_the_prior_at_z_k(kind, amortised,

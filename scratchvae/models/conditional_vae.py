@@ -31,8 +31,8 @@ from ..distributions.likelihoods import Likelihood, make_likelihood
 from ..nn import MLP, Layer, Linear
 from .flow_vae import EncoderWithHidden, FlowVAE, make_posterior_flow
 from .kinds import check_posterior
-from .sampling import _check_mode
-from .vae import VAE, _forward_in_blocks
+from .sampling import check_mode, forward_in_blocks
+from .vae import VAE
 
 __all__ = ["ConditionalVAE", "ConditionalFlowVAE", "LabelledEncoder",
            "LabelledEncoderWithHidden", "LabelledDecoder", "LabelledLikelihood",
@@ -252,13 +252,25 @@ class LabelledLatents:
         dh, grads = super().posterior_sample_backward(dz, dkl, inner)
         return _pad_columns(dh, width), grads
 
-    def posterior_log_ratio(self, h, eps):
-        """For the IWAE: z' = [z, y] and the wrapped step's exact log q(z|x,y) - log p(z).
+    def posterior_log_ratio_forward(self, h, eps):
+        """For the IWAE: z' = [z, y] (S, N, L + C), the wrapped step's exact
+        log q(z|x,y) - log p(z) (S, N) and its cache; h = [h_q, y].
 
         derivations/18-conditional-vae-and-iwae.md#the-conditional-elbo.
         """
-        z, log_ratio = super().posterior_log_ratio(h, eps)
-        return self._with_label(z, h), log_ratio
+        z, log_ratio, cache = super().posterior_log_ratio_forward(h, eps)
+        return self._with_label(z, h), log_ratio, (cache, h.shape[1])
+
+    def posterior_log_ratio_backward(self, d_z, d_log_ratio, cache, stop_gradient_q=False):
+        """The label columns of dz' are dropped (y is data); dh is padded to h's width.
+
+        derivations/18-conditional-vae-and-iwae.md#the-backward-pass-of-the-label-split.
+        """
+        inner, width = cache
+        d_z = np.ascontiguousarray(d_z[..., :self.latent_dim])
+        d_h, grads = super().posterior_log_ratio_backward(d_z, d_log_ratio, inner,
+                                                          stop_gradient_q)
+        return _pad_columns(d_h, width), grads
 
     # -- rows and labels
     def join(self, x, labels):
@@ -267,7 +279,7 @@ class LabelledLatents:
         derivations/18-conditional-vae-and-iwae.md#where-the-label-enters.
         """
         rows = labelled_rows(x, labels, self.n_classes, self.dtype)
-        return self._check_x(rows)
+        return self.check_x(rows)
 
     # -- sampling
     def decode(self, z, mode="mean", rng=None, labels=None):
@@ -276,7 +288,7 @@ class LabelledLatents:
 
         derivations/18-conditional-vae-and-iwae.md#conditional-sampling-and-style-transfer.
         """
-        _check_mode(mode)
+        check_mode(mode)
         z = np.asarray(z, dtype=self.dtype)
         L, C = self.latent_dim, self.n_classes
         if labels is not None:
@@ -290,7 +302,7 @@ class LabelledLatents:
             raise ValueError(f"z: expected labelled latents (N, {L} + {C}), or pass labels")
         if not np.all(np.isfinite(z)):
             raise ValueError("z: expected finite values")
-        out = _forward_in_blocks(self.decoder, z)
+        out = forward_in_blocks(self.decoder, z)
         if mode == "mean":
             return self.likelihood.mean(out)
         check_rng(rng)
@@ -305,14 +317,9 @@ class LabelledLatents:
         if label is None:
             raise ValueError(f"label: a conditional model samples a chosen class; pass label "
                              f"in 0..{self.n_classes - 1}")
-        n = check_count(n, "n")
         check_labels(label, self.n_classes, name="label")
-        check_rng(rng)
-        _check_mode(mode)
-        if not (np.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature: expected a positive number, got {temperature!r}")
-        z = np.sqrt(float(temperature)) * self._noise(rng, (n, self.latent_dim))
-        return self.decode(z, mode, rng, labels=int(label))
+        check_mode(mode)
+        return self.decode(self.draw_prior(n, rng, temperature), mode, rng, labels=int(label))
 
     def style_transfer(self, x, labels, mode="mean", rng=None):
         """Encode each x with its own label (the posterior's centre, ``encode(...).mu``) and
