@@ -24,12 +24,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from scratchvae.flows.autoregressive import (  # noqa: E402
-    AutoregressiveBlock,
-    iaf_flow,
-    maf_flow,
-    randomize_autoregressive,
-)
+from scratchvae.checks.randomize import randomize_autoregressive  # noqa: E402
+from scratchvae.flows.autoregressive import AutoregressiveBlock, iaf_flow, maf_flow  # noqa: E402
 from scratchvae.models.density import FlowDensity, StandardNormal  # noqa: E402
 
 BUILDERS = {"MAF": maf_flow, "IAF": iaf_flow}

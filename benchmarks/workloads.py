@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from scratchvae.checks.randomize import randomize_conditioners
 from scratchvae.flows.bijector import Chain
-from scratchvae.flows.coupling import CouplingBlock, coupling_flow, randomize_conditioners
+from scratchvae.flows.coupling import CouplingBlock, coupling_flow
 from scratchvae.models.density import FlowDensity, StandardNormal
 from scratchvae.models.vae import VAE
 from scratchvae.nn import MLP

@@ -32,10 +32,11 @@
 import numpy as np
 from _common import FAST, out, plt, show, show_file, steps
 
+from scratchvae.checks.randomize import randomize_conditioners
 from scratchvae.cli import plots
 from scratchvae.data import datasets as data
 from scratchvae.distributions.gaussian import kl_standard_normal
-from scratchvae.flows.coupling import coupling_flow, randomize_conditioners
+from scratchvae.flows.coupling import coupling_flow
 from scratchvae.flows.spline import rq_spline
 from scratchvae.models.density import FlowDensity, StandardNormal
 from scratchvae.models.flow_vae import FlowVAE

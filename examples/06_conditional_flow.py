@@ -29,8 +29,9 @@
 import numpy as np
 from _common import plt, show, steps
 
-from scratchvae.cli.runs import one_hot, train_flow
+from scratchvae.cli.runs import train_flow
 from scratchvae.data import datasets as data
+from scratchvae.models.conditional_vae import one_hot
 
 # %% [markdown]
 # ## Fit on the pinwheel, its arms as classes

@@ -14,11 +14,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scratchvae.checks import gradcheck, testing
+from scratchvae.checks.randomize import randomize_autoregressive
 from scratchvae.flows.autoregressive import (
     AutoregressiveBlock,
     iaf_flow,
     maf_flow,
-    randomize_autoregressive,
 )
 from scratchvae.flows.bijector import Chain
 from scratchvae.flows.coupling import AffineLaw, SplineLaw

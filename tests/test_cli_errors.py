@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from scratchvae import nn
+from scratchvae.checks.randomize import random_radial
 from scratchvae.cli import app as cli
-from scratchvae.flows.radial import random_radial
 
 TINY_FLOW = ["--layers", "2", "--hidden", "8,8", "--steps", "6", "--batch", "64",
              "--n-train", "300", "--quiet", "--no-figures"]

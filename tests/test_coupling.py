@@ -13,6 +13,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from scratchvae.checks import gradcheck, testing
+from scratchvae.checks.randomize import randomize_conditioners
 from scratchvae.flows.bijector import Chain
 from scratchvae.flows.coupling import (
     AffineLaw,
@@ -21,7 +22,6 @@ from scratchvae.flows.coupling import (
     bounded_log_scale,
     coupling_flow,
     default_mask,
-    randomize_conditioners,
 )
 from scratchvae.flows.linear import Permutation
 from scratchvae.flows.spline import knots

@@ -13,8 +13,9 @@ from scipy.special import logsumexp
 from scipy.stats import multivariate_normal, norm
 
 from scratchvae.checks import gradcheck, testing
+from scratchvae.checks.randomize import randomize_conditioners, randomize_last_layer
 from scratchvae.flows.bijector import Chain
-from scratchvae.flows.coupling import coupling_flow, randomize_conditioners
+from scratchvae.flows.coupling import coupling_flow
 from scratchvae.flows.linear import Permutation
 from scratchvae.models.density import (
     STANDARDIZE_MIN_SCALE,
@@ -22,7 +23,6 @@ from scratchvae.models.density import (
     FlowDensity,
     StandardNormal,
     bounded_log_std,
-    randomize_last_layer,
 )
 from scratchvae.training.trainer import Trainer
 

@@ -8,9 +8,10 @@ members' unchecked passes.
 import numpy as np
 import pytest
 
+from scratchvae.checks.randomize import randomize_conditioners
 from scratchvae.flows import bijector as bijector_module
 from scratchvae.flows.bijector import Chain, Inverse
-from scratchvae.flows.coupling import CouplingBlock, coupling_flow, randomize_conditioners
+from scratchvae.flows.coupling import CouplingBlock, coupling_flow
 from scratchvae.flows.elementwise import ElementwiseAffine, Logit, Sigmoid
 from scratchvae.flows.linear import ActNorm, LULinear, Permutation
 from scratchvae.flows.planar import Planar

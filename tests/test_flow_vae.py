@@ -8,6 +8,7 @@ import pytest
 
 from scratchvae import nn
 from scratchvae.checks.gradcheck import check_module, check_vjp, numerical_jacobian
+from scratchvae.checks.randomize import randomize_flow
 from scratchvae.distributions.gaussian import (
     diag_gaussian_log_prob,
     kl_standard_normal,
@@ -19,15 +20,14 @@ from scratchvae.flows.elementwise import ElementwiseAffine
 from scratchvae.flows.linear import Permutation
 from scratchvae.flows.planar import PLANAR_MIN_W_NORM2, Planar
 from scratchvae.models.flow_vae import (
-    AMORTISABLE,
     KL_ESTIMATORS,
-    POSTERIORS,
     EncoderWithHidden,
     FlowVAE,
     closed_form_weight,
     make_posterior_flow,
-    randomize_flow,
 )
+from scratchvae.models.kinds import AMORTISABLE
+from scratchvae.models.kinds import POSTERIOR_FLOWS as POSTERIORS
 from scratchvae.models.vae import VAE
 from scratchvae.training.trainer import Trainer
 
@@ -135,6 +135,27 @@ def test_encoder_with_hidden_backward_adds_the_hidden_gradient(rng):
     plain.load_params(enc.params)
     np.testing.assert_array_equal(out[:, :6], plain(x))  # the ordinary encoder output
     assert_ok(check_module("enc", enc, x, rng))
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("hidden", [(7, 5), ()])
+def test_amortised_flow_vae_starts_with_the_mean_field_weights(activation, hidden, rng):
+    """The encoder with a hidden output is drawn as the plain encoder MLP (He for hidden ReLU
+    layers, Glorot for the output): a trunk MLP of its own would draw its last hidden layer as
+    an output layer, and the decoder after it from other random numbers."""
+    kw = dict(hidden=hidden, activation=activation)
+    vae = VAE.build(6, 3, rng=np.random.default_rng(3), **kw)
+    flow = FlowVAE.build(6, 3, posterior="affine", amortised=True, context_dim=2,
+                         rng=np.random.default_rng(3), **kw)
+    assert isinstance(flow.encoder, EncoderWithHidden)
+    for k, p in vae.params.items():
+        np.testing.assert_array_equal(flow.params[k], p, err_msg=k)
+    x = binary(rng)
+    out = flow.encoder(x)
+    np.testing.assert_array_equal(out[:, :6], vae.encoder(x))
+    if not hidden:  # no hidden layer: the input itself is handed out
+        np.testing.assert_array_equal(out[:, 6:], x)
+    assert_ok(check_module("enc", flow.encoder, x, rng))
 
 
 # ----------------------------------------------------------------------------- the Monte Carlo KL
@@ -573,10 +594,11 @@ def test_inputs_are_validated(rng):
 
 def test_command_line_and_train_vae_offer_every_flow_posterior():
     """The CLI's --posterior choices are the mean-field one and every FlowVAE posterior."""
-    from scratchvae.cli.app import POSTERIORS as CLI_POSTERIORS
     from scratchvae.cli.app import build_parser
 
-    assert set(CLI_POSTERIORS) == {"gaussian", *POSTERIORS}
+    vae_parser = build_parser()._subparsers._group_actions[0].choices["train-vae"]
+    choices = next(a.choices for a in vae_parser._actions if a.dest == "posterior")
+    assert tuple(choices) == ("gaussian", *POSTERIORS)
     args = build_parser().parse_args(["train-vae", "--posterior", "dsf", "--amortised",
                                       "--out", "x"])
     assert args.posterior == "dsf" and args.amortised

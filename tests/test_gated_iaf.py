@@ -9,12 +9,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scratchvae.checks import gradcheck, testing
+from scratchvae.checks.randomize import randomize_flow
 from scratchvae.distributions.gaussian import std_normal_log_prob
 from scratchvae.flows.autoregressive import AutoregressiveBlock
 from scratchvae.flows.bijector import Chain, Inverse
 from scratchvae.flows.gated_iaf import DEFAULT_GATE_BIAS, FixedScale, GatedLaw, gated_iaf_flow
 from scratchvae.flows.linear import LULinear, Permutation
-from scratchvae.models.flow_vae import KL_ESTIMATORS, FlowVAE, randomize_flow
+from scratchvae.models.flow_vae import KL_ESTIMATORS, FlowVAE
 from scratchvae.models.vae import VAE
 from scratchvae.nn import sigmoid
 

@@ -19,9 +19,10 @@ import pytest
 from hypothesis import given, settings
 
 from scratchvae.checks import gradcheck, testing
+from scratchvae.checks.randomize import randomize_conditioners
 from scratchvae.flows.autoregressive import AutoregressiveBlock
 from scratchvae.flows.combination import DSFLaw, SOSLaw
-from scratchvae.flows.coupling import AffineLaw, CouplingBlock, SplineLaw, randomize_conditioners
+from scratchvae.flows.coupling import AffineLaw, CouplingBlock, SplineLaw
 from scratchvae.flows.gated_iaf import GatedLaw
 from scratchvae.flows.law import LAWS, Law, law_class, make_law
 from scratchvae.flows.monotone import _SkewTanhLaw

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scratchvae.checks import gradcheck, testing
+from scratchvae.checks.randomize import randomize_conditioners
 from scratchvae.distributions.targets import make_target
-from scratchvae.flows.coupling import randomize_conditioners
 from scratchvae.flows.planar import Planar
 from scratchvae.flows.radial import Radial
 from scratchvae.models.variational import (

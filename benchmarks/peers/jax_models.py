@@ -57,7 +57,7 @@ def _softplus(x):
 
 def vae_loss(s: VAESpec, params, x, eps):
     """(summed Bernoulli BCE-with-logits + analytic KL) / N: scratchvae/models/vae.py
-    ``elbo_loss_and_grads`` at beta 1, one sample. x (N, D), eps (1, N, L) -> scalar."""
+    ``VAE.loss_and_grads`` at beta 1, one sample. x (N, D), eps (1, N, L) -> scalar."""
     L = s.latent
     h = _mlp(params, "encoder.layers", s.enc_layers, x)
     mu, raw = h[:, :L], h[:, L:2 * L]

@@ -1,6 +1,7 @@
 """Checks: the argument checks every public entry point uses (``arguments``), the
-finite-difference gradient checker (``gradcheck``) with its registry of cases (``cases``), and
-the property kit for bijectors (``testing``).
+finite-difference gradient checker (``gradcheck``) with its registry of cases (``cases``), the
+property kit for bijectors (``testing``), and the test instances far from the identity that the
+cases, the tests and the benchmarks build (``randomize``).
 
 The argument checks are imported here (they need only NumPy); the others on first use.
 """
@@ -8,7 +9,7 @@ The argument checks are imported here (they need only NumPy); the others on firs
 from .. import lazy_dir, lazy_getattr
 from .arguments import check_count, check_points, check_rng, rng_or_default
 
-_SUBMODULES = ("arguments", "gradcheck", "cases", "testing")
+_SUBMODULES = ("arguments", "gradcheck", "cases", "testing", "randomize")
 
 __all__ = ["check_count", "check_points", "check_rng", "rng_or_default", *_SUBMODULES]
 

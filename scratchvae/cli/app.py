@@ -170,11 +170,6 @@ def cmd_demo(args) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
-#: The choices of the flow options that runs.py does not list (train-flow's are its
-#: ``FLOW_KINDS``, fit-target's its ``TARGET_IAF_KINDS`` beside variational's ``KINDS``).
-POSTERIORS = ("gaussian", "planar", "radial", "affine", "spline", "dsf", "sos", "iaf")
-
-
 class _Help(argparse.HelpFormatter):
     """--help gives every option one line of help with its default and its choices."""
 
@@ -260,8 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("train-flow", help="fit a coupling flow by maximum likelihood", **sub_kw)
     f.add_argument("--data", default=F["data"],
                    help="toy data set name or a .npy/.npz/.csv file")
-    from .runs import FLOW_KINDS
-    f.add_argument("--flow", choices=list(FLOW_KINDS), default=F["flow"],
+    from ..models import kinds  # the one table of flow and posterior kinds
+    f.add_argument("--flow", choices=list(kinds.DENSITY_FLOWS), default=F["flow"],
                    help="coupling laws (affine, spline, dsf, sos) or autoregressive flows "
                    "(maf*: fast log_prob, slow sampling; iaf*: fast sampling, slow log_prob)")
     f.add_argument("--layers", type=_positive_int, default=F["layers"],
@@ -298,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Monte Carlo samples S per example")
     v.add_argument("--iwae-k", type=_positive_int, default=V["iwae_k"],
                    help="importance samples K of the test IWAE bound")
-    v.add_argument("--posterior", choices=POSTERIORS, default=V["posterior"],
+    v.add_argument("--posterior", choices=kinds.POSTERIORS, default=V["posterior"],
                    help="the encoder's distribution q(z|x)")
     v.add_argument("--flow-layers", type=_positive_int, default=V["flow_layers"],
                    help="layers of a flow posterior")
@@ -322,9 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                        **sub_kw)
     t.add_argument("--target", default=T["target"],
                    help=f"the unnormalised density to fit (choices: {', '.join(TARGETS)})")
-    from ..models.variational import KINDS
-    from .runs import TARGET_IAF_KINDS
-    t.add_argument("--flow", choices=[*KINDS, *TARGET_IAF_KINDS], default=T["flow"],
+    t.add_argument("--flow", choices=kinds.TARGET_KINDS, default=T["flow"],
                    help="the variational family q")
     t.add_argument("--layers", type=_positive_int, default=T["layers"], help="flow layers")
     _hidden(t, T["hidden"])

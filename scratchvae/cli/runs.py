@@ -29,6 +29,7 @@ import time
 import numpy as np
 
 from ..data import datasets
+from ..models import kinds
 from ..training.trainer import Trainer, atomic_write_text, load_npz
 from . import vae_options as vae_run_options
 from .guards import (
@@ -42,7 +43,7 @@ from .guards import (
 from .rundir import RunInterrupted, guarded_run, on_signals, prepare_out, quiet_after_stop
 from .rundir import read_config as _read_saved_config
 
-__all__ = ["train_flow", "train_vae", "fit_target", "sample_run", "one_hot", "load_run",
+__all__ = ["train_flow", "train_vae", "fit_target", "sample_run", "load_run",
            "FLOW_DEFAULTS", "VAE_DEFAULTS", "TARGET_DEFAULTS"]
 
 #: The defaults of ``scratchvae train-flow`` (measured in the notes of issue 4): a 4-layer spline
@@ -65,15 +66,11 @@ DEFAULT_LAYERS = {"spline": 4, "affine": 8, "dsf": 4, "sos": 4, "maf": 5, "maf-s
 #: with a numerical inverse (derivations/17-combination-flows.md#the-neural-autoregressive-flow).
 DENSITY_LAWS = {"dsf": dict(closed_form="inverse"), "sos": dict(closed_form="inverse")}
 
-#: ``train-flow --flow``: name -> (stack builder, law). MAF: one-pass density, D-pass sampling;
-#: IAF: one-pass sampling, D-pass density (derivations/16-autoregressive-flows.md).
-FLOW_KINDS = {"affine": ("coupling_flow", "affine"), "spline": ("coupling_flow", "spline"),
-              "dsf": ("coupling_flow", "dsf"), "sos": ("coupling_flow", "sos"),
-              "maf": ("maf_flow", "affine"), "maf-spline": ("maf_flow", "spline"),
-              "maf-dsf": ("maf_flow", "dsf"), "maf-sos": ("maf_flow", "sos"),
-              "iaf": ("iaf_flow", "affine"), "iaf-spline": ("iaf_flow", "spline")}
-#: ``fit-target --flow``: the IAFs (cheap samples and their log q) next to variational's kinds.
-TARGET_IAF_KINDS = {"iaf": "affine", "iaf-spline": "spline"}
+#: ``train-flow --flow``: name -> (stack builder, law); ``fit-target --flow``: the IAFs of the
+#: Gaussian (cheap samples and their log q), name -> law, next to variational's kinds. Both read
+#: from the one table of kinds, ``scratchvae.models.kinds``.
+FLOW_KINDS = kinds.DENSITY_FLOWS
+TARGET_IAF_KINDS = kinds.TARGET_IAF_KINDS
 
 #: The defaults of ``scratchvae train-vae``: issue 3's settings (latent 16, hidden 256-256,
 #: tanh, Adam from 1e-3, batch 128, best-validation epoch kept) with a cosine decay of the
@@ -94,20 +91,6 @@ _DEFAULTS_BY_KIND = {"flow": FLOW_DEFAULTS, "vae": VAE_DEFAULTS, "target": TARGE
 
 
 # ----------------------------------------------------------------------------- small helpers
-def one_hot(labels, n_classes: int) -> np.ndarray:
-    """Integer labels ``(N,)`` -> one-hot rows ``(N, n_classes)`` (float64)."""
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels: expected a 1-D integer array, got {labels.dtype} "
-                         f"{labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(f"labels: expected values in [0, {n_classes}), got "
-                         f"[{labels.min()}, {labels.max()}]")
-    out = np.zeros((labels.size, n_classes))
-    out[np.arange(labels.size), labels] = 1.0
-    return out
-
-
 def _config_for_json(config: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
 
@@ -200,14 +183,14 @@ def _build_flow_model(settings, dim, context_dim, rng):
     from ..flows import autoregressive, coupling
     from ..flows.bijector import Chain
     from ..flows.elementwise import Sigmoid
+    from ..flows.law import make_law
     from ..models.density import ConditionalDiagonalGaussian, FlowDensity, StandardNormal
 
     dtype = _dtype(settings["dtype"])
     builder, law = FLOW_KINDS[settings["flow"]]
     builder = getattr(coupling if builder == "coupling_flow" else autoregressive, builder)
     if law in DENSITY_LAWS:
-        from ..flows.combination import LAWS
-        law = LAWS[law](**DENSITY_LAWS[law])
+        law = make_law(law, **DENSITY_LAWS[law])
     flow = builder(dim, settings["layers"], law, tuple(settings["hidden"]),
                    settings["activation"], bins=settings["bins"], bound=settings["bound"],
                    rng=rng, context_dim=context_dim, dtype=dtype)
@@ -268,6 +251,8 @@ def train_flow(out=None, quiet=False, resume=False, figures=True, stop_after=Non
         return rows[:, :dim], (rows[:, dim:] if context_dim else None)
 
     def with_context(x, labels):
+        from ..models.conditional_vae import one_hot
+
         return np.hstack([x, one_hot(labels, context_dim)]) if context_dim else x
 
     train_rows = with_context(ds.train, ds.train_labels)
@@ -408,11 +393,9 @@ def train_vae(out=None, quiet=False, resume=False, figures=True, stop_after=None
     """
     settings = _iaf_implies_amortised(settings)
     settings = _prepare_out(out, resume, "vae", VAE_DEFAULTS, settings, quiet)
-    from ..models.flow_vae import POSTERIORS as FLOW_POSTERIORS
-
-    posteriors = ("gaussian", *FLOW_POSTERIORS)
-    if settings["posterior"] not in posteriors:
-        raise ValueError(f"posterior: expected one of {posteriors}, got {settings['posterior']!r}")
+    if settings["posterior"] not in kinds.POSTERIORS:
+        raise ValueError(f"posterior: expected one of {kinds.POSTERIORS}, got "
+                         f"{settings['posterior']!r}")
     vae_run_options.check_settings(settings)
     dtype = _dtype(settings["dtype"])
     ds = datasets.load_dataset(str(settings["data"]), seed=settings["seed"])
@@ -568,10 +551,8 @@ def fit_target(out=None, quiet=False, resume=False, figures=True, stop_after=Non
 def _build_variational(settings, make_variational=None):
     if make_variational is None:
         from ..models.variational import make_variational
-    from ..models.variational import KINDS
-    kinds = (*KINDS, *TARGET_IAF_KINDS)
-    if settings["flow"] not in kinds:
-        raise ValueError(f"flow: expected one of {kinds}, got {settings['flow']!r}")
+    if settings["flow"] not in kinds.TARGET_KINDS:
+        raise ValueError(f"flow: expected one of {kinds.TARGET_KINDS}, got {settings['flow']!r}")
     # runs saved before fit-target had --bound used the spline box [-4, 4]
     bound = settings.get("bound", 4.0)
     if settings["flow"] in TARGET_IAF_KINDS:  # q = IAF of the Gaussian: one pass per sample
@@ -650,7 +631,9 @@ def sample_run(run_dir, n: int, temperature: float = 1.0, seed: int = 0, label=N
             if label is None:
                 raise ValueError("label: this flow is conditional; pass --label K with K in "
                                  f"[0, {model.context_dim})")
-            context = one_hot(np.full(n, int(label)), model.context_dim)
+            from ..models.conditional_vae import one_hot
+
+            context = one_hot(np.full(n, int(label)), model.context_dim, name="label")
         elif label is not None:
             raise ValueError("label: this flow is not conditional")
         return model.sample(n, rng, context=context, temperature=temperature)

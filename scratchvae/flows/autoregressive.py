@@ -38,8 +38,7 @@ from ..nn.made import MADE
 from .bijector import Bijector, Cache, Chain
 from .law import make_law
 
-__all__ = ["AutoregressiveBlock", "maf_flow", "iaf_flow", "CHEAP_DIRECTIONS",
-           "randomize_autoregressive"]
+__all__ = ["AutoregressiveBlock", "maf_flow", "iaf_flow", "CHEAP_DIRECTIONS"]
 
 #: ``cheap="inverse"`` is the MAF (one-pass density), ``cheap="forward"`` the IAF (one-pass
 #: sampling); the other direction of each costs D conditioner passes.
@@ -265,11 +264,3 @@ def iaf_flow(dim, n_blocks, law="affine", hidden=(128, 128), activation="relu", 
     """
     return _stack(dim, n_blocks, "forward", law, hidden, activation, rng, context_dim, bins,
                   bound, scale_bound, orders, hidden_order, dtype)
-
-
-def randomize_autoregressive(flow, rng, scale=0.5):
-    """Random output layers for every autoregressive block of ``flow`` (tests and checks)."""
-    for b in flow.bijectors if isinstance(flow, Chain) else [flow]:
-        if isinstance(b, AutoregressiveBlock):
-            b.randomize(rng, scale)
-    return flow

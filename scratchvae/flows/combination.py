@@ -27,7 +27,7 @@ import numpy as np
 from ..nn import soft_clip
 from .monotone import MonotoneLaw, check_closed_form, implicit_upstream
 
-__all__ = ["DSFLaw", "DSFMap", "SOSLaw", "SOSMap", "LAWS", "log_sigmoids", "logsumexp_and_weights",
+__all__ = ["DSFLaw", "DSFMap", "SOSLaw", "SOSMap", "log_sigmoids", "logsumexp_and_weights",
            "bounded_coefficients"]
 
 
@@ -314,7 +314,3 @@ class SOSLaw(MonotoneLaw):
         d_theta[..., 1:] = np.moveaxis(dC, (0, 1), (3, 2)).reshape(N, M, -1)
         return d_in, d_theta
 
-
-#: The combination-based laws by name (kept for the modules that import it; the one table of
-#: every law by name, which ``make_law`` reads, is ``flows.law.LAWS``)
-LAWS = {law.name: law for law in (DSFLaw, SOSLaw)}

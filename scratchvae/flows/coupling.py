@@ -419,19 +419,3 @@ def coupling_flow(dim, n_layers, law="affine", hidden=(64, 64), activation="relu
         bijectors.append(CouplingBlock(dim, make_law(law, bins, bound, scale_bound), hidden,
                                        activation, rng, mask, context_dim, dtype))
     return Chain(bijectors)
-
-
-# ----------------------------------------------------------------------------- gradcheck registry
-def randomize_conditioners(flow, rng, scale=1.0):
-    """Give every conditioner's (zero-initialised) last layer random weights, ``scale`` std.
-
-    For tests and checks: a zeroed last layer makes every log-det exactly 0, where a wrong sign
-    or direction cannot show.
-    """
-    blocks = flow.bijectors if isinstance(flow, Chain) else [flow]
-    for b in blocks:
-        if isinstance(b, CouplingBlock):
-            last = b.conditioner.layers[-1]
-            last.W[...] = scale * rng.standard_normal(last.W.shape)
-            last.b[...] = scale * rng.standard_normal(last.b.shape)
-    return flow

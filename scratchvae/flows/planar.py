@@ -343,14 +343,3 @@ class Planar(Bijector):
     def backward_inverse(self, d_out, d_logdet, data):
         dx, dw, du, db = planar_inverse_backward(d_out, d_logdet, data)
         return dx, {"w": dw, "u": du, "b": db}, None
-
-
-# ----------------------------------------------------------------------------- gradcheck registry
-def random_planar(dim, rng, scale=1.0, dtype=np.float64):
-    """A planar layer with raw parameters ``N(0, scale^2)`` and ``b ~ N(0, 1)``: far from the
-    identity, log-dets far from 0 (for the tests and the gradcheck registry)."""
-    layer = Planar(dim, rng, dtype)
-    layer.w[...] = scale * rng.standard_normal(dim)
-    layer.u[...] = scale * rng.standard_normal(dim)
-    layer.b[...] = rng.standard_normal(1)
-    return layer

@@ -298,12 +298,3 @@ class Radial(Bijector):
     def backward_inverse(self, d_out, d_logdet, data):
         dx, dz0, da, db = radial_inverse_backward(d_out, d_logdet, data)
         return dx, {"z0": dz0, "raw_alpha": da, "raw_beta": db}, None
-
-
-# ----------------------------------------------------------------------------- gradcheck registry
-def random_radial(dim, rng, dtype=np.float64):
-    """A radial layer with a clearly expanding or contracting ``beta`` (for tests)."""
-    layer = Radial(dim, rng, dtype)
-    layer.raw_alpha[...] = rng.normal(0.0, 1.0, 1)
-    layer.raw_beta[...] = rng.normal(1.0, 1.0, 1)
-    return layer

@@ -2,7 +2,9 @@
 flows. The VAE (``vae``, with its evaluation ``vae_eval`` and its sampling modes ``sampling``),
 the VAE with a flow posterior (``flow_vae``, its KL estimators ``kl_estimators``), the
 conditional VAE (``conditional_vae``), the IWAE objective (``iwae``), the density flow
-(``density``) and the reverse-KL fit (``variational``). Names are imported on first use.
+(``density``) and the reverse-KL fit (``variational``); the one table of the kinds of flow and
+posterior that the builders and the command line read (``kinds``). Names are imported on first
+use.
 """
 
 from .. import lazy_dir, lazy_getattr
@@ -16,7 +18,7 @@ _EXPORTS = {
     "make_variational": "variational", "reverse_kl_loss_and_grads": "variational",
 }
 _SUBMODULES = ("vae", "vae_eval", "sampling", "flow_vae", "kl_estimators", "conditional_vae",
-               "iwae", "density", "variational")
+               "iwae", "density", "variational", "kinds")
 
 __all__ = [*_EXPORTS, *_SUBMODULES]
 

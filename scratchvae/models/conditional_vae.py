@@ -26,16 +26,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checks.arguments import check_rng, rng_or_default
+from ..checks.arguments import check_count, check_rng, rng_or_default
 from ..distributions.likelihoods import Likelihood, make_likelihood
 from ..nn import MLP, Layer, Linear
-from .flow_vae import AMORTISABLE, EncoderWithHidden, FlowVAE, make_posterior_flow
-from .sampling import _check_mode
-from .vae import VAE, _forward_in_blocks, _positive_int
+from .flow_vae import EncoderWithHidden, FlowVAE, make_posterior_flow
+from .kinds import check_posterior
+from .sampling import check_mode, forward_in_blocks
+from .vae import VAE
 
 __all__ = ["ConditionalVAE", "ConditionalFlowVAE", "LabelledEncoder",
            "LabelledEncoderWithHidden", "LabelledDecoder", "LabelledLikelihood",
-           "LabelledLatents", "build_conditional", "labelled_rows", "check_labels"]
+           "LabelledLatents", "build_conditional", "labelled_rows", "check_labels", "one_hot"]
 
 
 # ----------------------------------------------------------------------------- labels
@@ -58,7 +59,16 @@ def check_labels(labels, n_classes, n=None, name="labels"):
     return y.astype(np.int64)
 
 
-def _one_hot(y, n_classes, dtype):
+def one_hot(labels, n_classes, dtype=np.float64, name="labels"):
+    """Class labels ``(N,)`` -> one-hot rows ``(N, n_classes)``: row n is 1 in column labels[n].
+
+    The labels are checked by ``check_labels`` (integers in 0..C-1, whole-number floats
+    accepted); ``ValueError`` naming ``name`` otherwise. The one home of the one-hot code: the
+    conditional VAE's rows and the conditional flows' contexts (``cli.runs``) both use it.
+    derivations/18-conditional-vae-and-iwae.md#where-the-label-enters.
+    """
+    n_classes = check_count(n_classes, "n_classes")
+    y = check_labels(labels, n_classes, name=name)
     out = np.zeros((y.size, n_classes), dtype=dtype)
     out[np.arange(y.size), y] = 1
     return out
@@ -73,7 +83,7 @@ def labelled_rows(x, labels, n_classes, dtype=np.float64):
     if x.ndim != 2:
         raise ValueError(f"x: expected a 2-D array (N, D), got shape {x.shape}")
     y = check_labels(labels, n_classes, x.shape[0])
-    return np.concatenate([x.astype(dtype, copy=False), _one_hot(y, n_classes, dtype)], axis=1)
+    return np.concatenate([x.astype(dtype, copy=False), one_hot(y, n_classes, dtype)], axis=1)
 
 
 def _pad_columns(d, width):
@@ -112,7 +122,7 @@ class LabelledEncoder(_PassesLabel, MLP):
 
     def __init__(self, sizes, n_classes, activation="tanh", rng=None, dtype=np.float64):
         super().__init__(sizes, activation, rng, dtype)
-        self.n_classes = _positive_int(n_classes, "n_classes")
+        self.n_classes = check_count(n_classes, "n_classes")
 
 
 class LabelledEncoderWithHidden(_PassesLabel, EncoderWithHidden):
@@ -125,7 +135,7 @@ class LabelledEncoderWithHidden(_PassesLabel, EncoderWithHidden):
 
     def __init__(self, sizes, n_classes, activation="tanh", rng=None, dtype=np.float64):
         super().__init__(sizes, activation, rng, dtype)
-        self.n_classes = _positive_int(n_classes, "n_classes")
+        self.n_classes = check_count(n_classes, "n_classes")
 
     @property
     def n_hidden(self):
@@ -143,7 +153,7 @@ class LabelledDecoder(Layer):
         super().__init__()
         if not isinstance(mlp, MLP):
             raise ValueError(f"mlp: expected a scratchvae.nn.MLP, got {type(mlp).__name__}")
-        self.n_classes = _positive_int(n_classes, "n_classes")
+        self.n_classes = check_count(n_classes, "n_classes")
         self.net = mlp
         for name, child in mlp._children.items():
             self.add_child(name, child)
@@ -167,8 +177,8 @@ class LabelledLikelihood(Likelihood):
                              f"{type(inner).__name__}")
         super().__init__(inner.dtype)
         self.inner, self.name = inner, inner.name
-        self.data_dim = _positive_int(data_dim, "data_dim")
-        self.n_classes = _positive_int(n_classes, "n_classes")
+        self.data_dim = check_count(data_dim, "data_dim")
+        self.n_classes = check_count(n_classes, "n_classes")
         for k, v in inner.params.items():
             self.add_param(k, v)
 
@@ -242,13 +252,25 @@ class LabelledLatents:
         dh, grads = super().posterior_sample_backward(dz, dkl, inner)
         return _pad_columns(dh, width), grads
 
-    def posterior_log_ratio(self, h, eps):
-        """For the IWAE: z' = [z, y] and the wrapped step's exact log q(z|x,y) - log p(z).
+    def posterior_log_ratio_forward(self, h, eps):
+        """For the IWAE: z' = [z, y] (S, N, L + C), the wrapped step's exact
+        log q(z|x,y) - log p(z) (S, N) and its cache; h = [h_q, y].
 
         derivations/18-conditional-vae-and-iwae.md#the-conditional-elbo.
         """
-        z, log_ratio = super().posterior_log_ratio(h, eps)
-        return self._with_label(z, h), log_ratio
+        z, log_ratio, cache = super().posterior_log_ratio_forward(h, eps)
+        return self._with_label(z, h), log_ratio, (cache, h.shape[1])
+
+    def posterior_log_ratio_backward(self, d_z, d_log_ratio, cache, stop_gradient_q=False):
+        """The label columns of dz' are dropped (y is data); dh is padded to h's width.
+
+        derivations/18-conditional-vae-and-iwae.md#the-backward-pass-of-the-label-split.
+        """
+        inner, width = cache
+        d_z = np.ascontiguousarray(d_z[..., :self.latent_dim])
+        d_h, grads = super().posterior_log_ratio_backward(d_z, d_log_ratio, inner,
+                                                          stop_gradient_q)
+        return _pad_columns(d_h, width), grads
 
     # -- rows and labels
     def join(self, x, labels):
@@ -257,7 +279,7 @@ class LabelledLatents:
         derivations/18-conditional-vae-and-iwae.md#where-the-label-enters.
         """
         rows = labelled_rows(x, labels, self.n_classes, self.dtype)
-        return self._check_x(rows)
+        return self.check_x(rows)
 
     # -- sampling
     def decode(self, z, mode="mean", rng=None, labels=None):
@@ -266,7 +288,7 @@ class LabelledLatents:
 
         derivations/18-conditional-vae-and-iwae.md#conditional-sampling-and-style-transfer.
         """
-        _check_mode(mode)
+        check_mode(mode)
         z = np.asarray(z, dtype=self.dtype)
         L, C = self.latent_dim, self.n_classes
         if labels is not None:
@@ -274,12 +296,13 @@ class LabelledLatents:
                 raise ValueError(f"z: expected shape (N, {L}) with labels, got {z.shape}")
             y = np.asarray(labels)
             y = np.full(z.shape[0], y) if y.ndim == 0 else y
-            z = np.concatenate([z, _one_hot(check_labels(y, C, z.shape[0]), C, self.dtype)], 1)
+            y = check_labels(y, C, z.shape[0])
+            z = np.concatenate([z, one_hot(y, C, self.dtype)], axis=1)
         elif z.ndim != 2 or z.shape[1] != L + C:
             raise ValueError(f"z: expected labelled latents (N, {L} + {C}), or pass labels")
         if not np.all(np.isfinite(z)):
             raise ValueError("z: expected finite values")
-        out = _forward_in_blocks(self.decoder, z)
+        out = forward_in_blocks(self.decoder, z)
         if mode == "mean":
             return self.likelihood.mean(out)
         check_rng(rng)
@@ -294,14 +317,9 @@ class LabelledLatents:
         if label is None:
             raise ValueError(f"label: a conditional model samples a chosen class; pass label "
                              f"in 0..{self.n_classes - 1}")
-        n = _positive_int(n, "n")
         check_labels(label, self.n_classes, name="label")
-        check_rng(rng)
-        _check_mode(mode)
-        if not (np.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature: expected a positive number, got {temperature!r}")
-        z = np.sqrt(float(temperature)) * self._noise(rng, (n, self.latent_dim))
-        return self.decode(z, mode, rng, labels=int(label))
+        check_mode(mode)
+        return self.decode(self.draw_prior(n, rng, temperature), mode, rng, labels=int(label))
 
     def style_transfer(self, x, labels, mode="mean", rng=None):
         """Encode each x with its own label (the posterior's centre, ``encode(...).mu``) and
@@ -352,15 +370,13 @@ def build_conditional(data_dim, n_classes, latent_dim, hidden=(256, 256), activa
     keyword arguments (``n_samples``, ``warmup``, ``free_bits``, ``kl_estimator``, ...) go to
     the model's constructor. derivations/18-conditional-vae-and-iwae.md#the-conditional-elbo.
     """
-    D = _positive_int(data_dim, "data_dim")
-    C = _positive_int(n_classes, "n_classes")
-    L = _positive_int(latent_dim, "latent_dim")
+    D = check_count(data_dim, "data_dim")
+    C = check_count(n_classes, "n_classes")
+    L = check_count(latent_dim, "latent_dim")
     hidden = tuple(hidden)
     rng = rng_or_default(rng)
     check_rng(rng)
-    if posterior != "gaussian" and amortised and posterior not in AMORTISABLE:
-        raise ValueError(f"amortised: a {posterior} flow reads no context; amortised posteriors "
-                         f"need one of {AMORTISABLE}")
+    check_posterior(posterior, amortised)
     amortised = bool(amortised) and posterior != "gaussian"
     enc_cls = LabelledEncoderWithHidden if amortised else LabelledEncoder
     encoder = enc_cls([D + C, *hidden, 2 * L], C, activation, rng, dtype)
@@ -370,7 +386,7 @@ def build_conditional(data_dim, n_classes, latent_dim, hidden=(256, 256), activa
     lik = LabelledLikelihood(likelihood, D, C)
     if posterior == "gaussian":
         return ConditionalVAE(encoder, decoder, lik, L, data_dim=D + C, dtype=dtype, **kwargs)
-    context_dim = _positive_int(context_dim, "context_dim") if amortised else 0
+    context_dim = check_count(context_dim, "context_dim") if amortised else 0
     flow = make_posterior_flow(posterior, L, flow_layers, context_dim=context_dim,
                                hidden=flow_hidden, activation=flow_activation, bins=bins,
                                bound=bound, rng=rng, dtype=dtype)

@@ -162,90 +162,6 @@ def _checked_dims(base, flow, dim, context_dim):
     return dim, context_dim
 
 
-# ----------------------------------------------------------------------------- context, sampling
-def _checked_context(model, context, n):
-    if model.context_dim == 0:
-        if context is not None:
-            raise ValueError("context: this model is unconditional (context_dim=0), got "
-                             f"an array of shape {np.shape(context)}")
-        return None
-    if context is None:
-        raise ValueError(f"context: this model needs a context of shape ({n}, "
-                         f"{model.context_dim}), got None")
-    return _check_array("context", context, model.context_dim, model.dtype, n)
-
-
-def _checked_sampling(model, n, rng, context, temperature):
-    if n is None and context is not None:
-        n = np.shape(context)[0]
-    n = check_count(n, "n")
-    return n, check_rng(rng), _checked_context(model, context, n), \
-        _check_temperature(temperature)
-
-
-def rsample_and_log_prob(model, n, rng, context=None, temperature=1.0):
-    """Reparameterised samples ``x`` ``(n, dim)``, ``log p(x | c)`` ``(n,)`` and a cache.
-
-    Through the flow's *forward* (generative u -> x): ``u ~ base`` (variance times
-    ``temperature``), ``x = shift + scale T(u)``,
-    ``log p(x) = log p_base(u) - log|det dT/du| - sum log scale``: the *model's*
-    log-density at ``x``, equal to ``log_prob(x)``; at ``temperature != 1`` it is not the
-    log-density of the tempered sampler.
-    Derivation: derivations/11-density-and-conditional-flows.md#sampling.
-    """
-    n, rng, ctx, temperature = _checked_sampling(model, n, rng, context, temperature)
-    u, logp_u, c_base = model.base.rsample_and_log_prob(n, rng, ctx, temperature)
-    # a float64 base in front of a float32 flow
-    u, logp_u = u.astype(model.dtype, copy=False), logp_u.astype(model.dtype, copy=False)
-    z, logp_z, _, c_push = push_forward(model.flow, u, logp_u, ctx)
-    x = model.shift + model.scale * z
-    return x, logp_z - model._log_scale_sum(), (c_base, c_push)
-
-
-def rsample_backward(model, d_x, d_logp, cache):
-    """``(grads, d_context)`` of ``<d_x, x> + <d_logp, log p>`` for
-    ``rsample_and_log_prob``: the reparameterisation gradient (reverse KL, a flow posterior).
-    Derivation: derivations/11-density-and-conditional-flows.md#sampling.
-    """
-    c_base, c_push = cache
-    # x = shift + scale z, (z, log p) = push_forward(u, log p_base(u))
-    d_u, d_logp_u, g_flow, dc_flow = push_forward_backward(model.flow, d_x * model.scale,
-                                                           d_logp, c_push)
-    g_base, dc_base = model.base.rsample_backward(d_u, d_logp_u, c_base)
-    grads = {**model.prefixed("flow", g_flow), **model.prefixed("base", g_base)}
-    return grads, add_context_grads(dc_flow, dc_base)
-
-
-def sample_and_log_prob(model, n, rng=None, context=None, temperature=1.0):
-    """``x`` ``(n, dim)`` and ``log p(x | c)`` ``(n,)`` (see ``rsample_and_log_prob``);
-    ``rng`` None: a fresh generator.
-
-    Derivation: derivations/11-density-and-conditional-flows.md#sampling.
-    """
-    x, logp, _ = model.rsample_and_log_prob(n, _fresh_rng(rng), context, temperature)
-    return x, logp
-
-
-def sample(model, n, rng=None, context=None, temperature=1.0):
-    """``n`` samples ``(n, dim)`` (``n`` may be None when a context gives the count);
-    ``rng`` None: a fresh generator (pass a seeded one for reproducible samples).
-
-    ``temperature`` T multiplies the base's *variance*: u ~ N(0, T I) for a standard
-    normal base (its standard deviation times sqrt(T)), the lecture's N(0, T I) and the
-    same convention as ``VAE.sample``. That is exact tempering (sampling ``p(x)^{1/T}``,
-    normalised) only for a volume-preserving flow, whose log-det does not depend on u;
-    for coupling flows it is a heuristic that concentrates samples on the high-density
-    regions. Derivation: derivations/05-sampling.md#temperature,
-    derivations/11-density-and-conditional-flows.md#temperature.
-    """
-    n, rng, ctx, temperature = _checked_sampling(model, n, _fresh_rng(rng), context,
-                                                 temperature)
-    u = model.base.draw(n, rng, ctx, temperature)  # all the noise first, then blocks
-    u = u.astype(model.dtype, copy=False)
-    return _in_row_blocks(
-        lambda ub, cb: model.shift + model.scale * model.flow._forward(ub, cb)[0], n, u, ctx)
-
-
 class FlowDensity(Density):
     """``p(x | c)``: a base distribution pushed through a flow (forward = generative u -> x).
 
@@ -313,6 +229,26 @@ class FlowDensity(Density):
 
     def _check_x(self, x, name="x"):
         return _check_array(name, x, self.dim, self.dtype)
+
+    def _check_context(self, context, n):
+        """``context`` checked against ``context_dim`` and ``n`` rows (None when unconditional)."""
+        if self.context_dim == 0:
+            if context is not None:
+                raise ValueError("context: this model is unconditional (context_dim=0), got "
+                                 f"an array of shape {np.shape(context)}")
+            return None
+        if context is None:
+            raise ValueError(f"context: this model needs a context of shape ({n}, "
+                             f"{self.context_dim}), got None")
+        return _check_array("context", context, self.context_dim, self.dtype, n)
+
+    def _check_sampling(self, n, rng, context, temperature):
+        """``(n, rng, context, temperature)`` checked; ``n`` None: the context's rows."""
+        if n is None and context is not None:
+            n = np.shape(context)[0]
+        n = check_count(n, "n")
+        return n, check_rng(rng), self._check_context(context, n), \
+            _check_temperature(temperature)
 
     # -- density
     def log_prob_forward(self, x, context=None):
@@ -390,17 +326,62 @@ class FlowDensity(Density):
         return _in_row_blocks(lambda xb, cb: self.flow._inverse((xb - self.shift) / self.scale,
                                                                 cb)[0], x.shape[0], x, ctx)
 
-    # -- the context check and sampling: the functions above, bound here as methods
-    _check_context = _checked_context
-    _check_sampling = _checked_sampling
-    rsample_and_log_prob = rsample_and_log_prob
-    rsample_backward = rsample_backward
-    sample_and_log_prob = sample_and_log_prob
-    sample = sample
-def randomize_last_layer(mlp, rng, scale):
-    """Random weights in an MLP's (zero-initialised) last layer; for tests and checks."""
-    last = mlp.layers[-1]
-    last.W[...] = scale * rng.standard_normal(last.W.shape)
-    last.b[...] = scale * rng.standard_normal(last.b.shape)
-    return mlp
+    # -- sampling
+    def rsample_and_log_prob(self, n, rng, context=None, temperature=1.0):
+        """Reparameterised samples ``x`` ``(n, dim)``, ``log p(x | c)`` ``(n,)`` and a cache.
 
+        Through the flow's *forward* (generative u -> x): ``u ~ base`` (variance times
+        ``temperature``), ``x = shift + scale T(u)``,
+        ``log p(x) = log p_base(u) - log|det dT/du| - sum log scale``: the *model's*
+        log-density at ``x``, equal to ``log_prob(x)``; at ``temperature != 1`` it is not the
+        log-density of the tempered sampler.
+        Derivation: derivations/11-density-and-conditional-flows.md#sampling.
+        """
+        n, rng, ctx, temperature = self._check_sampling(n, rng, context, temperature)
+        u, logp_u, c_base = self.base.rsample_and_log_prob(n, rng, ctx, temperature)
+        # a float64 base in front of a float32 flow
+        u, logp_u = u.astype(self.dtype, copy=False), logp_u.astype(self.dtype, copy=False)
+        z, logp_z, _, c_push = push_forward(self.flow, u, logp_u, ctx)
+        x = self.shift + self.scale * z
+        return x, logp_z - self._log_scale_sum(), (c_base, c_push)
+
+    def rsample_backward(self, d_x, d_logp, cache):
+        """``(grads, d_context)`` of ``<d_x, x> + <d_logp, log p>`` for
+        ``rsample_and_log_prob``: the reparameterisation gradient (reverse KL, a flow
+        posterior). Derivation: derivations/11-density-and-conditional-flows.md#sampling.
+        """
+        c_base, c_push = cache
+        # x = shift + scale z, (z, log p) = push_forward(u, log p_base(u))
+        d_u, d_logp_u, g_flow, dc_flow = push_forward_backward(self.flow, d_x * self.scale,
+                                                               d_logp, c_push)
+        g_base, dc_base = self.base.rsample_backward(d_u, d_logp_u, c_base)
+        grads = {**self.prefixed("flow", g_flow), **self.prefixed("base", g_base)}
+        return grads, add_context_grads(dc_flow, dc_base)
+
+    def sample_and_log_prob(self, n, rng=None, context=None, temperature=1.0):
+        """``x`` ``(n, dim)`` and ``log p(x | c)`` ``(n,)`` (see ``rsample_and_log_prob``);
+        ``rng`` None: a fresh generator.
+
+        Derivation: derivations/11-density-and-conditional-flows.md#sampling.
+        """
+        x, logp, _ = self.rsample_and_log_prob(n, _fresh_rng(rng), context, temperature)
+        return x, logp
+
+    def sample(self, n, rng=None, context=None, temperature=1.0):
+        """``n`` samples ``(n, dim)`` (``n`` may be None when a context gives the count);
+        ``rng`` None: a fresh generator (pass a seeded one for reproducible samples).
+
+        ``temperature`` T multiplies the base's *variance*: u ~ N(0, T I) for a standard
+        normal base (its standard deviation times sqrt(T)), the lecture's N(0, T I) and the
+        same convention as ``VAE.sample``. That is exact tempering (sampling ``p(x)^{1/T}``,
+        normalised) only for a volume-preserving flow, whose log-det does not depend on u;
+        for coupling flows it is a heuristic that concentrates samples on the high-density
+        regions. Derivation: derivations/05-sampling.md#temperature,
+        derivations/11-density-and-conditional-flows.md#temperature.
+        """
+        n, rng, ctx, temperature = self._check_sampling(n, _fresh_rng(rng), context,
+                                                        temperature)
+        u = self.base.draw(n, rng, ctx, temperature)  # all the noise first, then blocks
+        u = u.astype(self.dtype, copy=False)
+        return _in_row_blocks(
+            lambda ub, cb: self.shift + self.scale * self.flow._forward(ub, cb)[0], n, u, ctx)

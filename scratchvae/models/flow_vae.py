@@ -14,15 +14,18 @@ KL has no closed form and is estimated with the same samples,
 
 in one group (G = 1), by one of three unbiased estimators (``kl_estimator``, below). Everything
 else (the ELBO, beta / warm-up / free bits, the IWAE, the
-sampling modes) is the ``VAE``'s: ``FlowVAE`` only overrides its posterior step
-(``posterior_sample``, ``posterior_sample_backward``, ``posterior_log_ratio``).
+sampling modes) is the ``VAE``'s: ``FlowVAE`` overrides its posterior step
+(``posterior_sample`` / ``posterior_sample_backward``, ``posterior_log_ratio_forward`` /
+``posterior_log_ratio_backward``) and the encodings that read the flow.
 
-Kinds of flow: ``"planar"``, ``"radial"`` (global parameters, ``scratchvae.flows.planar``) and
-``"affine"``, ``"spline"`` (coupling stacks, ``scratchvae.flows.coupling``). A coupling flow can
-be *amortised*: its conditioners then also read a context ``c = a W_c + b_c`` computed from the
-encoder's last hidden activation ``a``, so the shape of q(z|x), not only its location and
-scale, depends on x. Parameters: ``encoder.*``, ``decoder.*``, ``likelihood.*``, ``flow.*`` and,
-amortised, ``context.*``.
+Kinds of flow (the table ``models.kinds``: ``POSTERIOR_FLOWS``, ``AMORTISABLE``): ``"planar"``,
+``"radial"`` (global parameters, ``scratchvae.flows.planar``), ``"affine"``, ``"spline"``,
+``"dsf"``, ``"sos"`` (coupling stacks, ``scratchvae.flows.coupling``) and ``"iaf"`` (the gated
+IAF, ``scratchvae.flows.gated_iaf``). A coupling flow or the IAF can be *amortised*: its
+conditioners then also read a context ``c = a W_c + b_c`` computed from the encoder's last
+hidden activation ``a``, so the shape of q(z|x), not only its location and scale, depends on x.
+Parameters: ``encoder.*``, ``decoder.*``, ``likelihood.*``, ``flow.*`` and, amortised,
+``context.*``.
 
 The three estimators (``KL_ESTIMATORS``: ``"analytic_base"``, the default, ``"analytic_entropy"``,
 ``"monte_carlo"``) are pure forward/backward pairs in ``models.kl_estimators``, chosen from
@@ -34,7 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checks.arguments import check_rng, rng_or_default
+from ..checks.arguments import check_count, check_rng, rng_or_default
 from ..distributions.gaussian import (
     kl_standard_normal,
     softplus_scale_backward,
@@ -42,13 +45,15 @@ from ..distributions.gaussian import (
 )
 from ..distributions.likelihoods import Likelihood, make_likelihood
 from ..flows.bijector import Bijector, Chain
-from ..flows.coupling import CouplingBlock, coupling_flow, randomize_conditioners
+from ..flows.coupling import coupling_flow
 from ..flows.gated_iaf import gated_iaf_flow
+from ..flows.law import make_law
 from ..flows.linear import Permutation
 from ..flows.planar import Planar
 from ..flows.radial import Radial
-from ..nn import MLP, Linear
+from ..nn import MLP, Layer, Linear, make_activation
 from .density import push_forward, push_forward_backward
+from .kinds import check_posterior
 from .kl_estimators import (
     KL_ESTIMATOR_PAIRS,
     KL_ESTIMATORS,
@@ -56,15 +61,11 @@ from .kl_estimators import (
     add_paths,
     closed_form_weight,
 )
-from .vae import VAE, Encoding, _positive_int
+from .vae import VAE, Encoding
 
-__all__ = ["FlowVAE", "EncoderWithHidden", "POSTERIORS", "KL_ESTIMATORS", "KL_ESTIMATOR_PAIRS",
-           "PosteriorSample", "build_flow_vae", "closed_form_weight", "make_posterior_flow",
-           "randomize_flow"]
+__all__ = ["FlowVAE", "EncoderWithHidden", "KL_ESTIMATORS", "KL_ESTIMATOR_PAIRS",
+           "PosteriorSample", "closed_form_weight", "make_posterior_flow"]
 
-#: The posterior flows ``FlowVAE.build`` knows; the coupling ones and the IAF can be amortised.
-POSTERIORS = ("planar", "radial", "affine", "spline", "dsf", "sos", "iaf")
-AMORTISABLE = ("affine", "spline", "dsf", "sos", "iaf")
 #: Coupling laws with a numerical inverse (``flows/combination.py``): a posterior is only ever
 #: sampled, so the closed form goes on the generative side (``closed_form="forward"``) and the
 #: ELBO never runs a root finder. At zero parameters the SOS is the identity (up to rounding),
@@ -73,7 +74,7 @@ POSTERIOR_LAWS = {"dsf": dict(closed_form="forward"), "sos": dict(closed_form="f
 
 
 # ----------------------------------------------------------------------------- the encoder
-class EncoderWithHidden(MLP):
+class EncoderWithHidden(Layer):
     """The encoder MLP of an amortised flow posterior: it also hands out its last hidden layer.
 
     ``sizes = [D, h_1, ..., h_m, 2L]`` as for the VAE's encoder, same parameter names
@@ -82,8 +83,29 @@ class EncoderWithHidden(MLP):
     after the last hidden layer (``H = h_m``; the input x itself when there is no hidden layer),
     from which ``FlowVAE`` computes the flow's context. backward: the upstream gradient of
     ``a`` is added to the gradient that reaches the last hidden layer through the output layer.
+
+    Composed, not rewritten: ``trunk``, the ``MLP`` on ``[D, h_1, ..., h_m]`` (x -> the last
+    hidden layer's pre-activation; None without hidden layers), then the activation, then
+    ``head``, the output ``Linear`` (a -> y); each runs its own forward and backward.
     Derivation: derivations/13-flow-vae.md#amortised-flow-parameters-and-the-context.
     """
+
+    def __init__(self, sizes, activation="tanh", rng=None, dtype=np.float64):
+        super().__init__()
+        # WHY drawn by the plain encoder MLP, then copied: its draws, in its order and with its
+        # initialisation per layer, so that an amortised FlowVAE starts with the mean-field
+        # VAE's weights from the same rng (a trunk MLP of its own would initialise its last
+        # layer as an output layer, Glorot, where the encoder's hidden ReLU layer is He).
+        plain = MLP(sizes, activation, rng, dtype)
+        self.sizes, self.dtype, self.activation_name = plain.sizes, plain.dtype, activation
+        self.act = make_activation(activation)
+        self.trunk = MLP(self.sizes[:-1], activation, dtype=dtype) if len(self.sizes) > 2 \
+            else None
+        self.head = Linear(self.sizes[-2], self.sizes[-1], dtype=dtype)
+        self.layers = [*(self.trunk.layers if self.trunk is not None else []), self.head]
+        for i, layer in enumerate(self.layers):
+            self.add_child(f"layers.{i}", layer)
+        self.load_params(plain.params)
 
     @property
     def n_out(self):
@@ -96,32 +118,27 @@ class EncoderWithHidden(MLP):
         return self.sizes[-2]
 
     def forward(self, x):
-        caches = []
-        h = x
-        for layer in self.layers[:-1]:
-            h, c_lin = layer.forward(h)
-            h, c_act = self.act.forward(h)
-            caches.append((c_lin, c_act))
-        hidden = h
-        y, c_lin = self.layers[-1].forward(hidden)
-        caches.append((c_lin, None))
-        return np.concatenate([y, hidden], axis=1), caches
+        """x (N, D) -> [y, a] (N, 2L + H), cache."""
+        if self.trunk is None:
+            a, c_trunk, c_act = x, None, None  # no hidden layer: the input is handed out
+        else:
+            pre, c_trunk = self.trunk.forward(x)
+            a, c_act = self.act.forward(pre)
+        y, c_head = self.head.forward(a)
+        return np.concatenate([y, a], axis=1), (c_trunk, c_act, c_head)
 
     def backward(self, d_out, cache):
-        n_out = self.n_out
-        d, d_hidden = d_out[:, :n_out], d_out[:, n_out:]
-        grads = {}
-        last = len(self.layers) - 1
-        for i in range(last, -1, -1):
-            c_lin, c_act = cache[i]
-            if i < last:
-                d, _ = self.act.backward(d, c_act)
-            d, g = self.layers[i].backward(d, c_lin)
-            grads[f"layers.{i}.W"] = g["W"]
-            grads[f"layers.{i}.b"] = g["b"]
-            if i == last:
-                d = d + d_hidden  # the hidden activation feeds the output layer and the context
-        return d, grads
+        """d_out = [d_y, d_a] (N, 2L + H) -> (d_x (N, D), grads)."""
+        c_trunk, c_act, c_head = cache
+        d_y, d_a = d_out[:, :self.n_out], d_out[:, self.n_out:]
+        d_a_head, head_grads = self.head.backward(d_y, c_head)
+        d_a = d_a_head + d_a  # a feeds the output layer and the context
+        grads = self.prefixed(f"layers.{len(self.layers) - 1}", head_grads)
+        if self.trunk is None:
+            return d_a, grads
+        d_pre, _ = self.act.backward(d_a, c_act)
+        d_x, trunk_grads = self.trunk.backward(d_pre, c_trunk)
+        return d_x, {**trunk_grads, **grads}
 
 
 # ----------------------------------------------------------------------------- flows
@@ -141,27 +158,21 @@ def make_posterior_flow(kind, latent_dim, n_layers=4, *, context_dim=0, hidden=(
     Derivation: derivations/13-flow-vae.md#the-posterior-as-a-flow; the side of the closed
     form: derivations/17-combination-flows.md#the-neural-autoregressive-flow.
     """
-    if kind not in POSTERIORS:
-        raise ValueError(f"posterior: expected one of {POSTERIORS}, got {kind!r}")
-    latent_dim = _positive_int(latent_dim, "latent_dim")
-    n_layers = _positive_int(n_layers, "flow_layers")
+    context_dim = check_count(context_dim, "context_dim", 0)
+    check_posterior(kind, context_dim > 0, flows_only=True)
+    latent_dim = check_count(latent_dim, "latent_dim")
+    n_layers = check_count(n_layers, "flow_layers")
     rng = rng_or_default(rng)
-    if context_dim and kind not in AMORTISABLE:
-        raise ValueError(f"amortised: a {kind} flow has global parameters and reads no "
-                         f"context; amortised posteriors need one of {AMORTISABLE}")
     if kind == "planar":
         return Chain([Planar(latent_dim, rng, dtype) for _ in range(n_layers)])
     if kind == "radial":
         return Chain([Radial(latent_dim, rng, dtype) for _ in range(n_layers)])
     if kind == "iaf":  # Kingma et al.'s gated IAF, starts as the identity up to rounding
-        return gated_iaf_flow(latent_dim, n_layers, int(context_dim), tuple(hidden), activation,
-                              rng, dtype=dtype)
-    law = kind
-    if kind in POSTERIOR_LAWS:
-        from ..flows.combination import LAWS
-        law = LAWS[kind](**POSTERIOR_LAWS[kind])
+        return gated_iaf_flow(latent_dim, n_layers, context_dim, tuple(hidden), activation, rng,
+                              dtype=dtype)
+    law = make_law(kind, **POSTERIOR_LAWS[kind]) if kind in POSTERIOR_LAWS else kind
     flow = coupling_flow(latent_dim, n_layers, law, tuple(hidden), activation, bins=bins,
-                         bound=bound, rng=rng, context_dim=int(context_dim), dtype=dtype)
+                         bound=bound, rng=rng, context_dim=context_dim, dtype=dtype)
     return _undo_permutations(flow)
 
 
@@ -182,30 +193,6 @@ def _undo_permutations(flow):
     if np.array_equal(order, np.arange(order.size)):
         return flow
     return Chain([*flow.bijectors, Permutation(np.argsort(order))])
-
-
-def randomize_flow(flow, rng, scale=0.5):
-    """Move every layer of a posterior flow far from the identity (for tests and gradchecks).
-
-    Planar: raw ``w``, ``u`` ~ N(0, 4 scale^2 / D), ``b`` ~ N(0, 1); radial: ``raw_alpha`` ~
-    N(0, 1), ``raw_beta`` ~ N(1, 1); coupling: the zero last layers get N(0, scale^2) weights
-    (``randomize_conditioners``). At the identity every log-det is 0, where a wrong sign
-    cannot show. Returns ``flow``.
-    """
-    for b in flow.bijectors if isinstance(flow, Chain) else [flow]:
-        if isinstance(b, Planar):
-            D = b.w.size
-            b.w[...] = 2.0 * scale * rng.standard_normal(D) / np.sqrt(D)
-            b.u[...] = 2.0 * scale * rng.standard_normal(D) / np.sqrt(D)
-            b.b[...] = rng.standard_normal(1)
-        elif isinstance(b, Radial):
-            b.raw_alpha[...] = rng.normal(0.0, 1.0, 1)
-            b.raw_beta[...] = rng.normal(1.0, 1.0, 1)
-        elif isinstance(b, CouplingBlock):
-            randomize_conditioners(b, rng, scale)
-        elif hasattr(b, "randomize"):  # autoregressive blocks (gated IAF)
-            b.randomize(rng, scale)
-    return flow
 
 
 def _flow_context_dims(flow):
@@ -241,50 +228,6 @@ def _check_flow_and_context(flow, context, encoder):
                              f"but the context map has {context.n_out} outputs")
 
 
-# ----------------------------------------------------------------------------- the builder
-def build_flow_vae(cls, data_dim, latent_dim, hidden=(256, 256), activation="tanh",
-                   likelihood="bernoulli", posterior="planar", flow_layers=4, amortised=False,
-                   context_dim=8, bins=8, bound=4.0, flow_hidden=(64, 64), flow_activation="relu",
-                   rng=None, dtype=np.float64, **kwargs):
-    """Encoder MLP D -> hidden -> 2L, decoder MLP L -> reversed(hidden) -> D, a likelihood
-    (as ``VAE.build``; with the same ``rng`` they start with the same weights as the
-    mean-field VAE's), then the flow ``make_posterior_flow(posterior, L, flow_layers, ...)``
-    and, when ``amortised`` (``AMORTISABLE`` kinds only), a ``Linear`` context map
-    from the encoder's last hidden layer to ``context_dim`` numbers.
-    ``flow_hidden``, ``flow_activation``: the coupling conditioners; ``bins``, ``bound``:
-    the spline. Other keyword arguments (``kl_estimator``, ``n_samples``, ``warmup``,
-    ``free_bits``, ``sigma_floor``) go to the constructor.
-    Derivation: derivations/13-flow-vae.md#the-posterior-as-a-flow.
-    """
-    data_dim = _positive_int(data_dim, "data_dim")
-    latent_dim = _positive_int(latent_dim, "latent_dim")
-    if posterior not in POSTERIORS:
-        raise ValueError(f"posterior: expected one of {POSTERIORS}, got {posterior!r}")
-    if not isinstance(amortised, bool | np.bool_):
-        raise ValueError(f"amortised: expected True or False, got {amortised!r}")
-    if amortised and posterior not in AMORTISABLE:
-        raise ValueError(f"amortised: a {posterior} flow has global parameters and reads no "
-                         f"context; amortised posteriors need one of {AMORTISABLE}")
-    context_dim = _positive_int(context_dim, "context_dim") if amortised else 0
-    hidden = tuple(hidden)
-    rng = rng_or_default(rng)
-    # the same draws, in the same order, as VAE.build: encoder first, then decoder
-    enc_cls = EncoderWithHidden if amortised else MLP
-    encoder = enc_cls([data_dim, *hidden, 2 * latent_dim], activation, rng, dtype)
-    decoder = MLP([latent_dim, *hidden[::-1], data_dim], activation, rng, dtype)
-    if not isinstance(likelihood, Likelihood):
-        likelihood = make_likelihood(likelihood, dtype=dtype)
-    flow = make_posterior_flow(posterior, latent_dim, flow_layers, context_dim=context_dim,
-                               hidden=flow_hidden, activation=flow_activation, bins=bins,
-                               bound=bound, rng=rng, dtype=dtype)
-    context = None
-    if amortised:
-        n_hidden = hidden[-1] if hidden else data_dim
-        context = Linear(n_hidden, context_dim, rng, "glorot", dtype)
-    return cls(encoder, decoder, likelihood, latent_dim, flow, context=context,
-               data_dim=data_dim, dtype=dtype, **kwargs)
-
-
 # ----------------------------------------------------------------------------- the model
 class FlowVAE(VAE):
     """A VAE with the posterior z_K = T(z_0), z_0 = mu + sigma * eps ~ q0(z|x) = N(mu, sigma^2).
@@ -318,7 +261,42 @@ class FlowVAE(VAE):
         """True when the flow's conditioners read a context computed from x."""
         return self.context is not None
 
-    build = classmethod(build_flow_vae)  # FlowVAE.build(data_dim, latent_dim, ...)
+    @classmethod
+    def build(cls, data_dim, latent_dim, hidden=(256, 256), activation="tanh",
+              likelihood="bernoulli", posterior="planar", flow_layers=4, amortised=False,
+              context_dim=8, bins=8, bound=4.0, flow_hidden=(64, 64), flow_activation="relu",
+              rng=None, dtype=np.float64, **kwargs):
+        """Encoder MLP D -> hidden -> 2L, decoder MLP L -> reversed(hidden) -> D, a likelihood
+        (as ``VAE.build``; with the same ``rng`` they start with the same weights as the
+        mean-field VAE's), then the flow ``make_posterior_flow(posterior, L, flow_layers, ...)``
+        and, when ``amortised`` (``models.kinds.AMORTISABLE`` kinds only), a ``Linear`` context
+        map from the encoder's last hidden layer to ``context_dim`` numbers.
+        ``flow_hidden``, ``flow_activation``: the coupling conditioners; ``bins``, ``bound``:
+        the spline. Other keyword arguments (``kl_estimator``, ``n_samples``, ``warmup``,
+        ``free_bits``, ``sigma_floor``) go to the constructor.
+        Derivation: derivations/13-flow-vae.md#the-posterior-as-a-flow.
+        """
+        data_dim = check_count(data_dim, "data_dim")
+        latent_dim = check_count(latent_dim, "latent_dim")
+        check_posterior(posterior, amortised, flows_only=True)
+        context_dim = check_count(context_dim, "context_dim") if amortised else 0
+        hidden = tuple(hidden)
+        rng = rng_or_default(rng)
+        # the same draws, in the same order, as VAE.build: encoder first, then decoder
+        enc_cls = EncoderWithHidden if amortised else MLP
+        encoder = enc_cls([data_dim, *hidden, 2 * latent_dim], activation, rng, dtype)
+        decoder = MLP([latent_dim, *hidden[::-1], data_dim], activation, rng, dtype)
+        if not isinstance(likelihood, Likelihood):
+            likelihood = make_likelihood(likelihood, dtype=dtype)
+        flow = make_posterior_flow(posterior, latent_dim, flow_layers, context_dim=context_dim,
+                                   hidden=flow_hidden, activation=flow_activation, bins=bins,
+                                   bound=bound, rng=rng, dtype=dtype)
+        context = None
+        if amortised:
+            n_hidden = hidden[-1] if hidden else data_dim
+            context = Linear(n_hidden, context_dim, rng, "glorot", dtype)
+        return cls(encoder, decoder, likelihood, latent_dim, flow, context=context,
+                   data_dim=data_dim, dtype=dtype, **kwargs)
 
     # -- the context
     def _context_forward(self, h):
@@ -365,30 +343,57 @@ class FlowVAE(VAE):
         kl, kl_cache = KL_ESTIMATOR_PAIRS[self.kl_estimator][0](sample)
         return sample.zK, kl, (sample, kl_cache, caches)
 
-    def posterior_log_ratio(self, h, eps):
-        """For the IWAE: z_K (S, N, L) and the exact log q_K(z_K|x) - log p(z_K) per sample (S, N),
-        whatever ``kl_estimator`` is (the importance weights need the true density ratio).
+    def posterior_log_ratio_forward(self, h, eps):
+        """z_K (S, N, L) and the exact log q_K(z_K|x) - log p(z_K) per sample (S, N), whatever
+        ``kl_estimator`` is (importance weights need the true density ratio), and a cache.
 
-        Derivation: derivations/13-flow-vae.md#the-importance-weighted-bound.
+        It is the per-sample term of the ``"monte_carlo"`` estimator, log q0(z_0) - logdet -
+        log p(z_K). Derivation: derivations/13-flow-vae.md#the-importance-weighted-bound.
         """
-        sample, _ = self._flow_posterior(h, eps)
-        return sample.zK, sample.log_q - std_normal_log_prob(sample.zK)
+        sample, caches = self._flow_posterior(h, eps)
+        return sample.zK, sample.log_q - std_normal_log_prob(sample.zK), (sample, caches)
 
     # -- the flow posterior: backward
     def posterior_sample_backward(self, d_z, d_kl, cache):
         """Backward of ``posterior_sample``: (d_z (S, N, L), d_kl (N, 1)) -> (d_h, grads).
 
-        The estimator's backward gives the gradients of the sample's fields; ``d_z`` adds to
-        its ``z_K``. Then, in reverse order: ``density.push_forward_backward`` through the flow
-        (``d z_0``, the flow's parameters and the context; ``d log q0`` passes through), the
-        estimator's own ``d z_0``, the reparameterisation ``d mu = sum_s d z_0``,
-        ``d sigma = sum_s d z_0 eps``, ``log q0 = log N(eps) - sum log sigma`` and the scale.
+        The estimator's backward gives the gradients of the sample's fields (its paths), then
+        ``_flow_posterior_backward`` takes them back to h and the flow's parameters.
+        Derivation: derivations/13-flow-vae.md#the-backward-pass-through-the-flow.
+        """
+        sample, kl_cache, caches = cache
+        paths = KL_ESTIMATOR_PAIRS[self.kl_estimator][1](d_kl, kl_cache)
+        return self._flow_posterior_backward(d_z, paths, sample, caches)
+
+    def posterior_log_ratio_backward(self, d_z, d_log_ratio, cache, stop_gradient_q=False):
+        """Backward of ``posterior_log_ratio_forward``: (d_z (S, N, L), d_log_ratio (S, N)) ->
+        (d_h, grads). The ratio's paths are the ``"monte_carlo"`` estimator's with its per-sample
+        weight r = d_log_ratio: ``d z_K = r z_K`` (through -log p(z_K)), ``d log q = r``.
+
+        ``stop_gradient_q`` (DReG) is refused: it needs d log q_K / dz_K at fixed parameters,
+        the gradient of the density through the flow's inverse, which is not built.
+        Derivation: derivations/13-flow-vae.md#the-importance-weighted-bound.
+        """
+        if stop_gradient_q:
+            raise ValueError("estimator: 'dreg' (the stop-gradient log q) is built for the "
+                             f"Gaussian posterior only, not for {type(self).__name__}'s flow")
+        sample, caches = cache
+        paths = [("zK", d_log_ratio[..., None] * sample.zK), ("log_q", d_log_ratio)]
+        return self._flow_posterior_backward(d_z, paths, sample, caches)
+
+    def _flow_posterior_backward(self, d_z, paths, sample, caches):
+        """(d_h, grads) from ``d_z`` (S, N, L) at z_K and the gradients ``paths`` of the sample's
+        fields (``(field, gradient)`` pairs, ``kl_estimators.add_paths``).
+
+        In reverse order: ``d_z`` adds to z_K's paths; ``density.push_forward_backward`` through
+        the flow (``d z_0``, the flow's parameters and the context; ``d log q0`` passes
+        through); the paths' own ``d z_0``; the reparameterisation ``d mu = sum_s d z_0``,
+        ``d sigma = sum_s d z_0 eps``; ``log q0 = log N(eps) - sum log sigma``; the scale.
         ``d_h`` has h's shape; ``grads`` are keyed ``flow.*``, ``context.*``.
         Derivation: derivations/13-flow-vae.md#the-backward-pass-through-the-flow.
         """
-        s, kl_cache, (scale_cache, ctx_cache, push_cache) = cache
+        s, (scale_cache, ctx_cache, push_cache) = sample, caches
         S, N, L = s.eps.shape
-        paths = KL_ESTIMATOR_PAIRS[self.kl_estimator][1](d_kl, kl_cache)
         d_zK = add_paths(d_z, paths, "zK")
         d_log_q, d_logdet = add_paths(None, paths, "log_q"), add_paths(None, paths, "logdet")
         d_z0, d_log_q0, flow_grads, d_ctx = push_forward_backward(
@@ -418,8 +423,7 @@ class FlowVAE(VAE):
 
     # -- encodings and samples of q(z|x)
     def _encode_h(self, x):
-        x = self._check_x(x)
-        return self.encoder(x)
+        return self.encoder(self.check_x(x))
 
     def encode_base(self, x):
         """Encoding(mu, sigma) of the base q0(z_0|x) = N(mu, sigma^2), before the flow, (N, L).
@@ -462,6 +466,7 @@ class FlowVAE(VAE):
         """
         check_rng(rng)
         h = self._encode_h(x)
-        S = 1 if n_samples is None else _positive_int(n_samples, "n_samples")
-        sample, _ = self._flow_posterior(h, self._noise(rng, (S, h.shape[0], self.latent_dim)))
+        S = 1 if n_samples is None else check_count(n_samples, "n_samples")
+        eps = self.draw_noise(rng, (S, h.shape[0], self.latent_dim))
+        sample, _ = self._flow_posterior(h, eps)
         return sample.zK[0] if n_samples is None else sample.zK

@@ -14,148 +14,81 @@ of the log-mean-exp times the reparameterised gradient of each log-weight. So th
 backward is: the upstream of ``log w`` is ``-w~ / N``, then one backward pass through
 likelihood, decoder, posterior and encoder, as for the ELBO.
 
-The per-sample log-weights run on K N *rows*: the encoder output of each example is repeated K
-times and every row takes one sample (S = 1) through the model's public posterior step
-(``posterior_sample`` / ``posterior_sample_backward``), so the Gaussian posterior, every flow
-posterior and their conditional versions are served by the same code
-(``posterior_rows_forward``). K = 1 is exactly the ELBO with a sampled KL.
+The objective talks to a model through its posterior interface only: the pair
+``posterior_log_ratio_forward(h, eps) -> z, log q(z|x) - log p(z), cache`` and
+``posterior_log_ratio_backward(d_z, d_log_ratio, cache, stop_gradient_q)``, with the K samples
+on the sample axis (S = K). ``VAE`` (the Gaussian), ``FlowVAE`` (every flow posterior) and their
+conditional versions each implement it; DReG asks for its stop-gradient variant, which a flow
+posterior refuses. K = 1 is exactly the ELBO with a sampled KL.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..checks.arguments import check_rng
-from ..distributions.gaussian import softplus_scale_backward, std_normal_log_prob
-from .flow_vae import FlowVAE
-from .vae import VAE, _positive_int, log_mean_exp
+from ..checks.arguments import check_count, check_rng
+from .vae import VAE, log_mean_exp
 
-__all__ = ["posterior_rows_forward", "posterior_rows_backward", "log_weights_forward",
-           "log_weights_backward", "dreg_backward", "normalised_weights", "iwae_objective",
-           "iwae_loss_and_grads", "ESTIMATORS"]
+__all__ = ["log_weights_forward", "log_weights_backward", "dreg_backward", "normalised_weights",
+           "iwae_objective", "iwae_loss_and_grads", "ESTIMATORS"]
 
-
-# ----------------------------------------------------------------------------- rows of q
-def _check_model(model):
-    if not isinstance(model, VAE):
-        raise ValueError(f"model: expected a scratchvae VAE or FlowVAE, got {type(model).__name__}")
-    if isinstance(model, FlowVAE) and model.kl_estimator != "monte_carlo":
-        # WHY: the rows read the exact per-sample log q_K - log p from the flow's KL term,
-        # which only the "monte_carlo" estimator returns sample by sample (the others swap in
-        # closed-form pieces whose per-sample values and gradients differ)
-        raise ValueError(f"model: IWAE training of a flow posterior needs "
-                         f"kl_estimator='monte_carlo', got {model.kl_estimator!r}")
-
-
-def posterior_rows_forward(model, h, eps):
-    """One sample per row: z (R, L') and the exact log q(z|x) - log p(z) (R,), and a cache.
-
-    ``h`` (R, W): encoder outputs, one row per sample (an example's row repeated K times);
-    ``eps`` (R, L). z is what the decoder reads (a conditional model appends its label).
-    Gaussian: log q - log p = log N(eps) - sum log sigma - log N(z), computed here; a flow
-    (``kl_estimator="monte_carlo"``): the step's own per-sample KL term, which is exactly that
-    ratio with S = 1. derivations/18-conditional-vae-and-iwae.md#the-log-weight-of-one-row.
-    """
-    z, kl, q_cache = model.posterior_sample(h, eps[None])
-    z = z[0]
-    if isinstance(model, FlowVAE):
-        return z, kl[:, 0], (q_cache, None)
-    L = model.latent_dim
-    _, sigma, log_sigma, scale_cache = model.posterior_stats(h)
-    zl = z[:, :L]
-    log_ratio = std_normal_log_prob(eps) - log_sigma.sum(axis=-1) - std_normal_log_prob(zl)
-    return z, log_ratio, (q_cache, (zl, scale_cache, kl.shape, eps, sigma))
-
-
-def posterior_rows_backward(model, dz, dlog_ratio, cache):
-    """Backward of ``posterior_rows_forward``: (dz (R, L'), dlog_ratio (R,)) -> (dh (R, W), grads).
-
-    Flow: dlog_ratio is the upstream of the per-sample KL term. Gaussian: -log N(z) adds
-    ``dlog_ratio * z`` to dz (through the reparameterisation), -sum log sigma gives
-    d log sigma = -dlog_ratio (explicit; log N(eps) has no parameter), and the closed-form KL
-    of the step gets no upstream.
-    derivations/18-conditional-vae-and-iwae.md#the-log-weight-of-one-row.
-    """
-    q_cache, gauss = cache
-    if gauss is None:
-        return model.posterior_sample_backward(dz[None], dlog_ratio[:, None], q_cache)
-    zl, scale_cache, kl_shape, _, _ = gauss
-    L = model.latent_dim
-    dz = dz.copy()
-    dz[:, :L] += dlog_ratio[:, None] * zl
-    dh, grads = model.posterior_sample_backward(dz[None], np.zeros(kl_shape, dz.dtype), q_cache)
-    dh = dh.copy()
-    d_log_sigma = np.broadcast_to(-dlog_ratio[:, None], zl.shape)
-    dh[:, L:2 * L] += softplus_scale_backward(None, d_log_sigma, scale_cache)
-    return dh, grads
+#: Gradient estimators of the IWAE objective.
+ESTIMATORS = ("iwae", "dreg")
 
 
 # ----------------------------------------------------------------------------- log-weights
 def log_weights_forward(model, x, eps):
     """log w (K, N) with the noise ``eps`` (K, N, L) held fixed, and a cache.
 
-    ``log w_kn = log p(x_n | z_kn) - [log q(z_kn | x_n) - log p(z_kn)]``; rows are ordered
-    k N + n. derivations/18-conditional-vae-and-iwae.md#the-log-weight-of-one-row.
+    ``log w_kn = log p(x_n | z_kn) - [log q(z_kn | x_n) - log p(z_kn)]``: the encoder runs once
+    on the N examples, the posterior draws the K samples of each (its sample axis), the decoder
+    and the likelihood score all K N of them.
+    derivations/18-conditional-vae-and-iwae.md#the-log-weight-of-one-row.
     """
-    K, N, L = eps.shape
     h, enc_cache = model.encoder.forward(x)
-    z, log_ratio, q_cache = posterior_rows_forward(model, np.tile(h, (K, 1)),
-                                                   eps.reshape(K * N, L))
-    out, dec_cache = model.decoder.forward(z)
-    log_px, lik_cache = model.likelihood.log_prob_forward(x, out.reshape(K, N, -1))
-    log_w = log_px - log_ratio.reshape(K, N)
-    return log_w, (enc_cache, q_cache, dec_cache, lik_cache, h.shape)
+    z, log_ratio, q_cache = model.posterior_log_ratio_forward(h, eps)
+    out, dec_cache = model.decode_forward(z)
+    log_px, lik_cache = model.likelihood.log_prob_forward(x, out)
+    return log_px - log_ratio, (enc_cache, q_cache, dec_cache, lik_cache, x.shape[0])
 
 
 def log_weights_backward(model, dlog_w, cache):
     """Gradients of every parameter from the upstream ``dlog_w`` (K, N).
 
-    Likelihood -> decoder -> posterior rows (upstream ``-dlog_w`` of log q - log p) -> the K
-    copies of each encoder row added up -> encoder.
+    Likelihood -> decoder -> posterior (upstream ``-dlog_w`` of log q - log p; its backward adds
+    up the K samples of each example) -> encoder.
     derivations/18-conditional-vae-and-iwae.md#the-gradient-of-the-iwae-objective.
     """
-    enc_cache, q_cache, dec_cache, lik_cache, (N, W) = cache
-    K = dlog_w.shape[0]
+    enc_cache, q_cache, dec_cache, lik_cache, _ = cache
     _, lik_grads, d_out = model.likelihood.log_prob_backward(dlog_w, lik_cache)
-    dz, dec_grads = model.decoder.backward(d_out.reshape(K * N, -1), dec_cache)
-    dh_rows, q_grads = posterior_rows_backward(model, dz, -dlog_w.reshape(K * N), q_cache)
-    dh = dh_rows.reshape(K, N, W).sum(axis=0)  # the K copies of one row add up
+    dz, dec_grads = model.decode_backward(d_out, dec_cache)
+    dh, q_grads = model.posterior_log_ratio_backward(dz, -dlog_w, q_cache)
     _, enc_grads = model.encoder.backward(dh, enc_cache)
     return {**model.prefixed("encoder", enc_grads), **model.prefixed("decoder", dec_grads),
             **model.prefixed("likelihood", lik_grads), **q_grads}
 
 
 def dreg_backward(model, w, cache):
-    """Gradients of the doubly-reparameterised estimator (Tucker et al. 2019), Gaussian posterior.
+    """Gradients of the doubly-reparameterised estimator (Tucker et al. 2019).
 
     ``w`` (K, N): the normalised weights. Decoder and likelihood: the IWAE gradient (upstream
     -w~ / N of log w). Encoder: only the path through z, sum_k -w~_k^2 / N * (d log w_k / d z_k)
-    dz_k/dphi, with d log w / dz at fixed q = d log p(x|z)/dz - z + eps / sigma; no explicit
-    term of log q. The decoder's input gradient of a row is linear in its upstream, so the
-    w~^2-weighted one is the w~-weighted one times w~.
+    dz_k/dphi, with d log w / dz at fixed q: the posterior's stop-gradient backward
+    (``stop_gradient_q=True``; the Gaussian's, a flow posterior refuses it). The decoder's
+    input gradient of a row is linear in its upstream, so the w~^2-weighted one is the
+    w~-weighted one times w~.
     derivations/18-conditional-vae-and-iwae.md#the-doubly-reparameterised-encoder-gradient.
     """
-    enc_cache, (q_cache, gauss), dec_cache, lik_cache, (N, W) = cache
-    if gauss is None:
-        raise ValueError("estimator: 'dreg' is built for the Gaussian posterior only, not for "
-                         f"{type(model).__name__}'s flow")
-    zl, _, kl_shape, eps, sigma = gauss
-    K, L = w.shape[0], model.latent_dim
+    enc_cache, q_cache, dec_cache, lik_cache, N = cache
     a_bar = (-1.0 / N) * w
     _, lik_grads, d_out = model.likelihood.log_prob_backward(a_bar, lik_cache)
-    dz, dec_grads = model.decoder.backward(d_out.reshape(K * N, -1), dec_cache)
-    w_rows = w.reshape(K * N, 1)
-    dz = dz * w_rows  # w~^2 on the decoder's path into z
-    dz[:, :L] += (a_bar.reshape(K * N, 1) * w_rows) * (eps / sigma - zl)  # d(log p(z) - log q)/dz
-    dh_rows, q_grads = model.posterior_sample_backward(dz[None], np.zeros(kl_shape, dz.dtype),
-                                                       q_cache)
-    _, enc_grads = model.encoder.backward(dh_rows.reshape(K, N, W).sum(axis=0), enc_cache)
+    dz, dec_grads = model.decode_backward(d_out, dec_cache)
+    a_enc = a_bar * w  # the w~^2-weighted upstream of log w on the encoder's path
+    dh, q_grads = model.posterior_log_ratio_backward(dz * w[..., None], -a_enc, q_cache,
+                                                     stop_gradient_q=True)
+    _, enc_grads = model.encoder.backward(dh, enc_cache)
     return {**model.prefixed("encoder", enc_grads), **model.prefixed("decoder", dec_grads),
             **model.prefixed("likelihood", lik_grads), **q_grads}
-
-
-#: Gradient estimators of the IWAE objective.
-ESTIMATORS = ("iwae", "dreg")
 
 
 def normalised_weights(log_w):
@@ -195,15 +128,15 @@ def iwae_objective(model, x, eps, estimator="iwae"):
 def iwae_loss_and_grads(model, batch, rng, k=5, estimator="iwae"):
     """Draw eps (K, N, L) from ``rng`` and return ``iwae_objective``: a ``Trainer`` loss_fn body.
 
+    ``model``: a ``VAE`` (or any subclass: flow posteriors, conditional models).
     derivations/18-conditional-vae-and-iwae.md#the-iwae-objective.
     """
-    _check_model(model)
+    if not isinstance(model, VAE):
+        raise ValueError(f"model: expected a scratchvae VAE or FlowVAE, got {type(model).__name__}")
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator: expected one of {ESTIMATORS}, got {estimator!r}")
-    if estimator == "dreg" and isinstance(model, FlowVAE):
-        raise ValueError("estimator: 'dreg' is built for the Gaussian posterior only")
-    x = model._check_x(batch, "batch")
+    x = model.check_x(batch, "batch")
     check_rng(rng)
-    k = _positive_int(k, "k")
-    eps = model._noise(rng, (k, x.shape[0], model.latent_dim))
+    k = check_count(k, "k")
+    eps = model.draw_noise(rng, (k, x.shape[0], model.latent_dim))
     return iwae_objective(model, x, eps, estimator)

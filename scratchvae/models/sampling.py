@@ -1,10 +1,11 @@
-"""The four sampling modes of derivation 05, as functions of a trained model: decode a latent
-(the likelihood's mean or a sample), prior sampling at a temperature, reconstruction sampling,
-and interpolation between two inputs (linear or spherical, with slerp's two guards).
+"""The pure pieces of the four sampling modes of derivation 05: the interpolation path between
+two latents (linear or spherical, with slerp's two guards), the check of a decoding mode, and
+inference in row blocks.
 
-Each takes the model first (``decode(vae, z)``); ``VAE`` exposes them as methods of the same
-name (``vae.sample(64, rng)``), and a subclass that overrides one step (``decode``,
-``encode``, ``posterior_sample``) changes every mode that uses it.
+The modes themselves (decode a latent, prior sampling at a temperature, reconstruction
+sampling, interpolation between two inputs) are methods of the model (``VAE.decode``,
+``VAE.sample``, ``VAE.reconstruct``, ``VAE.interpolate``), so a subclass that overrides one
+step (``decode``, ``encode``, ``posterior_sample``) changes every mode that uses it.
 Derivation: derivations/05-sampling.md.
 """
 
@@ -12,29 +13,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checks.arguments import check_rng
+from ..checks.arguments import check_count
 
-__all__ = ["decode", "sample", "reconstruct", "interpolate", "posterior_samples",
-           "interpolate_latents"]
+__all__ = ["interpolate_latents", "check_mode", "forward_in_blocks"]
 
 
 # ----------------------------------------------------------------------------- argument checks
-def _positive_int(value, name):
-    try:
-        ok = int(value) == value and int(value) >= 1
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-    return int(value)
-
-
-def _check_mode(mode):
+def check_mode(mode):
+    """``mode`` is ``"mean"`` (decode to the likelihood's mean) or ``"sample"`` (draw from it)."""
     if mode not in ("mean", "sample"):
         raise ValueError(f"mode: expected 'mean' or 'sample', got {mode!r}")
 
 
-def _forward_in_blocks(module, x, max_rows=2**13):
+def forward_in_blocks(module, x, max_rows=2**13):
     """``module(x)`` for a 2-D ``x``, computed in blocks of at most ``max_rows`` rows.
 
     Speed and memory, for inference on many rows: a block's hidden activations (256 floats
@@ -102,7 +93,7 @@ def interpolate_latents(z0, z1, n, method="linear"):
     if z0.shape != z1.shape or z0.ndim != 1:
         raise ValueError(f"z0, z1: expected two vectors of the same length, got {z0.shape} "
                          f"and {z1.shape}")
-    n = _positive_int(n, "n")
+    n = check_count(n, "n")
     if method not in ("linear", "spherical"):
         raise ValueError(f"method: expected 'linear' or 'spherical', got {method!r}")
     t = np.linspace(0.0, 1.0, n).astype(z0.dtype)[:, None]
@@ -119,84 +110,3 @@ def interpolate_latents(z0, z1, n, method="linear"):
             s = np.sin(omega)
             return (np.sin((1.0 - t) * omega) / s) * z0 + (np.sin(t * omega) / s) * z1
     return (1.0 - t) * z0 + t * z1
-
-
-# ----------------------------------------------------------------------------- the four modes
-def decode(model, z, mode="mean", rng=None):
-    """Decode latents z (N, L): the likelihood's mean (``"mean"``) or a sample from it
-    (``"sample"``, which needs ``rng``). Returns (N, D).
-
-    derivations/05-sampling.md#decoding-the-mean-or-a-sample.
-    """
-    _check_mode(mode)
-    z = np.asarray(z, dtype=model.dtype)
-    if z.ndim != 2 or z.shape[1] != model.latent_dim or not np.all(np.isfinite(z)):
-        raise ValueError(f"z: expected finite values of shape (N, {model.latent_dim}), got "
-                         f"shape {z.shape}")
-    out = _forward_in_blocks(model.decoder, z)
-    if mode == "mean":
-        return model.likelihood.mean(out)
-    check_rng(rng)
-    return model.likelihood.sample(out, rng)
-
-
-def sample(model, n, rng, temperature=1.0, mode="mean"):
-    """Unconditional samples: z ~ N(0, T I) (T = ``temperature``; T = 1 is the prior), decoded.
-
-    The temperature multiplies the prior's *variance* (its standard deviation by sqrt(T)),
-    the lecture's N(0, T I) and the same convention as ``FlowDensity.sample``. ``mode``:
-    decode to the likelihood's mean (``"mean"``) or draw from it (``"sample"``).
-    Returns (n, D). derivations/05-sampling.md#prior-sampling,
-    derivations/05-sampling.md#temperature.
-    """
-    n = _positive_int(n, "n")
-    check_rng(rng)
-    _check_mode(mode)
-    if not (np.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature: expected a positive number, got {temperature!r}")
-    z = np.sqrt(float(temperature)) * model._noise(rng, (n, model.latent_dim))
-    return model.decode(z, mode, rng)
-
-
-def posterior_samples(model, x, rng, n_samples=None):
-    """Draws z ~ q(z|x) = N(mu, sigma^2): one per example, (N, L) (``n_samples=None``: a
-    sample of the aggregate posterior), or ``n_samples`` per example, (S, N, L).
-
-    derivations/05-sampling.md#reconstruction-sampling.
-    """
-    check_rng(rng)
-    mu, sigma = model.encode(x)
-    S = 1 if n_samples is None else _positive_int(n_samples, "n_samples")
-    z = mu + sigma * model._noise(rng, (S,) + mu.shape)
-    return z[0] if n_samples is None else z
-
-
-def reconstruct(model, x, rng, mode="mean"):
-    """Reconstruction sampling: encode x, draw z ~ q(z|x), decode (mean or a sample), (N, D).
-
-    derivations/05-sampling.md#reconstruction-sampling.
-    """
-    x = model._check_x(x)
-    check_rng(rng)
-    _check_mode(mode)
-    h = model.encoder(x)
-    z, _, _ = model.posterior_sample(h, model._noise(rng, (1, len(x), model.latent_dim)))
-    return model.decode(z[0], mode, rng)
-
-
-def interpolate(model, x0, x1, n, method="linear", mode="mean", rng=None):
-    """Decode ``n`` latents on the path between the posterior means of inputs x0 and x1.
-
-    ``method``: ``"linear"`` or ``"spherical"`` (``interpolate_latents``). x0, x1: one
-    input each, shape (D,) or (1, D). Returns (n, D).
-    derivations/05-sampling.md#interpolation.
-    """
-    ends = []
-    for name, xi in (("x0", x0), ("x1", x1)):
-        xi = np.asarray(xi)
-        xi = xi[None, :] if xi.ndim == 1 else xi
-        if xi.ndim != 2 or xi.shape[0] != 1:
-            raise ValueError(f"{name}: expected one input of shape (D,) or (1, D), got "
-                             f"{np.shape(xi)}")
-        ends.append(model.encode(model._check_x(xi, name)).mu[0])
-    return model.decode(interpolate_latents(ends[0], ends[1], n, method), mode, rng)

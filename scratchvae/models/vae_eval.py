@@ -1,11 +1,11 @@
-"""Evaluating a trained VAE (derivation 04): the Monte Carlo ELBO per example, the
-importance-weighted bound with its stable log-mean-exp, and the collapse diagnostics (KL per
-latent dimension, unit activity, active units).
+"""The pure pieces of evaluating a VAE (derivation 04): the per-example ``ElboResult``, the
+stable log-mean-exp of the importance-weighted bound (which also estimates log Z from
+importance weights), and the memory blocks the estimates run in.
 
-Each takes the model first (``iwae(vae, x, rng, K=1000)``); ``VAE`` exposes them as methods
-of the same name, and a subclass that overrides a step (``posterior_log_ratio``, ``encode``,
-``kl_per_dimension``) changes every estimate that uses it.
-Derivation: derivations/04-elbo-and-iwae.md.
+The estimates themselves are methods of the model (``VAE.elbo``, ``VAE.iwae``,
+``VAE.kl_per_dimension``, ``VAE.unit_activity``, ``VAE.active_units``), so a subclass that
+overrides a step (``posterior_log_ratio_forward``, ``encode``, ``kl_per_dimension``) changes
+every estimate that uses it. Derivation: derivations/04-elbo-and-iwae.md.
 """
 
 from __future__ import annotations
@@ -14,12 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..checks.arguments import check_rng
-from ..distributions.gaussian import kl_standard_normal
-from .sampling import _positive_int
-
-__all__ = ["ElboResult", "log_mean_exp", "elbo", "iwae", "kl_per_dimension", "unit_activity",
-           "active_units"]
+__all__ = ["ElboResult", "log_mean_exp", "row_blocks"]
 
 
 class ElboResult(NamedTuple):
@@ -56,77 +51,8 @@ def log_mean_exp(a, axis=0):
     return np.squeeze(out, axis=axis)
 
 
-def _row_blocks(N, rows_per_example, max_rows):
+def row_blocks(N, rows_per_example, max_rows):
+    """``[(a, b), ...]``: consecutive blocks of the N examples, each with at most ``max_rows``
+    rows when every example takes ``rows_per_example`` rows (its samples)."""
     step = max(1, int(max_rows) // max(1, rows_per_example))
     return [(a, min(N, a + step)) for a in range(0, N, step)]
-
-
-def elbo(model, x, rng, n_samples=1, max_rows=2**13):
-    """Per-example ELBO with ``n_samples`` Monte Carlo samples: ElboResult(elbo, rec, kl).
-
-    Each (N,); rec is the Monte Carlo mean of log p(x|z), kl the closed-form KL (a flow
-    posterior: its Monte Carlo estimate). Computed in blocks of at most ``max_rows`` rows.
-    derivations/04-elbo-and-iwae.md#the-monte-carlo-estimate.
-    """
-    x = model._check_x(x)
-    check_rng(rng)
-    S = _positive_int(n_samples, "n_samples")
-    rec, kl = np.empty(len(x), model.dtype), np.empty(len(x), model.dtype)
-    for a, b in _row_blocks(len(x), S, max_rows):  # memory blocks, not samples
-        eps = model._noise(rng, (S, b - a, model.latent_dim))
-        r, k, _ = model.elbo_terms_forward(x[a:b], eps)
-        rec[a:b], kl[a:b] = r, k.sum(axis=-1)
-    return ElboResult(rec - kl, rec, kl)
-
-
-def iwae(model, x, rng, K=1000, max_rows=2**13):
-    """The importance-weighted bound with K samples per example, shape (N,).
-
-    log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x), by a stable log-mean-exp.
-    The K x N decoder passes run in chunks of at most ``max_rows`` rows, so K = 1000 on a
-    few hundred examples needs tens of MB, not GB.
-    derivations/04-elbo-and-iwae.md#the-importance-weighted-bound.
-    """
-    x = model._check_x(x)
-    check_rng(rng)
-    K = _positive_int(K, "K")
-    N, L = x.shape[0], model.latent_dim
-    log_w = np.empty((K, N), dtype=model.dtype)
-    for a, b in _row_blocks(N, 1, max_rows):  # memory blocks of examples
-        h = model.encoder(x[a:b])
-        chunk = max(1, int(max_rows) // (b - a))
-        for k0 in range(0, K, chunk):  # memory blocks of samples
-            k1 = min(K, k0 + chunk)
-            z, log_ratio = model.posterior_log_ratio(h, model._noise(rng, (k1 - k0, b - a, L)))
-            out, _ = model._decode_forward(z)
-            log_px, _ = model.likelihood.log_prob_forward(x[a:b], out)
-            log_w[k0:k1, a:b] = log_px - log_ratio
-    return log_mean_exp(log_w, axis=0)
-
-
-def kl_per_dimension(model, x):
-    """Batch-mean closed-form KL of each latent dimension, shape (L,), in nats.
-
-    Dimensions with KL ~ 0 carry no information about x (collapsed).
-    derivations/04-elbo-and-iwae.md#diagnosing-posterior-collapse.
-    """
-    enc = model.encode(x)
-    return kl_standard_normal(enc.mu, enc.sigma)[0].mean(axis=0)
-
-
-def unit_activity(model, x):
-    """A_u = Var_x(E_q[z_u | x]) per latent dimension, shape (L,) (Burda et al. 2016).
-
-    derivations/04-elbo-and-iwae.md#diagnosing-posterior-collapse.
-    """
-    return model.encode(x).mu.var(axis=0)
-
-
-def active_units(model, x, threshold=0.01):
-    """Number of latent dimensions with activity Var_x(E_q[z_u|x]) > threshold.
-
-    derivations/04-elbo-and-iwae.md#diagnosing-posterior-collapse.
-    """
-    if not (np.isfinite(threshold) and threshold >= 0):
-        raise ValueError(f"threshold: expected a non-negative number, got {threshold!r}")
-    return int(np.sum(model.unit_activity(x) > threshold))

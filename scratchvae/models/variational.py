@@ -43,6 +43,7 @@ from ..flows.elementwise import ElementwiseAffine
 from ..flows.planar import Planar
 from ..flows.radial import Radial
 from .density import push_forward, push_forward_backward
+from .kinds import VARIATIONAL_KINDS
 from .vae import log_mean_exp  # the IWAE's stable log-mean-exp serves log Z too
 
 __all__ = [
@@ -57,7 +58,8 @@ __all__ = [
     "kish_ess",
 ]
 
-KINDS = ("gaussian", "planar", "radial", "affine", "spline", "dsf", "sos")
+#: The kinds ``make_variational`` builds (the table ``models.kinds``).
+KINDS = VARIATIONAL_KINDS
 
 
 # ----------------------------------------------------------------------------- validation

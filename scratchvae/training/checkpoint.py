@@ -1,9 +1,9 @@
-"""Checkpoint files: atomic writes, loading an ``.npz`` safely, and a trainer's checkpoint
-(its state, restoring it, and the checks that run before anything is restored).
+"""Checkpoint files: atomic writes, loading an ``.npz`` safely, and the checks a trainer's
+checkpoint passes before anything is restored (``check_checkpoint``).
 
-``trainer_state``, ``load_checkpoint`` and ``check_checkpoint`` take the trainer first;
-``scratchvae.training.trainer.Trainer`` binds them as its methods ``state``, ``load`` and
-``check_checkpoint``, and re-exports the file functions.
+The trainer's state and its restoring are methods of ``scratchvae.training.trainer.Trainer``
+(``state``, ``save``, ``load``); ``Trainer.load`` calls ``check_checkpoint`` first, and
+``trainer.py`` re-exports the file functions.
 """
 
 from __future__ import annotations
@@ -11,14 +11,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 import zipfile
 
 import numpy as np
 
 __all__ = ["atomic_write", "atomic_save_npz", "atomic_write_text", "load_npz",
-           "check_arrays_like", "default_file_mode", "trainer_state", "load_checkpoint",
-           "check_checkpoint"]
+           "check_arrays_like", "default_file_mode", "check_checkpoint"]
 
 
 # ----------------------------------------------------------------------------- files
@@ -137,50 +135,10 @@ def _json_value(text, name, path, kind):
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def trainer_state(trainer) -> dict[str, np.ndarray]:
-    """Everything needed to continue exactly: parameters, optimiser, RNG, step, best."""
-    out = {f"param.{k}": p for k, p in trainer.params.items()}
-    out.update({f"opt.{k}": v for k, v in trainer.optimizer.state_dict().items()})
-    out["rng_state"] = np.array(json.dumps(trainer.rng.bit_generator.state))
-    out["step"] = np.array(trainer.step)
-    running = 0.0 if trainer._run_start is None else time.perf_counter() - trainer._run_start
-    out["seconds"] = np.array(trainer.seconds + running)  # cumulative over resumes
-    out["history"] = np.array(json.dumps(trainer.history))
-    out["best_val"] = np.array(trainer.best_val)
-    out["best_step"] = np.array(-1 if trainer.best_step is None else trainer.best_step)
-    if trainer.best_params is not None:
-        out.update({f"best.{k}": p for k, p in trainer.best_params.items()})
-    return out
-
-
-def load_checkpoint(trainer, path,
-                    extra: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-    """Restore a checkpoint written by ``save``; returns all its arrays (for extras).
-
-    Every array is checked before anything is restored (``check_checkpoint``): a damaged
-    or edited file raises ``ValueError`` naming the file and leaves the trainer as it was.
-    ``extra``: templates of the caller's own arrays (same shape and dtype expected).
-    """
-    arrays = load_npz(path)
-    trainer.check_checkpoint(arrays, path, extra or {})
-    trainer.model.load_params({k[6:]: v for k, v in arrays.items() if k.startswith("param.")})
-    trainer.optimizer.load_state_dict({k[4:]: v for k, v in arrays.items()
-                                    if k.startswith("opt.")})
-    trainer.rng.bit_generator.state = json.loads(str(arrays["rng_state"]))
-    trainer.step = int(arrays["step"])
-    trainer.seconds = float(arrays["seconds"])
-    trainer.history = json.loads(str(arrays["history"]))
-    trainer.best_val = float(arrays["best_val"])
-    best_step = int(arrays["best_step"])
-    trainer.best_step = None if best_step < 0 else best_step
-    best = {k[5:]: v.copy() for k, v in arrays.items() if k.startswith("best.")}
-    trainer.best_params = best or None
-    return arrays
-
-
 def check_checkpoint(trainer, arrays: dict, path, extra: dict) -> None:
-    """Guard: exact shapes and dtypes, finite values and scalars in range, or
-    ``ValueError`` naming the file and the array.
+    """Guard: the ``arrays`` of a checkpoint file fit ``trainer`` (its ``steps``, ``params``,
+    ``optimizer`` and ``eval_fn``): exact shapes and dtypes, finite values and scalars in
+    range, or ``ValueError`` naming the file and the array.
 
     WHY: an edited or damaged checkpoint used to crash with a TypeError or KeyError, or
     worse run on: a moment of the wrong shape was broadcast, ``step = 1e12`` was reported

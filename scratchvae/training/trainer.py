@@ -21,6 +21,7 @@ update. Checkpoints are written atomically (temporary file, then rename).
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -37,9 +38,7 @@ from .checkpoint import (
     check_arrays_like,
     check_checkpoint,
     default_file_mode,
-    load_checkpoint,
     load_npz,
-    trainer_state,
 )
 from .optim import Adam, clip_grad_norm
 
@@ -272,13 +271,48 @@ class Trainer:
             n = self.threads
         return threads.set_blas_threads(n)
 
-    # -- checkpoints: functions of scratchvae.training.checkpoint, bound here as methods
-    state = trainer_state
-    load = load_checkpoint
-    check_checkpoint = check_checkpoint
+    # -- checkpoints (the files: scratchvae.training.checkpoint)
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything needed to continue exactly: parameters, optimiser, RNG, step, best."""
+        out = {f"param.{k}": p for k, p in self.params.items()}
+        out.update({f"opt.{k}": v for k, v in self.optimizer.state_dict().items()})
+        out["rng_state"] = np.array(json.dumps(self.rng.bit_generator.state))
+        out["step"] = np.array(self.step)
+        running = 0.0 if self._run_start is None else time.perf_counter() - self._run_start
+        out["seconds"] = np.array(self.seconds + running)  # cumulative over resumes
+        out["history"] = np.array(json.dumps(self.history))
+        out["best_val"] = np.array(self.best_val)
+        out["best_step"] = np.array(-1 if self.best_step is None else self.best_step)
+        if self.best_params is not None:
+            out.update({f"best.{k}": p for k, p in self.best_params.items()})
+        return out
 
     def save(self, path, extra: dict[str, np.ndarray] | None = None) -> None:
+        """Write ``state()`` and the caller's ``extra`` arrays to ``path`` (.npz) atomically."""
         atomic_save_npz(path, {**self.state(), **(extra or {})})
+
+    def load(self, path, extra: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Restore a checkpoint written by ``save``; returns all its arrays (for extras).
+
+        Every array is checked before anything is restored (``checkpoint.check_checkpoint``):
+        a damaged or edited file raises ``ValueError`` naming the file and leaves the trainer
+        as it was. ``extra``: templates of the caller's own arrays (same shape and dtype).
+        """
+        arrays = load_npz(path)
+        check_checkpoint(self, arrays, path, extra or {})
+        self.model.load_params({k[6:]: v for k, v in arrays.items() if k.startswith("param.")})
+        self.optimizer.load_state_dict({k[4:]: v for k, v in arrays.items()
+                                        if k.startswith("opt.")})
+        self.rng.bit_generator.state = json.loads(str(arrays["rng_state"]))
+        self.step = int(arrays["step"])
+        self.seconds = float(arrays["seconds"])
+        self.history = json.loads(str(arrays["history"]))
+        self.best_val = float(arrays["best_val"])
+        best_step = int(arrays["best_step"])
+        self.best_step = None if best_step < 0 else best_step
+        best = {k[5:]: v.copy() for k, v in arrays.items() if k.startswith("best.")}
+        self.best_params = best or None
+        return arrays
 
 
 def _quiet_float_warnings():

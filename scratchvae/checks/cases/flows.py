@@ -14,14 +14,12 @@ from ...flows.coupling import (
     CouplingBlock,
     SplineLaw,
     coupling_flow,
-    randomize_conditioners,
 )
 from ...flows.elementwise import ElementwiseAffine, Logit, Sigmoid
 from ...flows.linear import ActNorm, LULinear, Permutation
-from ...flows.planar import random_planar
-from ...flows.radial import random_radial
 from ...nn import sigmoid
 from ..gradcheck import BijectorCase, FunctionCase, register
+from ..randomize import random_planar, random_radial, randomize_conditioners
 
 
 # ----------------------------------------------------------------------------- spline

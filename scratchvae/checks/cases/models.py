@@ -8,12 +8,14 @@ from __future__ import annotations
 import numpy as np
 
 from ...distributions.likelihoods import make_likelihood
-from ...flows.coupling import coupling_flow, randomize_conditioners
-from ...models.density import ConditionalDiagonalGaussian, FlowDensity, randomize_last_layer
-from ...models.flow_vae import AMORTISABLE, KL_ESTIMATORS, POSTERIORS, FlowVAE, randomize_flow
+from ...flows.coupling import coupling_flow
+from ...models.density import ConditionalDiagonalGaussian, FlowDensity
+from ...models.flow_vae import KL_ESTIMATORS, FlowVAE
+from ...models.kinds import AMORTISABLE, POSTERIOR_FLOWS
 from ...models.vae import VAE
 from ...models.variational import make_variational, reverse_kl_loss_and_grads
 from ..gradcheck import VJPCase, register
+from ..randomize import randomize_conditioners, randomize_flow, randomize_last_layer
 
 
 def _elbo_terms_case(model, x, eps):
@@ -79,7 +81,7 @@ def _small_flow_vae(rng, kind, amortised, **kwargs):
     return model
 
 
-_FLOW_VAE_CASES = [(k, False, KL_ESTIMATORS[0]) for k in POSTERIORS]
+_FLOW_VAE_CASES = [(k, False, KL_ESTIMATORS[0]) for k in POSTERIOR_FLOWS]
 _FLOW_VAE_CASES += [(k, True, KL_ESTIMATORS[0]) for k in AMORTISABLE]
 _FLOW_VAE_CASES += [("planar", False, e) for e in KL_ESTIMATORS[1:]]
 _FLOW_VAE_CASES += [("spline", True, e) for e in KL_ESTIMATORS[1:]]

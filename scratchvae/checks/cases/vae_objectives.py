@@ -16,7 +16,7 @@ from ...models.conditional_vae import (
     build_conditional,
     labelled_rows,
 )
-from ...models.flow_vae import FlowVAE, randomize_flow
+from ...models.flow_vae import FlowVAE
 from ...models.iwae import (
     dreg_backward,
     iwae_objective,
@@ -26,6 +26,7 @@ from ...models.iwae import (
 )
 from ...models.vae import VAE
 from ..gradcheck import ModuleCase, VJPCase, register
+from ..randomize import randomize_flow
 
 
 # ----------------------------------------------------------------------------- conditional VAE
@@ -132,7 +133,7 @@ def dreg_surrogate(model, x, eps, part):
             return float(np.sum(c * log_weights_forward(model, x, eps)[0]))
         mu, sigma, _, _ = model.posterior_stats(model.encoder(x))
         z = mu + sigma * eps
-        log_px, _ = model.likelihood.log_prob_forward(x, model._decode_forward(z)[0])
+        log_px, _ = model.likelihood.log_prob_forward(x, model.decode_forward(z)[0])
         log_q = diag_gaussian_log_prob(z, mu0, log_sigma0)[0]
         return float(np.sum(c * (log_px + std_normal_log_prob(z) - log_q)))
 
