@@ -40,8 +40,9 @@ from scratchvae.flows.autoregressive import iaf_flow, maf_flow
 from scratchvae.flows.coupling import coupling_flow
 from scratchvae.models.conditional_vae import build_conditional
 from scratchvae.models.density import FlowDensity
-from scratchvae.models.flow_vae import AMORTISABLE, POSTERIORS, FlowVAE
+from scratchvae.models.flow_vae import FlowVAE
 from scratchvae.models.iwae import iwae_loss_and_grads
+from scratchvae.models.kinds import AMORTISABLE, POSTERIOR_FLOWS
 from scratchvae.models.vae import VAE
 from scratchvae.models.variational import KINDS as VARIATIONAL_KINDS
 from scratchvae.models.variational import make_variational, reverse_kl_loss_and_grads
@@ -133,7 +134,7 @@ KINDS = {
     "vae-gaussian-shared": _vae("gaussian-shared"),
     "vae-iwae": _vae("bernoulli", "iwae"),
     "vae-dreg": _vae("bernoulli", "dreg"),
-    **{f"flow-vae-{p}": _flow_vae(p) for p in POSTERIORS},
+    **{f"flow-vae-{p}": _flow_vae(p) for p in POSTERIOR_FLOWS},
     **{f"flow-vae-{p}-amortised": _flow_vae(p, amortised=True) for p in AMORTISABLE},
     "flow-vae-spline-iwae": _flow_vae("spline", objective="iwae", kl_estimator="monte_carlo"),
     "flow-vae-spline-monte-carlo-kl": _flow_vae("spline", kl_estimator="monte_carlo"),
