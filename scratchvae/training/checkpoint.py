@@ -72,9 +72,10 @@ def load_npz(path) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint: no such file {path!r}")
     try:
-        with np.load(path, allow_pickle=False) as f:
-            if not hasattr(f, "files"):
-                raise ValueError("a single .npy array, not an .npz archive")
+        loaded = np.load(path, allow_pickle=False)  # goes by the content, not by the name
+        if isinstance(loaded, np.ndarray):  # np.save to the name checkpoint.npz: no archive
+            raise ValueError("a single .npy array, not an .npz archive")
+        with loaded as f:
             return {k: f[k] for k in f.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, MemoryError, KeyError) as e:
         # a truncated, empty or bit-flipped file (zipfile's CRC check catches flips)
