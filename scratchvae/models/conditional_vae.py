@@ -286,8 +286,8 @@ class LabelledLatents:
         return self.likelihood.sample(out, rng)
 
     def sample(self, n, rng, temperature=1.0, mode="mean", label=None):
-        """``n`` samples of class ``label``: z ~ N(0, T I) (T scales the variance), decoded
-        with y = ``label``. Returns (n, D).
+        """``n`` samples of class ``label`` (one int, or ``n`` of them: one per sample):
+        z ~ N(0, T I) (T scales the variance), decoded with y = ``label``. Returns (n, D).
 
         derivations/18-conditional-vae-and-iwae.md#conditional-sampling-and-style-transfer.
         """
@@ -295,13 +295,15 @@ class LabelledLatents:
             raise ValueError(f"label: a conditional model samples a chosen class; pass label "
                              f"in 0..{self.n_classes - 1}")
         n = _positive_int(n, "n")
-        check_labels(label, self.n_classes, name="label")
+        y = check_labels(label, self.n_classes, name="label")  # one label, or one per sample
+        if y.size not in (1, n):
+            raise ValueError(f"label: expected one label or {n} (one per sample), got {y.size}")
         check_rng(rng)
         _check_mode(mode)
         if not (np.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature: expected a positive number, got {temperature!r}")
         z = np.sqrt(float(temperature)) * self._noise(rng, (n, self.latent_dim))
-        return self.decode(z, mode, rng, labels=int(label))
+        return self.decode(z, mode, rng, labels=np.broadcast_to(y, (n,)))
 
     def style_transfer(self, x, labels, mode="mean", rng=None):
         """Encode each x with its own label (the posterior's centre, ``encode(...).mu``) and
