@@ -295,8 +295,9 @@ def train_flow(out=None, quiet=False, resume=False, figures=True, stop_after=Non
                "seconds": result.seconds, "stopped": result.stopped,
                "best_step": result.best_step, "data": ds.name}
     if dequantized:  # train NLL on freshly dequantised rows; bits per dimension of y
+        x, ctx = split(train_rows)  # a conditional flow reads each row's label as its context
         metrics["train_nll"] = float(-np.mean(model.log_prob(
-            datasets.dequantize(train_rows[:, :dim], np.random.default_rng(0)).astype(dtype))))
+            datasets.dequantize(x, np.random.default_rng(0)).astype(dtype), ctx)))
         metrics["test_bits_per_dim"] = metrics["test_nll"] / (dim * math.log(2.0))
         metrics["best_epoch"] = None if result.best_step is None else \
             result.best_step * settings["batch"] / len(train_rows)
