@@ -253,8 +253,9 @@ def train_flow(out=None, quiet=False, resume=False, figures=True, stop_after=Non
         context_dim = int(ds.n_classes)
     dim = ds.train.shape[1]
     dequantized = ds.name in datasets.DEQUANTIZED  # integer levels + fresh noise per batch
-    if not dequantized:  # a standardised column needs two distinct values (noise makes them)
+    if not dequantized:  # a standardised column needs distinct values (noise makes them)
         datasets.check_spread(ds.train, f"--data {settings['data']}")
+        datasets.check_continuous(ds.train, f"--data {settings['data']}")  # no atoms
     check_model_size(settings, [[dim // 2 + context_dim, *settings["hidden"],
                                   dim * 3 * settings["bins"]]] * settings["layers"],
                       max(settings["batch"], min(len(ds.test), 20_000)), dim + context_dim)

@@ -48,6 +48,7 @@ from .checks import (
     _check_finite_squares,
     _check_npy_sizes,
     _rows_for_train,
+    check_continuous,
     check_label_count,
     check_spread,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "load_dataset_file",
     "load_dataset",
     "check_spread",
+    "check_continuous",
     "check_label_count",
     "DEQUANTIZED",
     "DEQUANTIZE_EVAL_SEED",
