@@ -13,9 +13,9 @@ import os
 
 import numpy as np
 
-__all__ = ["MAX_BOUND", "check_settings", "check_memory", "mlp_params", "check_model_size",
-           "check_standardization", "finite_or_none", "non_finite_samples_stop",
-           "estimate_or_nan"]
+__all__ = ["MAX_BOUND", "MIN_ESTIMATE_SAMPLES", "max_bins", "spline_min_width", "check_settings",
+           "check_memory", "mlp_params", "check_model_size", "check_standardization",
+           "finite_or_none", "non_finite_samples_stop", "estimate_or_nan"]
 
 
 #: Largest spline ``bound``: the data are standardised to unit variance, so a box of +-1e4
@@ -76,6 +76,46 @@ def check_settings(settings: dict, where=None) -> None:
     if settings.get("bound") is not None and settings["bound"] > MAX_BOUND:
         _bad(where, "bound", f"at most {MAX_BOUND:g} (the data are standardised to unit "
              "variance; a wider spline box holds nothing more and overflows)", settings["bound"])
+    _check_ranges(settings, where)
+
+
+#: Fewest samples of a log Z estimate: its ESS lies between 1 and n, so one sample always reads
+#: 100 %; from 100 on, the ESS share can fall to 1 %, well below the 10 % under which the
+#: estimate is not to be trusted, so the number can say so.
+MIN_ESTIMATE_SAMPLES = 100
+
+
+def spline_min_width() -> float:
+    """The smallest bin of the commands' splines, as a share of the box: the default
+    ``min_width`` of ``flows/coupling.py``'s ``SplineLaw``."""
+    import inspect
+
+    from ..flows.coupling import SplineLaw
+    return float(inspect.signature(SplineLaw).parameters["min_width"].default)
+
+
+def max_bins() -> int:
+    """Most spline bins K: each bin is at least ``spline_min_width()`` of the box, so
+    ``K min_width < 1``."""
+    return math.ceil(1.0 / spline_min_width()) - 1
+
+
+def _check_ranges(settings, where) -> None:
+    """Guard: settings whose range depends on what they mean, named as command-line options.
+
+    WHY: ``--bins 100000`` was refused by the spline as ``min_width: expected 0 < min_width <
+    1/K`` (an option the user never gave), and ``fit-target --n-estimate 1`` printed an ESS of
+    100 % and a log Z of -7.71 where the truth is 1.88 (issue 25).
+    """
+    bins = settings.get("bins")
+    if isinstance(bins, int | np.integer) and bins > max_bins():
+        _bad(where, "--bins", f"at most {max_bins()} (each of the K bins is at least min_width "
+             f"= {spline_min_width():g} of the spline box, so K < 1/min_width)", bins)
+    n = settings.get("n_estimate")
+    if isinstance(n, int | np.integer) and n < MIN_ESTIMATE_SAMPLES:
+        _bad(where, "--n-estimate", f"at least {MIN_ESTIMATE_SAMPLES} samples (the ESS of n "
+             "samples lies between 1 and n: with one it always reads 100 %, and the log Z "
+             "estimate is a single weight)", n)
 
 # ----------------------------------------------------------------------------- memory
 def _physical_memory() -> int | None:
