@@ -89,7 +89,10 @@ def cmd_train_flow(args) -> int:
 def cmd_train_vae(args) -> int:
     from .runs import VAE_DEFAULTS, train_vae
 
-    _, metrics = train_vae(**_run_kwargs(args), **_settings(args, VAE_DEFAULTS))
+    settings = _settings(args, VAE_DEFAULTS)
+    if "k" not in args.explicit:  # --k applies to the IWAE objectives only; say so if given
+        settings.pop("k", None)
+    _, metrics = train_vae(**_run_kwargs(args), **settings)
     _report("vae", metrics, args.out, args.quiet)
     return _exit_code(metrics)
 
@@ -435,7 +438,7 @@ def main(argv=None) -> int:
         pass
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.explicit = explicit_options(argv) if getattr(args, "resume", False) else set()
+    args.explicit = explicit_options(argv) if hasattr(args, "resume") else set()
     from .. import engine
     from .rundir import RunInterrupted
 

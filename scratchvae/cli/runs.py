@@ -389,6 +389,18 @@ def _iaf_implies_amortised(settings):
     return settings
 
 
+def _check_k_is_used(given, settings):
+    """Guard: ``k`` given with the ELBO objective, which draws no importance samples.
+
+    WHY: ``train-vae --objective elbo --k 7`` trained the ELBO and ignored ``--k`` silently
+    (issue 25): a setting that changes nothing must not look as if it did.
+    """
+    if "k" in given and settings["objective"] == "elbo":
+        raise ValueError(f"--k: the ELBO objective (--objective elbo) draws no importance "
+                         f"samples, so k = {given['k']!r} would change nothing; use --objective "
+                         "iwae or iwae-dreg with --k, or leave --k out")
+
+
 @guarded_run
 def train_vae(out=None, quiet=False, resume=False, figures=True, stop_after=None, **settings):
     """Fit a VAE (mean-field or flow posterior) by maximising the ELBO. Returns
@@ -408,8 +420,10 @@ def train_vae(out=None, quiet=False, resume=False, figures=True, stop_after=None
     Metrics (nats per example): ``test_elbo``, ``test_iwae``, ``test_kl``, ``test_rec``,
     ``active_units``, ``epochs``, ``seconds``.
     """
+    given = settings
     settings = _iaf_implies_amortised(settings)
     settings = _prepare_out(out, resume, "vae", VAE_DEFAULTS, settings, quiet)
+    _check_k_is_used(given, settings)
     from ..models.flow_vae import POSTERIORS as FLOW_POSTERIORS
 
     posteriors = ("gaussian", *FLOW_POSTERIORS)
