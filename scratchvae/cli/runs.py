@@ -25,6 +25,7 @@ import json
 import math
 import os
 import time
+import zipfile
 
 import numpy as np
 
@@ -34,10 +35,13 @@ from . import vae_options as vae_run_options
 from .guards import (
     check_memory,
     check_model_size,
+    check_run_time,
     check_standardization,
     estimate_or_nan,
     finite_or_none,
+    mlp_params,
     non_finite_samples_stop,
+    option_text,
 )
 from .rundir import RunInterrupted, guarded_run, on_signals, prepare_out, quiet_after_stop
 from .rundir import read_config as _read_saved_config
@@ -256,9 +260,15 @@ def train_flow(out=None, quiet=False, resume=False, figures=True, stop_after=Non
     if not dequantized:  # a standardised column needs distinct values (noise makes them)
         datasets.check_spread(ds.train, f"--data {settings['data']}")
         datasets.check_continuous(ds.train, f"--data {settings['data']}")  # no atoms
-    check_model_size(settings, [[dim // 2 + context_dim, *settings["hidden"],
-                                  dim * 3 * settings["bins"]]] * settings["layers"],
-                      max(settings["batch"], min(len(ds.test), 20_000)), dim + context_dim)
+    mlps = [[dim // 2 + context_dim, *settings["hidden"], dim * 3 * settings["bins"]]] \
+        * settings["layers"]
+    eval_rows = min(len(ds.test), 20_000)
+    check_model_size(settings, mlps, max(settings["batch"], eval_rows), dim + context_dim,
+                     options=("layers", "hidden", "bins"),
+                     rows_from=f"--batch {settings['batch']}" if settings["batch"] >= eval_rows
+                     else f"the evaluation of {eval_rows} test points")
+    check_run_time("train-flow", _flow_cost(settings, ds, mlps, dim, dequantized,
+                                            _steps_done(out, resume)), settings, quiet)
     rng = np.random.default_rng([settings["seed"], 7])
     model = _build_flow_model(settings, dim, context_dim, rng)
     if not dequantized:
@@ -309,6 +319,39 @@ def train_flow(out=None, quiet=False, resume=False, figures=True, stop_after=Non
     if out is not None:
         _write_json(os.path.join(out, "metrics.json"), metrics)
     return model, metrics
+
+
+def _steps_done(out, resume) -> int:
+    """The step a resumed run's checkpoint holds (0 for a fresh run, or when it cannot be read:
+    the load reports why)."""
+    if not resume or out is None:
+        return 0
+    try:
+        with np.load(os.path.join(out, "checkpoint.npz"), allow_pickle=False) as f:
+            return int(f["step"])
+    except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile):
+        return 0
+
+
+def _evaluations(steps, every):
+    """How many times a trainer evaluating every ``every`` steps evaluates in ``steps``."""
+    return steps // every + 1
+
+
+def _flow_cost(settings, ds, mlps, dim, dequantized, done):
+    """``(flops, options)`` of a flow run's training steps and of its evaluations, for
+    ``check_run_time``. An IAF's density (what a likelihood fit evaluates) costs D passes."""
+    params = sum(mlp_params(m) for m in mlps)
+    passes = dim if FLOW_KINDS[settings["flow"]][0] == "iaf_flow" else 1
+    steps, batch = settings["steps"], settings["batch"]
+    every = 10 * math.ceil(len(ds.train) / batch) if dequantized else max(1, steps // 20)
+    rows = (_evaluations(steps - done, every) * len(ds.val) + min(len(ds.test), 20_000)
+            + min(len(ds.train), 10_000) + len(ds.val))
+    return [(6.0 * params * passes * batch * (steps - done),
+             option_text(settings, ("flow", "layers", "hidden", "steps", "batch"))),
+            (2.0 * params * passes * rows,
+             f"{option_text(settings, ('flow', 'layers', 'hidden'))} (the evaluations: {rows} "
+             "points)")]
 
 
 def _flow_figures(model, ds, path, context_dim, split, test_rows, history):
@@ -434,8 +477,18 @@ def train_vae(out=None, quiet=False, resume=False, figures=True, stop_after=None
     ds = datasets.load_dataset(str(settings["data"]), seed=settings["seed"])
     train, val, test, n_classes = vae_run_options.dataset_rows(ds, settings, dtype)
     dim, hidden, latent = train.shape[1], settings["hidden"], settings["latent"]
-    check_model_size(settings, [[dim, *hidden, 2 * latent], [latent, *hidden[::-1], dim]],
-                      settings["batch"] * settings["samples"], max(dim, latent))
+    encoder, decoder = [dim, *hidden, 2 * latent], [latent, *hidden[::-1], dim]
+    k = settings["k"] if settings["objective"] != "elbo" else 1  # decoder rows per example
+    row_options = ("batch", *(["samples"] if settings["samples"] > 1 else []),
+                   *(["k"] if k > 1 else []))
+    check_model_size(settings, [encoder, decoder], settings["batch"] * settings["samples"] * k,
+                     max(dim, latent), options=("latent", "hidden"),
+                     rows_from=option_text(settings, row_options))
+    # the test IWAE bound holds K log-weights of every test example
+    check_memory(dtype.itemsize * settings["iwae_k"] * len(test),
+                 f"--iwae-k {settings['iwae_k']} (the test bound's {len(test)} x K log-weights)")
+    check_run_time("train-vae", _vae_cost(settings, encoder, decoder, k, len(train), len(val),
+                                          len(test), _steps_done(out, resume)), settings, quiet)
     rng = np.random.default_rng([settings["seed"], 7])
     model = _build_vae(settings, train.shape[1], rng, n_classes)
     for split in (train, val, test):  # e.g. grey levels refused by the Bernoulli likelihood
@@ -476,6 +529,21 @@ def train_vae(out=None, quiet=False, resume=False, figures=True, stop_after=None
     if out is not None:
         _write_json(os.path.join(out, "metrics.json"), metrics)
     return model, metrics
+
+
+def _vae_cost(settings, encoder, decoder, k, n_train, n_val, n_test, done):
+    """``(flops, options)`` of a VAE run's training (with its validation every epoch) and of
+    its final evaluation (the test ELBO with 10 samples and the IWAE bound with ``iwae_k``)."""
+    enc, dec = mlp_params(encoder), mlp_params(decoder)
+    batch, per_epoch = settings["batch"], math.ceil(n_train / settings["batch"])
+    epochs = settings["epochs"] - done / per_epoch
+    step = 6.0 * batch * (enc + dec * settings["samples"] * k)
+    validation = 2.0 * n_val * (enc + dec * k)
+    final = 2.0 * n_test * (enc + dec * (10 + settings["iwae_k"]))
+    names = ("latent", "hidden", "epochs", "batch", *(["samples"] if settings["samples"] > 1
+                                                      else []), *(["k"] if k > 1 else []))
+    return [(epochs * (per_epoch * step + validation), option_text(settings, names)),
+            (final, option_text(settings, ("iwae_k",)) + " (the final test bound)")]
 
 
 def _vae_figures(model, ds, test, path, history):
@@ -548,7 +616,10 @@ def fit_target(out=None, quiet=False, resume=False, figures=True, stop_after=Non
     settings = _prepare_out(out, resume, "target", TARGET_DEFAULTS, settings, quiet)
     target = target_object if target_object is not None else make_target(settings["target"])
     check_model_size(settings, [[2, *settings["hidden"], 6 * settings["bins"]]]
-                      * settings["layers"], max(settings["batch"], settings["n_estimate"]), 2)
+                      * settings["layers"], max(settings["batch"], settings["n_estimate"]), 2,
+                     options=("layers", "hidden", "bins"), rows_from=option_text(
+                         settings, ["n_estimate" if settings["n_estimate"] > settings["batch"]
+                                    else "batch"]))
     q = _build_variational(settings, make_variational)
     loss = non_finite_samples_stop(
         lambda b, r, s: reverse_kl_loss_and_grads(q, target, settings["batch"], r))
