@@ -422,6 +422,14 @@ def _limit_blas_threads(argv) -> None:
         set_blas_threads(int(os.environ["OPENBLAS_NUM_THREADS"]))
 
 
+#: The options of each command that set how much memory it takes (the out-of-memory message
+#: suggests these; train-vae suggested --n, an option of sample only: issue 25).
+SIZE_OPTIONS = {"train-flow": "--batch, --hidden, --layers, --bins, --n-train",
+                "train-vae": "--batch, --hidden, --latent, --samples, --k, --iwae-k",
+                "fit-target": "--batch, --hidden, --layers, --bins, --n-estimate",
+                "sample": "--n", "demo": "--fast"}
+
+
 class _Terminated(KeyboardInterrupt):
     """SIGTERM outside a training loop (inside one, the loop stops at a step boundary)."""
 
@@ -461,7 +469,8 @@ def main(argv=None) -> int:
         if args.debug:
             raise
         print(f"scratchvae {args.command}: error: out of memory ({e or 'MemoryError'}); try "
-              "smaller settings (--batch, --hidden, --n)", file=sys.stderr)
+              f"smaller settings ({SIZE_OPTIONS.get(args.command, '--batch, --hidden')})",
+              file=sys.stderr)
         return 2
     except (ValueError, OSError, ImportError) as e:
         if args.debug:
