@@ -31,8 +31,8 @@ import numpy as np
 
 from .guards import check_settings
 
-__all__ = ["RUN_FILES", "LOCK_NAME", "RunInterrupted", "guarded_run", "prepare_out",
-           "read_config", "quiet_after_stop", "on_signals"]
+__all__ = ["RUN_FILES", "LOCK_NAME", "EXTENDABLE", "EVALUATION_ONLY", "RunInterrupted",
+           "guarded_run", "prepare_out", "read_config", "quiet_after_stop", "on_signals"]
 
 #: Files a run writes; a fresh run refuses an ``--out`` holding any of them.
 RUN_FILES = ("config.json", "checkpoint.npz", "history.csv", "metrics.json")
@@ -42,6 +42,11 @@ LOCK_NAME = ".scratchvae.lock"
 
 #: The setting a resumed run may extend, by kind of run.
 EXTENDABLE = {"flow": "steps", "target": "steps", "vae": "epochs"}
+
+#: Settings of the final evaluation only, which a resumed run may change: the training does not
+#: read them. WHY: ``train-vae --iwae-k 1e8`` ran out of memory after training, and ``--resume
+#: --iwae-k 10`` was refused, so the run could never finish (issue 25).
+EVALUATION_ONLY = {"flow": (), "target": ("n_estimate",), "vae": ("iwae_k",)}
 
 _open_runs: list[dict] = []  # the run directories this process is writing (innermost last)
 
@@ -216,6 +221,12 @@ def _resumed_settings(saved: dict, given: dict, kind: str, quiet: bool) -> dict:
         if value is None or _norm(value) == _norm(saved.get(name)):
             continue
         option = "--" + name.replace("_", "-")
+        if name in EVALUATION_ONLY[kind]:
+            settings[name] = value
+            if not quiet:
+                print(f"resume: the final evaluation uses {name} = {value} (the run was made "
+                      f"with {saved.get(name)!r}; training does not read it)", file=sys.stderr)
+            continue
         if name != longer:
             raise ValueError(f"{option}: this run was made with {name} = {saved.get(name)!r}; "
                              f"--resume continues it with its saved settings, so {value!r} "
