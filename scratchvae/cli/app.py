@@ -128,9 +128,10 @@ def cmd_sample(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from .rundir import check_out
     from .runs import train_flow, train_vae
 
-    out = args.out
+    out = check_out(args.out)
     fast = args.fast
     t0 = time.perf_counter()
     say = (lambda *a: None) if args.quiet else print

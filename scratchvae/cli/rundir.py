@@ -32,7 +32,8 @@ import numpy as np
 from .guards import check_settings
 
 __all__ = ["RUN_FILES", "LOCK_NAME", "EXTENDABLE", "EVALUATION_ONLY", "RunInterrupted",
-           "guarded_run", "prepare_out", "read_config", "quiet_after_stop", "on_signals"]
+           "guarded_run", "check_out", "prepare_out", "read_config", "quiet_after_stop",
+           "on_signals"]
 
 #: Files a run writes; a fresh run refuses an ``--out`` holding any of them.
 RUN_FILES = ("config.json", "checkpoint.npz", "history.csv", "metrics.json")
@@ -166,6 +167,21 @@ def _remove_stale_temporaries(out) -> None:
             os.remove(tmp)
 
 
+def check_out(out) -> str:
+    """Guard: ``out`` names a directory (a path, not empty).
+
+    WHY: ``--out ''`` ended in ``[Errno 2] No such file or directory: ''``, naming neither the
+    option nor what was wrong (issue 25); the demo would have written into the current folder.
+    """
+    try:
+        out = os.fspath(out)
+    except TypeError:
+        raise ValueError(f"--out: expected a directory name, got {out!r}") from None
+    if not out.strip():
+        raise ValueError(f"--out: expected a directory name, got an empty one ({out!r})")
+    return out
+
+
 def prepare_out(out, resume: bool, kind: str, defaults: dict, given: dict, quiet: bool,
                 defaults_by_kind: dict) -> dict:
     """Check ``out``, lock it, and return the settings to use (the saved ones when resuming,
@@ -179,7 +195,7 @@ def prepare_out(out, resume: bool, kind: str, defaults: dict, given: dict, quiet
         if resume:
             raise ValueError("resume: needs --out, the directory of the run to continue")
         return config
-    out = os.fspath(out)
+    out = check_out(out)
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"out: {out!r} exists and is not a directory")
     state = _open_runs[-1] if _open_runs else None
