@@ -17,8 +17,8 @@ import time
 import numpy as np
 
 __all__ = ["MAX_BOUND", "MIN_ESTIMATE_SAMPLES", "max_bins", "spline_min_width", "check_settings",
-           "check_memory", "mlp_params", "option_text", "check_model_size", "check_run_time",
-           "measured_flops_per_second", "duration", "check_standardization",
+           "check_choices", "check_memory", "mlp_params", "option_text", "check_model_size",
+           "check_run_time", "measured_flops_per_second", "duration", "check_standardization",
            "finite_or_none", "non_finite_samples_stop", "estimate_or_nan"]
 
 
@@ -81,6 +81,29 @@ def check_settings(settings: dict, where=None) -> None:
         _bad(where, "bound", f"at most {MAX_BOUND:g} (the data are standardised to unit "
              "variance; a wider spline box holds nothing more and overflows)", settings["bound"])
     _check_ranges(settings, where)
+
+
+def _choices() -> dict:
+    """The names a string setting may take, where they do not depend on the kind of run."""
+    from ..distributions.likelihoods import LIKELIHOODS
+    from ..distributions.targets import TARGETS
+    from ..nn import ACTIVATIONS
+    from .vae_options import OBJECTIVES
+    return {"target": tuple(TARGETS), "activation": tuple(sorted(ACTIVATIONS)),
+            "likelihood": tuple(LIKELIHOODS), "lr_schedule": ("cosine", "constant"),
+            "dtype": ("float64", "float32"), "objective": OBJECTIVES}
+
+
+def check_choices(settings: dict, where=None) -> None:
+    """Guard: each named setting of a saved run (``config.json``) is one of its choices;
+    ``ValueError`` naming the setting and the file otherwise.
+
+    WHY: resuming a fit-target run whose config.json says target ``nope`` ended in ``name:
+    expected one of ...``, naming neither the setting nor the file (issue 25).
+    """
+    for name, choices in _choices().items():
+        if name in settings and settings[name] not in choices:
+            _bad(where, name, f"one of {', '.join(choices)}", settings[name])
 
 
 #: Fewest samples of a log Z estimate: its ESS lies between 1 and n, so one sample always reads

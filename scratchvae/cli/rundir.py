@@ -29,7 +29,7 @@ import threading
 
 import numpy as np
 
-from .guards import check_settings
+from .guards import check_choices, check_settings
 
 __all__ = ["RUN_FILES", "LOCK_NAME", "EXTENDABLE", "EVALUATION_ONLY", "RunInterrupted",
            "guarded_run", "check_out", "prepare_out", "read_config", "quiet_after_stop",
@@ -81,6 +81,7 @@ def read_config(run_dir, defaults_by_kind: dict) -> dict:
     if unknown:
         raise ValueError(f"run: {path!r} has unknown settings {unknown}")
     check_settings(cfg["settings"], path)
+    check_choices(cfg["settings"], path)
     cfg["settings"] = {**defaults, **cfg["settings"]}
     return cfg
 
