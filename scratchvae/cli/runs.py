@@ -720,6 +720,25 @@ def _data_dim_of(arrays):
     raise ValueError("checkpoint: no encoder parameters found; not a VAE checkpoint")
 
 
+def _check_label(label, kind, model) -> None:
+    """Guard: ``label`` is None or a class of the saved model (a conditional flow or VAE).
+
+    WHY: ``sample --label 0`` on a fit-target run exited 0 and ignored the label; a label of
+    1e23 said ``got dtype object``, naming neither the value nor the classes (issue 25).
+    """
+    if label is None:
+        return
+    if kind == "target":
+        raise ValueError("label: a fitted variational distribution has no classes; leave "
+                         "--label out")
+    n_classes = model.context_dim if kind == "flow" else getattr(model, "n_classes", 0)
+    if not n_classes:
+        return  # the sampler says that this model is not conditional
+    if isinstance(label, bool) or not isinstance(label, int | np.integer) \
+            or not 0 <= label < n_classes:
+        raise ValueError(f"label: expected a class in 0..{n_classes - 1}, got {label!r}")
+
+
 def sample_run(run_dir, n: int, temperature: float = 1.0, seed: int = 0, label=None):
     """``n`` samples from a saved run: data-space samples of a flow (of class ``label`` for a
     conditional one), decoder means of a VAE's prior samples, samples of a fitted q."""
@@ -728,6 +747,7 @@ def sample_run(run_dir, n: int, temperature: float = 1.0, seed: int = 0, label=N
     if not temperature > 0:
         raise ValueError(f"temperature: expected a positive number, got {temperature}")
     model, kind, settings, _ = load_run(run_dir)
+    _check_label(label, kind, model)
     width = max([*settings["hidden"], getattr(model, "dim", 2), 2])
     check_memory(8 * 4 * int(n) * width, f"--n {n}")  # a few (n, width) arrays at a time
     rng = np.random.default_rng(seed)
