@@ -457,8 +457,11 @@ def main(argv=None) -> int:
         return int(args.func(args) or 0)
     except RunInterrupted as e:
         name = signal.Signals(e.signum).name
-        print(f"scratchvae {args.command}: interrupted by {name} at step {e.step}; checkpoint "
-              f"written to {e.out}; continue with: scratchvae {args.command} --out "
+        when = f"at step {e.step}" if e.during is None else \
+            f"during {e.during}, after training ended at step {e.step}"
+        what = "continue" if e.during is None else "evaluate"
+        print(f"scratchvae {args.command}: interrupted by {name} {when}; checkpoint written "
+              f"to {e.out}; {what} with: scratchvae {args.command} --out "
               f"{shlex.quote(str(e.out))} --resume", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt as e:

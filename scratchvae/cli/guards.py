@@ -9,6 +9,7 @@ tests/test_runs_safety.py).
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import sys
@@ -19,7 +20,8 @@ import numpy as np
 __all__ = ["MAX_BOUND", "MIN_ESTIMATE_SAMPLES", "max_bins", "spline_min_width", "check_settings",
            "check_choices", "check_memory", "mlp_params", "option_text", "check_model_size",
            "check_run_time", "measured_flops_per_second", "duration", "check_standardization",
-           "finite_or_none", "non_finite_samples_stop", "estimate_or_nan"]
+           "IDENTITY", "check_identity", "finite_or_none", "non_finite_samples_stop",
+           "estimate_or_nan"]
 
 
 #: Largest spline ``bound``: the data are standardised to unit variance, so a box of +-1e4
@@ -302,6 +304,39 @@ def check_standardization(arrays, path) -> int:
                          "finite real vectors of one length with scale > 0, got "
                          f"{shift.dtype} {shift.shape} / {scale.dtype} {scale.shape}")
     return int(shift.size)
+
+
+#: The array of a checkpoint that names the run that wrote it (``runs.run_identity``).
+IDENTITY = "run.identity"
+
+
+def check_identity(arrays, identity: str, path) -> None:
+    """Guard: a checkpoint's ``run.identity`` (the kind of run and its settings, as JSON) is
+    ``identity``, this run's; ``ValueError`` naming the file and the first settings that differ.
+    A checkpoint written before checkpoints named their run has none and is not checked here
+    (its arrays still are, by shape and dtype).
+
+    WHY: a MAF checkpoint copied into an IAF run (the same parameter shapes) was sampled and
+    resumed, and an IWAE run's checkpoint resumed inside an ELBO run (issue 25).
+    """
+    if IDENTITY not in arrays:
+        return
+    saved = arrays[IDENTITY]
+    try:
+        written = json.loads(str(saved)) if saved.shape == () and saved.dtype.kind == "U" \
+            else None
+    except ValueError:
+        written = None
+    if not isinstance(written, dict):
+        raise ValueError(f"checkpoint: {os.fspath(path)!r}: {IDENTITY!r} expected the JSON "
+                         "settings of the run that wrote it")
+    this = json.loads(identity)
+    # the settings it names (a setting added since has its default here)
+    differ = [k for k in sorted(written) if written[k] != this.get(k)]
+    if differ:
+        said = "; ".join(f"{k} = {written[k]!r} there, {this.get(k)!r} here" for k in differ[:3])
+        raise ValueError(f"checkpoint: {os.fspath(path)!r} was written by another run ({said}"
+                         "); a checkpoint resumes and samples only the run that wrote it")
 
 
 def finite_or_none(metrics: dict) -> dict:

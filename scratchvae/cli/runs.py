@@ -33,6 +33,8 @@ from ..data import datasets
 from ..training.trainer import Trainer, atomic_write_text, load_npz
 from . import vae_options as vae_run_options
 from .guards import (
+    IDENTITY,
+    check_identity,
     check_memory,
     check_model_size,
     check_run_time,
@@ -43,7 +45,16 @@ from .guards import (
     non_finite_samples_stop,
     option_text,
 )
-from .rundir import RunInterrupted, guarded_run, on_signals, prepare_out, quiet_after_stop
+from .rundir import (
+    EVALUATION_ONLY,
+    EXTENDABLE,
+    RunInterrupted,
+    after_training,
+    guarded_run,
+    on_signals,
+    prepare_out,
+    quiet_after_stop,
+)
 from .rundir import read_config as _read_saved_config
 
 __all__ = ["train_flow", "train_vae", "fit_target", "sample_run", "one_hot", "load_run",
@@ -152,36 +163,62 @@ def _dtype(name):
 CHECKPOINT_SECONDS = 10.0
 
 
+def run_identity(kind, settings) -> str:
+    """What a checkpoint records of the run that wrote it: the kind of run and every setting
+    but those a resume may change (the length, the final evaluation's), as JSON."""
+    changeable = {EXTENDABLE[kind], *EVALUATION_ONLY[kind]}
+    kept = {k: v for k, v in _config_for_json(settings).items() if k not in changeable}
+    return json.dumps({"kind": kind, **kept}, sort_keys=True)
+
+
+def _identity_templates(arrays, kind, settings, path) -> dict:
+    """Guard: the checkpoint ``arrays`` were written by this run (``check_identity``); the
+    template of its ``run.identity`` for the trainer's exact check of every array."""
+    check_identity(arrays, run_identity(kind, settings), path)
+    return {IDENTITY: arrays[IDENTITY]} if IDENTITY in arrays else {}
+
+
 def _run_trainer(trainer: Trainer, out, kind, settings, extra_state, resume, stop_after):
     """Run (or resume) ``trainer``, writing config, checkpoints and history into ``out``.
 
+    A fresh run writes ``config.json`` and then a checkpoint of step 0 at once, so a run
+    killed before its first evaluation can be resumed (or, holding no step, replaced). Every
+    checkpoint names the run that wrote it (``run_identity``); resuming refuses another's.
     SIGINT / SIGTERM stop the run at the next step boundary; its checkpoint is written and
-    ``RunInterrupted`` raised (the command line says how to resume and exits 130 / 143).
+    ``RunInterrupted`` raised (the command line says how to resume and exits 130 / 143); after
+    training, during the final evaluation, they raise ``RunInterrupted`` at once
+    (``after_training``): the checkpoint is already written, and ``--resume`` evaluates.
     """
     checkpoint = None if out is None else os.path.join(out, "checkpoint.npz")
+    identity = {IDENTITY: np.array(run_identity(kind, settings))}
     last_write = time.monotonic()
 
     def save(t, at_end=False):
         nonlocal last_write
         if checkpoint is None or not at_end and time.monotonic() - last_write < CHECKPOINT_SECONDS:
             return
-        t.save(checkpoint, extra_state())
+        t.save(checkpoint, {**extra_state(), **identity})
         _write_history(os.path.join(out, "history.csv"), t.history)
         last_write = time.monotonic()
 
     if out is not None:
-        _write_json(os.path.join(out, "config.json"),
-                    {"kind": kind, "settings": _config_for_json(settings)})
         if resume:
-            arrays = trainer.load(checkpoint, extra_state())
+            saved = load_npz(checkpoint)
+            templates = _identity_templates(saved, kind, settings, checkpoint)
+            arrays = trainer.load(checkpoint, {**extra_state(), **templates})
             if "standardize.scale" in arrays:
                 check_standardization(arrays, checkpoint)
+        _write_json(os.path.join(out, "config.json"),
+                    {"kind": kind, "settings": _config_for_json(settings)})
+        if not resume:  # step 0: from here on the run can be resumed
+            trainer.save(checkpoint, {**extra_state(), **identity})
         trainer.on_eval = save
     with on_signals(trainer):
         result = trainer.run(stop_after=stop_after)
         save(trainer, at_end=True)
     if result.signal is not None:
         raise RunInterrupted(result.signal, result.steps, out)
+    after_training(result.steps, out)
     if result.stopped:
         quiet_after_stop()
     return result
@@ -700,6 +737,7 @@ def load_run(run_dir):
     else:
         raise ValueError(f"run: unknown kind {kind!r} in {run_dir!r}")
     from ..training.trainer import check_arrays_like
+    check_identity(arrays, run_identity(kind, settings), path)  # this run's checkpoint
     check_arrays_like(arrays, model.params, path, "param.")  # exact shapes, dtypes, finite
     model.load_params({k[6:]: v for k, v in arrays.items() if k.startswith("param.")})
     return model, kind, settings, arrays
