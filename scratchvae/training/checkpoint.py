@@ -147,6 +147,7 @@ def trainer_state(trainer) -> dict[str, np.ndarray]:
     running = 0.0 if trainer._run_start is None else time.perf_counter() - trainer._run_start
     out["seconds"] = np.array(trainer.seconds + running)  # cumulative over resumes
     out["history"] = np.array(json.dumps(trainer.history))
+    out["window"] = np.array(json.dumps(trainer.window))  # the history row in progress
     out["best_val"] = np.array(trainer.best_val)
     out["best_step"] = np.array(-1 if trainer.best_step is None else trainer.best_step)
     if trainer.best_params is not None:
@@ -171,6 +172,8 @@ def load_checkpoint(trainer, path,
     trainer.step = int(arrays["step"])
     trainer.seconds = float(arrays["seconds"])
     trainer.history = json.loads(str(arrays["history"]))
+    trainer.window = json.loads(str(arrays["window"])) if "window" in arrays else \
+        {"loss": 0.0, "count": 0, "info": {}}  # written before checkpoints held it
     trainer.best_val = float(arrays["best_val"])
     best_step = int(arrays["best_step"])
     trainer.best_step = None if best_step < 0 else best_step
@@ -210,7 +213,8 @@ def check_checkpoint(trainer, arrays: dict, path, extra: dict) -> None:
     check_arrays_like(arrays, extra, path)
     known = {f"param.{k}" for k in trainer.params} | {f"opt.{k}" for k in opt} | set(extra)
     known |= {f"best.{k}" for k in trainer.params} | {"opt.t", "step", "seconds", "history",
-                                                    "best_val", "best_step", "rng_state"}
+                                                    "best_val", "best_step", "rng_state",
+                                                    "window"}
     unknown = sorted(set(arrays) - known)
     if unknown:
         raise ValueError(f"checkpoint: {name!r} holds unexpected arrays {unknown[:3]}; "
@@ -219,6 +223,9 @@ def check_checkpoint(trainer, arrays: dict, path, extra: dict) -> None:
     if not all(isinstance(row, dict) and all(isinstance(v, int | float | None)
                                              for v in row.values()) for row in history):
         raise ValueError(f"checkpoint: {name!r}: 'history' expected rows of numbers")
+    if "window" in arrays:
+        _check_window(_json_value(_scalar(arrays, "window", path, "U"), "window", path, dict),
+                      name)
     state = _json_value(_scalar(arrays, "rng_state", path, "U"), "rng_state", path, dict)
     probe = np.random.default_rng().bit_generator
     try:
@@ -226,3 +233,16 @@ def check_checkpoint(trainer, arrays: dict, path, extra: dict) -> None:
     except (ValueError, TypeError, KeyError, OverflowError) as e:
         raise ValueError(f"checkpoint: {name!r}: 'rng_state' is not a generator state "
                          f"({e})") from None
+
+
+def _check_window(window, name) -> None:
+    """Guard: the history row in progress is a loss sum, a step count >= 0 and sums of numbers.
+
+    WHY: it is added to on resume, so an edited one would be written into history.csv.
+    """
+    loss, count, info = window.get("loss"), window.get("count"), window.get("info")
+    if not (isinstance(loss, int | float) and np.isfinite(loss) and isinstance(count, int)
+            and count >= 0 and isinstance(info, dict)
+            and all(isinstance(v, int | float) for v in info.values())):
+        raise ValueError(f"checkpoint: {name!r}: 'window' expected a loss sum, a step count "
+                         f"and sums of numbers, got {window!r:.80}")
