@@ -307,6 +307,8 @@ def test_out_holding_only_a_config_accepts_a_fresh_run(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     (out / "config.json").write_text(json.dumps({"kind": "flow", "settings": {"layers": 3}}))
+    code, line = run_cli(["train-flow", "--out", str(out), "--resume", "--quiet"], capsys)
+    assert code == 2 and "without --resume" in line  # says what to do instead
     code, line = run_cli(["train-flow", *TINY_FLOW, "--out", str(out)], capsys)
     assert code == 0, line
     assert json.loads((out / "config.json").read_text())["settings"]["layers"] == 2

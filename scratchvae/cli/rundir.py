@@ -230,7 +230,10 @@ def prepare_out(out, resume: bool, kind: str, defaults: dict, given: dict, quiet
         raise ValueError(f"out: {out!r} exists and is not a directory")
     state = _open_runs[-1] if _open_runs else None
     if resume and not os.path.isfile(os.path.join(out, "checkpoint.npz")):
-        raise ValueError(f"out: {out!r} holds no checkpoint.npz to resume from")
+        never = os.path.isfile(os.path.join(out, "config.json"))  # killed before step 0's
+        raise ValueError(f"out: {out!r} holds no checkpoint.npz to resume from"
+                         + ("; its run never completed a step: start it again without "
+                            "--resume" if never else ""))
     if state is not None:
         state["out"], state["created"] = out, not os.path.exists(out)
     os.makedirs(out, exist_ok=True)
