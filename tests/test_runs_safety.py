@@ -183,7 +183,9 @@ def test_a_checkpoint_written_during_the_run_holds_the_time_so_far(tmp_path, mon
     monkeypatch.setattr(runs.Trainer, "save", spy)
     runs.train_flow(out=str(tmp_path / "r"), data="moons", layers=2, hidden=(8, 8), steps=40,
                     batch=64, n_train=300, quiet=True, figures=False)
-    assert len(seen) > 2 and seen[0] > 0 and seen == sorted(seen)
+    # the first is the checkpoint of step 0, written before training (issue 25: a run killed
+    # before its first evaluation can be resumed)
+    assert len(seen) > 2 and seen[0] == 0 and seen[1] > 0 and seen == sorted(seen)
 
 
 def test_a_refused_run_leaves_no_empty_out_directory(tmp_path, capsys):
@@ -249,12 +251,20 @@ def test_signal_writes_a_checkpoint_says_how_to_resume_and_resumes_bit_for_bit(t
     assert "--resume" in err and str(out) in err and "Traceback" not in err
     step = int(load_npz(out / "checkpoint.npz")["step"])
     assert 0 < step < 100_000
-    # resumed, the run continues exactly as one that was never interrupted
-    runs.train_flow(out=str(out), resume=True, stop_after=step + 7, quiet=True, figures=False,
+    # resumed, the run continues exactly as one that was never interrupted: its parameters,
+    # and its history, whose row after the interruption spans it (a row every 100 steps)
+    end = step + 7 + 100
+    runs.train_flow(out=str(out), resume=True, stop_after=end, quiet=True, figures=False,
                     **INTERRUPTED)
-    runs.train_flow(out=str(tmp_path / "whole"), stop_after=step + 7, quiet=True, figures=False,
+    runs.train_flow(out=str(tmp_path / "whole"), stop_after=end, quiet=True, figures=False,
                     **INTERRUPTED)
     whole, parts = params_of(tmp_path / "whole"), params_of(out)
     assert whole.keys() == parts.keys()
     for k in whole:
         np.testing.assert_array_equal(whole[k], parts[k], err_msg=k)
+
+    def history(run):  # every column but the wall-clock seconds
+        with open(run / "history.csv") as f:
+            return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+    assert len(history(out)) >= 1 and history(out) == history(tmp_path / "whole")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["check_count", "check_rng", "check_points"]
+__all__ = ["check_count", "check_rng", "check_points", "check_float_dtype"]
 
 
 def check_count(value, name: str, minimum: int = 1) -> int:
@@ -57,3 +57,19 @@ def check_points(name, a, dim, dtype, n_rows=None):
     if dtype is None:
         dtype = arr.dtype if arr.dtype.kind == "f" else np.float64
     return arr.astype(dtype, copy=False)
+
+
+def check_float_dtype(dtype, name: str = "dtype") -> np.dtype:
+    """``dtype`` as a ``np.dtype`` if it is a real floating-point type (float64, float32).
+
+    WHY: ``maf_flow(2, 1, dtype=np.int64)`` and ``coupling_flow(..., dtype=np.int32)`` built
+    integer weights, which truncate every update, and trained on (issue 25).
+    """
+    try:
+        kind = np.dtype(dtype).kind
+    except TypeError:
+        kind = None
+    if kind != "f":
+        raise ValueError(f"{name}: expected a floating-point dtype (float64 or float32), got "
+                         f"{dtype!r}")
+    return np.dtype(dtype)

@@ -89,7 +89,10 @@ def cmd_train_flow(args) -> int:
 def cmd_train_vae(args) -> int:
     from .runs import VAE_DEFAULTS, train_vae
 
-    _, metrics = train_vae(**_run_kwargs(args), **_settings(args, VAE_DEFAULTS))
+    settings = _settings(args, VAE_DEFAULTS)
+    if "k" not in args.explicit:  # --k applies to the IWAE objectives only; say so if given
+        settings.pop("k", None)
+    _, metrics = train_vae(**_run_kwargs(args), **settings)
     _report("vae", metrics, args.out, args.quiet)
     return _exit_code(metrics)
 
@@ -125,9 +128,10 @@ def cmd_sample(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from .rundir import check_out
     from .runs import train_flow, train_vae
 
-    out = args.out
+    out = check_out(args.out)
     fast = args.fast
     t0 = time.perf_counter()
     say = (lambda *a: None) if args.quiet else print
@@ -412,6 +416,14 @@ def _limit_blas_threads(argv) -> None:
         set_blas_threads(int(os.environ["OPENBLAS_NUM_THREADS"]))
 
 
+#: The options of each command that set how much memory it takes (the out-of-memory message
+#: suggests these; train-vae suggested --n, an option of sample only: issue 25).
+SIZE_OPTIONS = {"train-flow": "--batch, --hidden, --layers, --bins, --n-train",
+                "train-vae": "--batch, --hidden, --latent, --samples, --k, --iwae-k",
+                "fit-target": "--batch, --hidden, --layers, --bins, --n-estimate",
+                "sample": "--n", "demo": "--fast"}
+
+
 class _Terminated(KeyboardInterrupt):
     """SIGTERM outside a training loop (inside one, the loop stops at a step boundary)."""
 
@@ -428,7 +440,7 @@ def main(argv=None) -> int:
         pass
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.explicit = explicit_options(argv) if getattr(args, "resume", False) else set()
+    args.explicit = explicit_options(argv) if hasattr(args, "resume") else set()
     from .. import engine
     from .rundir import RunInterrupted
 
@@ -438,8 +450,11 @@ def main(argv=None) -> int:
         return int(args.func(args) or 0)
     except RunInterrupted as e:
         name = signal.Signals(e.signum).name
-        print(f"scratchvae {args.command}: interrupted by {name} at step {e.step}; checkpoint "
-              f"written to {e.out}; continue with: scratchvae {args.command} --out "
+        when = f"at step {e.step}" if e.during is None else \
+            f"during {e.during}, after training ended at step {e.step}"
+        what = "continue" if e.during is None else "evaluate"
+        print(f"scratchvae {args.command}: interrupted by {name} {when}; checkpoint written "
+              f"to {e.out}; {what} with: scratchvae {args.command} --out "
               f"{shlex.quote(str(e.out))} --resume", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt as e:
@@ -451,7 +466,8 @@ def main(argv=None) -> int:
         if args.debug:
             raise
         print(f"scratchvae {args.command}: error: out of memory ({e or 'MemoryError'}); try "
-              "smaller settings (--batch, --hidden, --n)", file=sys.stderr)
+              f"smaller settings ({SIZE_OPTIONS.get(args.command, '--batch, --hidden')})",
+              file=sys.stderr)
         return 2
     except (ValueError, OSError, ImportError) as e:
         if args.debug:

@@ -26,13 +26,15 @@ import os
 import signal
 import sys
 import threading
+import zipfile
 
 import numpy as np
 
-from .guards import check_settings
+from .guards import check_choices, check_settings
 
-__all__ = ["RUN_FILES", "LOCK_NAME", "RunInterrupted", "guarded_run", "prepare_out",
-           "read_config", "quiet_after_stop", "on_signals"]
+__all__ = ["RUN_FILES", "LOCK_NAME", "EXTENDABLE", "EVALUATION_ONLY", "RunInterrupted",
+           "after_training", "guarded_run", "check_out", "prepare_out", "read_config",
+           "quiet_after_stop", "on_signals"]
 
 #: Files a run writes; a fresh run refuses an ``--out`` holding any of them.
 RUN_FILES = ("config.json", "checkpoint.npz", "history.csv", "metrics.json")
@@ -43,15 +45,22 @@ LOCK_NAME = ".scratchvae.lock"
 #: The setting a resumed run may extend, by kind of run.
 EXTENDABLE = {"flow": "steps", "target": "steps", "vae": "epochs"}
 
+#: Settings of the final evaluation only, which a resumed run may change: the training does not
+#: read them. WHY: ``train-vae --iwae-k 1e8`` ran out of memory after training, and ``--resume
+#: --iwae-k 10`` was refused, so the run could never finish (issue 25).
+EVALUATION_ONLY = {"flow": (), "target": ("n_estimate",), "vae": ("iwae_k",)}
+
 _open_runs: list[dict] = []  # the run directories this process is writing (innermost last)
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM stopped a run at a step boundary after its checkpoint was written."""
+    """SIGINT or SIGTERM stopped a run at a step boundary after its checkpoint was written
+    (``during``: None, or what was running after training, e.g. "the final evaluation")."""
 
-    def __init__(self, signum: int, step: int, out):
-        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}")
-        self.signum, self.step, self.out = signum, step, out
+    def __init__(self, signum: int, step: int, out, during=None):
+        where = f"during {during} (training done)" if during else f"at step {step}"
+        super().__init__(f"interrupted by {signal.Signals(signum).name} {where}")
+        self.signum, self.step, self.out, self.during = signum, step, out, during
 
 
 def read_config(run_dir, defaults_by_kind: dict) -> dict:
@@ -75,6 +84,7 @@ def read_config(run_dir, defaults_by_kind: dict) -> dict:
     if unknown:
         raise ValueError(f"run: {path!r} has unknown settings {unknown}")
     check_settings(cfg["settings"], path)
+    check_choices(cfg["settings"], path)
     cfg["settings"] = {**defaults, **cfg["settings"]}
     return cfg
 
@@ -87,7 +97,7 @@ def guarded_run(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         state = {"out": None, "created": False, "lock": None, "lock_created": False,
-                 "errstate": None}
+                 "errstate": None, "signals": None}
         _open_runs.append(state)
         failed = True
         try:
@@ -105,6 +115,8 @@ def _release(state, failed):
     out, fd = state["out"], state["lock"]
     if state["errstate"] is not None:
         np.seterr(**state["errstate"])
+    for s, h in (state["signals"] or {}).items():
+        signal.signal(s, h)
     if failed and fd is not None and state["lock_created"]:
         # a refused run leaves no trace: its lock file goes, and the directory it created
         # goes too if it is empty (rmdir refuses a directory holding anything)
@@ -161,6 +173,45 @@ def _remove_stale_temporaries(out) -> None:
             os.remove(tmp)
 
 
+def _never_trained(out, present, defaults_by_kind) -> bool:
+    """Guard: ``out`` holds only a run that never completed a step (its ``config.json``, and at
+    most a checkpoint of step 0), which a fresh run may replace: nothing in it would be lost.
+
+    WHY: a run killed before its first checkpoint (SIGKILL, or out of memory at step 1) left
+    config.json alone; a fresh run then said "already holds a run; pass --resume" while
+    --resume said "holds no checkpoint.npz": a dead end (issue 25).
+    """
+    if not set(present) <= {"config.json", "checkpoint.npz"}:
+        return False
+    try:
+        with open(os.path.join(out, "config.json"), encoding="utf-8") as f:
+            cfg = json.load(f)
+        if not (isinstance(cfg, dict) and cfg.get("kind") in defaults_by_kind
+                and isinstance(cfg.get("settings"), dict)):
+            return False  # not a scratchvae run's file: never replaced
+        if "checkpoint.npz" not in present:
+            return True
+        with np.load(os.path.join(out, "checkpoint.npz"), allow_pickle=False) as arrays:
+            return int(arrays["step"]) == 0
+    except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile):
+        return False
+
+
+def check_out(out) -> str:
+    """Guard: ``out`` names a directory (a path, not empty).
+
+    WHY: ``--out ''`` ended in ``[Errno 2] No such file or directory: ''``, naming neither the
+    option nor what was wrong (issue 25); the demo would have written into the current folder.
+    """
+    try:
+        out = os.fspath(out)
+    except TypeError:
+        raise ValueError(f"--out: expected a directory name, got {out!r}") from None
+    if not out.strip():
+        raise ValueError(f"--out: expected a directory name, got an empty one ({out!r})")
+    return out
+
+
 def prepare_out(out, resume: bool, kind: str, defaults: dict, given: dict, quiet: bool,
                 defaults_by_kind: dict) -> dict:
     """Check ``out``, lock it, and return the settings to use (the saved ones when resuming,
@@ -174,19 +225,26 @@ def prepare_out(out, resume: bool, kind: str, defaults: dict, given: dict, quiet
         if resume:
             raise ValueError("resume: needs --out, the directory of the run to continue")
         return config
-    out = os.fspath(out)
+    out = check_out(out)
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"out: {out!r} exists and is not a directory")
     state = _open_runs[-1] if _open_runs else None
     if resume and not os.path.isfile(os.path.join(out, "checkpoint.npz")):
-        raise ValueError(f"out: {out!r} holds no checkpoint.npz to resume from")
+        never = os.path.isfile(os.path.join(out, "config.json"))  # killed before step 0's
+        raise ValueError(f"out: {out!r} holds no checkpoint.npz to resume from"
+                         + ("; its run never completed a step: start it again without "
+                            "--resume" if never else ""))
     if state is not None:
         state["out"], state["created"] = out, not os.path.exists(out)
     os.makedirs(out, exist_ok=True)
     _lock(out, state)
     if not resume:
         present = [f for f in RUN_FILES if os.path.exists(os.path.join(out, f))]
-        if present:
+        if present and _never_trained(out, present, defaults_by_kind):
+            if not quiet:
+                print(f"out: replacing the run in {out!r}, which never completed a step",
+                      file=sys.stderr)
+        elif present:
             raise ValueError(f"out: {out!r} already holds a run ({', '.join(present)}); pass "
                              "--resume to continue it, or choose another --out (nothing in it "
                              "is overwritten)")
@@ -216,6 +274,12 @@ def _resumed_settings(saved: dict, given: dict, kind: str, quiet: bool) -> dict:
         if value is None or _norm(value) == _norm(saved.get(name)):
             continue
         option = "--" + name.replace("_", "-")
+        if name in EVALUATION_ONLY[kind]:
+            settings[name] = value
+            if not quiet:
+                print(f"resume: the final evaluation uses {name} = {value} (the run was made "
+                      f"with {saved.get(name)!r}; training does not read it)", file=sys.stderr)
+            continue
         if name != longer:
             raise ValueError(f"{option}: this run was made with {name} = {saved.get(name)!r}; "
                              f"--resume continues it with its saved settings, so {value!r} "
@@ -235,6 +299,25 @@ def _resumed_settings(saved: dict, given: dict, kind: str, quiet: bool) -> dict:
 
 
 # ----------------------------------------------------------------------------- signals
+def after_training(step: int, out) -> None:
+    """Guard: from now until the command returns, SIGINT and SIGTERM raise ``RunInterrupted``
+    ("during the final evaluation") at once; the checkpoint of the last step is written.
+
+    WHY: a signal during the final evaluation (``train-vae --iwae-k 20000``) printed
+    "interrupted before training started; nothing to resume" after a finished training whose
+    checkpoint ``--resume`` evaluates (issue 25).
+    """
+    state = _open_runs[-1] if _open_runs else None
+    if out is None or state is None or threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        raise RunInterrupted(signum, step, out, during="the final evaluation")
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    if state["signals"] is None:
+        state["signals"] = old
+
 @contextlib.contextmanager
 def on_signals(trainer):
     """SIGINT and SIGTERM set ``trainer.stop_signal``: the loop stops at the next step

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import time
+import zipfile
 
 import numpy as np
 
@@ -33,14 +34,28 @@ from ..models import kinds
 from ..training.trainer import Trainer, atomic_write_text, load_npz
 from . import vae_options as vae_run_options
 from .guards import (
+    IDENTITY,
+    check_identity,
     check_memory,
     check_model_size,
+    check_run_time,
     check_standardization,
     estimate_or_nan,
     finite_or_none,
+    mlp_params,
     non_finite_samples_stop,
+    option_text,
 )
-from .rundir import RunInterrupted, guarded_run, on_signals, prepare_out, quiet_after_stop
+from .rundir import (
+    EVALUATION_ONLY,
+    EXTENDABLE,
+    RunInterrupted,
+    after_training,
+    guarded_run,
+    on_signals,
+    prepare_out,
+    quiet_after_stop,
+)
 from .rundir import read_config as _read_saved_config
 
 __all__ = ["train_flow", "train_vae", "fit_target", "sample_run", "load_run",
@@ -131,36 +146,62 @@ def _dtype(name):
 CHECKPOINT_SECONDS = 10.0
 
 
+def run_identity(kind, settings) -> str:
+    """What a checkpoint records of the run that wrote it: the kind of run and every setting
+    but those a resume may change (the length, the final evaluation's), as JSON."""
+    changeable = {EXTENDABLE[kind], *EVALUATION_ONLY[kind]}
+    kept = {k: v for k, v in _config_for_json(settings).items() if k not in changeable}
+    return json.dumps({"kind": kind, **kept}, sort_keys=True)
+
+
+def _identity_templates(arrays, kind, settings, path) -> dict:
+    """Guard: the checkpoint ``arrays`` were written by this run (``check_identity``); the
+    template of its ``run.identity`` for the trainer's exact check of every array."""
+    check_identity(arrays, run_identity(kind, settings), path)
+    return {IDENTITY: arrays[IDENTITY]} if IDENTITY in arrays else {}
+
+
 def _run_trainer(trainer: Trainer, out, kind, settings, extra_state, resume, stop_after):
     """Run (or resume) ``trainer``, writing config, checkpoints and history into ``out``.
 
+    A fresh run writes ``config.json`` and then a checkpoint of step 0 at once, so a run
+    killed before its first evaluation can be resumed (or, holding no step, replaced). Every
+    checkpoint names the run that wrote it (``run_identity``); resuming refuses another's.
     SIGINT / SIGTERM stop the run at the next step boundary; its checkpoint is written and
-    ``RunInterrupted`` raised (the command line says how to resume and exits 130 / 143).
+    ``RunInterrupted`` raised (the command line says how to resume and exits 130 / 143); after
+    training, during the final evaluation, they raise ``RunInterrupted`` at once
+    (``after_training``): the checkpoint is already written, and ``--resume`` evaluates.
     """
     checkpoint = None if out is None else os.path.join(out, "checkpoint.npz")
+    identity = {IDENTITY: np.array(run_identity(kind, settings))}
     last_write = time.monotonic()
 
     def save(t, at_end=False):
         nonlocal last_write
         if checkpoint is None or not at_end and time.monotonic() - last_write < CHECKPOINT_SECONDS:
             return
-        t.save(checkpoint, extra_state())
+        t.save(checkpoint, {**extra_state(), **identity})
         _write_history(os.path.join(out, "history.csv"), t.history)
         last_write = time.monotonic()
 
     if out is not None:
-        _write_json(os.path.join(out, "config.json"),
-                    {"kind": kind, "settings": _config_for_json(settings)})
         if resume:
-            arrays = trainer.load(checkpoint, extra_state())
+            saved = load_npz(checkpoint)
+            templates = _identity_templates(saved, kind, settings, checkpoint)
+            arrays = trainer.load(checkpoint, {**extra_state(), **templates})
             if "standardize.scale" in arrays:
                 check_standardization(arrays, checkpoint)
+        _write_json(os.path.join(out, "config.json"),
+                    {"kind": kind, "settings": _config_for_json(settings)})
+        if not resume:  # step 0: from here on the run can be resumed
+            trainer.save(checkpoint, {**extra_state(), **identity})
         trainer.on_eval = save
     with on_signals(trainer):
         result = trainer.run(stop_after=stop_after)
         save(trainer, at_end=True)
     if result.signal is not None:
         raise RunInterrupted(result.signal, result.steps, out)
+    after_training(result.steps, out)
     if result.stopped:
         quiet_after_stop()
     return result
@@ -236,11 +277,18 @@ def train_flow(out=None, quiet=False, resume=False, figures=True, stop_after=Non
         context_dim = int(ds.n_classes)
     dim = ds.train.shape[1]
     dequantized = ds.name in datasets.DEQUANTIZED  # integer levels + fresh noise per batch
-    if not dequantized:  # a standardised column needs two distinct values (noise makes them)
+    if not dequantized:  # a standardised column needs distinct values (noise makes them)
         datasets.check_spread(ds.train, f"--data {settings['data']}")
-    check_model_size(settings, [[dim // 2 + context_dim, *settings["hidden"],
-                                  dim * 3 * settings["bins"]]] * settings["layers"],
-                      max(settings["batch"], min(len(ds.test), 20_000)), dim + context_dim)
+        datasets.check_continuous(ds.train, f"--data {settings['data']}")  # no atoms
+    mlps = [[dim // 2 + context_dim, *settings["hidden"], dim * 3 * settings["bins"]]] \
+        * settings["layers"]
+    eval_rows = min(len(ds.test), 20_000)
+    check_model_size(settings, mlps, max(settings["batch"], eval_rows), dim + context_dim,
+                     options=("layers", "hidden", "bins"),
+                     rows_from=f"--batch {settings['batch']}" if settings["batch"] >= eval_rows
+                     else f"the evaluation of {eval_rows} test points")
+    check_run_time("train-flow", _flow_cost(settings, ds, mlps, dim, dequantized,
+                                            _steps_done(out, resume)), settings, quiet)
     rng = np.random.default_rng([settings["seed"], 7])
     model = _build_flow_model(settings, dim, context_dim, rng)
     if not dequantized:
@@ -280,8 +328,9 @@ def train_flow(out=None, quiet=False, resume=False, figures=True, stop_after=Non
                "seconds": result.seconds, "stopped": result.stopped,
                "best_step": result.best_step, "data": ds.name}
     if dequantized:  # train NLL on freshly dequantised rows; bits per dimension of y
+        x, ctx = split(train_rows)  # a conditional flow reads each row's label as its context
         metrics["train_nll"] = float(-np.mean(model.log_prob(
-            datasets.dequantize(train_rows[:, :dim], np.random.default_rng(0)).astype(dtype))))
+            datasets.dequantize(x, np.random.default_rng(0)).astype(dtype), ctx)))
         metrics["test_bits_per_dim"] = metrics["test_nll"] / (dim * math.log(2.0))
         metrics["best_epoch"] = None if result.best_step is None else \
             result.best_step * settings["batch"] / len(train_rows)
@@ -292,6 +341,39 @@ def train_flow(out=None, quiet=False, resume=False, figures=True, stop_after=Non
     if out is not None:
         _write_json(os.path.join(out, "metrics.json"), metrics)
     return model, metrics
+
+
+def _steps_done(out, resume) -> int:
+    """The step a resumed run's checkpoint holds (0 for a fresh run, or when it cannot be read:
+    the load reports why)."""
+    if not resume or out is None:
+        return 0
+    try:
+        with np.load(os.path.join(out, "checkpoint.npz"), allow_pickle=False) as f:
+            return int(f["step"])
+    except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile):
+        return 0
+
+
+def _evaluations(steps, every):
+    """How many times a trainer evaluating every ``every`` steps evaluates in ``steps``."""
+    return steps // every + 1
+
+
+def _flow_cost(settings, ds, mlps, dim, dequantized, done):
+    """``(flops, options)`` of a flow run's training steps and of its evaluations, for
+    ``check_run_time``. An IAF's density (what a likelihood fit evaluates) costs D passes."""
+    params = sum(mlp_params(m) for m in mlps)
+    passes = dim if FLOW_KINDS[settings["flow"]][0] == "iaf_flow" else 1
+    steps, batch = settings["steps"], settings["batch"]
+    every = 10 * math.ceil(len(ds.train) / batch) if dequantized else max(1, steps // 20)
+    rows = (_evaluations(steps - done, every) * len(ds.val) + min(len(ds.test), 20_000)
+            + min(len(ds.train), 10_000) + len(ds.val))
+    return [(6.0 * params * passes * batch * (steps - done),
+             option_text(settings, ("flow", "layers", "hidden", "steps", "batch"))),
+            (2.0 * params * passes * rows,
+             f"{option_text(settings, ('flow', 'layers', 'hidden'))} (the evaluations: {rows} "
+             "points)")]
 
 
 def _flow_figures(model, ds, path, context_dim, split, test_rows, history):
@@ -372,6 +454,18 @@ def _iaf_implies_amortised(settings):
     return settings
 
 
+def _check_k_is_used(given, settings):
+    """Guard: ``k`` given with the ELBO objective, which draws no importance samples.
+
+    WHY: ``train-vae --objective elbo --k 7`` trained the ELBO and ignored ``--k`` silently
+    (issue 25): a setting that changes nothing must not look as if it did.
+    """
+    if "k" in given and settings["objective"] == "elbo":
+        raise ValueError(f"--k: the ELBO objective (--objective elbo) draws no importance "
+                         f"samples, so k = {given['k']!r} would change nothing; use --objective "
+                         "iwae or iwae-dreg with --k, or leave --k out")
+
+
 @guarded_run
 def train_vae(out=None, quiet=False, resume=False, figures=True, stop_after=None, **settings):
     """Fit a VAE (mean-field or flow posterior) by maximising the ELBO. Returns
@@ -391,8 +485,10 @@ def train_vae(out=None, quiet=False, resume=False, figures=True, stop_after=None
     Metrics (nats per example): ``test_elbo``, ``test_iwae``, ``test_kl``, ``test_rec``,
     ``active_units``, ``epochs``, ``seconds``.
     """
+    given = settings
     settings = _iaf_implies_amortised(settings)
     settings = _prepare_out(out, resume, "vae", VAE_DEFAULTS, settings, quiet)
+    _check_k_is_used(given, settings)
     if settings["posterior"] not in kinds.POSTERIORS:
         raise ValueError(f"posterior: expected one of {kinds.POSTERIORS}, got "
                          f"{settings['posterior']!r}")
@@ -401,8 +497,18 @@ def train_vae(out=None, quiet=False, resume=False, figures=True, stop_after=None
     ds = datasets.load_dataset(str(settings["data"]), seed=settings["seed"])
     train, val, test, n_classes = vae_run_options.dataset_rows(ds, settings, dtype)
     dim, hidden, latent = train.shape[1], settings["hidden"], settings["latent"]
-    check_model_size(settings, [[dim, *hidden, 2 * latent], [latent, *hidden[::-1], dim]],
-                      settings["batch"] * settings["samples"], max(dim, latent))
+    encoder, decoder = [dim, *hidden, 2 * latent], [latent, *hidden[::-1], dim]
+    k = settings["k"] if settings["objective"] != "elbo" else 1  # decoder rows per example
+    row_options = ("batch", *(["samples"] if settings["samples"] > 1 else []),
+                   *(["k"] if k > 1 else []))
+    check_model_size(settings, [encoder, decoder], settings["batch"] * settings["samples"] * k,
+                     max(dim, latent), options=("latent", "hidden"),
+                     rows_from=option_text(settings, row_options))
+    # the test IWAE bound holds K log-weights of every test example
+    check_memory(dtype.itemsize * settings["iwae_k"] * len(test),
+                 f"--iwae-k {settings['iwae_k']} (the test bound's {len(test)} x K log-weights)")
+    check_run_time("train-vae", _vae_cost(settings, encoder, decoder, k, len(train), len(val),
+                                          len(test), _steps_done(out, resume)), settings, quiet)
     rng = np.random.default_rng([settings["seed"], 7])
     model = _build_vae(settings, train.shape[1], rng, n_classes)
     for split in (train, val, test):  # e.g. grey levels refused by the Bernoulli likelihood
@@ -443,6 +549,21 @@ def train_vae(out=None, quiet=False, resume=False, figures=True, stop_after=None
     if out is not None:
         _write_json(os.path.join(out, "metrics.json"), metrics)
     return model, metrics
+
+
+def _vae_cost(settings, encoder, decoder, k, n_train, n_val, n_test, done):
+    """``(flops, options)`` of a VAE run's training (with its validation every epoch) and of
+    its final evaluation (the test ELBO with 10 samples and the IWAE bound with ``iwae_k``)."""
+    enc, dec = mlp_params(encoder), mlp_params(decoder)
+    batch, per_epoch = settings["batch"], math.ceil(n_train / settings["batch"])
+    epochs = settings["epochs"] - done / per_epoch
+    step = 6.0 * batch * (enc + dec * settings["samples"] * k)
+    validation = 2.0 * n_val * (enc + dec * k)
+    final = 2.0 * n_test * (enc + dec * (10 + settings["iwae_k"]))
+    names = ("latent", "hidden", "epochs", "batch", *(["samples"] if settings["samples"] > 1
+                                                      else []), *(["k"] if k > 1 else []))
+    return [(epochs * (per_epoch * step + validation), option_text(settings, names)),
+            (final, option_text(settings, ("iwae_k",)) + " (the final test bound)")]
 
 
 def _vae_figures(model, ds, test, path, history):
@@ -515,7 +636,10 @@ def fit_target(out=None, quiet=False, resume=False, figures=True, stop_after=Non
     settings = _prepare_out(out, resume, "target", TARGET_DEFAULTS, settings, quiet)
     target = target_object if target_object is not None else make_target(settings["target"])
     check_model_size(settings, [[2, *settings["hidden"], 6 * settings["bins"]]]
-                      * settings["layers"], max(settings["batch"], settings["n_estimate"]), 2)
+                      * settings["layers"], max(settings["batch"], settings["n_estimate"]), 2,
+                     options=("layers", "hidden", "bins"), rows_from=option_text(
+                         settings, ["n_estimate" if settings["n_estimate"] > settings["batch"]
+                                    else "batch"]))
     q = _build_variational(settings, make_variational)
     loss = non_finite_samples_stop(
         lambda b, r, s: reverse_kl_loss_and_grads(q, target, settings["batch"], r))
@@ -594,6 +718,7 @@ def load_run(run_dir):
     else:
         raise ValueError(f"run: unknown kind {kind!r} in {run_dir!r}")
     from ..training.trainer import check_arrays_like
+    check_identity(arrays, run_identity(kind, settings), path)  # this run's checkpoint
     check_arrays_like(arrays, model.params, path, "param.")  # exact shapes, dtypes, finite
     model.load_params({k[6:]: v for k, v in arrays.items() if k.startswith("param.")})
     return model, kind, settings, arrays
@@ -614,6 +739,25 @@ def _data_dim_of(arrays):
     raise ValueError("checkpoint: no encoder parameters found; not a VAE checkpoint")
 
 
+def _check_label(label, kind, model) -> None:
+    """Guard: ``label`` is None or a class of the saved model (a conditional flow or VAE).
+
+    WHY: ``sample --label 0`` on a fit-target run exited 0 and ignored the label; a label of
+    1e23 said ``got dtype object``, naming neither the value nor the classes (issue 25).
+    """
+    if label is None:
+        return
+    if kind == "target":
+        raise ValueError("label: a fitted variational distribution has no classes; leave "
+                         "--label out")
+    n_classes = model.context_dim if kind == "flow" else getattr(model, "n_classes", 0)
+    if not n_classes:
+        return  # the sampler says that this model is not conditional
+    if isinstance(label, bool) or not isinstance(label, int | np.integer) \
+            or not 0 <= label < n_classes:
+        raise ValueError(f"label: expected a class in 0..{n_classes - 1}, got {label!r}")
+
+
 def sample_run(run_dir, n: int, temperature: float = 1.0, seed: int = 0, label=None):
     """``n`` samples from a saved run: data-space samples of a flow (of class ``label`` for a
     conditional one), decoder means of a VAE's prior samples, samples of a fitted q."""
@@ -622,6 +766,7 @@ def sample_run(run_dir, n: int, temperature: float = 1.0, seed: int = 0, label=N
     if not temperature > 0:
         raise ValueError(f"temperature: expected a positive number, got {temperature}")
     model, kind, settings, _ = load_run(run_dir)
+    _check_label(label, kind, model)
     width = max([*settings["hidden"], getattr(model, "dim", 2), 2])
     check_memory(8 * 4 * int(n) * width, f"--n {n}")  # a few (n, width) arrays at a time
     rng = np.random.default_rng(seed)

@@ -48,6 +48,7 @@ from .checks import (
     _check_finite_squares,
     _check_npy_sizes,
     _rows_for_train,
+    check_continuous,
     check_label_count,
     check_spread,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "load_dataset_file",
     "load_dataset",
     "check_spread",
+    "check_continuous",
     "check_label_count",
     "DEQUANTIZED",
     "DEQUANTIZE_EVAL_SEED",
@@ -447,9 +449,15 @@ def _labels(arr, n, path, key):
     y = np.asarray(arr)
     if y.ndim != 1 or y.shape[0] != n:
         _fail(path, f"expected labels {key!r} of shape ({n},), got shape {y.shape}")
-    if y.dtype.kind not in "biuf" or not np.all(np.isfinite(y)) or np.any(y != np.round(y)) \
-            or (y.size and y.min() < 0):
+    if y.dtype.kind not in "biuf":
         _fail(path, f"expected non-negative integer labels in {key!r}, got dtype {y.dtype}")
+    with np.errstate(invalid="ignore"):
+        values = y.astype(np.float64)
+        bad = ~np.isfinite(values) | (values != np.round(values)) | (values < 0)
+    if np.any(bad):  # name the value and its row: -1 is the problem, not the dtype
+        row = int(np.flatnonzero(bad)[0])
+        _fail(path, f"expected non-negative integer labels (class numbers 0, 1, ...) in "
+                    f"{key!r}, got {y[row].item()!r} at row {row} ({int(bad.sum())} such)")
     return y.astype(np.int64)
 
 
@@ -472,7 +480,9 @@ def _check_path(path):
 
 def _read_csv(path):
     try:
-        with open(path, encoding="utf-8") as f:
+        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first line,
+        # where it made a row of numbers look like a header and dropped it
+        with open(path, encoding="utf-8-sig") as f:
             lines = [(i + 1, ln.strip()) for i, ln in enumerate(f)]
     except (OSError, UnicodeDecodeError) as e:
         _fail(path, f"cannot read it as text ({e})")
@@ -509,8 +519,10 @@ LABEL_COLUMNS = ("label", "labels", "y")
 
 
 def _csv_with_labels(arr, header, path):
-    """(x, labels or None): a header column named as in ``LABEL_COLUMNS`` holds the labels."""
-    key = next((h for h in LABEL_COLUMNS if header and h in header), None)
+    """(x, labels or None): a header column named as in ``LABEL_COLUMNS`` holds the labels,
+    except ``y`` beside a column ``x``: there ``x, y`` are the two coordinates of a point."""
+    names = [h for h in LABEL_COLUMNS if not (h == "y" and header and "x" in header)]
+    key = next((h for h in names if header and h in header), None)
     if key is None:
         return _numeric_2d(arr, path), None
     j = header.index(key)
@@ -568,7 +580,8 @@ def load_dataset_file(path, seed: int = 0, val_fraction: float = 0.1,
     The rows are shuffled with ``default_rng(seed)``; the first ``test_fraction`` go to test,
     the next ``val_fraction`` to validation (each at least one row), the rest to train.
     Labels come from an ``.npz`` array named ``y`` or ``labels``, or from a ``.csv`` column
-    whose header is ``label``, ``labels`` or ``y``, if present.
+    whose header is ``label``, ``labels`` or ``y``, if present (a header ``x, y`` names two
+    coordinates, not a label column).
     """
     for value, arg in ((val_fraction, "val_fraction"), (test_fraction, "test_fraction")):
         if not (isinstance(value, int | float) and 0.0 < value < 0.5):

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..checks.arguments import check_count, rng_or_default
+from ..checks.arguments import check_count, check_float_dtype, rng_or_default
 from ..nn import sum_over_features
 from ..nn.made import MADE
 from .bijector import Bijector, Cache, Chain
@@ -225,6 +225,7 @@ class AutoregressiveBlock(Bijector):
 def _stack(dim, n_blocks, cheap, law, hidden, activation, rng, context_dim, bins, bound,
            scale_bound, orders, hidden_order, dtype):
     dim, n_blocks = check_count(dim, "dim"), check_count(n_blocks, "n_blocks")
+    dtype = check_float_dtype(dtype)
     if orders not in ("reversed", "random"):
         raise ValueError(f"orders: expected 'reversed' or 'random', got {orders!r}")
     rng = rng_or_default(rng)

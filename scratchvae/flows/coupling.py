@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..checks.arguments import check_count, rng_or_default
+from ..checks.arguments import check_count, check_float_dtype, rng_or_default
 from ..nn import MLP, soft_clip, sum_over_features
 from .bijector import Bijector, Cache, Chain
 from .law import Law, make_law
@@ -401,6 +401,7 @@ def coupling_flow(dim, n_layers, law="affine", hidden=(64, 64), activation="relu
     """
     dim = check_count(dim, "dim")
     n_layers = check_count(n_layers, "n_layers")
+    dtype = check_float_dtype(dtype)
     if permutation not in ("auto", "random", "reverse", None):
         raise ValueError("permutation: expected 'auto', 'random', 'reverse' or None, got "
                          f"{permutation!r}")

@@ -309,17 +309,21 @@ class LabelledLatents:
         return self.likelihood.sample(out, rng)
 
     def sample(self, n, rng, temperature=1.0, mode="mean", label=None):
-        """``n`` samples of class ``label``: z ~ N(0, T I) (T scales the variance), decoded
-        with y = ``label``. Returns (n, D).
+        """``n`` samples of class ``label`` (one int, or ``n`` of them: one per sample):
+        z ~ N(0, T I) (T scales the variance), decoded with y = ``label``. Returns (n, D).
 
         derivations/18-conditional-vae-and-iwae.md#conditional-sampling-and-style-transfer.
         """
         if label is None:
             raise ValueError(f"label: a conditional model samples a chosen class; pass label "
                              f"in 0..{self.n_classes - 1}")
-        check_labels(label, self.n_classes, name="label")
+        n = check_count(n, "n")
+        y = check_labels(label, self.n_classes, name="label")  # one label, or one per sample
+        if y.size not in (1, n):
+            raise ValueError(f"label: expected one label or {n} (one per sample), got {y.size}")
         check_mode(mode)
-        return self.decode(self.draw_prior(n, rng, temperature), mode, rng, labels=int(label))
+        return self.decode(self.draw_prior(n, rng, temperature), mode, rng,
+                           labels=np.broadcast_to(y, (n,)))
 
     def style_transfer(self, x, labels, mode="mean", rng=None):
         """Encode each x with its own label (the posterior's centre, ``encode(...).mu``) and

@@ -70,9 +70,10 @@ def load_npz(path) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint: no such file {path!r}")
     try:
-        with np.load(path, allow_pickle=False) as f:
-            if not hasattr(f, "files"):
-                raise ValueError("a single .npy array, not an .npz archive")
+        loaded = np.load(path, allow_pickle=False)  # goes by the content, not by the name
+        if isinstance(loaded, np.ndarray):  # np.save to the name checkpoint.npz: no archive
+            raise ValueError("a single .npy array, not an .npz archive")
+        with loaded as f:
             return {k: f[k] for k in f.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, MemoryError, KeyError) as e:
         # a truncated, empty or bit-flipped file (zipfile's CRC check catches flips)
@@ -167,7 +168,8 @@ def check_checkpoint(trainer, arrays: dict, path, extra: dict) -> None:
     check_arrays_like(arrays, extra, path)
     known = {f"param.{k}" for k in trainer.params} | {f"opt.{k}" for k in opt} | set(extra)
     known |= {f"best.{k}" for k in trainer.params} | {"opt.t", "step", "seconds", "history",
-                                                    "best_val", "best_step", "rng_state"}
+                                                    "best_val", "best_step", "rng_state",
+                                                    "window"}
     unknown = sorted(set(arrays) - known)
     if unknown:
         raise ValueError(f"checkpoint: {name!r} holds unexpected arrays {unknown[:3]}; "
@@ -176,6 +178,9 @@ def check_checkpoint(trainer, arrays: dict, path, extra: dict) -> None:
     if not all(isinstance(row, dict) and all(isinstance(v, int | float | None)
                                              for v in row.values()) for row in history):
         raise ValueError(f"checkpoint: {name!r}: 'history' expected rows of numbers")
+    if "window" in arrays:
+        _check_window(_json_value(_scalar(arrays, "window", path, "U"), "window", path, dict),
+                      name)
     state = _json_value(_scalar(arrays, "rng_state", path, "U"), "rng_state", path, dict)
     probe = np.random.default_rng().bit_generator
     try:
@@ -183,3 +188,16 @@ def check_checkpoint(trainer, arrays: dict, path, extra: dict) -> None:
     except (ValueError, TypeError, KeyError, OverflowError) as e:
         raise ValueError(f"checkpoint: {name!r}: 'rng_state' is not a generator state "
                          f"({e})") from None
+
+
+def _check_window(window, name) -> None:
+    """Guard: the history row in progress is a loss sum, a step count >= 0 and sums of numbers.
+
+    WHY: it is added to on resume, so an edited one would be written into history.csv.
+    """
+    loss, count, info = window.get("loss"), window.get("count"), window.get("info")
+    if not (isinstance(loss, int | float) and np.isfinite(loss) and isinstance(count, int)
+            and count >= 0 and isinstance(info, dict)
+            and all(isinstance(v, int | float) for v in info.values())):
+        raise ValueError(f"checkpoint: {name!r}: 'window' expected a loss sum, a step count "
+                         f"and sums of numbers, got {window!r:.80}")

@@ -161,6 +161,9 @@ class Trainer:
         self.rng = np.random.default_rng([self.seed, 1])
         self.step = 0
         self.history: list[dict] = []
+        # the history row in progress: sums since the last row (saved in checkpoints, so that a
+        # row spanning an interruption is the uninterrupted run's)
+        self.window = {"loss": 0.0, "count": 0, "info": {}}
         self.best_val, self.best_step = math.inf, None
         self.best_params = None
         self.seconds = 0.0
@@ -200,7 +203,8 @@ class Trainer:
         progress = Progress(self.steps, self.step, self.quiet, self.desc)
         stopped = None
         t0 = self._run_start = time.perf_counter()
-        running, count, info_sum = 0.0, 0, {}
+        running, count = self.window["loss"], self.window["count"]
+        info_sum = dict(self.window["info"])
         quiet_floats = _quiet_float_warnings()
         try:
             quiet_floats.__enter__()
@@ -239,14 +243,16 @@ class Trainer:
                         row.update(self.evaluate())
                     row["seconds"] = self.seconds + time.perf_counter() - t0
                     self.history.append(row)
+                    running, count, info_sum = 0.0, 0, {}
+                    self.window = {"loss": running, "count": count, "info": {}}
                     if is_eval and self.on_eval is not None:
                         # a step boundary: the parameters, optimiser and RNG are consistent
                         # (the command line writes its checkpoint here)
                         self.on_eval(self)
                     progress.update(self.step, {"loss": row["train_loss"],
                                                 "val": row.get("val_loss")})
-                    running, count, info_sum = 0.0, 0, {}
         finally:
+            self.window = {"loss": running, "count": count, "info": info_sum}
             quiet_floats.__exit__(None, None, None)
             if previous_threads is not None:
                 threads.set_blas_threads(previous_threads)
@@ -281,6 +287,7 @@ class Trainer:
         running = 0.0 if self._run_start is None else time.perf_counter() - self._run_start
         out["seconds"] = np.array(self.seconds + running)  # cumulative over resumes
         out["history"] = np.array(json.dumps(self.history))
+        out["window"] = np.array(json.dumps(self.window))  # the history row in progress
         out["best_val"] = np.array(self.best_val)
         out["best_step"] = np.array(-1 if self.best_step is None else self.best_step)
         if self.best_params is not None:
@@ -307,6 +314,8 @@ class Trainer:
         self.step = int(arrays["step"])
         self.seconds = float(arrays["seconds"])
         self.history = json.loads(str(arrays["history"]))
+        self.window = json.loads(str(arrays["window"])) if "window" in arrays else \
+            {"loss": 0.0, "count": 0, "info": {}}  # written before checkpoints held it
         self.best_val = float(arrays["best_val"])
         best_step = int(arrays["best_step"])
         self.best_step = None if best_step < 0 else best_step
