@@ -90,6 +90,18 @@ class TransformCheck:
     def ok(self) -> bool:
         return self.status in ("ok", "skipped")
 
+    def __str__(self):
+        text = f"{self.check}: {self.status}"
+        if self.row is not None:
+            text += (f", worst error {_fmt(self.error)} (tolerance {_fmt(self.tol)}) at row "
+                     f"{self.row}")
+            if self.point is not None:
+                text += " " + np.array2string(np.asarray(self.point), precision=4,
+                                              separator=", ")
+        if self.unresolved:
+            text += f"; {self.unresolved} rows unresolved"
+        return text + (f"; {self.note}" if self.note else "")
+
     @property
     def failed(self) -> bool:
         return self.status == "FAIL"
@@ -148,7 +160,11 @@ class TransformReport:
         lines.append(f"{len(self.checks)} checks, {n_fail} FAIL, {n_inc} inconclusive")
         return "\n".join(lines)
 
-    __str__ = table
+    def __str__(self):
+        return self.table()
+
+    def __repr__(self):  # an assertion message or a notebook shows the table
+        return self.table()
 
 
 class TransformCheckError(AssertionError):
