@@ -112,3 +112,32 @@ except AssertionError as e:
     print("WrongCube is caught:\n" + str(e))
 else:
     raise SystemExit("the wrong bijector was not caught")
+
+# %% [markdown]
+# ## Anyone's transform: two plain callables
+# `assert_bijector` needs our `Bijector` contract. `testing.check_transform` needs only two
+# functions on float64 arrays, `forward(u) -> (x, logdet)` and `inverse(x) -> (u, logdet)`, so it
+# checks a transform written for any library (with `scratchvae.checks.adapters` for PyTorch and
+# JAX). It has no backward to check unless you pass a `vjp`; it checks the round trips, each
+# log-det against `slogdet` of a central-difference Jacobian (its tolerance derived from the
+# differences' own error:
+# [derivations/19-checking-a-transform.md](../derivations/19-checking-a-transform.md#the-tolerance-of-a-log-determinant)),
+# the declared structure (here elementwise), the two log-dets against each other, finite values
+# in the tails and rows that do not read each other. The report gives each check's worst error,
+# its tolerance and the point where it occurs.
+
+# %%
+cube = Cube(3)
+print(testing.check_transform(lambda z: cube.forward(z)[:2], lambda z: cube.inverse(z)[:2], u,
+                              structure="elementwise", name="Cube as two callables"))
+
+# %% [markdown]
+# The wrong one, as two callables: the rows that fail name the inverse's log-det and the
+# comparison of the two log-dets.
+
+# %%
+wrong = WrongCube(3)
+report = testing.check_transform(lambda z: wrong.forward(z)[:2], lambda z: wrong.inverse(z)[:2],
+                                 u, structure="elementwise", name="WrongCube as two callables")
+print(report.failed)
+print(report["inverse logdet"])

@@ -1,12 +1,16 @@
 """A reusable property kit: hypothesis strategies and assertions for your own layers and bijectors.
 
     from hypothesis import given
-    from scratchvae import testing
+    from scratchvae.checks import testing
 
     @given(testing.seeds(), testing.batch_sizes(), testing.dims())
     def test_my_bijector(seed, n, d):
         rng = np.random.default_rng(seed)
         testing.assert_bijector(MyBijector(d, rng), rng.standard_normal((n, d)))
+
+A transform written elsewhere (NumPy, PyTorch, JAX: nflows, zuko, distrax, ...) is checked
+from two callables with ``check_transform`` / ``assert_transform``
+(``scratchvae.checks.transforms``; adapters in ``scratchvae.checks.adapters``).
 
 Arrays are drawn from a seeded generator (hypothesis picks the seed, the shape and the scale),
 so they are well conditioned: no exact zeros on an activation's kink, no values that make a
@@ -19,6 +23,14 @@ from __future__ import annotations
 import numpy as np
 
 from . import gradcheck
+from .transforms import (  # the framework-free check of anyone's transform, beside assert_bijector
+    TransformCheckError,
+    TransformReport,
+    assert_transform,
+    check_transform,
+    given_transform,
+    transform_points,
+)
 
 try:  # hypothesis is a test dependency, not a core one
     from hypothesis import strategies as st
@@ -38,6 +50,12 @@ __all__ = [
     "assert_bijector",
     "assert_ignores_context",
     "assert_checks_pass",
+    "check_transform",
+    "assert_transform",
+    "transform_points",
+    "given_transform",
+    "TransformReport",
+    "TransformCheckError",
 ]
 
 
