@@ -47,6 +47,11 @@ def parse_args(argv=None):
                    help="the engine each workload runs on (SCRATCHVAE_ENGINE in its process); "
                         "'both' (default): the fast engine's table with the reference engine's "
                         "step time beside it, each workload in fresh processes")
+    p.add_argument("--keep-coretype", action="store_true",
+                   help="keep OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE from the environment in the "
+                        "measured processes (default: removed there, so OpenBLAS picks the "
+                        "CPU's own kernel, as on a user's laptop; benchmarks/README.md, "
+                        "'The BLAS kernel')")
     p.add_argument("--scaling", action="store_true",
                    help="the scaling table: step time against batch, dimension, layers, bins")
     p.add_argument("--inference", action="store_true",
@@ -118,7 +123,7 @@ def _child(args, *extra, engine=None):
         cmd += ["--late-steps", *map(str, args.late_steps)]
     if args.no_flush:
         cmd.append("--no-flush")
-    env = dict(os.environ)
+    env = measured_environment(args)
     env["SCRATCHVAE_ENGINE"] = engine or ("fast" if args.engine == "both" else args.engine)
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
@@ -222,6 +227,10 @@ def main(argv=None):
                     for r in [rows[-1]] + [r for r in peer_rows if r["workload"] == name]:
                         emit(r)
             if not emit:
+                dropped = [v for v in FORCED_KERNEL_VARS if v in os.environ]
+                if dropped and not args.keep_coretype:
+                    print(f"measured without {', '.join(f'{v}={os.environ[v]}' for v in dropped)}"
+                          " (OpenBLAS picks the CPU's own kernel; --keep-coretype keeps them)")
                 print(measure.format_results(rows, threads))
                 if args.peers:
                     print()
@@ -266,8 +275,26 @@ def _peers(args, name, steps, warmup):
            "--steps", str(steps), "--warmup", str(max(warmup, 2))]
     if args.default_malloc:
         cmd.append("--default-malloc")
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                         env=measured_environment(args)).stdout
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+#: Variables that force OpenBLAS's kernel. Some machines set them (older OpenBLAS builds
+#: crashed or computed wrong results on some CPUs); on an AVX-512 CPU with a current NumPy,
+#: OPENBLAS_CORETYPE=Haswell halves every product (benchmarks/README.md, "The BLAS kernel").
+#: OpenBLAS reads them once, when NumPy loads it: only a fresh process can drop them.
+FORCED_KERNEL_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def measured_environment(args):
+    """The environment of a measured process: ours, less the variables that force OpenBLAS's
+    kernel unless ``--keep-coretype`` (the library itself never touches them)."""
+    env = dict(os.environ)
+    if not args.keep_coretype:
+        for var in FORCED_KERNEL_VARS:
+            env.pop(var, None)
+    return env
 
 
 def add_peer_ratio(row, peer_rows):

@@ -3,6 +3,7 @@ and prints the documented keys. Times are never asserted (they depend on the mac
 float32 path is: every gradient and parameter of every workload must stay float32."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -209,3 +210,16 @@ def test_rounds_are_summarised_by_their_median():
                                                          "error": "not installed"}]
     add_peer_ratio(row, peers)
     assert (row["best_peer"], row["best_peer_ms"], row["vs_best_peer"]) == ("b", 4.0, 1.5)
+
+
+def test_measured_processes_run_without_a_forced_blas_kernel_unless_kept(monkeypatch):
+    sys.path.insert(0, str(RUN.parent))
+    from run import measured_environment, parse_args
+
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    monkeypatch.setenv("OPENBLAS_L2_SIZE", "1048576")
+    env = measured_environment(parse_args(["W2-2d"]))
+    assert "OPENBLAS_CORETYPE" not in env and "OPENBLAS_L2_SIZE" not in env
+    kept = measured_environment(parse_args(["W2-2d", "--keep-coretype"]))
+    assert kept["OPENBLAS_CORETYPE"] == "Haswell" and kept["OPENBLAS_L2_SIZE"] == "1048576"
+    assert os.environ["OPENBLAS_CORETYPE"] == "Haswell"  # ours is left as it was
