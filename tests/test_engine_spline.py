@@ -232,12 +232,9 @@ def test_a_cache_goes_back_to_the_engine_that_made_it(made_by, used_by, rng):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.fixture(scope="module")
-def reference_engine_run():
-    """A spline coupling flow trained for a few steps and evaluated in a fresh process with
-    ``SCRATCHVAE_ENGINE=reference``: the engine modules it imported, the types of the spline
-    caches it made, its losses."""
-    code = """
+#: Trains a spline coupling flow a few steps and evaluates it, in a fresh process; prints the
+#: engine modules it imported, the types of the spline caches it made, its losses.
+TRAIN_A_SPLINE_FLOW = """
 import json, sys
 import numpy as np
 from scratchvae.distributions.bases import StandardNormal
@@ -258,17 +255,33 @@ for _ in range(3):
     losses.append(float(loss))
 losses.append(float(-model.log_prob(x).mean()))
 blocks = [b for b in flow.bijectors if isinstance(b, CouplingBlock)]
-caches = sorted({type(blocks[0]._forward(x)[2].data[1]).__name__})
+caches = sorted({type(b._forward(x)[2].data[1]).__name__ for b in blocks})
 print(json.dumps({"losses": losses, "caches": caches,
                   "engine_modules": sorted(m for m in sys.modules
                                            if m.startswith("scratchvae.engine."))}))
 """
+
+
+def train_a_spline_flow(engine_name):
+    """``TRAIN_A_SPLINE_FLOW``'s report, run with ``SCRATCHVAE_ENGINE=engine_name``."""
     env = {k: v for k, v in os.environ.items() if k != engine.ENV_VAR}
-    env[engine.ENV_VAR] = "reference"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=env, timeout=300)
+    env[engine.ENV_VAR] = engine_name
+    result = subprocess.run([sys.executable, "-c", TRAIN_A_SPLINE_FLOW], capture_output=True,
+                            text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def reference_engine_run():
+    return train_a_spline_flow("reference")
+
+
+def test_the_fast_engine_loads_the_spline_engine_on_its_own():
+    # nothing imports scratchvae.engine.spline but the switch (FAST_MODULES)
+    run = train_a_spline_flow("fast")
+    assert "scratchvae.engine.spline" in run["engine_modules"]
+    assert run["caches"] == ["BinsFirstCache"]
 
 
 def test_the_reference_engine_trains_a_spline_flow_without_the_spline_engine(
