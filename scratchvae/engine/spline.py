@@ -38,6 +38,7 @@ Derivation: derivations/08-rq-spline.md.
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -82,8 +83,7 @@ def rq_spline_theta_bins_first(x, theta, inverse, bound, min_width, min_height,
 
 def _rows_and_columns(S):
     """``S`` as ``(N, M)``: the first axis, and all the others together (``()`` is one point)."""
-    N = S[0] if S else 1
-    return N, int(np.prod(S[1:], dtype=np.int64))
+    return (S[0] if S else 1), math.prod(S[1:])
 
 
 class BinsFirstCache(NamedTuple):
@@ -118,17 +118,18 @@ class BinsFirstCache(NamedTuple):
 
 
 def rq_spline_theta_bins_first_backward(dout, dlogdet, cache: BinsFirstCache):
-    """Equals ``scratchvae.flows.spline.rq_spline_theta_backward``: ``dout``, ``dlogdet``
-    ``S`` (any layout, a broadcast view will do) -> ``(d_in S, d_theta S + (3K-1,))``, both
-    transposed views of the bins-first results.
+    """Equals ``scratchvae.flows.spline.rq_spline_theta_backward``: ``dout`` ``S``, ``dlogdet``
+    ``S`` or anything that broadcasts to it (any layout) -> ``(d_in S, d_theta S + (3K-1,))``,
+    both transposed views of the bins-first results.
     Derivation: derivations/08-rq-spline.md#gradients-of-the-forward-map.
     """
     S = cache.shape
     N, M = _rows_and_columns(S)
     n = N * M
-    # the upstream gradients in the (m, i) order of the cache
+    # the upstream gradients in the (m, i) order of the cache (dlogdet broadcast as it is
+    # written into that order)
     dl = np.empty((M, N), dtype=np.result_type(dout, dlogdet))
-    dl.T[...] = np.reshape(dlogdet, (N, M))
+    dl.T.reshape(S)[...] = dlogdet
     d_in, dwh, dd = _backward(np.reshape(dout, (N, M)).T.reshape(n), dl.reshape(n), cache)
     # the three gradients side by side, slot p of point (i, m) at [m, p, i]
     K = dwh.shape[1]

@@ -181,7 +181,7 @@ class SplineLaw(Law):
         ``d_out`` ``(N, M)``; ``d_logdet`` ``(N, M)`` or anything that broadcasts to it.
         Derivation: derivations/07-coupling.md#gradients-of-the-spline-law.
         """
-        return rq_spline_theta_backward(d_out, np.broadcast_to(d_logdet, d_out.shape), cache)
+        return rq_spline_theta_backward(d_out, d_logdet, cache)
 
 
 # ----------------------------------------------------------------------------- the block

@@ -217,7 +217,9 @@ def rq_spline_theta(x, theta, inverse, bound, min_width, min_height, min_derivat
 
 def rq_spline_theta_backward(dout, dlogdet, cache):
     """``(d_in S, d_theta S + (3K-1,))`` of ``L = <dout, out> + <dlogdet, logdet>``: the
-    gradients of ``rq_spline_backward``, ``d_theta = [dw, dh, dd]`` side by side.
+    gradients of ``rq_spline_backward``, ``d_theta = [dw, dh, dd]`` side by side. ``dout``
+    ``S``; ``dlogdet`` ``S`` or anything that broadcasts to it (a block passes one upstream
+    gradient per row).
 
     Dispatched on the cache's type: a cache that the fast engine's ``rq_spline_theta`` made
     carries that engine's backward, which runs whichever engine is in force now.
@@ -225,7 +227,7 @@ def rq_spline_theta_backward(dout, dlogdet, cache):
     """
     if not isinstance(cache, SplineCache):
         return cache.backward(dout, dlogdet)  # the backward of the engine that made the cache
-    d_in, dw, dh, dd = rq_spline_backward(dout, dlogdet, cache)
+    d_in, dw, dh, dd = rq_spline_backward(dout, np.broadcast_to(dlogdet, np.shape(dout)), cache)
     return d_in, np.concatenate([dw, dh, dd], axis=-1)
 
 
