@@ -216,6 +216,15 @@ def test_rq_spline_theta_runs_the_engine_in_force(rng):
         assert isinstance(cache, spline.SplineCache)
 
 
+@pytest.mark.parametrize("engine_name", ["reference", "fast"])
+def test_the_backward_refuses_an_upstream_gradient_of_another_shape(engine_name, rng):
+    theta, x = draw_theta(rng, (5, 2), 4, 1.0), rng.uniform(-2.0, 2.0, (5, 2))
+    with engine.using(engine_name):
+        _, _, cache = spline.rq_spline_theta(x, theta, False, 3.0, *MINIMA)
+    with pytest.raises(ValueError, match=r"^dout: expected shape \(5, 2\)"):
+        spline.rq_spline_theta_backward(np.zeros((2, 5)), np.zeros((5, 1)), cache)
+
+
 @pytest.mark.parametrize("made_by, used_by", [("fast", "reference"), ("reference", "fast")])
 def test_a_cache_goes_back_to_the_engine_that_made_it(made_by, used_by, rng):
     # the engine is switched between a forward and its backward: the backward that runs is

@@ -225,9 +225,12 @@ def rq_spline_theta_backward(dout, dlogdet, cache):
     carries that engine's backward, which runs whichever engine is in force now.
     Derivation: derivations/08-rq-spline.md#chain-through-the-parametrisation.
     """
+    if np.shape(dout) != cache.shape:
+        raise ValueError(f"dout: expected shape {cache.shape} (the input's), got "
+                         f"{np.shape(dout)}")
     if not isinstance(cache, SplineCache):
         return cache.backward(dout, dlogdet)  # the backward of the engine that made the cache
-    d_in, dw, dh, dd = rq_spline_backward(dout, np.broadcast_to(dlogdet, np.shape(dout)), cache)
+    d_in, dw, dh, dd = rq_spline_backward(dout, np.broadcast_to(dlogdet, cache.shape), cache)
     return d_in, np.concatenate([dw, dh, dd], axis=-1)
 
 
