@@ -43,8 +43,10 @@ not the milliseconds, are the numbers to read):
   float64 0.63-0.67 ms against 0.26-0.31 ms, 2.1-2.4x.
 
 It is the kernel ``SplineLaw`` ran before the reference and the engine were split, with the
-same arithmetic and the same layouts: coupling blocks give the same outputs, log-dets and
-gradients bit for bit (1 to 8 transformed coordinates, float32 and float64).
+same arithmetic and the same layouts (points in the order ``(m, i)``, the gradients in a
+``(M, 3K-1, N)`` buffer): when it moved here, coupling blocks gave the same outputs, log-dets
+and gradients as before bit for bit (1 to 8 transformed coordinates, float32 and float64), so
+the flows' numbers did not move.
 Derivation: derivations/08-rq-spline.md.
 """
 
