@@ -72,7 +72,7 @@ def test_dsf_log_s_and_log_one_minus_s_logsumexp(dtype, rng):
 @pytest.mark.parametrize("inverse", [False, True])
 @pytest.mark.parametrize("which", ["widths", "heights"])
 def test_spline_bin_softmax_in_the_kernel(dtype, inverse, which, rng):
-    """``spline_kernel._knot_positions`` (what ``SplineLaw`` and the coupling flows run): the
+    """``SplineLaw`` (the fast engine's ``_knot_positions`` by default, what the flows run): the
     bin widths and heights are ``softmax`` of ``theta[..., :K]`` and ``theta[..., K:2K]``."""
     law, K = SplineLaw(bins=5, bound=3.0), 5
     z = 0.7 * logits(rng, (6, 3), dtype)
@@ -90,7 +90,7 @@ def test_spline_bin_softmax_in_the_kernel(dtype, inverse, which, rng):
 @both_dtypes
 @pytest.mark.parametrize("inverse", [False, True])
 def test_spline_bin_softmax_in_the_reference(dtype, inverse, rng):
-    """``spline_reference.knot_positions`` (what ``rq_spline`` runs): widths and heights
+    """``flows.spline.knot_positions`` (what ``rq_spline`` runs): widths and heights
     shifted together."""
     K = 5
     x = 0.7 * logits(rng, (7,), dtype)

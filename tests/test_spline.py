@@ -1,5 +1,8 @@
 """The rational-quadratic spline (scratchvae.flows.spline): round trips, log-dets against finite
-differences, hand-derived gradients in both directions, and one test per numerical guard."""
+differences, hand-derived gradients in both directions, and one test per numerical guard (each
+guard test also runs the fast engine's spline, scratchvae.engine.spline)."""
+
+import warnings
 
 import numpy as np
 import pytest
@@ -7,27 +10,44 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scratchvae.checks import gradcheck, testing
-from scratchvae.flows import spline, spline_kernel, spline_reference
+from scratchvae.checks.cases.flows import points_inside_bins
+from scratchvae.engine import spline as engine_spline
+from scratchvae.flows import spline
+from scratchvae.flows.coupling import CouplingBlock, SplineLaw
 from scratchvae.flows.spline import knots, rq_spline, rq_spline_backward
-from scratchvae.flows.spline_kernel import rq_spline_kernel, rq_spline_kernel_backward
+
+
+def engine_rq_spline(x, w, h, d, inverse=False, bound=3.0):
+    """The fast engine's spline with ``rq_spline``'s arguments (default minima)."""
+    theta = np.concatenate([w, h, d], axis=-1)
+    return engine_spline.rq_spline_theta_bins_first(np.asarray(x), theta, bool(inverse),
+                                                    float(bound), 1e-3, 1e-3, 1e-3)
+
+
+def engine_rq_spline_backward(dout, dlogdet, cache):
+    """``(d_in, dw, dh, dd)`` from a cache of ``engine_rq_spline``."""
+    d_in, d_theta = cache.backward(np.asarray(dout), np.asarray(dlogdet))
+    return (d_in, *spline.split_theta(d_theta))
+
 
 #: The guard tests run both implementations: ``rq_spline`` (the checked reference) and the
-#: kernel the flows run (tests/test_spline_kernel.py checks that the two agree).
+#: fast engine's (tests/test_engine_spline.py checks that the two agree).
 IMPLS = {"reference": (rq_spline, rq_spline_backward),
-         "kernel": (rq_spline_kernel, rq_spline_kernel_backward)}
+         "engine": (engine_rq_spline, engine_rq_spline_backward)}
 both_implementations = pytest.mark.parametrize("impl", list(IMPLS))
 
 
 def knots_of(impl, w, h, d, bound):
-    """The knots as implementation ``impl`` computes them (the kernel's may differ from the
-    reference's in the last bit, enough to move a point a few ulps from a knot across it)."""
+    """The knots as implementation ``impl`` computes them (the engine's may differ from the
+    reference's in the last bit, enough to move a point a few ulps from a knot across it);
+    ``w``, ``h``, ``d`` are ``(n, K)``, ``(n, K)``, ``(n, K-1)``."""
     if impl == "reference":
         return knots(w, h, d, bound)
     n = w.shape[0]
     K = w.shape[-1]
-    xs, _ = spline_kernel._knot_positions(w.T, bound, 1e-3)
-    ys, _ = spline_kernel._knot_positions(h.T, bound, 1e-3)
-    slopes, _ = spline_kernel._knot_slopes(spline_kernel._padded_derivatives(d.T), 1e-3)
+    xs, _ = engine_spline._knot_positions(w.T, bound, 1e-3)
+    ys, _ = engine_spline._knot_positions(h.T, bound, 1e-3)
+    slopes, _ = spline._knot_slope(engine_spline._padded_derivatives(d.T), 1e-3)
     assert xs.shape == (K + 1, n)
     return spline.Knots(xs.T, ys.T, slopes.T)
 
@@ -55,7 +75,7 @@ def points(rng, w, h, d, bound, inverse, tails=0.3):
     [0.05, 0.95] (away from the knots, where the map is only C^1), or with probability
     ``tails`` in a tail at least 5% beyond the bound."""
     kn = knots(w, h, d, bound)
-    x = spline._points_inside_bins(rng, kn.y if inverse else kn.x)
+    x = points_inside_bins(rng, kn.y if inverse else kn.x)
     outside = rng.uniform(size=x.shape) < tails
     tail = rng.choice([-1.0, 1.0], x.shape) * rng.uniform(1.05, 2.0, x.shape) * bound
     return np.where(outside, tail, x)
@@ -384,7 +404,7 @@ def test_float32_discriminant_below_zero(impl):
         np.float32)
     x, logdet, cache = fwd(y, w, h, d, inverse=True, bound=bound)
     yk = kn.y[np.arange(S[0]), cache.k]
-    a, b, c = spline_reference._inverse_quadratic(y - yk, cache.hk, cache.s, cache.dk, cache.dk1)
+    a, b, c = spline._inverse_quadratic(y - yk, cache.hk, cache.s, cache.dk, cache.dk1)
     raw_disc = b * b - 4 * a * c
     negative = raw_disc < 0
     assert raw_disc.dtype == np.float32 and negative.sum() >= 5  # the case the guard is for
@@ -407,7 +427,7 @@ def test_stable_root_is_exact_where_the_textbook_root_is_zero_over_zero():
     with np.errstate(invalid="ignore", divide="ignore"):
         textbook = (-b + np.sqrt(b * b - 4 * a * c)) / (2 * a)
     assert not np.any(np.isfinite(textbook))
-    np.testing.assert_array_equal(spline_reference._stable_root(a, b, c), -c / b)
+    np.testing.assert_array_equal(spline._stable_root(a, b, c), -c / b)
 
 
 @given(seed=testing.seeds(), K=bins)
@@ -443,7 +463,7 @@ def test_inside_points_stay_inside(impl, inverse):
     out, _, cache = fwd(x, w, h, d, inverse=inverse, bound=bound)
     kn = knots_of(impl, w, h, d, bound)
     left = (kn.x if inverse else kn.y)[np.arange(S[0]), cache.k]
-    rho = cache.local.rho if impl == "reference" else cache.g
+    rho = cache.local.rho if impl == "reference" else cache.rho
     raw = left + (cache.wk * cache.xi if inverse else cache.hk * rho)
     assert np.sum(raw > bound) >= 3  # the case the guard is for
     assert np.all(np.abs(out) <= bound)
@@ -480,9 +500,10 @@ def test_bin_index_matches_searchsorted(seed, K, n):
     v = rng.uniform(-2.0, 2.0, n)
     v[: n // 3] = positions[np.arange(n // 3), rng.integers(0, K + 1, n // 3)]  # ties on knots
     expected = [np.searchsorted(p[1:-1], x, side="right") for p, x in zip(positions, v)]
-    np.testing.assert_array_equal(spline_reference._bin_index(v, positions), expected)
-    np.testing.assert_array_equal(spline_kernel._bin_index(v, np.ascontiguousarray(positions.T)),
-                                  expected)
+    np.testing.assert_array_equal(spline._bin_index(v, positions), expected)
+    # the engine searches its bins-first tables through a bins-last (transposed) view
+    bins_first = np.ascontiguousarray(positions.T)
+    np.testing.assert_array_equal(spline._bin_index(v, bins_first.T), expected)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -533,7 +554,7 @@ def test_rounded_root_is_clipped_into_its_bin(impl):
     # and what the guard clips really occurs: the unclipped root leaves [0, 1]
     yk = kn.y[rows, cache.k]
     hk, wk = kn.y[rows, cache.k + 1] - yk, kn.x[rows, cache.k + 1] - kn.x[rows, cache.k]
-    raw = spline_reference._stable_root(*spline_reference._inverse_quadratic(
+    raw = spline._stable_root(*spline._inverse_quadratic(
         y - yk, hk, hk / wk, kn.derivative[rows, cache.k], kn.derivative[rows, cache.k + 1]))
     assert np.any((raw < 0) | (raw > 1))
 
@@ -544,7 +565,7 @@ def test_softplus_of_extreme_derivative_logits_does_not_overflow():
     for dtype in (np.float32, np.float64):
         z = np.array([-1e4, -50.0, 0.0, 50.0, 1e4], dtype=dtype)
         with np.errstate(over="raise", invalid="raise"):
-            softplus, slope = spline_reference._softplus_and_slope(z)
+            softplus, slope = spline._softplus_and_slope(z)
         assert softplus.dtype == dtype and np.all(np.isfinite(softplus))
         np.testing.assert_allclose(softplus, [0.0, 0.0, np.log(2.0), 50.0, 1e4], rtol=1e-6,
                                    atol=1e-20)
@@ -568,3 +589,86 @@ def test_derivative_at_a_knot_is_min_derivative_plus_shifted_softplus(min_deriva
                              inverse=inverse, bound=B, min_derivative=min_derivative)
     np.testing.assert_allclose(logdet, -np.log(slope) if inverse else np.log(slope),
                                rtol=1e-9, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- overflow
+def _no_runtime_warnings():
+    """A context in which any NumPy RuntimeWarning (overflow, invalid) fails the test."""
+    context = warnings.catch_warnings()
+    context.__enter__()
+    warnings.simplefilter("error", RuntimeWarning)
+    return context
+
+
+@both
+@both_implementations
+def test_spline_parameters_near_1e300_stay_finite(impl, inverse, rng):
+    # a derivative parameter of 1e300 makes a knot slope of 1e300, whose square in g' and in
+    # the inverse quadratic overflows (log-det -inf, then NaN); _cap_slopes caps the slopes
+    fwd, bwd = IMPLS[impl]
+    S, K = (64,), 6
+    w, h, d = (1e300 * rng.choice([-1.0, 1.0], S + (k,)) for k in (K, K, K - 1))
+    x = rng.uniform(-3.0, 3.0, S)
+    context = _no_runtime_warnings()
+    try:
+        out, logdet, cache = fwd(x, w, h, d, inverse=inverse)
+        grads = bwd(rng.standard_normal(S), rng.standard_normal(S), cache)
+    finally:
+        context.__exit__(None, None, None)
+    for a in (out, logdet, *grads):
+        assert np.all(np.isfinite(a))
+    assert np.all(np.abs(logdet) <= np.log(spline.MAX_DERIVATIVE) + 2 * np.log(1e3))
+
+
+def test_spline_slopes_above_the_cap_have_zero_gradient(rng):
+    # the cap's derivative is 0 above it: no gradient pretends a capped slope could move
+    K = 4
+    d = np.array([[2e6, 0.0, -1.0]])
+    x = np.array([0.1])
+    _, _, cache = rq_spline(x, np.zeros((1, K)), np.zeros((1, K)), d)
+    assert np.all(spline.knots(np.zeros((1, K)), np.zeros((1, K)), d).derivative <= 1e6)
+    assert cache.ddelta[0, 1] == 0.0 and cache.ddelta[0, 2] > 0.0
+
+
+@pytest.mark.parametrize("engine_name", ["reference", "fast"])
+def test_spline_coupling_identity_half_holding_1e300_stays_finite(engine_name, rng):
+    # the conditioner reads 1e300 and puts out parameters of ~1e302: without the slope cap
+    # the law's log-det overflowed to -inf and its gradients to NaN
+    from scratchvae import engine
+
+    block = CouplingBlock(2, SplineLaw(bins=5, bound=3.0), (8,), "relu", rng)
+    last = block.conditioner.layers[-1]
+    last.W[...] = rng.standard_normal(last.W.shape)
+    x = np.array([[1e300, 0.5], [-1e300, -0.5], [0.3, 2.0]])
+    context = _no_runtime_warnings()
+    try:
+        with engine.using(engine_name):
+            for run in (block.forward, block.inverse):
+                out, logdet, cache = run(x)
+                d_in, grads, _ = block.backward(np.ones_like(out), np.ones_like(logdet), cache)
+                assert np.all(np.isfinite(out)) and np.all(np.isfinite(logdet))
+                assert np.all(np.isfinite(d_in))
+                assert all(np.all(np.isfinite(g)) for g in grads.values())
+                assert out[0, 0] == 1e300  # the identity half passes through
+    finally:
+        context.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("bound", [1e308, 1e7, np.inf])
+def test_rq_spline_refuses_a_bound_that_would_overflow(bound):
+    # bound = 1e308: the knots -bound + 2 bound (...) overflow to inf, every output NaN
+    z = np.zeros((2, 4))
+    with pytest.raises(ValueError, match="^bound:.*MAX_BOUND"):
+        rq_spline(np.zeros(2), z, z, np.zeros((2, 3)), bound=bound)
+    with pytest.raises(ValueError, match="^bound:"):
+        SplineLaw(bins=4, bound=bound)
+    # the largest accepted bound runs without overflow, in float32 too
+    for dtype in (np.float32, np.float64):
+        w = np.ones((2, 4), dtype)
+        x = np.array([0.3e6, -0.7e6], dtype)
+        context = _no_runtime_warnings()
+        try:
+            out, logdet, _ = rq_spline(x, w, -w, w[:, :3], bound=spline.MAX_BOUND)
+        finally:
+            context.__exit__(None, None, None)
+        assert np.all(np.isfinite(out)) and np.all(np.isfinite(logdet))

@@ -30,7 +30,7 @@ from scratchvae.models.vae import VAE  # noqa: E402
 WORKLOAD_NAMES = tuple(workloads.WORKLOADS)
 LR, BETAS, ADAM_EPS = 1e-3, (0.9, 0.999), 1e-8  # scratchvae.training.optim.Adam's defaults
 LOG_2PI = math.log(2.0 * math.pi)
-MAX_DERIVATIVE = 1e6  # the knot-slope cap of scratchvae/flows/spline_reference.py
+MAX_DERIVATIVE = 1e6  # the knot-slope cap of scratchvae/flows/spline.py
 
 
 def check_workload(name):
@@ -117,7 +117,7 @@ def spec(name):
 
 def one_minus_softplus_shift(min_derivative):
     """``1 - softplus(c)``, ``c = log(expm1(1 - min_derivative))``, rounded as ours: c in
-    float32, softplus in float32 (scratchvae/flows/spline_reference.py
+    float32, softplus in float32 (scratchvae/flows/spline.py
     ``_one_minus_softplus_shift``), so a zero derivative parameter gives slope 1 there too."""
     c = np.float32(math.log(math.expm1(1.0 - min_derivative)))
     softplus_c = np.maximum(c, np.float32(0)) + np.log1p(np.exp(-np.abs(c)))

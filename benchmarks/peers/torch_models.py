@@ -80,7 +80,7 @@ def spline_inverse(x, theta, bins, bound, min_width, min_height, min_derivative)
     """The rational-quadratic spline's inverse ``u = g^-1(x)`` with linear (identity) tails and
     its log-det, elementwise: x (N, M), theta (N, M, 3K-1) -> u, logdet (N, M).
 
-    scratchvae/flows/spline_reference.py formula by formula, guards included: the minimum
+    scratchvae/flows/spline.py formula by formula, guards included: the minimum
     width/height/slope, the derivative shift (zero parameter = slope 1), the slope cap, the
     tail points evaluated at the bound then masked, the stable root, the clipped fraction.
     """

@@ -23,8 +23,7 @@ _EXPORTS = {
 }
 
 _SUBMODULES = ("bijector", "coupling", "linear", "elementwise", "planar", "radial", "spline",
-               "spline_kernel", "spline_reference", "autoregressive", "gated_iaf", "combination",
-               "monotone", "law")
+               "autoregressive", "gated_iaf", "combination", "monotone", "law")
 
 __all__ = [*_EXPORTS, *_SUBMODULES]
 

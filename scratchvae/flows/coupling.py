@@ -38,8 +38,12 @@ from ..nn import MLP, soft_clip, sum_over_features
 from .bijector import Bijector, Cache, Chain
 from .law import Law, make_law
 from .linear import Permutation
-from .spline import check_spline_settings, rq_spline_params_size
-from .spline_kernel import rq_spline_bins_first, rq_spline_bins_first_backward
+from .spline import (
+    check_spline_settings,
+    rq_spline_params_size,
+    rq_spline_theta,
+    rq_spline_theta_backward,
+)
 
 __all__ = ["AffineLaw", "AffineCache", "SplineLaw", "CouplingBlock", "coupling_flow",
            "make_law", "default_mask", "bounded_log_scale"]
@@ -131,11 +135,12 @@ class AffineLaw(Law):
 class SplineLaw(Law):
     """The rational-quadratic spline law (Durkan et al. 2019), elementwise on the transformed part.
 
-    forward (generative u -> x): ``x = g(u)`` = ``rq_spline(u, w, h, d, inverse=False)``;
-    inverse (normalising x -> u): ``u = g^{-1}(x)`` = ``rq_spline(x, ..., inverse=True)``.
+    forward (generative u -> x): ``x = g(u)`` = ``rq_spline_theta(u, theta, inverse=False)``;
+    inverse (normalising x -> u): ``u = g^{-1}(x)`` = ``rq_spline_theta(x, theta, inverse=True)``.
     Identity with log-det 0 outside ``[-bound, bound]``. Per transformed dimension the
     conditioner gives ``3K - 1`` numbers: ``K`` width logits, ``K`` height logits and ``K - 1``
-    interior derivative parameters, in that order. ``theta = 0`` is the identity exactly.
+    interior derivative parameters, in that order (``split_theta`` of flows/spline.py takes
+    them apart, as views). ``theta = 0`` is the identity exactly.
     Shapes: z ``(N, M)``, theta ``(N, M, 3K-1)``; log-dets elementwise ``(N, M)``.
     Derivation: derivations/07-coupling.md#the-spline-law.
     """
@@ -156,30 +161,12 @@ class SplineLaw(Law):
     def __repr__(self):
         return f"SplineLaw(bins={self.bins}, bound={self.bound})"
 
-    def _tables(self, theta):
-        """``theta`` ``(N, M, 3K-1)`` -> the kernel's bins-first tables: the width and height
-        logits stacked, ``wh`` ``(2, K, n)``, and ``d`` ``(K-1, n)``, ``n = M N``, points in the
-        order ``(m, i)`` (column ``m N + i`` is element ``(i, m)``).
-
-        The spline's layout stays here: one transposing copy makes each parameter slot a
-        contiguous row, of which the tables are views.
-        """
-        N, M, P = theta.shape
-        K = self.bins
-        slots = np.ascontiguousarray(theta.transpose(2, 1, 0)).reshape(P, N * M)
-        return slots[:2 * K].reshape(2, K, N * M), slots[2 * K:]
-
     def _run(self, z, theta, inverse):
-        N, M = z.shape
         # one working dtype for points and parameters (free when they already agree): knots
         # built in float32 for float64 points would lose the round trip's accuracy
         dtype = np.result_type(z, theta, np.float32)
         z, theta = z.astype(dtype, copy=False), theta.astype(dtype, copy=False)
-        wh, d = self._tables(theta)
-        out, logdet, cache = rq_spline_bins_first(z.T.reshape(N * M), wh, d, inverse,
-                                                  **self.settings)
-        # back from the (m, i) order: (M, N) -> (N, M), views
-        return out.reshape(M, N).T, logdet.reshape(M, N).T, cache
+        return rq_spline_theta(z, theta, inverse, **self.settings)
 
     def forward(self, u, theta):
         return self._run(u, theta, inverse=False)
@@ -188,21 +175,13 @@ class SplineLaw(Law):
         return self._run(x, theta, inverse=True)
 
     def backward(self, d_out, d_logdet, cache):
-        """``(d_in, d_theta)``: ``rq_spline_bins_first_backward``, the three gradients side by
-        side as ``(N, M, 3K-1)`` (a transposed view of the kernel's bins-first tables).
+        """``(d_in, d_theta)``: ``rq_spline_theta_backward``, the gradients of the widths,
+        heights and derivatives side by side as ``(N, M, 3K-1)``, the order of ``theta``.
 
         ``d_out`` ``(N, M)``; ``d_logdet`` ``(N, M)`` or anything that broadcasts to it.
         Derivation: derivations/07-coupling.md#gradients-of-the-spline-law.
         """
-        N, M = d_out.shape
-        K, n = self.bins, N * M
-        dl = np.empty((M, N), dtype=np.result_type(d_out, d_logdet))
-        dl.T[...] = d_logdet  # any shape that broadcasts to (N, M), stored in the (m, i) order
-        d_in, dwh, dd = rq_spline_bins_first_backward(d_out.T.reshape(n), dl.reshape(n), cache)
-        d_slots = np.empty((M, self.n_params, N), dtype=dwh.dtype)
-        d_slots[:, :2 * K] = dwh.reshape(2 * K, M, N).transpose(1, 0, 2)  # widths, heights
-        d_slots[:, 2 * K:] = dd.reshape(K - 1, M, N).transpose(1, 0, 2)
-        return d_in.reshape(M, N).T, d_slots.transpose(2, 0, 1)
+        return rq_spline_theta_backward(d_out, d_logdet, cache)
 
 
 # ----------------------------------------------------------------------------- the block

@@ -23,12 +23,23 @@ from ..randomize import random_planar, random_radial, randomize_conditioners
 
 
 # ----------------------------------------------------------------------------- spline
+def points_inside_bins(rng, positions, margin=0.05):
+    """One point per row of ``positions`` (``S + (K+1,)``, a spline's knots), in a random bin,
+    at a bin fraction in ``[margin, 1 - margin]``: away from the knots, where the map is only
+    C^1 and finite differences would straddle two pieces (also used by tests/test_spline.py)."""
+    K = positions.shape[-1] - 1
+    k = rng.integers(0, K, size=positions.shape[:-1])[..., None]
+    left = np.take_along_axis(positions, k, axis=-1)[..., 0]
+    right = np.take_along_axis(positions, k + 1, axis=-1)[..., 0]
+    return left + rng.uniform(margin, 1.0 - margin, size=left.shape) * (right - left)
+
+
 def _spline_case(rng, inverse):
     N, D, K, bound = 4, 3, 5, 2.5
     w, h = rng.standard_normal((N, D, K)), rng.standard_normal((N, D, K))
     d = rng.standard_normal((N, D, K - 1))
     kn = spline.knots(w, h, d, bound)
-    x = spline._points_inside_bins(rng, kn.y if inverse else kn.x)
+    x = points_inside_bins(rng, kn.y if inverse else kn.x)
     x[0] = rng.choice([-1.0, 1.0], D) * rng.uniform(1.1, 2.0, D) * bound  # a row of tails
     # tolerance 1e-6, as for every bijector: the inverse reaches x through the root of a
     # quadratic, whose round-off the finite differences amplify to a few 1e-7

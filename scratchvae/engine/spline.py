@@ -1,0 +1,394 @@
+"""The fast engine's rational-quadratic spline: the reference's arithmetic on bins-first tables.
+
+Registered for kernel ``"flows.rq_spline_theta"``: ``rq_spline_theta_bins_first`` equals
+``scratchvae.flows.spline.rq_spline_theta`` (the spline with ``theta = [w, h, d]`` side by
+side, what ``SplineLaw`` runs), and its cache's ``backward``
+(``rq_spline_theta_bins_first_backward``) equals ``rq_spline_theta_backward``.
+tests/test_engine_spline.py proves it: values, log-dets and every gradient, both directions,
+float64 to 1e-12 relative scaled by each point's conditioning (the knots are summed in another
+order), inside the bins, in the tails, exactly on knots and at the bounds, and float32. The
+numerical guards, the bin search, the slope formula and the inverse's quadratic and root are
+the reference's own functions, imported: the algorithm is written once; this module adds the
+arrangement.
+
+The arrangement:
+
+- every per-bin table is *bins first*, ``(K+1, n)`` with ``n`` the number of points, so that
+  sums over bins run along the long axis, where NumPy vectorises (a reduction over a short
+  last axis pays a per-row overhead); sums over bins as a product with a vector of ones;
+- one transposing copy of ``theta`` makes every parameter slot a contiguous row over the
+  points, and the widths and the heights go through every step side by side, as one stacked
+  table ``(2, K, n)``: one softmax, one triangle product, one gather and one chain back to the
+  logits for both (each NumPy call costs about a microsecond whatever its size, and at a few
+  hundred points the calls, not the arithmetic, are the cost);
+- knots by one product with a triangle of ones instead of ``np.cumsum`` along the bins, and
+  the affine map from running sums to knots a constant made once per setting;
+- a bin's knots gathered by flat index (``take``) instead of ``np.take_along_axis``, and the
+  slopes formed at the two knots of each point's bin only;
+- the local partials formed in the backward pass, in place, from a cache of a few
+  intermediates, instead of being kept beside their forwards (a forward that is not
+  differentiated, as in sampling, does not pay for them);
+- the points of ``x`` ``(N, M)`` taken coordinate by coordinate, ``(m, i)``, so that the
+  outputs and the gradients come back as transposed views of the tables, without copies.
+
+What it buys: ``SplineLaw.forward`` (or ``.inverse``) plus ``.backward``, K = 8, median CPU
+time per call, each figure the median of 5 rounds of 50 calls with the engines alternating
+(``OPENBLAS_NUM_THREADS=1 python benchmarks/spline_speed.py --rounds 5``, and ``--n 512 1``),
+two runs on the shared 2-core machine at a load average of 8 (other jobs running: the ratios,
+not the milliseconds, are the numbers to read):
+
+- 512 x 8 points (a W3-16d block): float32 reference 2.75-3.05 ms, fast 0.67-0.83 ms,
+  3.5-4.3x; float64 3.40-3.56 ms against 1.20-1.28 ms, 2.8-2.9x;
+- 512 x 1 points (a W3-2d block): float32 0.60-0.75 ms against 0.22-0.26 ms, 2.3-3.4x;
+  float64 0.63-0.67 ms against 0.26-0.31 ms, 2.1-2.4x.
+
+It is the kernel ``SplineLaw`` ran before the reference and the engine were split, with the
+same arithmetic and the same layouts (points in the order ``(m, i)``, the gradients in a
+``(M, 3K-1, N)`` buffer): when it moved here, coupling blocks gave the same outputs, log-dets
+and gradients as before bit for bit (1 to 8 transformed coordinates, float32 and float64), so
+the flows' numbers did not move.
+Derivation: derivations/08-rq-spline.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from ..flows.spline import (
+    _bin_index,
+    _clip_fraction,
+    _clip_to_interval,
+    _inverse_quadratic,
+    _knot_slope,
+    _mask_tails,
+    _stable_root,
+    _zero_in_tails,
+)
+from ..nn import ones_vector
+from . import register
+
+__all__ = ["rq_spline_theta_bins_first", "rq_spline_theta_bins_first_backward",
+           "BinsFirstCache"]
+
+
+# ----------------------------------------------------------------------------- the kernel
+@register("flows.rq_spline_theta")
+def rq_spline_theta_bins_first(x, theta, inverse, bound, min_width, min_height,
+                               min_derivative):
+    """Equals ``scratchvae.flows.spline.rq_spline_theta``: the same arguments (``x`` ``S``,
+    ``theta`` ``S + (3K-1,)``, any layout, one floating dtype; settings checked by the caller)
+    and the same ``(out S, logdet S, cache)``, computed on bins-first tables. The cache's
+    ``backward`` is ``rq_spline_theta_bins_first_backward``.
+    Derivation: derivations/08-rq-spline.md#forward-map.
+    """
+    S, P = x.shape, theta.shape[-1]
+    N, M = _rows_and_columns(S)
+    K = (P + 1) // 3
+    # one transposing copy: slot p of point (i, m) at row p, column m N + i
+    slots = np.ascontiguousarray(theta.reshape(N, M, P).transpose(2, 1, 0)).reshape(P, N * M)
+    out, logdet, cache = _forward(x.reshape(N, M).T.reshape(N * M), slots[:2 * K].reshape(
+        2, K, N * M), slots[2 * K:], S, inverse, bound, min_width, min_height, min_derivative)
+    # back from the (m, i) order: (M, N) -> (N, M) -> S, views
+    return out.reshape(M, N).T.reshape(S), logdet.reshape(M, N).T.reshape(S), cache
+
+
+def _rows_and_columns(S):
+    """``S`` as ``(N, M)``: the first axis, and all the others together (``()`` is one point)."""
+    return (S[0] if S else 1), math.prod(S[1:])
+
+
+class BinsFirstCache(NamedTuple):
+    """What ``rq_spline_theta_bins_first_backward`` needs. Per-point arrays are flat ``(n,)``
+    in the order ``(m, i)``, tables ``(K, n)``; ``shape`` is ``S``, the shape of ``x``."""
+    inverse: bool
+    shape: tuple
+    bound: float
+    min_width: float
+    min_height: float
+    inside: np.ndarray      # bool: the point is in [-bound, bound]
+    k: np.ndarray           # bin index
+    xi: np.ndarray          # bin fraction in [0, 1]
+    s: np.ndarray           # bin slope h_k / w_k
+    wk: np.ndarray          # bin width
+    hk: np.ndarray          # bin height
+    dk: np.ndarray          # slope at the left knot
+    dk1: np.ndarray         # slope at the right knot
+    rho: np.ndarray         # (y - y_k) / h_k
+    den: np.ndarray         # s + (d_k + d_k1 - 2 s) xi (1 - xi)
+    m: np.ndarray           # d_k1 xi^2 + 2 s xi (1 - xi) + d_k (1 - xi)^2
+    jac: np.ndarray         # dy/dx of the forward map at the point
+    softmax: np.ndarray     # (2, K, n): of the width logits, then of the height logits
+    slope_dk: np.ndarray    # sigmoid(d + c) at the left knot
+    slope_dk1: np.ndarray   # sigmoid(d + c) at the right knot
+
+    def backward(self, dout, dlogdet):
+        """``rq_spline_theta_bins_first_backward`` of this cache: the reference's
+        ``rq_spline_theta_backward`` hands a cache of this engine here, whichever engine is in
+        force when the backward runs."""
+        return rq_spline_theta_bins_first_backward(dout, dlogdet, self)
+
+
+def rq_spline_theta_bins_first_backward(dout, dlogdet, cache: BinsFirstCache):
+    """Equals ``scratchvae.flows.spline.rq_spline_theta_backward``: ``dout`` ``S``, ``dlogdet``
+    ``S`` or anything that broadcasts to it (any layout) -> ``(d_in S, d_theta S + (3K-1,))``,
+    both transposed views of the bins-first results.
+    Derivation: derivations/08-rq-spline.md#gradients-of-the-forward-map.
+    """
+    S = cache.shape
+    N, M = _rows_and_columns(S)
+    n = N * M
+    # the upstream gradients in the (m, i) order of the cache (dlogdet broadcast as it is
+    # written into that order)
+    dl = np.empty((M, N), dtype=np.result_type(dout, dlogdet))
+    dl.T.reshape(S)[...] = dlogdet
+    d_in, dwh, dd = _backward(np.reshape(dout, (N, M)).T.reshape(n), dl.reshape(n), cache)
+    # the three gradients side by side, slot p of point (i, m) at [m, p, i]
+    K = dwh.shape[1]
+    d_slots = np.empty((M, 3 * K - 1, N), dtype=dwh.dtype)
+    d_slots[:, :2 * K] = dwh.reshape(2 * K, M, N).transpose(1, 0, 2)  # widths, heights
+    d_slots[:, 2 * K:] = dd.reshape(K - 1, M, N).transpose(1, 0, 2)
+    return d_in.reshape(M, N).T.reshape(S), d_slots.transpose(2, 0, 1).reshape(S + (3 * K - 1,))
+
+
+# ----------------------------------------------------------------------------- layout
+def _sum_over_bins(a):
+    """Sum of a bins-first table ``(..., M, n)`` over its bins: ``(..., n)``.
+
+    Speed: as the matrix-vector product ``ones(M) @ a`` (BLAS gemv), faster than
+    ``a.sum(axis=-2)``.
+    """
+    return ones_vector(a.shape[-2], a.dtype) @ a
+
+
+# ----------------------------------------------------------------------------- knots
+def _knot_positions(logits, bound, minimum):
+    """``knot_positions`` on bins-first tables: knots ``(..., K+1, n)`` from unnormalised bin
+    sizes ``(..., K, n)`` (any layout); also the softmax ``(..., K, n)``. ``minimum``: one
+    number, or a tuple with one per leading table (the widths' and the heights' minimum for a
+    stacked ``(2, K, n)``).
+
+    The same guards as the reference (``_softmax``: the maximum subtracted; ``_pin_end_knots``:
+    the end knots exactly at ``-+bound``), written for this layout.
+    Derivation: derivations/08-rq-spline.md#parametrisation.
+    """
+    # the shifted logits are a fresh C-ordered table (whatever the layout of ``logits``),
+    # turned into the softmax in place
+    softmax = np.subtract(logits, logits.max(axis=-2, keepdims=True), order="C")
+    np.exp(softmax, out=softmax)
+    softmax *= np.reciprocal(_sum_over_bins(softmax))[..., None, :]
+    *lead, K, n = softmax.shape
+    positions = np.empty((*lead, K + 1, n), dtype=softmax.dtype)
+    positions[..., 0, :] = -bound
+    # interior knot i (1 <= i < K) is -bound + 2 bound sum_{j<i} omega_j, with
+    # sum_{j<i} omega_j = i minimum + (1 - K minimum) sum_{j<i} softmax_j; the running sums
+    # as one product with a triangle of ones (np.cumsum along the bins axis is ~10x slower)
+    inner = positions[..., 1:K, :]
+    np.matmul(_lower_triangle_of_ones(K - 1, softmax.dtype), softmax[..., :-1, :], out=inner)
+    minimums = minimum if isinstance(minimum, tuple) else (minimum,)
+    scale, offset = _running_sums_to_knots(K, bound, minimums, softmax.dtype)
+    if not lead:  # one table: the single (1, ...) entry
+        scale, offset = scale[0], offset[0]
+    inner *= scale
+    inner += offset
+    positions[..., K, :] = bound
+    return positions, softmax
+
+
+def _padded_derivatives(d):
+    """Raw interior derivative parameters ``(K-1, n)`` (bins first, any layout) -> ``(K+1, n)``
+    with a zero row at each end: a zero parameter has slope exactly 1, the slope the two end
+    knots must have (the reference's ``knot_slopes`` pads in the same way)."""
+    padded = np.zeros((d.shape[0] + 2, d.shape[1]), dtype=d.dtype)
+    padded[1:-1] = d
+    return padded
+
+
+# ----------------------------------------------------------------------------- constants
+def _read_only(a):
+    """``a``, made read only: the cached constants below are shared by every call."""
+    a.flags.writeable = False
+    return a
+
+
+@functools.cache
+def _lower_triangle_of_ones(size, dtype):
+    """``np.tri(size)`` in ``dtype``, built once per size and dtype (speed: a constant)."""
+    return _read_only(np.tri(size, dtype=dtype))
+
+
+@functools.cache
+def _running_sums_to_knots(K, bound, minimums, dtype):
+    """The affine map from running softmax sums to interior knots, per table: ``scale``
+    ``(T, 1, 1)`` and ``offset`` ``(T, K-1, 1)`` with knot ``i = offset_i + scale sum_{j<i}
+    softmax_j``, ``scale = 2 bound (1 - K minimum)``, ``offset_i = 2 bound minimum i - bound``
+    (``_knot_positions``). Speed: a constant of the spline's settings, made once (read only).
+    """
+    scale = np.empty((len(minimums), 1, 1), dtype=dtype)
+    offset = np.empty((len(minimums), K - 1, 1), dtype=dtype)
+    for t, minimum in enumerate(minimums):
+        # the same roundings as the formula written out in ``dtype``: the scale rounded once,
+        # the offsets as (2 bound minimum) i - bound in ``dtype``
+        scale[t] = 2.0 * bound * (1.0 - K * minimum)
+        offset[t, :, 0] = 2.0 * bound * minimum * np.arange(1, K, dtype=dtype) - bound
+    return _read_only(scale), _read_only(offset)
+
+
+@functools.lru_cache(maxsize=64)
+def _point_index(n):
+    """``np.arange(n)`` (read only), made once per number of points (speed: a constant)."""
+    return _read_only(np.arange(n))
+
+
+@functools.lru_cache(maxsize=64)
+def _table_starts(size):
+    """``[[0], [size]]``: the flat offsets of two stacked tables of ``size`` entries (read only;
+    speed: a constant)."""
+    return _read_only(np.array([[0], [size]]))
+
+
+@functools.lru_cache(maxsize=64)
+def _bin_numbers(K):
+    """``[[0], [1], ..., [K-1]]`` (read only; speed: a constant)."""
+    return _read_only(np.arange(K)[:, None])
+
+
+# ----------------------------------------------------------------------------- the passes
+def _forward(v_in, wh, d, shape, inverse, bound, min_width, min_height, min_derivative):
+    """The spline on flat points ``v_in`` ``(n,)`` and bins-first tables: ``wh`` ``(2, K, n)``
+    (the width logits ``wh[0]`` and the height logits ``wh[1]``) and ``d`` ``(K-1, n)``, any
+    layout (only read); column ``i`` of each table belongs to point ``i``; ``shape`` is ``S``,
+    kept in the cache. Returns ``(out (n,), logdet (n,), cache)``.
+    Derivation: derivations/08-rq-spline.md#forward-map.
+    """
+    n = v_in.shape[0]
+    knots, softmax = _knot_positions(wh, bound, (min_width, min_height))
+    xs, ys = knots  # (K+1, n) each
+
+    inside = (v_in >= -bound) & (v_in <= bound)
+    v = _clip_to_interval(v_in, bound)
+
+    # bin lookup in the space of this direction's input (the reference's search, on a
+    # bins-last view), then the bin's knots and slopes
+    k = _bin_index(v, (ys if inverse else xs).T)
+    left = k * n + _point_index(n)  # flat index of (knot k, point i) in a (K+1, n) table
+    # both tables' knots k and k+1 at once: (x_k, y_k) and (w_k, h_k), each (2, n)
+    both = left + _table_starts(knots.shape[1] * n)
+    knot_k = knots.take(both)
+    xk, yk = knot_k
+    wk, hk = knots.take(both + n) - knot_k
+    s = hk / wk
+    # the slopes at the bin's two knots, (2, n): one call for both
+    (dk, dk1), (slope_dk, slope_dk1) = _knot_slope(
+        _padded_derivatives(d).take(np.add.outer((0, n), left)), float(min_derivative))
+
+    if inverse:
+        xi = _clip_fraction(_stable_root(*_inverse_quadratic(v - yk, hk, s, dk, dk1)))
+    else:
+        xi = (v - xk) / wk
+
+    # the rational quadratic and its derivative, without the partials (the backward forms them)
+    one_minus_xi = 1.0 - xi
+    t = xi * one_minus_xi
+    den = s + (dk + dk1 - 2.0 * s) * t
+    rho = (s * xi * xi + dk * t) / den
+    # m written around s, as in the reference: exactly s (log-det exactly 0) at zero parameters
+    m = s + (dk1 - s) * xi * xi + (dk - s) * one_minus_xi * one_minus_xi
+    jac = (s * s) * m / (den * den)
+
+    if inverse:
+        spline_out = xk + wk * xi
+        logdet = -np.log(jac)
+    else:
+        spline_out = yk + hk * rho
+        logdet = np.log(jac)
+    out = _mask_tails(inside, _clip_to_interval(spline_out, bound), v_in)
+    logdet = _mask_tails(inside, logdet, 0.0)
+    cache = BinsFirstCache(bool(inverse), shape, bound, min_width, min_height, inside, k,
+                           xi, s, wk, hk, dk, dk1, rho, den, m, jac, softmax, slope_dk,
+                           slope_dk1)
+    return out, logdet, cache
+
+
+def _backward(dout, dlogdet, cache: BinsFirstCache):
+    """The backward on flat points: ``dout``, ``dlogdet`` ``(n,)`` ->
+    ``(d_in (n,), dwh (2, K, n), dd (K-1, n))``, the tables bins first and C-ordered, the width
+    logits' gradient ``dwh[0]`` and the height logits' ``dwh[1]`` stacked as in the forward.
+    Derivation: derivations/08-rq-spline.md#gradients-of-the-forward-map.
+    """
+    c = cache
+    dout_in = _zero_in_tails(c.inside, dout)
+    dl_in = _zero_in_tails(c.inside, dlogdet)
+
+    # the partials of ell = log g'(x) = 2 log s + log m - 2 log den, from the cached den and
+    # m, sharing their common factors
+    xi, s, wk, hk, dk, dk1 = c.xi, c.s, c.wk, c.hk, c.dk, c.dk1
+    one_minus_xi = 1.0 - xi
+    t = xi * one_minus_xi
+    xi2, omx2 = xi * xi, one_minus_xi * one_minus_xi
+    inv_den, inv_m = 1.0 / c.den, 1.0 / c.m
+    two_t_den = 2.0 * t * inv_den
+    dell_dxi = 2.0 * ((dk1 * xi + s * (1.0 - 2.0 * xi) - dk * one_minus_xi) * inv_m
+                      - (dk + dk1 - 2.0 * s) * (1.0 - 2.0 * xi) * inv_den)
+    dell_ds = 2.0 / s + 2.0 * t * inv_m - 2.0 * (1.0 - 2.0 * t) * inv_den
+    dell_ddk = omx2 * inv_m - two_t_den
+    dell_ddk1 = xi2 * inv_m - two_t_den
+
+    if c.inverse:
+        # implicit function theorem: the input gradient first; the parameters then get the
+        # forward's partials with upstream (-d_in, -dlogdet), and the xi adjoint is -dx w_k
+        d_in = (dout_in - dl_in * dell_dxi / wk) / c.jac
+        dy_f, dl_f = -d_in, -dl_in
+        dxi = -dout_in * wk
+    else:
+        dy_f, dl_f = dout_in, dl_in
+        dxi = dout_in * wk * c.jac + dl_in * dell_dxi
+        d_in = dxi / wk
+    d_in = _mask_tails(c.inside, d_in, dout)
+
+    # partials of y = y_k + h_k rho(xi, s, d_k, d_k1), contracted with dy_f; plus those of ell
+    hk_t_den2 = hk * t * inv_den * inv_den
+    ds = dy_f * hk_t_den2 * (dk1 * xi2 - dk * omx2) + dl_f * dell_ds
+    ddk = dy_f * hk_t_den2 * (s * omx2 + dk1 * t) + dl_f * dell_ddk
+    ddk1 = dl_f * dell_ddk1 - dy_f * hk_t_den2 * (s * xi2 + dk * t)
+    # to the bin's knots, through xi = (x - x_k) / w_k and s = h_k / w_k: the adjoints of
+    # the left knots (x_k, y_k) and of the sizes (w_k, h_k), each pair stacked (2, n) as the
+    # forward stacked the tables
+    n = dout.shape[0]
+    d_left, d_size = np.empty((2, n), dtype=dxi.dtype), np.empty((2, n), dtype=dxi.dtype)
+    np.divide(-dxi, wk, out=d_left[0])                    # d x_k
+    d_left[1] = dy_f                                      # d y_k
+    np.divide(-(dxi * xi + ds * s), wk, out=d_size[0])    # d w_k
+    np.add(dy_f * c.rho, ds / wk, out=d_size[1])          # d h_k
+
+    K = c.softmax.shape[1]
+    bins = _bin_numbers(K)
+    # indicators as numbers (a float times a float is faster than a float times a bool)
+    below = (bins < c.k).astype(dout.dtype)   # (K, n): bins j < k, whose widths move x_k
+    at = (bins == c.k).astype(dout.dtype)     # (K, n): bin k itself
+    dwh = _logit_gradients(d_left, d_size, below, at, c.softmax, c.bound,
+                           (c.min_width, c.min_height))
+    # knot k has raw parameter d[k-1], knot k+1 has d[k]; the end knots have none
+    dd = (ddk * c.slope_dk) * at[1:] + (ddk1 * c.slope_dk1) * at[:-1]
+    return d_in, dwh, dd
+
+
+def _logit_gradients(d_left, d_size, below, at, softmax, bound, minimums):
+    """The reference's ``_logit_gradients`` for ``T`` stacked tables (widths, heights), in
+    place: gradients ``(T, K, n)`` of the logits from the adjoints of each bin's left knot and
+    its size (``(T, n)`` each), through the minimum (one per table) and the softmax
+    ``(T, K, n)``. (Pinning the last knot would only add the same number to every
+    ``d omega_j``, which the softmax removes.)
+    Derivation: derivations/08-rq-spline.md#chain-through-the-parametrisation.
+    """
+    K = softmax.shape[1]
+    d_soft = d_left[:, None, :] * below
+    d_soft += d_size[:, None, :] * at
+    d_soft *= _running_sums_to_knots(K, bound, minimums, softmax.dtype)[0]  # 2 bound (1 - K min)
+    # softmax: d logit_j = softmax_j (d_soft_j - sum_i softmax_i d_soft_i)
+    d_soft -= _sum_over_bins(softmax * d_soft)[:, None, :]
+    d_soft *= softmax
+    return d_soft
