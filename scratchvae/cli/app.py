@@ -4,7 +4,8 @@
     scratchvae train-flow --data NAME|FILE --flow affine|spline ... --out DIR
     scratchvae train-vae  --data NAME|FILE --posterior gaussian|planar|radial|affine|spline ...
     scratchvae fit-target --target NAME --flow ... --out DIR
-    scratchvae sample     --run DIR --n N [--temperature T] --out FILE.npy
+    scratchvae sample     --run DIR --n N [--temperature T] [--mode mean|sample] --out FILE.npy
+    scratchvae evaluate   --run DIR [--iwae-k K] [--data FILE] [--json]
     scratchvae gradcheck  [COMPONENT ...]
 
 Every mistake a user can make ends in one line on stderr saying what was wrong and what was
@@ -34,8 +35,8 @@ __all__ = ["main", "build_parser"]
 
 
 def _report(kind, metrics, out, quiet):
-    if quiet:
-        return
+    """The result line and "wrote DIR": printed with ``--quiet`` too, which silences progress
+    only (issue 26: ``fit-target ... --quiet`` printed nothing at all)."""
     keys = {"flow": ("test_nll", "train_nll", "entropy", "steps", "seconds"),
             "vae": ("test_elbo", "test_iwae", "test_kl", "test_rec", "active_units", "epochs",
                     "seconds"),
@@ -117,13 +118,61 @@ def cmd_sample(args) -> int:
 
     if not args.out.endswith(".npy"):
         raise ValueError(f"out: expected a .npy file name, got {args.out!r}")
-    if os.path.exists(args.out) and not args.force:
-        raise ValueError(f"out: {args.out!r} exists; pass --force to replace it, or choose "
-                         "another file")
-    x = sample_run(args.run, args.n, args.temperature, args.seed, args.label)
+    picture = None if args.no_figure else args.out[:-len(".npy")] + ".png"
+    for path, what in ((args.out, ""), (picture, " (the picture beside the samples)")):
+        if path is not None and os.path.exists(path) and not args.force:
+            raise ValueError(f"out: {path!r}{what} exists; pass --force to replace it, or "
+                             "choose another file" + (" (or --no-figure)" if what else ""))
+    x = sample_run(args.run, args.n, args.temperature, args.seed, args.label, args.mode)
     atomic_write(args.out, lambda f: np.save(f, x), suffix=".npy")
-    if not args.quiet:
-        print(f"wrote {x.shape[0]} samples of dimension {x.shape[1]} to {args.out}")
+    drawn = ""
+    if _run_kind(args.run) == "vae":  # say what a VAE's samples are
+        drawn = " (sampled pixels x ~ p(x | z))" if args.mode == "sample" else \
+            " (decoder means E[x | z]; --mode sample draws pixels)"
+    print(f"wrote {x.shape[0]} samples of dimension {x.shape[1]}{drawn} to {args.out}")
+    if picture is not None:
+        _sample_picture(args, x, picture)
+    return 0
+
+
+def _run_kind(run_dir):
+    from .runs import _read_config
+
+    return _read_config(run_dir)["kind"]
+
+
+def _sample_picture(args, x, picture) -> None:
+    """Draw the samples beside the array (``runs.sample_figure``); say why when there is none."""
+    from .runs import sample_figure
+
+    try:
+        path = sample_figure(args.run, x, picture, args.temperature, args.label, args.mode)
+    except ImportError as e:  # matplotlib is optional
+        print(f"no picture: {e}")
+        return
+    if path is None:
+        print(f"no picture: samples of dimension {x.shape[1]} are neither 2-D points nor "
+              "square images")
+    else:
+        print(f"wrote {path}")
+
+
+def cmd_evaluate(args) -> int:
+    from .runs import evaluate_run
+
+    metrics = evaluate_run(args.run, k=args.k, data=args.data)
+    if args.json:
+        print(json.dumps(metrics, indent=2, sort_keys=True))
+        return 0
+    keys = {"flow": ("test_nll", "test_bits_per_dim", "val_nll", "train_nll", "entropy"),
+            "vae": ("test_elbo", "test_iwae", "k", "test_kl", "test_rec", "active_units"),
+            "target": ("elbo", "log_z_estimate", "log_z_true", "ess_fraction", "k", "nll")}
+    parts = [f"{key}={metrics[key]:.4f}" if isinstance(metrics[key], float) else
+             f"{key}={metrics[key]}" for key in keys[metrics["kind"]]
+             if metrics.get(key) is not None]
+    print(f"{metrics['kind']} run {metrics['run']} at step {metrics['steps']}, scored on "
+          f"{metrics['scored']} ({metrics['rows']} rows):")
+    print("  ".join(parts))
     return 0
 
 
@@ -144,8 +193,8 @@ def cmd_demo(args) -> int:
     _, fm = train_flow(out=flow_dir, quiet=args.quiet, data="moons", flow="spline",
                        layers=4, hidden=(64, 64), steps=60 if fast else 1500,
                        n_train=4000 if fast else 50_000, seed=args.seed)
-    say(f"  flow: test NLL {fm['test_nll']:.3f} nats on moons "
-        f"({fm['steps']} steps, {fm['seconds']:.1f} s)")
+    print(f"  flow: test NLL {fm['test_nll']:.3f} nats on moons "  # a result: also with --quiet
+          f"({fm['steps']} steps, {fm['seconds']:.1f} s)")
     try:
         from ..data import datasets
         datasets.load_digits("binary")
@@ -159,8 +208,8 @@ def cmd_demo(args) -> int:
                       epochs=2 if fast else 60, latent=16 if not fast else 4,
                       hidden=(256, 256) if not fast else (32,), iwae_k=50 if fast else 500,
                       seed=args.seed)
-    say(f"  vae{note}: test ELBO {vm['test_elbo']:.2f}, IWAE {vm['test_iwae']:.2f} nats "
-        f"({vm['epochs']:.0f} epochs, {vm['seconds']:.1f} s)")
+    print(f"  vae{note}: test ELBO {vm['test_elbo']:.2f}, IWAE {vm['test_iwae']:.2f} nats "
+          f"({vm['epochs']:.0f} epochs, {vm['seconds']:.1f} s)")
     summary = {"flow": fm, "vae": vm, "seconds": time.perf_counter() - t0}
     from ..training.trainer import atomic_write_text
     atomic_write_text(os.path.join(out, "demo.json"), json.dumps(summary, indent=2,
@@ -170,6 +219,8 @@ def cmd_demo(args) -> int:
         for f in m.get("figures", []):
             say(f"  {os.path.join(d, f)}")
     say(f"done in {summary['seconds']:.0f} s")
+    if args.quiet:
+        print(f"wrote {os.path.abspath(out)}")
     return 0
 
 
@@ -189,6 +240,22 @@ class _Help(argparse.HelpFormatter):
             text += f" (default: {shown})"
         return text
 
+    def _split_lines(self, text, width):
+        """Lines of a help text: a text written with line breaks (a list, one item a line)
+        keeps them, each line wrapped on its own, an item ``NAME  description`` with its
+        description's column as the hanging indent; any other text is wrapped as usual."""
+        if "\n" not in text:
+            return super()._split_lines(text, width)
+        import re
+        import textwrap
+
+        lines = []
+        for line in text.splitlines():
+            item = re.match(r"\s*\S+\s{2,}", line)  # NAME, two spaces or more, description
+            lines += textwrap.wrap(line, width, subsequent_indent=" " * (
+                item.end() if item else 0)) or [""]
+        return lines
+
 
 class _Parser(argparse.ArgumentParser):
     """Argument errors in one line naming the option (no usage block), exit code 2."""
@@ -197,15 +264,33 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _common(p, out_required=True):
+def _data_help(command, default):
+    """``--data``'s help: every data set of ``runs.DATA_SETS`` on a line of its own."""
+    from .runs import DATA_SETS
+
+    width = max(map(len, DATA_SETS))
+    lines = [f"{name:<{width}}  {about}" for name, about in DATA_SETS.items()]
+    use = {"train-flow": "a flow refuses 0/1 pixels and grey levels: use digits-dequantized",
+           "train-vae": "a Bernoulli decoder needs 0/1 pixels; digits-grey takes "
+                        "--likelihood gaussian-shared"}[command]
+    return (f"a data set (default: {default}) or a .npy/.npz/.csv file of rows (labels: a "
+            ".npz array 'y' or 'labels', or a CSV column 'label'); digits: sklearn's 8x8 "
+            f"images, 10 classes (needs scikit-learn); {use}. The data sets:\n"
+            + "\n".join(lines))
+
+
+def _common(p, out_required=True, length="steps", evaluation_only=None):
     p.add_argument("--seed", type=_nonneg_int, default=0,
                    help="seed of every random choice: same seed, same run, bit for bit")
     p.add_argument("--out", required=out_required,
                    help="output directory (a new one, or the run to continue with --resume)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress output (the result line and 'wrote DIR' stay)")
+    may_change = f"; {evaluation_only}, the final evaluation's, may change" \
+        if evaluation_only else ""
     p.add_argument("--resume", action="store_true",
-                   help="continue the run saved in --out with its saved settings (a larger "
-                        "--steps/--epochs extends it; other options are refused)")
+                   help=f"continue the run saved in --out with its saved settings (a larger "
+                        f"--{length} extends it{may_change}; other options are refused)")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
 
 
@@ -257,14 +342,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     f = sub.add_parser("train-flow", help="fit a coupling flow by maximum likelihood", **sub_kw)
-    f.add_argument("--data", default=F["data"],
-                   help="toy data set name or a .npy/.npz/.csv file")
+    f.add_argument("--data", default=F["data"], help=_data_help("train-flow", F["data"]))
     from ..models import kinds  # the one table of flow and posterior kinds
     f.add_argument("--flow", choices=list(kinds.DENSITY_FLOWS), default=F["flow"],
                    help="coupling laws (affine, spline, dsf, sos) or autoregressive flows "
                    "(maf*: fast log_prob, slow sampling; iaf*: fast sampling, slow log_prob)")
+    from .runs import DEFAULT_LAYERS
+    by_count = {}
+    for flow, n in DEFAULT_LAYERS.items():
+        by_count.setdefault(n, []).append(flow)
     f.add_argument("--layers", type=_positive_int, default=F["layers"],
-                   help="coupling layers (none: 4 for spline, dsf and sos; 8 for affine)")
+                   help="coupling or autoregressive blocks (default: " + "; ".join(
+                       f"{n} for {', '.join(flows)}" for n, flows in by_count.items()) + ")")
     f.add_argument("--bins", type=_positive_int, default=F["bins"], help="spline bins K")
     f.add_argument("--bound", type=_bound, default=F["bound"],
                    help="spline box [-B, B] in standardised units; identity outside")
@@ -275,12 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="floating-point type of parameters and data")
     f.add_argument("--conditional", action="store_true",
                    help="condition on the data set's labels (one-hot context)")
-    _common(f)
+    _common(f, length="steps")
     f.set_defaults(func=cmd_train_flow)
 
     v = sub.add_parser("train-vae", help="fit a VAE (mean-field or flow posterior)", **sub_kw)
-    v.add_argument("--data", default=V["data"],
-                   help="digits, digits-grey, bars-and-stripes, or a data file")
+    v.add_argument("--data", default=V["data"], help=_data_help("train-vae", V["data"]))
     v.add_argument("--likelihood", choices=["bernoulli", "gaussian-fixed", "gaussian-shared"],
                    default=V["likelihood"],
                    help="decoder likelihood; gaussian-shared learns one variance (grey data)")
@@ -289,14 +377,21 @@ def build_parser() -> argparse.ArgumentParser:
     _fit_options(v, V, "epochs", "encoder and decoder")
     v.add_argument("--beta", type=_nonneg_float, default=V["beta"],
                    help="weight of the KL term (1: the ELBO)")
+    from ..data.datasets import DIGITS_SPLIT
     v.add_argument("--warmup", type=_nonneg_int, default=V["warmup"],
-                   help="steps of linear beta warm-up")
+                   help="optimiser steps, not epochs, over which the KL weight rises linearly "
+                        "from 0 to --beta (an epoch is ceil(training examples / --batch) steps: "
+                        f"{-(-DIGITS_SPLIT[0] // V['batch'])} on digits at --batch "
+                        f"{V['batch']}); 0: none")
     v.add_argument("--free-bits", type=_nonneg_float, default=V["free_bits"],
                    help="nats per latent dimension")
     v.add_argument("--samples", type=_positive_int, default=V["samples"],
                    help="Monte Carlo samples S per example")
     v.add_argument("--iwae-k", type=_positive_int, default=V["iwae_k"],
-                   help="importance samples K of the test IWAE bound")
+                   help="the EVALUATION K: importance samples of the test IWAE bound "
+                        "(test_iwae in metrics.json), computed once after training; not the "
+                        "training objective's K, which is --k (may change with --resume; "
+                        "scratchvae evaluate --iwae-k recomputes the bound)")
     v.add_argument("--posterior", choices=kinds.POSTERIORS, default=V["posterior"],
                    help="the encoder's distribution q(z|x)")
     v.add_argument("--flow-layers", type=_positive_int, default=V["flow_layers"],
@@ -313,8 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--objective", choices=["elbo", "iwae", "iwae-dreg"], default=V["objective"],
                    help="iwae: train on the importance-weighted bound with --k samples "
                    "(iwae-dreg: its doubly-reparameterised encoder gradient)")
-    v.add_argument("--k", type=_positive_int, default=V["k"], help="IWAE samples K")
-    _common(v)
+    v.add_argument("--k", type=_positive_int, default=V["k"],
+                   help="the TRAINING K: importance samples per example of the objective "
+                        "trained by --objective iwae or iwae-dreg; not the test bound's K, "
+                        "which is --iwae-k")
+    _common(v, length="epochs", evaluation_only="--iwae-k")
     v.set_defaults(func=cmd_train_vae)
 
     t = sub.add_parser("fit-target", help="reverse-KL fit to an unnormalised 2-D density",
@@ -334,21 +432,53 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Adam's learning rate (cosine decay to 0)")
     t.add_argument("--n-estimate", type=_positive_int, default=T["n_estimate"],
                    help="samples for the log Z estimate")
-    _common(t)
+    _common(t, length="steps", evaluation_only="--n-estimate")
     t.set_defaults(func=cmd_fit_target)
 
-    s = sub.add_parser("sample", help="draw samples from a saved run", **sub_kw)
+    s = sub.add_parser("sample", help="draw samples from a saved run into FILE.npy, with a "
+                       "picture beside it in FILE.png", description="Draw samples from a saved "
+                       "run: points x = T(u) of a flow or a fitted q; for a VAE, prior samples "
+                       "z decoded to the decoder's MEAN E[x | z] by default (grey values in "
+                       "(0, 1) for a Bernoulli decoder), or to sampled pixels with --mode "
+                       "sample. A picture is written beside the array: a grid of images, or "
+                       "2-D points over the run's data.", **sub_kw)
     s.add_argument("--run", required=True, help="the --out directory of a training command")
     s.add_argument("--n", type=_positive_int, required=True, help="number of samples")
     s.add_argument("--temperature", type=_positive_float, default=1.0,
                    help="T: base or prior noise z ~ N(0, T I) (T scales the variance)")
     s.add_argument("--label", type=_nonneg_int, default=None,
                    help="class, for a conditional flow or VAE")
+    s.add_argument("--mode", choices=["mean", "sample"], default=None,
+                   help="a VAE's samples: mean writes the decoder's mean E[x | z] (smooth "
+                        "images), sample draws pixels x ~ p(x | z) (default: mean; a flow's "
+                        "samples are points, and take no --mode)")
     s.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the samples")
-    s.add_argument("--out", required=True, help="a .npy file")
-    s.add_argument("--force", action="store_true", help="replace --out if it exists")
-    s.add_argument("--quiet", action="store_true", help="no progress output")
+    s.add_argument("--out", required=True,
+                   help="a .npy file (its picture: the same name ending in .png)")
+    s.add_argument("--force", action="store_true",
+                   help="replace --out and its picture if they exist")
+    s.add_argument("--no-figure", action="store_true", help="skip the picture FILE.png")
+    s.add_argument("--quiet", action="store_true",
+                   help="no progress output (sample prints only what it wrote)")
     s.set_defaults(func=cmd_sample)
+
+    e = sub.add_parser("evaluate", help="recompute a saved run's test metrics, or score other "
+                       "data", description="Recompute the test metrics of a saved run (train-"
+                       "flow, train-vae or fit-target; finished or interrupted) from its files, "
+                       "with the functions its training command used: a finished run's "
+                       "metrics equal its metrics.json. Nothing is written.", **sub_kw)
+    e.add_argument("--run", required=True, help="the --out directory of a training command")
+    e.add_argument("--iwae-k", "--k", dest="k", type=_positive_int, default=None,
+                   help="importance samples K of the evaluation: a VAE's test IWAE bound, a "
+                        "fit-target run's log Z estimate; a flow's likelihood is exact and "
+                        "takes none (default: the run's --iwae-k or --n-estimate)")
+    e.add_argument("--data", default=None,
+                   help="a .npy/.npz/.csv file of rows shaped like the run's data, scored "
+                        "instead of its test split (a conditional run reads the labels from a "
+                        ".npz array 'y' or 'labels', or a CSV column 'label') (default: the "
+                        "run's test split)")
+    e.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    e.set_defaults(func=cmd_evaluate)
 
     g = sub.add_parser("gradcheck", help="check every hand-derived gradient and log-det",
                        **sub_kw)
@@ -421,7 +551,7 @@ def _limit_blas_threads(argv) -> None:
 SIZE_OPTIONS = {"train-flow": "--batch, --hidden, --layers, --bins, --n-train",
                 "train-vae": "--batch, --hidden, --latent, --samples, --k, --iwae-k",
                 "fit-target": "--batch, --hidden, --layers, --bins, --n-estimate",
-                "sample": "--n", "demo": "--fast"}
+                "sample": "--n", "evaluate": "--iwae-k", "demo": "--fast"}
 
 
 class _Terminated(KeyboardInterrupt):

@@ -16,6 +16,7 @@ __all__ = [
     "plot_layers", "plot_image_grid", "plot_interpolation", "plot_latent_space",
     "plot_aggregate_posterior", "plot_history", "plot_target_fit", "plot_spline",
     "plot_class_grid", "plot_style_transfer",
+    "plot_sample_grid", "plot_samples_over_data", "plot_samples_over_density",
 ]
 
 
@@ -381,3 +382,76 @@ def plot_style_transfer(inputs, labels, outputs, path, shape=(8, 8),
     grid = np.concatenate([inputs[:, None], outputs], axis=1)
     panels = [[f"input (y={labels[n]})"] + [f"y={c}" for c in range(C)] for n in range(N)]
     return _labelled_grid(grid, path, shape, [f"input {n}" for n in range(N)], panels, title)
+
+
+# ----------------------------------------------------------------------------- scratchvae sample
+def plot_sample_grid(images, path, shape=(8, 8), ncols=10, title="samples"):
+    """``scratchvae sample``'s picture of images ``(n, H*W)`` (values in [0, 1], black = 1):
+    a grid of ``ncols`` columns, each cell numbered, the grey scale in a colour bar, what was
+    drawn (label, temperature, mean or sampled pixels) in the title."""
+    plt = _plt()
+    images = np.asarray(images)
+    n = len(images)
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * 0.8 + 1.0, nrows * 0.85 + 0.9),
+                             squeeze=False, constrained_layout=True)
+    im = None
+    for i, ax in enumerate(axes.ravel()):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= n:
+            ax.axis("off")
+            continue
+        im = ax.imshow(images[i].reshape(shape), cmap="gray_r", vmin=0, vmax=1)
+        ax.set_title(f"#{i + 1}", fontsize=6, pad=2)
+    fig.colorbar(im, ax=axes, fraction=0.03, pad=0.02, label="pixel value (0 white, 1 black)")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_samples_over_data(samples, data, path, title="samples over the data",
+                           data_name="data"):
+    """``scratchvae sample``'s picture of 2-D points: the samples ``(n, 2)`` scattered over
+    the ``data`` ``(m, 2)`` (grey), on the data's box."""
+    plt = _plt()
+    samples, data = np.asarray(samples), np.asarray(data)
+    fig, ax = plt.subplots(figsize=(6.0, 5.4), constrained_layout=True)
+    both = np.concatenate([data, samples]) if len(data) else samples
+    lo, hi = _box(both, pad=0.05)
+    if len(data):
+        few = len(data) < 5000  # a few points drawn larger and darker, many lighter
+        ax.scatter(data[:, 0], data[:, 1], s=6 if few else 2, color="0.5" if few else "0.7",
+                   alpha=0.6 if few else 0.4, lw=0, label=f"{data_name}: {len(data)} points")
+    ax.scatter(samples[:, 0], samples[:, 1], s=4, color="tab:red", alpha=0.6, lw=0,
+               label=f"samples: {len(samples)} points")
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="upper right", fontsize=8, markerscale=3, framealpha=0.9)
+    return _save(fig, path)
+
+
+def plot_samples_over_density(samples, log_prob, lo, hi, path, title="samples over the density",
+                              density_name="target"):
+    """``scratchvae sample``'s picture of a fit-target run: the samples ``(n, 2)`` over the
+    contours of ``exp(log_prob)`` on the box [lo, hi] (``density_grid``), with its colour bar."""
+    plt = _plt()
+    samples = np.asarray(samples)
+    xs, ys, dens = density_grid(log_prob, lo, hi)
+    fig, ax = plt.subplots(figsize=(6.4, 5.4), constrained_layout=True)
+    filled = ax.contourf(xs, ys, dens, levels=12, cmap="Greys")
+    fig.colorbar(filled, ax=ax, fraction=0.046, pad=0.03,
+                 label=f"{density_name}: exp(-U(x)) (unnormalised)")
+    ax.scatter(samples[:, 0], samples[:, 1], s=3, color="tab:red", alpha=0.5, lw=0,
+               label=f"samples: {len(samples)} points")
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="upper right", fontsize=8, markerscale=3, framealpha=0.9)
+    return _save(fig, path)

@@ -35,6 +35,7 @@ from ..training.trainer import Trainer, atomic_write_text, load_npz
 from . import vae_options as vae_run_options
 from .guards import (
     IDENTITY,
+    MIN_ESTIMATE_SAMPLES,
     check_identity,
     check_memory,
     check_model_size,
@@ -58,8 +59,8 @@ from .rundir import (
 )
 from .rundir import read_config as _read_saved_config
 
-__all__ = ["train_flow", "train_vae", "fit_target", "sample_run", "load_run",
-           "FLOW_DEFAULTS", "VAE_DEFAULTS", "TARGET_DEFAULTS"]
+__all__ = ["train_flow", "train_vae", "fit_target", "sample_run", "load_run", "evaluate_run",
+           "FLOW_DEFAULTS", "VAE_DEFAULTS", "TARGET_DEFAULTS", "DATA_SETS"]
 
 #: The defaults of ``scratchvae train-flow`` (measured in the notes of issue 4): a 4-layer spline
 #: flow with K = 16 comes within 0.05 nats of the entropy on checkerboard, 8gaussians and moons
@@ -103,6 +104,68 @@ TARGET_DEFAULTS = dict(target="u1", flow="planar", layers=32, hidden=(64, 64), b
                        bound=4.0, steps=5000, batch=256, lr=1e-2, seed=0, n_estimate=100_000)
 
 _DEFAULTS_BY_KIND = {"flow": FLOW_DEFAULTS, "vae": VAE_DEFAULTS, "target": TARGET_DEFAULTS}
+
+
+# ----------------------------------------------------------------------------- data sets
+#: ``--data``'s names, one line each: ``--help`` lists them and an unknown name's error names
+#: them all. Anything else is read as a .npy/.npz/.csv file (``datasets.load_dataset``).
+DATA_SETS = {
+    "moons": "2-D: two half circles (2 classes)",
+    "circles": "2-D: two noisy circles (2 classes)",
+    "rings": "2-D: four thin rings (4 classes)",
+    "8gaussians": "2-D: 8 Gaussians on a circle",
+    "pinwheel": "2-D: five curved arms (5 classes)",
+    "2spirals": "2-D: two spirals (2 classes)",
+    "checkerboard": "2-D: 8 squares of a checkerboard",
+    "digits-dequantized": "digits + uniform noise: for flows",
+    "digits": "digits, pixels 0 or 1: for VAEs",
+    "digits-grey": "digits, grey in [0, 1]: for VAEs",
+    "bars-and-stripes": "8x8 bars or stripes, 0/1: for VAEs",
+}
+
+#: Pixel data sets a flow cannot fit (repeated values: a continuous density's likelihood on
+#: them grows without bound), and the data set to use instead (None: there is none).
+FLOW_REFUSED_DATA = {"digits": "digits-dequantized", "digits-grey": "digits-dequantized",
+                     "bars-and-stripes": None}
+
+
+def _check_data_name(spec) -> None:
+    """Guard: ``--data`` is a name of ``DATA_SETS`` or a data file (by its extension).
+
+    WHY: ``--data moon`` listed some names but not digits-dequantized (issue 26); the error
+    names every data set, and the nearest name when there is one.
+    """
+    if not isinstance(spec, str) or spec in DATA_SETS \
+            or os.path.splitext(spec)[1].lower() in (".npy", ".npz", ".csv"):
+        return  # a file, or not a string: the loader says what is wrong with it
+    import difflib
+
+    near = difflib.get_close_matches(spec, list(DATA_SETS), n=1)
+    hint = f" (did you mean {near[0]}?)" if near else ""
+    raise ValueError(f"data: unknown data set {spec!r}{hint}; expected one of "
+                     f"{', '.join(DATA_SETS)}, or a .npy/.npz/.csv file (scratchvae "
+                     "train-flow --help lists each with a line)")
+
+
+def _check_flow_data(spec) -> None:
+    """Guard: ``train-flow`` refuses the pixel data sets, naming the one to use instead.
+
+    WHY: ``--data digits`` on a flow was refused with "column 0 ... has zero variance" and
+    ``--data bars-and-stripes`` with a count of repeated values, neither saying what to do
+    (issue 26): 0/1 pixels and integer levels are atoms, on which a continuous density's
+    likelihood grows without bound; ``digits-dequantized`` is the digits made continuous.
+    """
+    if spec not in FLOW_REFUSED_DATA:
+        return
+    instead = FLOW_REFUSED_DATA[spec]
+    what = "grey levels (17 values per pixel)" if spec == "digits-grey" else \
+        "binary pixels (each 0 or 1)"
+    use = (f"use --data {instead} (the same images with uniform noise added to their integer "
+           "levels: a density a flow can fit), or fit a VAE to them" if instead else
+           "it has no dequantised version: fit a VAE to it instead")
+    raise ValueError(f"data: {spec!r} holds {what}, and a flow is a continuous density, whose "
+                     f"likelihood on repeated values grows without bound; {use}: scratchvae "
+                     f"train-vae --data {spec}")
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -265,10 +328,11 @@ def train_flow(out=None, quiet=False, resume=False, figures=True, stop_after=Non
         raise ValueError(f"flow: expected one of {list(FLOW_KINDS)}, got {settings['flow']!r}")
     if settings["layers"] is None:
         settings = {**settings, "layers": DEFAULT_LAYERS[settings["flow"]]}
-    dtype = _dtype(settings["dtype"])
+    _dtype(settings["dtype"])  # a known name (the model is built in it)
+    _check_data_name(settings["data"])
+    _check_flow_data(settings["data"])
     check_memory(settings["n_train"] * 2 * 8 * 3, "--n-train")  # points, labels, one copy
-    ds = datasets.load_dataset(str(settings["data"]), n_train=settings["n_train"],
-                               seed=settings["seed"])
+    ds = _flow_dataset(settings)
     context_dim = 0
     if settings["conditional"]:
         if ds.train_labels is None:
@@ -295,20 +359,12 @@ def train_flow(out=None, quiet=False, resume=False, figures=True, stop_after=Non
         model.standardize(ds.train)
 
     def split(rows):
-        rows = rows.astype(dtype, copy=False)
-        return rows[:, :dim], (rows[:, dim:] if context_dim else None)
+        return _split_flow_rows(model, rows)
 
-    def with_context(x, labels):
-        from ..models.conditional_vae import one_hot
-
-        return np.hstack([x, one_hot(labels, context_dim)]) if context_dim else x
-
-    train_rows = with_context(ds.train, ds.train_labels)
-    val_rows, test_rows = with_context(ds.val, ds.val_labels), with_context(ds.test, ds.test_labels)
+    train_rows, val_rows, test_rows = _flow_rows(model, ds)
 
     def mean_nll(rows):
-        x, ctx = split(rows)
-        return float(-np.mean(model.log_prob(x, ctx)))
+        return _flow_nll(model, rows)
 
     def loss_fn(batch, rng_, step):
         x, ctx = split(batch)
@@ -323,15 +379,10 @@ def train_flow(out=None, quiet=False, resume=False, figures=True, stop_after=Non
     extra = lambda: {"standardize.shift": np.asarray(model.shift),
                      "standardize.scale": np.asarray(model.scale)}
     result = _run_trainer(trainer, out, "flow", settings, extra, resume, stop_after)
-    metrics = {"test_nll": mean_nll(test_rows), "train_nll": mean_nll(train_rows[:10_000]),
-               "val_nll": mean_nll(val_rows), "entropy": ds.entropy, "steps": result.steps,
-               "seconds": result.seconds, "stopped": result.stopped,
+    metrics = {**_flow_scores(model, ds, train_rows, val_rows, test_rows),
+               "steps": result.steps, "seconds": result.seconds, "stopped": result.stopped,
                "best_step": result.best_step, "data": ds.name}
-    if dequantized:  # train NLL on freshly dequantised rows; bits per dimension of y
-        x, ctx = split(train_rows)  # a conditional flow reads each row's label as its context
-        metrics["train_nll"] = float(-np.mean(model.log_prob(
-            datasets.dequantize(x, np.random.default_rng(0)).astype(dtype), ctx)))
-        metrics["test_bits_per_dim"] = metrics["test_nll"] / (dim * math.log(2.0))
+    if dequantized:
         metrics["best_epoch"] = None if result.best_step is None else \
             result.best_step * settings["batch"] / len(train_rows)
     if out is not None and (result.steps >= settings["steps"] or result.stopped):
@@ -341,6 +392,62 @@ def train_flow(out=None, quiet=False, resume=False, figures=True, stop_after=Non
     if out is not None:
         _write_json(os.path.join(out, "metrics.json"), metrics)
     return model, metrics
+
+
+def _flow_dataset(settings):
+    """The ``Dataset`` of a flow run's settings: the same points every time for its seed."""
+    return datasets.load_dataset(str(settings["data"]), n_train=settings["n_train"],
+                                 seed=settings["seed"])
+
+
+def _labelled_rows(model, x, labels, name="labels"):
+    """The rows a flow reads: ``[x, one_hot(labels)]`` ``(N, dim + C)`` for a conditional
+    ``model``, ``x`` ``(N, dim)`` alone otherwise."""
+    if not model.context_dim:
+        return x
+    from ..models.conditional_vae import one_hot
+
+    return np.hstack([x, one_hot(labels, model.context_dim, name=name)])
+
+
+def _flow_rows(model, ds):
+    """``(train, val, test)`` rows of ``ds`` for ``model`` (``_labelled_rows``)."""
+    return tuple(_labelled_rows(model, x, y) for x, y in (
+        (ds.train, ds.train_labels), (ds.val, ds.val_labels), (ds.test, ds.test_labels)))
+
+
+def _split_flow_rows(model, rows):
+    """``(x (N, dim), context (N, C) or None)`` of rows, in the model's dtype."""
+    rows = rows.astype(model.dtype, copy=False)
+    return rows[:, :model.dim], (rows[:, model.dim:] if model.context_dim else None)
+
+
+def _flow_nll(model, rows):
+    """Mean negative log-likelihood of ``rows`` in nats per point (a conditional flow reads
+    each row's label as its context)."""
+    x, ctx = _split_flow_rows(model, rows)
+    return float(-np.mean(model.log_prob(x, ctx)))
+
+
+def _flow_scores(model, ds, train_rows, val_rows, test_rows) -> dict:
+    """The metrics of a flow's parameters on its data, as ``train-flow`` reports them and
+    ``evaluate`` recomputes them: ``test_nll``, ``val_nll``, ``train_nll`` (the first 10,000
+    training rows; a dequantised set's every row with fresh noise of seed 0), ``entropy``, and
+    a dequantised set's ``test_bits_per_dim``. Deterministic for the parameters and data."""
+    scores = {"test_nll": _flow_nll(model, test_rows),
+              "train_nll": _flow_nll(model, train_rows[:10_000]),
+              "val_nll": _flow_nll(model, val_rows), "entropy": ds.entropy}
+    if ds.name in datasets.DEQUANTIZED:  # train NLL on freshly dequantised rows; bits per dim
+        x, ctx = _split_flow_rows(model, train_rows)
+        scores["train_nll"] = float(-np.mean(model.log_prob(
+            datasets.dequantize(x, np.random.default_rng(0)).astype(model.dtype), ctx)))
+        scores.update(_bits_per_dim(model, scores["test_nll"]))
+    return scores
+
+
+def _bits_per_dim(model, nll) -> dict:
+    """``{"test_bits_per_dim": nll / (dim ln 2)}``: a dequantised image set's usual unit."""
+    return {"test_bits_per_dim": nll / (model.dim * math.log(2.0))}
 
 
 def _steps_done(out, resume) -> int:
@@ -494,6 +601,7 @@ def train_vae(out=None, quiet=False, resume=False, figures=True, stop_after=None
                          f"{settings['posterior']!r}")
     vae_run_options.check_settings(settings)
     dtype = _dtype(settings["dtype"])
+    _check_data_name(settings["data"])
     ds = datasets.load_dataset(str(settings["data"]), seed=settings["seed"])
     train, val, test, n_classes = vae_run_options.dataset_rows(ds, settings, dtype)
     dim, hidden, latent = train.shape[1], settings["hidden"], settings["latent"]
@@ -532,12 +640,7 @@ def train_vae(out=None, quiet=False, resume=False, figures=True, stop_after=None
                       eval_every=per_epoch, lr_schedule=settings["lr_schedule"], quiet=quiet,
                       desc="train-vae")
     result = _run_trainer(trainer, out, "vae", settings, lambda: {}, resume, stop_after)
-    eval_rng = np.random.default_rng([settings["seed"], 4])
-    t = model.elbo(test, eval_rng, n_samples=10)
-    metrics = {"test_elbo": float(np.mean(t.elbo)), "test_rec": float(np.mean(t.rec)),
-               "test_kl": float(np.mean(t.kl)),
-               "test_iwae": float(np.mean(model.iwae(test, eval_rng, settings["iwae_k"]))),
-               "active_units": int(model.active_units(test)),
+    metrics = {**_vae_scores(model, test, settings, settings["iwae_k"]),
                "epochs": result.steps / per_epoch, "steps": result.steps,
                "seconds": result.seconds, "stopped": result.stopped,
                "best_epoch": None if result.best_step is None else result.best_step / per_epoch,
@@ -549,6 +652,20 @@ def train_vae(out=None, quiet=False, resume=False, figures=True, stop_after=None
     if out is not None:
         _write_json(os.path.join(out, "metrics.json"), metrics)
     return model, metrics
+
+
+def _vae_scores(model, rows, settings, k) -> dict:
+    """The metrics of a VAE's parameters on ``rows`` (nats per example), as ``train-vae``
+    reports them and ``evaluate`` recomputes them: ``test_elbo``, ``test_rec``, ``test_kl``
+    (10 samples of z per example), ``test_iwae`` (the importance-weighted bound with ``k``
+    samples) and ``active_units``. The noise comes from ``default_rng([seed, 4])``, so the
+    numbers are the same for the same parameters, rows and ``k``."""
+    eval_rng = np.random.default_rng([settings["seed"], 4])
+    t = model.elbo(rows, eval_rng, n_samples=10)
+    return {"test_elbo": float(np.mean(t.elbo)), "test_rec": float(np.mean(t.rec)),
+            "test_kl": float(np.mean(t.kl)),
+            "test_iwae": float(np.mean(model.iwae(rows, eval_rng, k))),
+            "active_units": int(model.active_units(rows))}
 
 
 def _vae_cost(settings, encoder, decoder, k, n_train, n_val, n_test, done):
@@ -626,12 +743,8 @@ def fit_target(out=None, quiet=False, resume=False, figures=True, stop_after=Non
     Metrics: ``elbo``, ``log_z_estimate``, ``ess``, ``ess_fraction``, ``log_z_true`` (by
     quadrature), ``steps``, ``seconds``.
     """
-    from ..distributions.targets import make_target, reference_log_z
-    from ..models.variational import (
-        importance_estimate,
-        make_variational,
-        reverse_kl_loss_and_grads,
-    )
+    from ..distributions.targets import make_target
+    from ..models.variational import make_variational, reverse_kl_loss_and_grads
 
     settings = _prepare_out(out, resume, "target", TARGET_DEFAULTS, settings, quiet)
     target = target_object if target_object is not None else make_target(settings["target"])
@@ -646,13 +759,8 @@ def fit_target(out=None, quiet=False, resume=False, figures=True, stop_after=Non
     trainer = Trainer(q, loss, steps=settings["steps"], lr=settings["lr"], seed=settings["seed"],
                       lr_schedule="cosine", keep_best=False, quiet=quiet, desc="fit-target")
     result = _run_trainer(trainer, out, "target", settings, lambda: {}, resume, stop_after)
-    est = estimate_or_nan(lambda: importance_estimate(
-        q, target, settings["n_estimate"], np.random.default_rng([settings["seed"], 5])))
-    log_z_true = target.log_z if getattr(target, "log_z", None) is not None else \
-        reference_log_z(target)
-    metrics = {"elbo": float(est.elbo), "log_z_estimate": float(est.log_z),
-               "ess": float(est.ess), "ess_fraction": float(est.ess_fraction),
-               "log_z_true": float(log_z_true), "steps": result.steps,
+    metrics = {**_target_scores(q, target, settings, settings["n_estimate"]),
+               "steps": result.steps,
                "seconds": result.seconds, "stopped": result.stopped,
                "target": getattr(target, "name", "user")}
     if out is not None and (result.steps >= settings["steps"] or result.stopped):
@@ -670,6 +778,24 @@ def fit_target(out=None, quiet=False, resume=False, figures=True, stop_after=Non
     if out is not None:
         _write_json(os.path.join(out, "metrics.json"), metrics)
     return q, metrics
+
+
+def _target_scores(q, target, settings, n) -> dict:
+    """The metrics of a fitted ``q`` on its ``target``, as ``fit-target`` reports them and
+    ``evaluate`` recomputes them: ``elbo``, ``log_z_estimate``, ``ess``, ``ess_fraction`` (the
+    importance-sampling estimate with ``n`` samples of q, noise from ``default_rng([seed,
+    5])``) and ``log_z_true`` (the target's, or by quadrature).
+    Derivation: derivations/14-reverse-kl.md#importance-sampling-estimate-of-log-z."""
+    from ..distributions.targets import reference_log_z
+    from ..models.variational import importance_estimate
+
+    est = estimate_or_nan(lambda: importance_estimate(
+        q, target, n, np.random.default_rng([settings["seed"], 5])))
+    log_z_true = target.log_z if getattr(target, "log_z", None) is not None else \
+        reference_log_z(target)
+    return {"elbo": float(est.elbo), "log_z_estimate": float(est.log_z),
+            "ess": float(est.ess), "ess_fraction": float(est.ess_fraction),
+            "log_z_true": float(log_z_true)}
 
 
 def _build_variational(settings, make_variational=None):
@@ -758,15 +884,39 @@ def _check_label(label, kind, model) -> None:
         raise ValueError(f"label: expected a class in 0..{n_classes - 1}, got {label!r}")
 
 
-def sample_run(run_dir, n: int, temperature: float = 1.0, seed: int = 0, label=None):
+#: What ``sample --mode`` draws from a VAE's decoder (``VAE.sample``'s ``mode``).
+SAMPLE_MODES = {"mean": "decoder mean E[x | z]", "sample": "sampled pixels x ~ p(x | z)"}
+
+
+def _check_mode(mode, kind):
+    """Guard: ``mode`` is None (a VAE's decoder mean), ``"mean"`` or ``"sample"``; a flow's or a
+    fitted q's samples are points, so it has no decoder mean.
+
+    WHY: ``sample`` wrote decoder means without saying so, and offered no sampled pixels
+    (issue 26); the mode of a VAE is now chosen, and refused where it means nothing.
+    """
+    if mode is None:
+        return "mean" if kind == "vae" else None
+    if mode not in SAMPLE_MODES:
+        raise ValueError(f"mode: expected one of {', '.join(SAMPLE_MODES)}, got {mode!r}")
+    if kind != "vae" and mode == "mean":
+        raise ValueError("mode: a flow's samples are points x = T(u), with no decoder mean; "
+                         "leave --mode out (it chooses a VAE's decoder mean or sampled pixels)")
+    return None if kind != "vae" else mode
+
+
+def sample_run(run_dir, n: int, temperature: float = 1.0, seed: int = 0, label=None,
+               mode=None):
     """``n`` samples from a saved run: data-space samples of a flow (of class ``label`` for a
-    conditional one), decoder means of a VAE's prior samples, samples of a fitted q."""
+    conditional one), a VAE's prior samples decoded to the decoder's mean (``mode`` None or
+    ``"mean"``) or with sampled pixels (``"sample"``), samples of a fitted q."""
     if int(n) < 1:
         raise ValueError(f"n: expected a positive number of samples, got {n}")
     if not temperature > 0:
         raise ValueError(f"temperature: expected a positive number, got {temperature}")
     model, kind, settings, _ = load_run(run_dir)
     _check_label(label, kind, model)
+    mode = _check_mode(mode, kind)
     width = max([*settings["hidden"], getattr(model, "dim", 2), 2])
     check_memory(8 * 4 * int(n) * width, f"--n {n}")  # a few (n, width) arrays at a time
     rng = np.random.default_rng(seed)
@@ -778,12 +928,162 @@ def sample_run(run_dir, n: int, temperature: float = 1.0, seed: int = 0, label=N
                                  f"[0, {model.context_dim})")
             from ..models.conditional_vae import one_hot
 
-            context = one_hot(np.full(n, int(label)), model.context_dim, name="label")
+            context = one_hot([int(label)], model.context_dim, name="label")  # one row: all n
         elif label is not None:
             raise ValueError("label: this flow is not conditional")
         return model.sample(n, rng, context=context, temperature=temperature)
     if kind == "vae":
-        return vae_run_options.sample(model, n, rng, temperature, label)
+        return vae_run_options.sample(model, n, rng, temperature, label, mode)
     if temperature != 1.0:
         raise ValueError("temperature: a fitted variational distribution samples at 1 only")
     return model.sample(n, rng)
+
+
+def sample_figure(run_dir, x, path, temperature=1.0, label=None, mode=None):
+    """The picture of samples ``x`` ``(n, D)`` of a saved run, written to ``path``; returns the
+    path, or None when the samples have no picture (neither square images nor 2-D points).
+
+    Square images (a VAE's, a dequantised image flow's): a grid of the first 100, the label,
+    temperature and mode in the title. 2-D points: a scatter over the run's training data (a
+    flow; of class ``label`` for a conditional one) or over the target's density (fit-target).
+    """
+    from . import plots
+
+    cfg = _read_config(run_dir)
+    kind, settings = cfg["kind"], cfg["settings"]
+    n, D = x.shape
+    drawn = {"vae": f"z ~ N(0, T I) with T = {temperature:g}, decoded to the "
+                    f"{SAMPLE_MODES[mode or 'mean']}",
+             "flow": f"x = T(u), u ~ N(0, T I) with T = {temperature:g}",
+             "target": "x ~ q, the fitted flow"}[kind]
+    about = f"{n} samples of run {os.path.basename(os.path.abspath(run_dir))}" + \
+        ("" if label is None else f", label {label}")
+    side = int(round(math.sqrt(D)))
+    if D > 2 and side * side == D:
+        images = x[:100]
+        if kind == "flow" and str(settings["data"]) in datasets.DEQUANTIZED:
+            images = np.clip(images / datasets.DEQUANTIZED[str(settings["data"])][0], 0, 1)
+        return plots.plot_sample_grid(images, path, (side, side),
+                                      title=f"{about}: {drawn}")
+    if D != 2:
+        return None
+    if kind == "target":
+        from ..distributions.targets import make_target
+
+        target = make_target(settings["target"])
+        return plots.plot_samples_over_density(x, target.log_prob, *target.bounds, path,
+                                               title=f"{about}: {drawn}",
+                                               density_name=f"target {settings['target']}")
+    try:
+        ds = _flow_dataset(settings)
+    except (ValueError, OSError) as e:  # a run's data file moved: the samples alone
+        print(f"picture without the data: {' '.join(str(e).split())}")
+        ds = datasets.Dataset(str(settings["data"]), *[np.zeros((0, 2))] * 3)
+    data = ds.train if label is None or ds.train_labels is None else \
+        ds.train[ds.train_labels == label]
+    what = f"training data ({settings['data']}" + ("" if label is None else
+                                                    f", label {label}") + ")"
+    return plots.plot_samples_over_data(x, data[:20_000], path, title=f"{about}: {drawn}",
+                                        data_name=what)
+
+
+# ----------------------------------------------------------------------------- evaluation
+def _scored_file(path, dim, n_classes):
+    """``(x (N, dim), labels or None)`` of a data file for ``evaluate --data``, checked against
+    the run: ``dim`` columns, and labels for a run conditioned on ``n_classes`` classes."""
+    x, y = datasets.load_labelled_file(path)
+    if x.shape[1] != dim:
+        raise ValueError(f"data: {path!r} has rows of {x.shape[1]} columns, but the run's "
+                         f"model takes {dim} (the shape of the data it was trained on)")
+    if n_classes and y is None:
+        raise ValueError(f"data: the run is conditional on {n_classes} classes and {path!r} "
+                         "holds no labels (a .npz array 'y' or 'labels', or a CSV column "
+                         "'label')")
+    return x, (y if n_classes else None)
+
+
+def _run_data(load, settings):
+    """``load()``: the data a run was trained on; a file that moved says how to go on."""
+    try:
+        return load()
+    except (ValueError, OSError) as e:
+        raise ValueError(f"data: the run's data {settings['data']!r} cannot be read "
+                         f"({' '.join(str(e).split())}); pass its file with --data FILE to score "
+                         "it") from None
+
+
+def evaluate_run(run_dir, k=None, data=None) -> dict:
+    """The test metrics of a saved run (finished or interrupted), recomputed from its files
+    (``config.json``, ``checkpoint.npz``) and its data by the same functions as the training
+    command's last step (``_flow_scores``, ``_vae_scores``, ``_target_scores``): every
+    deterministic metric equals ``metrics.json``'s.
+
+    ``k``: importance samples of the evaluation bound: a VAE's test IWAE bound (default: the
+    run's ``iwae_k``) or a fit-target run's log Z estimate (default: its ``n_estimate``); a
+    flow's likelihood is exact, so a flow refuses ``k``. ``data``: a .npy/.npz/.csv file of
+    rows shaped like the run's data, scored instead of its test split (a conditional run needs
+    its labels; a fit-target run scores ``nll``, the mean of ``-log q`` at the points).
+    Returns a dict: ``run``, ``kind``, ``steps`` (of the checkpoint), ``scored`` (what was
+    scored), ``rows``, the metrics, and ``k`` where one applies.
+    """
+    model, kind, settings, arrays = load_run(run_dir)
+    out = {"run": os.path.abspath(run_dir), "kind": kind, "steps": int(arrays["step"])}
+    if k is not None:
+        from ..checks.arguments import check_count
+
+        k = check_count(k, "k")
+        if kind == "flow":
+            raise ValueError("k: a flow's log-likelihood is exact, computed without importance "
+                             "samples; --iwae-k applies to train-vae and fit-target runs")
+        if kind == "target" and k < MIN_ESTIMATE_SAMPLES:
+            raise ValueError(f"k: expected at least {MIN_ESTIMATE_SAMPLES} samples for the log "
+                             f"Z estimate (its ESS share needs them), got {k}")
+    if kind == "flow":
+        if data is None:
+            ds = _run_data(lambda: _flow_dataset(settings), settings)
+            rows = _flow_rows(model, ds)
+            out.update(scored=f"the test split of {settings['data']}", rows=len(rows[2]),
+                       **_flow_scores(model, ds, *rows))
+        else:
+            x, y = _scored_file(data, model.dim, model.context_dim)
+            rows = _labelled_rows(model, x, y, name=f"labels of {data!r}")
+            out.update(scored=data, rows=len(rows), test_nll=_flow_nll(model, rows))
+            if str(settings["data"]) in datasets.DEQUANTIZED:
+                out.update(_bits_per_dim(model, out["test_nll"]))
+    elif kind == "vae":
+        k = settings["iwae_k"] if k is None else k
+        n_classes = getattr(model, "n_classes", 0)
+        if data is None:
+            ds = _run_data(lambda: datasets.load_dataset(str(settings["data"]),
+                                                         seed=settings["seed"]), settings)
+            train, _, rows, _ = vae_run_options.dataset_rows(ds, settings, model.dtype)
+            out["scored"] = f"the test split of {settings['data']}"
+            out["epochs"] = out["steps"] / math.ceil(len(train) / settings["batch"])
+        else:
+            x, y = _scored_file(data, _data_dim_of(arrays) - n_classes, n_classes)
+            if n_classes:
+                from ..models.conditional_vae import check_labels, labelled_rows
+
+                y = check_labels(y, n_classes, len(x), name=f"labels of {data!r}")
+            rows = x.astype(model.dtype) if not n_classes else \
+                labelled_rows(x, y, n_classes, model.dtype)
+            model.likelihood.validate(rows, f"data {data!r}")
+            out["scored"] = data
+        check_memory(np.dtype(model.dtype).itemsize * k * len(rows),
+                     f"--iwae-k {k} (the bound's {len(rows)} x K log-weights)")
+        out.update(rows=len(rows), k=k, **_vae_scores(model, rows, settings, k))
+    else:
+        from ..distributions.targets import make_target
+
+        target = make_target(settings["target"])
+        if data is None:
+            k = settings["n_estimate"] if k is None else k
+            out.update(scored=f"{k} samples of q against the target {settings['target']}",
+                       rows=k, k=k, **_target_scores(model, target, settings, k))
+        else:
+            if k is not None:
+                raise ValueError("k: scoring --data evaluates q's density at the points, "
+                                 "without importance samples; leave --iwae-k out")
+            x, _ = _scored_file(data, 2, 0)
+            out.update(scored=data, rows=len(x), nll=float(-np.mean(model.log_prob(x))))
+    return finite_or_none(out)

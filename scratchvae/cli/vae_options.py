@@ -89,17 +89,18 @@ def validation(model, val, settings):
     return {"val_loss": float(-np.mean(model.iwae(val, rng, K=settings["k"])))}
 
 
-def sample(model, n, rng, temperature, label):
-    """Decoder means of a saved VAE's prior samples; of class ``label`` for a conditional one."""
+def sample(model, n, rng, temperature, label, mode="mean"):
+    """A saved VAE's prior samples, decoded to the decoder's mean (``mode="mean"``) or with
+    sampled pixels (``"sample"``); of class ``label`` for a conditional one."""
     C = getattr(model, "n_classes", 0)
     if C:
         if label is None:
             raise ValueError(f"label: this VAE is conditional; pass --label K with K in "
                              f"0..{C - 1}")
-        return model.sample(n, rng, temperature=temperature, label=label)
+        return model.sample(n, rng, temperature=temperature, mode=mode, label=label)
     if label is not None:
         raise ValueError("label: this VAE is not conditional (train it with --conditional)")
-    return model.sample(n, rng, temperature=temperature)
+    return model.sample(n, rng, temperature=temperature, mode=mode)
 
 
 def figures(model, test_rows, path, history, per_class=10, n_transfer=8):

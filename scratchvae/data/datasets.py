@@ -64,6 +64,7 @@ __all__ = [
     "toy_log_prob",
     "toy_entropy",
     "load_array_file",
+    "load_labelled_file",
     "load_dataset_file",
     "load_dataset",
     "check_spread",
@@ -573,6 +574,13 @@ def load_array_file(path) -> np.ndarray:
     return _read(path)[0]
 
 
+def load_labelled_file(path):
+    """Every row of a ``.npy``/``.npz``/``.csv`` file in file order, and its labels:
+    ``(x (N, D) float64, labels (N,) int64 or None)``, read and checked as by
+    ``load_dataset_file`` (``scratchvae evaluate --data FILE`` scores such rows)."""
+    return _read(path)
+
+
 def load_dataset_file(path, seed: int = 0, val_fraction: float = 0.1,
                       test_fraction: float = 0.1) -> Dataset:
     """A ``Dataset`` from a user's file, split at random but deterministically by ``seed``.
@@ -618,8 +626,9 @@ def load_dataset(spec: str, n_train: int = 50_000, seed: int = 0, n_test: int = 
         return load_toy(spec, n_train, seed=seed, n_test=n_test, n_val=n_val)
     if os.path.splitext(os.fspath(spec))[1].lower() in _EXTENSIONS:
         return load_dataset_file(spec, seed=seed)
-    raise ValueError(f"data: expected digits, digits-grey, bars-and-stripes, one of "
-                     f"{', '.join(TOY_DATASETS)}, or a .npy/.npz/.csv file, got {spec!r}")
+    raise ValueError(f"data: expected digits, digits-grey, bars-and-stripes, "
+                     f"{', '.join(DEQUANTIZED)}, one of {', '.join(TOY_DATASETS)}, or a "
+                     f".npy/.npz/.csv file, got {spec!r}")
 
 
 # ----------------------------------------------------------------------------- dequantised digits

@@ -141,6 +141,34 @@ def _fresh_rng(rng):
     return np.random.default_rng() if rng is None else rng
 
 
+def _one_context_per_sample(context, n, context_dim):
+    """Guard: the context of ``sample(n, context=c)`` as one row per sample: ``c`` of ``n``
+    rows as it is, ``c`` of one row ``(1, C)`` (or ``(C,)``) repeated to ``(n, C)``; ``n``
+    None: one sample per row of ``c``. Returns ``(n, context)``.
+
+    WHY: nflows draws ``n`` samples for a context (``sample(n, context)``); here a context of
+    one row for ``n`` samples was refused with "expected (n, C)" (issue 26), so ``n`` samples
+    of one class needed ``np.repeat`` by hand. Any other number of rows is a ``ValueError``
+    naming ``context``.
+    Derivation: derivations/11-density-and-conditional-flows.md#conditional-flows.
+    """
+    if context is None or context_dim == 0:
+        return n, context  # unconditional (a superfluous context is refused by the check)
+    c = np.asarray(context)
+    if c.ndim == 1 and c.shape[0] == context_dim:  # one context, as a vector
+        c = c[None, :]
+    if c.ndim != 2 or c.shape[0] < 1:
+        return n, context  # the model's context check names what is wrong
+    if n is None:
+        return c.shape[0], c
+    if c.shape[0] == 1:
+        return n, np.repeat(c, check_count(n, "n"), axis=0)
+    if c.shape[0] != n:
+        raise ValueError(f"context: expected one row (one context for all n={n} samples) or "
+                         f"n={n} rows (one per sample), got shape {c.shape}")
+    return n, c
+
+
 def _checked_dims(base, flow, dim, context_dim):
     """``dim`` and ``context_dim`` (``_infer_dims``), checked against the base and every
     member of the flow: the ``FlowDensity`` constructor's checks."""
@@ -362,14 +390,20 @@ class FlowDensity(Density):
         """``x`` ``(n, dim)`` and ``log p(x | c)`` ``(n,)`` (see ``rsample_and_log_prob``);
         ``rng`` None: a fresh generator.
 
+        ``context``: one row for all ``n`` samples, or ``n`` rows (``sample``).
         Derivation: derivations/11-density-and-conditional-flows.md#sampling.
         """
+        n, context = _one_context_per_sample(context, n, self.context_dim)
         x, logp, _ = self.rsample_and_log_prob(n, _fresh_rng(rng), context, temperature)
         return x, logp
 
     def sample(self, n, rng=None, context=None, temperature=1.0):
-        """``n`` samples ``(n, dim)`` (``n`` may be None when a context gives the count);
-        ``rng`` None: a fresh generator (pass a seeded one for reproducible samples).
+        """``n`` samples ``(n, dim)``; ``rng`` None: a fresh generator (pass a seeded one for
+        reproducible samples).
+
+        ``context`` (a conditional model): one row ``(1, C)`` (or ``(C,)``) for all ``n``
+        samples, as nflows' ``sample(n, context)``, or ``n`` rows ``(n, C)``, one per sample;
+        ``n`` may be None, then one sample per row (``_one_context_per_sample``).
 
         ``temperature`` T multiplies the base's *variance*: u ~ N(0, T I) for a standard
         normal base (its standard deviation times sqrt(T)), the lecture's N(0, T I) and the
@@ -379,6 +413,7 @@ class FlowDensity(Density):
         regions. Derivation: derivations/05-sampling.md#temperature,
         derivations/11-density-and-conditional-flows.md#temperature.
         """
+        n, context = _one_context_per_sample(context, n, self.context_dim)
         n, rng, ctx, temperature = self._check_sampling(n, _fresh_rng(rng), context,
                                                         temperature)
         u = self.base.draw(n, rng, ctx, temperature)  # all the noise first, then blocks
