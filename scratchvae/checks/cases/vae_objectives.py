@@ -85,7 +85,7 @@ for amortised in (False, True):
 
 
 # ----------------------------------------------------------------------------- IWAE objective
-#: (model kind, K) of the registered checks: kind "gaussian", a flow posterior, or "cond-*".
+#: (model kind, K) of the registered checks: kind "gaussian", a flow posterior, or ``cond-*``.
 IWAE_CASES = [("gaussian", 4), ("planar", 3), ("spline-amortised", 3), ("cond-gaussian", 3),
                ("cond-affine-amortised", 3)]
 
