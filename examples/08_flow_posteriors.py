@@ -116,7 +116,7 @@ models["spline"] = fit("spline")
 fig, axes = plt.subplots(1, 3, figsize=(13, 4.6), sharex=True, sharey=True,
                          constrained_layout=True)
 every = np.concatenate([z.reshape(-1, 2) for z in posteriors.values()])
-lo, hi = np.percentile(every, 0.5, axis=0), np.percentile(every, 99.5, axis=0)
+lo, hi = np.percentile(every, 0.1, axis=0), np.percentile(every, 99.9, axis=0)
 centre, half = (lo + hi) / 2, 0.55 * np.max(hi - lo)  # one square box around them all
 for ax, (posterior, z) in zip(axes, posteriors.items()):
     for i in range(z.shape[1]):
