@@ -30,6 +30,7 @@ from _common import FAST, out, show_file, steps
 
 from scratchvae.cli import plots
 from scratchvae.data import datasets as data
+from scratchvae.models.sampling import interpolate_latents
 from scratchvae.models.vae import VAE
 from scratchvae.training.trainer import Trainer
 
@@ -64,8 +65,9 @@ trainer.run()
 
 # %%
 test = model.elbo(ds.test, rng, n_samples=10)
+iwae = model.iwae(ds.test, rng, 100).mean()
 print(f"test ELBO {test.elbo.mean():.2f} nats (reconstruction {test.rec.mean():.2f}, "
-      f"KL {test.kl.mean():.2f}); IWAE(100) {model.iwae(ds.test, rng, 100).mean():.2f}")
+      f"KL {test.kl.mean():.2f}); IWAE(100) {iwae:.2f}")
 
 # %% [markdown]
 # ## 1. Prior sampling
@@ -79,16 +81,21 @@ show_file(plots.plot_image_grid(model.sample(30, rng), out("02_prior_samples.png
 # %% [markdown]
 # ## 2. Temperature
 # $z \sim \mathcal N(0, T\cdot I)$, i.e. $z = \sqrt T\,\epsilon$: the temperature multiplies the
-# prior's *variance*. The same ten $\epsilon$ in every row; low $T$ gives typical, less varied
-# digits ([sampling modes](../derivations/04-elbo-and-iwae.md#sampling-modes)).
+# prior's *variance*. The same ten $\epsilon$ in every row (decoder means); low $T$ gives
+# typical, less varied digits ([sampling modes](../derivations/04-elbo-and-iwae.md#sampling-modes),
+# [temperature](../derivations/05-sampling.md#temperature)). In 16 dimensions the decoded digit
+# depends mostly on the direction of $z$, so neighbouring rows look alike; the effect shows in
+# where the latents land (their norm against the aggregate posterior's) and in how much 2000
+# decoded draws differ from each other at each $T$.
 
 # %%
-temperatures = (0.3, 0.7, 1.0, 1.5)
-z = rng.standard_normal((10, 16))
-show_file(plots.plot_image_grid(np.concatenate([model.decode(np.sqrt(t) * z)
-                                                for t in temperatures]),
-                                out("02_temperature.png"), title="temperature",
-                                row_titles=[f"T = {t}" for t in temperatures]))
+aggregate = model.posterior_samples(ds.test, rng)  # one z ~ q(z|x) per test digit
+show_file(plots.plot_temperature(model.decode, 16, out("02_temperature.png"),
+                                 posterior_z=aggregate))
+spread = {T: model.sample(2000, np.random.default_rng(4), temperature=T).std(axis=0).mean()
+          for T in (0.25, 1.0, 4.0)}
+print("spread of 2000 decoded draws (mean pixel sd): "
+      + ", ".join(f"T = {T:g}: {v:.3f}" for T, v in spread.items()))
 
 # %% [markdown]
 # ## 3. Interpolation
@@ -99,10 +106,13 @@ show_file(plots.plot_image_grid(np.concatenate([model.decode(np.sqrt(t) * z)
 # ([interpolation](../derivations/04-elbo-and-iwae.md#interpolation)).
 
 # %%
+ends = model.encode(ds.test[:2]).mu
+lines = [interpolate_latents(ends[0], ends[1], 10, m) for m in ("linear", "spherical")]
 show_file(plots.plot_interpolation(
-    [model.interpolate(ds.test[0], ds.test[1], 10, "linear"),
-     model.interpolate(ds.test[0], ds.test[1], 10, "spherical")],
-    out("02_interpolation.png"), labels=["linear", "spherical"]))
+    [model.decode(line) for line in lines], out("02_interpolation.png"),
+    labels=["linear", "spherical"], ends=ds.test[:2], latents=lines,
+    title="interpolation between mu(x0) and mu(x1), decoder means"))
+dip = {m: np.linalg.norm(line, axis=1) for m, line in zip(("linear", "spherical"), lines)}
 
 # %% [markdown]
 # ## 4. Reconstruction
@@ -116,3 +126,17 @@ show_file(plots.plot_image_grid(
                     model.reconstruct(ds.test[:10], rng, mode="sample")]),
     out("02_reconstructions.png"), title="reconstruction sampling",
     row_titles=["input", "reconstruction (mean)", "reconstruction (sampled pixels)"]))
+
+# %% [markdown]
+# ## What the numbers showed
+# Printed from this run's numbers.
+
+# %%
+print(f"test ELBO {test.elbo.mean():.2f} nats, IWAE(100) {iwae:.2f}: the importance-weighted "
+      f"bound is {iwae - test.elbo.mean():.2f} nats tighter; "
+      f"{model.active_units(ds.test)} of 16 latents active.")
+print(f"temperature: the decoded draws' spread grows from {spread[0.25]:.3f} (T = 0.25) to "
+      f"{spread[1.0]:.3f} (T = 1) and {spread[4.0]:.3f} (T = 4).")
+print(f"interpolation: |z| runs from {dip['linear'][0]:.2f} to {dip['linear'][-1]:.2f}; at "
+      f"t = 0.5 the linear path is at {dip['linear'][len(lines[0]) // 2]:.2f}, the spherical at "
+      f"{dip['spherical'][len(lines[0]) // 2]:.2f}.")

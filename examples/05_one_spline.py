@@ -48,7 +48,8 @@ W, H, D = (np.broadcast_to(p, x.shape + p.shape) for p in (w, h, d))
 # %%
 y, logdet, _ = rq_spline(x, W, H, D, bound=B)
 x_back, _, _ = rq_spline(y, W, H, D, inverse=True, bound=B)
-print("max |inverse(forward(x)) - x| =", np.max(np.abs(x_back - x)))
+round_trip = np.max(np.abs(x_back - x))
+print("max |inverse(forward(x)) - x| =", round_trip)
 
 # %% [markdown]
 # ## The picture
@@ -69,3 +70,15 @@ zero = np.zeros(x.shape + (K,))
 y0, ld0, _ = rq_spline(x, zero, zero, zero[..., :-1], bound=B)
 print("zero parameters: max |y - x| =", np.max(np.abs(y0 - x)), " max |logdet| =",
       np.max(np.abs(ld0)))
+
+# %% [markdown]
+# ## What the numbers showed
+# Printed from this run's numbers.
+
+# %%
+print(f"round trip: {round_trip:.1e} at worst over {len(x)} points; zero parameters: "
+      f"{np.max(np.abs(y0 - x)):.1e} from the identity, log-det {np.max(np.abs(ld0)):.1e}; "
+      f"the derivative g'(x) ranges over [{np.exp(logdet).min():.3g}, "
+      f"{np.exp(logdet).max():.3g}], "
+      + ("positive everywhere, so g is invertible." if np.exp(logdet).min() > 0
+         else "NOT positive everywhere."))

@@ -53,9 +53,13 @@ from scratchvae.training.trainer import Trainer
 # learning rate and seed for all.
 
 # %%
+results = {}  # target -> family -> the importance estimate, for the summary at the end
+
+
 def fit_all(name):
     """Fit the three families to target ``name``, print the bounds, show the pictures."""
     target = make_target(name)
+    results[name] = {}
     for kind in ("gaussian", "planar", "spline"):
         q = make_variational(kind, 2, n_layers=16 if kind == "planar" else 6,
                              hidden=(64, 64), rng=np.random.default_rng(0))
@@ -64,6 +68,7 @@ def fit_all(name):
                 desc=f"{name} {kind}").run()
         est = importance_estimate(q, target, 2_000 if FAST else 20_000,
                                   np.random.default_rng(1))
+        results[name][kind] = est
         print(f"{name} {kind:>8}: ELBO {est.elbo:7.3f}  log Z ~ {est.log_z:7.3f}  "
               f"ESS {100 * est.ess_fraction:5.1f}%")
         lo, hi = target.bounds
@@ -97,3 +102,19 @@ fit_all("u3")
 
 # %%
 fit_all("u4")
+
+# %% [markdown]
+# ## What the numbers showed
+# Printed from this run's numbers.
+
+# %%
+for name, by_kind in results.items():
+    log_z = max(e.log_z for e in by_kind.values())  # the best estimate of log Z
+    print(f"{name}: ELBO short of the best log Z estimate ({log_z:.3f}) by "
+          + ", ".join(f"{k} {log_z - e.elbo:.3f}" for k, e in by_kind.items())
+          + " nats; ESS " + ", ".join(f"{k} {100 * e.ess_fraction:.0f} %"
+                                      for k, e in by_kind.items()) + ".")
+gap = max(e.log_z for e in results["u1"].values()) - results["u1"]["gaussian"].elbo
+print(f"u1: the Gaussian q's ELBO is {gap:.3f} nats short of log Z; a q that covers exactly one "
+      f"of the two arcs is log 2 = {np.log(2):.3f} short"
+      + (", and this one is about that." if abs(gap - np.log(2)) < 0.2 else "."))

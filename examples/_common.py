@@ -49,8 +49,39 @@ def show_file(path):
         display(Image(filename=path))
 
 
+def check_figure(fig, name):
+    """Hold a hand-drawn figure to the rule of scratchvae.cli.plots, so that the notebooks'
+    test fails when a picture stops explaining itself: every panel titled with its x axis
+    labelled, its y axis labelled or shared with a labelled one; every 2-D histogram or image
+    with a labelled colour bar; no legend repeating an entry. Raises ValueError."""
+    from matplotlib.collections import QuadMesh
+    from matplotlib.image import AxesImage
+
+    for ax in fig.axes:
+        if ax.get_label() in ("<colorbar>", "image") or not ax.axison:
+            continue
+        what = f"{name}: panel {ax.get_title()!r}"
+        if not ax.get_title():
+            raise ValueError(f"{name}: a panel without a title")
+        if not ax.get_xlabel():
+            raise ValueError(f"{what}: x axis not labelled")
+        if not any(a.get_ylabel() for a in ax.get_shared_y_axes().get_siblings(ax)):
+            raise ValueError(f"{what}: y axis not labelled")
+        for m in ax.get_children():
+            if isinstance(m, QuadMesh | AxesImage) and (
+                    m.colorbar is None or not (m.colorbar.ax.get_ylabel()
+                                               or m.colorbar.ax.get_xlabel())):
+                raise ValueError(f"{what}: colours without a labelled colour bar")
+    for leg in [ax.get_legend() for ax in fig.axes if ax.get_legend()] + list(fig.legends):
+        texts = [t.get_text() for t in leg.get_texts()]
+        if len(texts) != len(set(texts)):
+            raise ValueError(f"{name}: a legend repeats an entry: {texts}")
+
+
 def show(fig, name):
-    """Save a matplotlib figure as out(name), show it inline in a notebook, close it."""
+    """Check a matplotlib figure (``check_figure``), save it as out(name), show it inline in a
+    notebook, close it."""
+    check_figure(fig, name)
     path = out(name)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

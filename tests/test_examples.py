@@ -32,6 +32,10 @@ def test_every_example_is_a_jupytext_notebook():
         assert code_cells >= 2, script.name
         assert re.search(r"derivations/[\w.-]+\.md#[\w-]+", text), script.name
         assert "plt.show()" not in text, script.name  # would block a script run
+        # each ends with a summary of what its numbers showed, printed by its last cell
+        tail = text[text.rindex("# %% [markdown]"):]
+        assert "What the numbers showed" in tail.split("\n# %%\n")[0], script.name
+        assert "print(" in tail, script.name
 
 
 def execute_notebook(script, tmp_path, monkeypatch):
@@ -74,6 +78,14 @@ def assert_shows_the_whole_failure_table(text):
     assert re.search(r"\d+ checks, [1-9]\d* FAIL", text), text
 
 
+def assert_flow_posteriors_agree_with_the_prose(text):
+    """Example 08's prose says that at its budget the test ELBO rises from mean-field to planar
+    to spline (fast mode included): its summary line must list them best first in that order."""
+    line = next(ln for ln in text.splitlines() if ln.startswith("test ELBO, best first:"))
+    assert re.findall(r"(gaussian|planar|spline) -?\d", line) == ["spline", "planar", "gaussian"], \
+        line
+
+
 def outputs(nb, kind):
     return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
             if kind in o.get("data", {})]
@@ -89,6 +101,11 @@ def test_example_runs_as_a_notebook_in_fast_mode(script, tmp_path, monkeypatch):
     print(f"{script.name}: {seconds:.1f} s as a notebook")
     if script.name == "09_property_test_your_bijector.py":
         assert_shows_the_whole_failure_table(printed(nb))
+    if script.name == "08_flow_posteriors.py":
+        assert_flow_posteriors_agree_with_the_prose(printed(nb))
+    last = [c for c in nb.cells if c.cell_type == "code"][-1]
+    assert any(o.get("output_type") == "stream" and o.get("text", "").strip()
+               for o in last.get("outputs", [])), "the summary cell printed nothing"
     if script.name in DRAWS_NOTHING:
         return
     assert list(tmp_path.glob("*.png")), "the notebook saved no picture"

@@ -13,7 +13,8 @@ import numpy as np
 
 __all__ = [
     "density_grid", "plot_density_and_data", "plot_samples_vs_data", "plot_gaussianization",
-    "plot_layers", "plot_image_grid", "plot_interpolation", "plot_latent_space",
+    "plot_layers", "plot_image_grid", "plot_temperature", "plot_interpolation",
+    "plot_latent_space",
     "plot_aggregate_posterior", "plot_history", "plot_target_fit", "plot_spline",
     "plot_class_grid", "plot_style_transfer",
     "plot_sample_grid", "plot_samples_over_data", "plot_samples_over_density",
@@ -139,6 +140,16 @@ def _class_colours(labels):
     return classes, index, [cmap(i % cmap.N) for i in range(len(classes))]
 
 
+def _shared_box(points, pad=0.05):
+    """One square box ``(lo, hi)`` holding the central 99 % of every array of ``points`` (a
+    list of (N, 2)): every panel drawn in it has the same axis ranges, so a stretch or a shrink
+    from one panel to the next is seen, not hidden by a rescaled axis."""
+    lo = min(float(np.min(np.percentile(p, 0.5, axis=0))) for p in points)
+    hi = max(float(np.max(np.percentile(p, 99.5, axis=0))) for p in points)
+    span = hi - lo if hi > lo else 1.0
+    return lo - pad * span, hi + pad * span
+
+
 def plot_layers(points, path, labels=None, titles=None, title=None, class_names=None,
                 axis_names=("$z_1$", "$z_2$")):
     """Points pushed through a flow layer by layer (a list of (N, 2) arrays), one panel each.
@@ -146,13 +157,14 @@ def plot_layers(points, path, labels=None, titles=None, title=None, class_names=
     ``labels``: a class per point, coloured and named in a legend (``class_names``, else
     "class k"); without labels each point is coloured by the angle of its starting position,
     so one can follow it from panel to panel. ``titles``: one per panel (default: "start",
-    "after layer k"); ``title``: the figure's title. Axes keep their ticks (each panel has
-    its own scale) and are named ``axis_names``.
+    "after layer k"); ``title``: the figure's title. Every panel has the same axis ranges (one
+    square box holding the central 99 % of all of them, ``_shared_box``), named
+    ``axis_names``.
     """
     plt = _plt()
     K = len(points)
     fig, axes = plt.subplots(1, K, figsize=(max(3.0 * K, 5.0), 3.6), squeeze=False,
-                             constrained_layout=True)
+                             sharex=True, sharey=True, constrained_layout=True)
     if titles is None:
         titles = ["start"] + [f"after layer {k}" for k in range(1, K)]
     if labels is not None:
@@ -161,12 +173,15 @@ def plot_layers(points, path, labels=None, titles=None, title=None, class_names=
     else:
         # colour each point by where it started, so one can follow it from layer to layer
         colour = np.arctan2(points[0][:, 1], points[0][:, 0])
+    lo, hi = _shared_box(points)
     for k, p in enumerate(points):
         ax = axes[0, k]
         sc = ax.scatter(p[:, 0], p[:, 1], s=1, c=colour,
                         cmap="hsv" if labels is None else None, alpha=0.6)
         ax.set_title(titles[k] if k < len(titles) else f"after layer {k}", fontsize=10)
-        ax.set_aspect("equal", adjustable="datalim")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_aspect("equal", adjustable="box")
         ax.set_xlabel(axis_names[0])
         ax.tick_params(labelsize=7)
     axes[0, 0].set_ylabel(axis_names[1])
@@ -206,12 +221,145 @@ def plot_image_grid(images, path, shape=(8, 8), ncols=10, title=None, row_titles
     return _save(fig, path)
 
 
+def _image(ax, image, shape):
+    """One image in ``ax``: values in [0, 1], black = 1, no ticks, a frame. The axes is
+    labelled "image" so a reader of the figure object can tell it from a plot."""
+    ax.imshow(np.asarray(image).reshape(shape), cmap="gray_r", vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_label("image")
+
+
+def _image_rows(fig, images, shape, row_titles, column_titles=None, row_colours=None):
+    """images (R, K, H*W) as R rows of K images on ``fig`` (a figure or a subfigure); each row
+    named once at its left (``row_titles``), each column once above the top row
+    (``column_titles``, optional). Returns the (R, K) axes."""
+    R, K = images.shape[:2]
+    axes = fig.subplots(R, K, squeeze=False, gridspec_kw={"wspace": 0.06, "hspace": 0.08})
+    for r in range(R):
+        for k in range(K):
+            _image(axes[r, k], images[r, k], shape)
+        colour = {} if row_colours is None else {"color": row_colours[r]}
+        axes[r, 0].set_ylabel(row_titles[r], fontsize=8, rotation=0, ha="right", va="center",
+                              **colour)
+    for k, name in enumerate(column_titles or []):
+        axes[0, k].set_title(name, fontsize=7, pad=3)
+    return axes
+
+
+def _decode_spread(decode, eps, temperatures):
+    """The spread of decoded images across draws, one number per temperature: the mean over
+    pixels of their standard deviation across the draws ``decode(sqrt(T) eps)``."""
+    return np.array([np.asarray(decode(np.sqrt(T) * eps)).std(axis=0).mean()
+                     for T in temperatures])
+
+
+def plot_temperature(decode, latent_dim, path, temperatures=(0.05, 0.25, 1.0, 4.0),
+                     shape=(8, 8), posterior_z=None, n_columns=10, n_draws=2000, seed=1,
+                     title=None):
+    """What the temperature T does to a VAE's samples z = sqrt(T) eps ~ N(0, T I), decoded
+    (derivations/05-sampling.md#temperature), in three panels:
+
+    - the images: ``decode`` (latents (N, L) -> decoder means E[x | z] (N, H*W)) of one eps
+      per column, one row per temperature, so a column follows one direction outwards;
+    - where the latents land: the norm |z| of ``n_draws`` draws at each temperature against
+      the norms of ``posterior_z`` ((M, L) draws of the aggregate posterior, where the decoder
+      was trained), since in L dimensions |z| concentrates near sqrt(T L);
+    - the effect, measured: the spread of the decoded images across ``n_draws`` draws (the mean
+      over pixels of their standard deviation) against T, the rows' temperatures marked.
+    """
+    plt = _plt()
+    rng = np.random.default_rng(seed)
+    temperatures = [float(T) for T in temperatures]
+    eps = rng.standard_normal((n_columns, latent_dim))
+    images = np.stack([np.asarray(decode(np.sqrt(T) * eps)) for T in temperatures])
+    colours = [plt.get_cmap("plasma")(0.78 * i / max(len(temperatures) - 1, 1))
+               for i in range(len(temperatures))]
+    height = max(len(temperatures) * 0.9 + 1.4, 5.0)
+    fig = plt.figure(figsize=(n_columns * 0.8 + 1.2 + 4.6, height), layout="constrained")
+    left, right = fig.subfigures(1, 2, width_ratios=[n_columns * 0.8 + 1.2, 4.6])
+    _image_rows(left, images, shape, [f"T = {T:g}" + (" (prior)" if T == 1 else "")
+                                      for T in temperatures],
+                [f"eps {k + 1}" for k in range(n_columns)], colours)
+    left.suptitle("decoder means E[x | z] of z = sqrt(T) eps (one eps per column)",
+                  fontsize=10)
+    ax_norm, ax_spread = right.subplots(2, 1)
+    draws = rng.standard_normal((n_draws, latent_dim))
+    norms = [np.sqrt(T) * np.linalg.norm(draws, axis=1) for T in temperatures]
+    top = max(float(np.max(n)) for n in norms)
+    if posterior_z is not None:
+        post = np.linalg.norm(np.asarray(posterior_z), axis=1)
+        top = max(top, float(np.max(post)))
+        ax_norm.hist(post, bins=50, range=(0, top), density=True, color="0.75",
+                     label="aggregate posterior q(z)")
+    for T, n, c in zip(temperatures, norms, colours):
+        ax_norm.hist(n, bins=50, range=(0, top), density=True, histtype="step", lw=1.6,
+                     color=c, label=f"T = {T:g}")
+    ax_norm.set_title("where the latents land: |z| of prior draws at T", fontsize=9)
+    ax_norm.set_xlabel("latent norm |z|")
+    ax_norm.set_ylabel("density")
+    ax_norm.legend(fontsize=7)
+    grid = np.unique(np.concatenate([np.geomspace(min(temperatures + [0.01]),
+                                                  max(temperatures + [4.0]), 13),
+                                     temperatures]))
+    spread = _decode_spread(decode, draws, grid)
+    ax_spread.plot(grid, spread, "k-", lw=1)
+    for T, c in zip(temperatures, colours):
+        ax_spread.plot([T], spread[np.searchsorted(grid, T)], "o", color=c, ms=7)
+    ax_spread.axvline(1.0, ls=":", c="gray", label="T = 1: the prior")
+    ax_spread.set_xscale("log")
+    ax_spread.set_title(f"the effect: how much {n_draws} decoded draws differ", fontsize=9)
+    ax_spread.set_xlabel("temperature T (log scale)")
+    ax_spread.set_ylabel("mean pixel sd across draws")
+    ax_spread.legend(fontsize=7)
+    fig.suptitle(title or "temperature: prior draws z ~ N(0, T I), decoded")
+    return _save(fig, path)
+
+
 def plot_interpolation(rows, path, shape=(8, 8), labels=None,
-                       title="interpolation in latent space, from one encoding to another"):
-    """Each row: a strip of images interpolated between two inputs (``labels``: row titles)."""
+                       title="interpolation in latent space, from one encoding to another",
+                       ends=None, latents=None, t=None):
+    """Interpolation strips, one row per method, and where the methods differ.
+
+    ``rows``: a list of (n, H*W) images decoded along each path (``labels``: the rows'
+    names); ``ends``: the two inputs (2, H*W), drawn at both ends of every row; ``t``: the
+    path's parameter (n,) (default: n points from 0 to 1), over the columns; ``latents``: the
+    paths themselves, a list of (n, L), whose norms |z(t)| are drawn under the images (the
+    prior puts its mass near |z| = sqrt(L); derivations/05-sampling.md#interpolation).
+    """
+    plt = _plt()
     rows = [np.asarray(r) for r in rows]
-    return plot_image_grid(np.concatenate(rows), path, shape, ncols=len(rows[0]),
-                           title=title, row_titles=labels)
+    n = len(rows[0])
+    t = np.linspace(0.0, 1.0, n) if t is None else np.asarray(t)
+    labels = labels or [f"path {r + 1}" for r in range(len(rows))]
+    images, columns = np.stack(rows), [f"t = {v:.2f}" for v in t]
+    if ends is not None:
+        ends = np.asarray(ends)
+        images = np.concatenate([np.repeat(ends[None, :1], len(rows), axis=0), images,
+                                 np.repeat(ends[None, 1:2], len(rows), axis=0)], axis=1)
+        columns = ["input x0"] + columns + ["input x1"]
+    K = images.shape[1]
+    height = len(rows) * 0.9 + (2.6 if latents is not None else 0.0) + 0.6
+    fig = plt.figure(figsize=(K * 0.85 + 2.2, height), layout="constrained")
+    if latents is None:
+        _image_rows(fig, images, shape, labels, columns)
+    else:
+        top, bottom = fig.subfigures(2, 1, height_ratios=[len(rows) * 0.9 + 0.4, 2.6])
+        _image_rows(top, images, shape, labels, columns)
+        ax = bottom.subplots()
+        for z, name in zip(latents, labels):
+            ax.plot(t, np.linalg.norm(np.asarray(z), axis=1), "o-", ms=3, label=name)
+        L = np.asarray(latents[0]).shape[1]
+        ax.axhline(np.sqrt(L), ls="--", c="gray", lw=1,
+                   label=f"sqrt(L) = {np.sqrt(L):.2f}: the prior's typical |z|")
+        ax.set_title("where the paths differ: the latent norm |z(t)| along each path",
+                     fontsize=9)
+        ax.set_xlabel("t")
+        ax.set_ylabel("|z(t)|")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle(title)
+    return _save(fig, path)
 
 
 def plot_latent_space(mu, labels, path, label_name="digit"):
@@ -250,32 +398,52 @@ def plot_latent_space(mu, labels, path, label_name="digit"):
     return _save(fig, path)
 
 
-def plot_aggregate_posterior(z, path, max_dims=64, per_row=8):
+def plot_aggregate_posterior(z, path, max_dims=64, per_row=4, activity=None, threshold=0.01):
     """Marginals of the aggregate posterior q(z) = mean_x q(z|x) against the prior N(0, 1):
-    one panel per latent (all of them, up to ``max_dims``), ``per_row`` panels a row."""
+    one panel per latent (all of them, up to ``max_dims``), ``per_row`` panels a row.
+
+    ``activity`` (L,): A_j = Var_x E[z_j | x] (``VAE.unit_activity``); with it every panel
+    says whether its latent is active (A_j > ``threshold``, Burda et al. 2016,
+    derivations/04-elbo-and-iwae.md#diagnosing-posterior-collapse), inactive ones are drawn in
+    grey, and the title counts the active latents.
+    """
     plt = _plt()
+    from matplotlib.patches import Patch
+
     L = min(z.shape[1], max_dims)
     ncols = min(L, per_row)
     nrows = int(np.ceil(L / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.1 * ncols, 2.0 * nrows + 0.9),
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.7 * ncols, 2.3 * nrows + 1.0),
                              squeeze=False, sharex=True, sharey=True, constrained_layout=True)
+    active = None if activity is None else np.asarray(activity)[:L] > threshold
     grid = np.linspace(-4, 4, 200)
     for j, ax in enumerate(axes.ravel()):
         if j >= L:
             ax.axis("off")
             continue
-        ax.hist(z[:, j], bins=60, range=(-4, 4), density=True, color="tab:green",
-                label="q(z), one draw per input")
-        ax.plot(grid, _normal_pdf(grid), "k--", lw=1, label="prior N(0, 1)")
-        ax.set_title(f"latent $z_{{{j + 1}}}$", fontsize=9)
+        on = active is None or active[j]
+        ax.hist(z[:, j], bins=40, range=(-4, 4), density=True,
+                color="tab:green" if on else "0.7")
+        ax.plot(grid, _normal_pdf(grid), "k--", lw=1)
+        name = f"latent $z_{{{j + 1}}}$"
+        if active is not None:
+            name += (": active" if on else ": inactive") + f", A = {activity[j]:.2g}"
+        ax.set_title(name, fontsize=9)
         ax.tick_params(labelsize=7)
     for ax in axes[:, 0]:
         ax.set_ylabel("density")
     for ax in axes[-1, :]:
         ax.set_xlabel("value of $z_j$")
-    axes[0, 0].legend(loc="upper left", fontsize=6)
-    fig.suptitle(f"aggregate posterior q(z) (green) against the prior N(0, 1) (dashed): "
-                 f"all {L} latents")
+    handles = [Patch(color="tab:green", label="q(z_j), one draw per input"
+                     + (" (active latent)" if active is not None else "")),
+               plt.Line2D([], [], ls="--", c="k", lw=1, label="prior N(0, 1)")]
+    if active is not None:
+        handles.insert(1, Patch(color="0.7", label="q(z_j) of an inactive latent"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=9,
+               frameon=False)
+    what = (f"{int(active.sum())} of {L} latents active (A_j = Var_x E[z_j | x] > {threshold:g})"
+            if active is not None else f"all {L} latents")
+    fig.suptitle(f"aggregate posterior q(z) against the prior N(0, 1): {what}")
     return _save(fig, path)
 
 
@@ -302,7 +470,8 @@ def plot_history(history, path, keys=("train_loss", "val_loss"), title="loss dur
 
 
 def plot_target_fit(target_log_prob, model_log_prob, samples, lo, hi, path, title=""):
-    """Unnormalised target, fitted density and samples, side by side."""
+    """Unnormalised target, fitted density and samples, side by side; ``title`` (the target
+    and the flow) starts the figure's title, which names the three panels."""
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), constrained_layout=True)
     for ax, f, name, unit in (
@@ -316,8 +485,9 @@ def plot_target_fit(target_log_prob, model_log_prob, samples, lo, hi, path, titl
         ax.set_ylabel("$x_2$")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label=unit)
     _hist2d(axes[2], samples, lo, hi, f"{len(samples)} samples from q")
-    if title:
-        fig.suptitle(title)
+    # the figure's title names all three panels, so it is not read as the middle one's
+    fig.suptitle((f"{title}: " if title else "") + "the target (left), the fitted q (middle), "
+                 "samples of q (right)", x=0.01, ha="left", fontweight="bold")
     return _save(fig, path)
 
 
@@ -347,41 +517,39 @@ def plot_spline(x, y, dydx, knots_x, knots_y, bound, path, y_inv=None, x_inv_gri
     return _save(fig, path)
 
 
-def _labelled_grid(images, path, shape, row_titles, panel_titles, title):
-    """images (R, K, H*W) in R rows of K panels; every row and every panel titled."""
+def _labelled_grid(images, path, shape, row_titles, column_titles, title):
+    """images (R, K, H*W) in R rows of K panels: each row named once at its left, each column
+    once above the top row (``column_titles``, or None)."""
     plt = _plt()
     images = np.asarray(images)
     R, K = images.shape[:2]
-    fig, axes = plt.subplots(R, K, figsize=(K * 0.85 + 0.9, R * 0.95 + 0.5), squeeze=False)
-    for r in range(R):
-        for k in range(K):
-            ax = axes[r, k]
-            ax.imshow(images[r, k].reshape(shape), cmap="gray_r", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(panel_titles[r][k], fontsize=6, pad=2)
-        axes[r, 0].set_ylabel(row_titles[r], fontsize=7, rotation=0, ha="right", va="center")
+    fig = plt.figure(figsize=(K * 0.8 + 1.2, R * 0.82 + 0.7), layout="constrained")
+    _image_rows(fig, images, shape, row_titles, column_titles)
     fig.suptitle(title)
     return _save(fig, path)
 
 
-def plot_class_grid(images, path, shape=(8, 8), title="conditional samples, one row per class"):
-    """Samples of a conditional model, images (C, K, H*W): row c holds K samples of class c."""
+def plot_class_grid(images, path, shape=(8, 8),
+                    title="conditional samples: decoder means E[x | z, y], z ~ N(0, I), "
+                          "one row per class y"):
+    """Samples of a conditional model, images (C, K, H*W): row c holds K samples of class c,
+    named once at the row's left."""
     images = np.asarray(images)
-    C, K = images.shape[:2]
-    return _labelled_grid(images, path, shape, [f"class {c}" for c in range(C)],
-                          [[f"y={c}" for _ in range(K)] for c in range(C)], title)
+    C = images.shape[0]
+    return _labelled_grid(images, path, shape, [f"class y = {c}" for c in range(C)], None,
+                          title)
 
 
 def plot_style_transfer(inputs, labels, outputs, path, shape=(8, 8),
                         title="style transfer: z of the input, decoded with every label"):
     """Inputs (N, H*W) with their labels (N,) in the first column; outputs (N, C, H*W): row n
-    decodes the input's z with each label y = 0..C-1."""
+    decodes the input's z with each label y = 0..C-1 (columns named once, above the top row)."""
     inputs, outputs = np.asarray(inputs), np.asarray(outputs)
     N, C = outputs.shape[:2]
     grid = np.concatenate([inputs[:, None], outputs], axis=1)
-    panels = [[f"input (y={labels[n]})"] + [f"y={c}" for c in range(C)] for n in range(N)]
-    return _labelled_grid(grid, path, shape, [f"input {n}" for n in range(N)], panels, title)
+    return _labelled_grid(grid, path, shape,
+                          [f"input {n} (y = {labels[n]})" for n in range(N)],
+                          ["input"] + [f"y = {c}" for c in range(C)], title)
 
 
 # ----------------------------------------------------------------------------- scratchvae sample

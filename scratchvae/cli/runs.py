@@ -696,7 +696,8 @@ def _vae_figures(model, ds, test, path, history):
     if ds.test_labels is not None:
         paths.append(plots.plot_latent_space(mu, ds.test_labels, path("latent_space.png")))
     z = model.posterior_samples(test, rng) if hasattr(model, "posterior_samples") else mu
-    paths.append(plots.plot_aggregate_posterior(z, path("aggregate_posterior.png")))
+    paths.append(plots.plot_aggregate_posterior(z, path("aggregate_posterior.png"),
+                                                activity=model.unit_activity(test)))
     if side * side != test.shape[1]:
         return paths
     shape = (side, side)
@@ -711,18 +712,16 @@ def _vae_figures(model, ds, test, path, history):
         model.sample(50, rng), path("prior_samples.png"), shape,
         title="samples from the prior: z ~ N(0, I), decoder mean E[x | z]",
         row_titles=[f"draws {10 * r + 1}-{10 * r + 10}" for r in range(5)]))
-    temps = (0.25, 0.5, 1.0, 1.5)
-    rows = [model.sample(10, np.random.default_rng(1), temperature=t) for t in temps]
-    paths.append(plots.plot_image_grid(
-        np.concatenate(rows), path("temperature.png"), shape,
-        title="temperature: z = sqrt(T) eps ~ N(0, T I), decoded (one eps per column)",
-        row_titles=[f"T = {t}" + (" (the prior)" if t == 1.0 else "") for t in temps]))
+    paths.append(plots.plot_temperature(model.decode, model.latent_dim, path("temperature.png"),
+                                        shape=shape, posterior_z=z))
+    from ..models.sampling import interpolate_latents
+    ends = model.encode(test[:2]).mu
+    lines = [interpolate_latents(ends[0], ends[1], 10, m) for m in ("linear", "spherical")]
     paths.append(plots.plot_interpolation(
-        [model.interpolate(test[0], test[1], 10, "linear"),
-         model.interpolate(test[0], test[1], 10, "spherical")],
-        path("interpolation.png"), shape,
-        labels=["linear: (1 - t) mu(x0) + t mu(x1)", "spherical (slerp)"],
-        title="interpolation between the encodings of two test digits, t = 0 ... 1"))
+        [model.decode(line) for line in lines], path("interpolation.png"), shape,
+        labels=["linear: (1 - t) mu(x0) + t mu(x1)", "spherical (slerp)"], ends=test[:2],
+        latents=lines, title="interpolation between the posterior means mu(x) of two test "
+                             "digits, decoder means"))
     return paths
 
 
