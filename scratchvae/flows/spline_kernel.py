@@ -40,7 +40,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..nn import ones_vector
+from ..engine.products import ones_vector
 from .spline_reference import (
     _cap_slopes,
     _clip_fraction,

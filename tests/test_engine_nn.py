@@ -1,0 +1,180 @@
+"""The engine's network kernels equal their references (float64, hypothesis-drawn inputs, values
+and every gradient): Linear, the sums, log1p_exp, the MLP with every activation, MADE.
+
+Where the engine sums in another order (BLAS products and gemv sums) the tolerance is 1e-12
+times the same computation on absolute values (the sum's condition); where it runs the same
+operations in another place (in-place activations) the test asks for the same bits.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from scratchvae import engine, nn
+from scratchvae.checks import testing
+from scratchvae.nn.made import MADE
+
+RTOL = 1e-12
+ACTIVATIONS = sorted(nn.ACTIVATIONS)
+
+
+def assert_equal_to_rounding(fast, reference, scale, rtol=RTOL):
+    """``|fast - reference| <= rtol * scale`` entrywise; ``scale`` is the computation on
+    absolute values, so a sum that cancels is not asked for more digits than it has."""
+    fast, reference = np.asarray(fast), np.asarray(reference)
+    assert fast.shape == reference.shape and fast.dtype == reference.dtype
+    excess = np.abs(fast - reference) - rtol * np.asarray(scale)
+    assert np.all(excess <= 0), f"worst excess {excess.max():.3g}"
+
+
+def assert_same_bits(a, b):
+    np.testing.assert_array_equal(a, b)
+    assert np.asarray(a).dtype == np.asarray(b).dtype
+
+
+def normwise(a):
+    """A scale for arrays made of many sums: their largest magnitude."""
+    return np.full(np.shape(a), np.max(np.abs(a)) if np.size(a) else 0.0)
+
+
+def both_engines(fn):
+    """``(fast result, reference result)`` of ``fn()``."""
+    with engine.using("fast"):
+        fast = fn()
+    with engine.using("reference"):
+        reference = fn()
+    return fast, reference
+
+
+# ----------------------------------------------------------------------------- Linear, sums
+@given(testing.seeds(), testing.batch_sizes(1, 9), testing.dims(1, 7), testing.dims(1, 7),
+       testing.scales(0.1, 100.0))
+def test_linear_kernels_equal_the_reference(seed, n, n_in, n_out, scale):
+    # sizes of 1 included: there the engine's matmul takes np.dot's path
+    rng = np.random.default_rng(seed)
+    x, W, b, dy = (scale * rng.standard_normal(s) for s in [(n, n_in), (n_in, n_out), (n_out,),
+                                                             (n, n_out)])
+    y = both_engines(lambda: nn.linear_forward(x, W, b))
+    assert_equal_to_rounding(*y, np.abs(x) @ np.abs(W) + np.abs(b))
+    (dx, dW, db), (rdx, rdW, rdb) = both_engines(lambda: nn.linear_backward(dy, x, W))
+    assert_equal_to_rounding(dx, rdx, np.abs(dy) @ np.abs(W).T)
+    assert_equal_to_rounding(dW, rdW, np.abs(x).T @ np.abs(dy))
+    assert_equal_to_rounding(db, rdb, np.abs(dy).sum(axis=0))
+
+
+@given(testing.seeds(), testing.batch_sizes(1, 40), testing.dims(1, 40))
+def test_sum_kernels_equal_the_reference(seed, n, d):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((n, d)) * rng.choice([1e-3, 1.0, 1e3], size=(n, d))
+    assert_equal_to_rounding(*both_engines(lambda: nn.sum_over_batch(a)),
+                             np.abs(a).sum(axis=0))
+    assert_equal_to_rounding(*both_engines(lambda: nn.sum_over_features(a)),
+                             np.abs(a).sum(axis=-1))
+    cube = a.reshape(1, n, d).repeat(2, axis=0)
+    assert_equal_to_rounding(*both_engines(lambda: nn.sum_over_features(cube)),
+                             np.abs(cube).sum(axis=-1))
+
+
+@given(testing.arrays((7, 5), -40.0, 40.0), testing.scales(0.1, 30.0))
+def test_log1p_exp_kernel_equals_the_reference(x, scale):
+    x = x * scale
+    fast, reference = both_engines(lambda: nn.log1p_exp(x))
+    assert_equal_to_rounding(fast, reference, np.abs(reference), rtol=4 * np.finfo(float).eps)
+
+
+# ----------------------------------------------------------------------------- the MLP, MADE
+def _passes(net, x, dy):
+    y, cache = net.forward(x)
+    dx, grads = net.backward(dy, cache)
+    return y, dx, grads
+
+
+def _assert_passes_equal(fast, reference, exact):
+    check = assert_same_bits if exact else (lambda a, b: assert_equal_to_rounding(a, b,
+                                                                                  normwise(b)))
+    check(fast[0], reference[0])
+    check(fast[1], reference[1])
+    assert list(fast[2]) == list(reference[2])  # the same keys in the same order
+    for k in reference[2]:
+        check(fast[2][k], reference[2][k])
+
+
+def _random_mlp(rng, activation, sizes):
+    mlp = nn.MLP(sizes, activation, rng)
+    for layer in mlp.layers:  # non-zero biases and output weights: nothing starts at 0
+        layer.W[...] = rng.standard_normal(layer.W.shape)
+        layer.b[...] = rng.standard_normal(layer.b.shape)
+    return mlp
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@given(seed=testing.seeds(), n=testing.batch_sizes(1, 6), d_in=testing.dims(1, 5),
+       d_out=testing.dims(1, 5), hidden=st.lists(st.integers(1, 7), min_size=0, max_size=3))
+def test_mlp_kernels_equal_the_reference(activation, seed, n, d_in, d_out, hidden):
+    rng = np.random.default_rng(seed)
+    mlp = _random_mlp(rng, activation, [d_in, *hidden, d_out])
+    x, dy = rng.standard_normal((n, d_in)), rng.standard_normal((n, d_out))
+    x_before = x.copy()
+    # the whole fast engine against the whole reference: values and every gradient
+    _assert_passes_equal(*both_engines(lambda: _passes(mlp, x, dy)), exact=False)
+    # the MLP kernel alone (in-place activations) against the reference MLP on the same
+    # Linear kernels: the same operations, so the same bits
+    from scratchvae.engine import mlp as fast_mlp
+    with engine.using("fast"):
+        y, cache = fast_mlp.mlp_forward(mlp, x)
+        fast = (y, *fast_mlp.mlp_backward(mlp, dy, cache))
+        reference = _passes_reference_mlp(mlp, x, dy)
+    _assert_passes_equal(fast, reference, exact=True)
+    assert np.array_equal(x, x_before)
+
+
+def _passes_reference_mlp(mlp, x, dy):
+    y, cache = nn.MLP.forward.reference(mlp, x)
+    dx, grads = nn.MLP.backward.reference(mlp, dy, cache)
+    return y, dx, grads
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "elu"])
+def test_either_engines_backward_reads_either_engines_cache(activation):
+    rng = np.random.default_rng(5)
+    mlp = _random_mlp(rng, activation, [3, 6, 5, 2])
+    x, dy = rng.standard_normal((4, 3)), rng.standard_normal((4, 2))
+    with engine.using("reference"):
+        expected = _passes(mlp, x, dy)
+    for forward_engine, backward_engine in (("fast", "reference"), ("reference", "fast")):
+        with engine.using(forward_engine):
+            y, cache = mlp.forward(x)
+        with engine.using(backward_engine):
+            dx, grads = mlp.backward(dy, cache)
+        _assert_passes_equal((y, dx, grads), expected, exact=False)
+
+
+@given(testing.seeds(), testing.dims(1, 5), st.integers(1, 3),
+       st.lists(st.integers(1, 8), min_size=1, max_size=3), st.sampled_from([0, 2]),
+       st.sampled_from(["relu", "tanh", "elu"]))
+def test_made_kernels_equal_the_reference(seed, dim, n_params, hidden, ctx, activation):
+    rng = np.random.default_rng(seed)
+    made = MADE(dim, n_params, hidden, ctx, activation, rng, order="random",
+                hidden_order="random")
+    made.randomize_output(rng, 1.0)
+    x = rng.standard_normal((4, dim + ctx))
+    dy = rng.standard_normal((4, dim * n_params))
+    fast, reference = both_engines(lambda: _passes(made, x, dy))
+    _assert_passes_equal(fast, reference, exact=False)
+    for i, layer in enumerate(made.layers):  # the engine keeps the masked weights' zeros
+        assert np.all(fast[2][f"layers.{i}.W"][~layer.mask] == 0.0)
+
+
+# ----------------------------------------------------------------------------- the registry
+KERNELS = ("nn.linear.forward", "nn.linear.backward", "nn.sum_over_batch",
+           "nn.sum_over_features", "nn.log1p_exp", "nn.mlp.forward", "nn.mlp.backward")
+
+
+def test_every_kernel_here_has_a_fast_equal_that_names_its_reference():
+    table = engine.kernels()
+    for name in KERNELS:
+        reference, fast = table[name]
+        assert fast is not None, name
+        qualified = f"{reference.__module__}.{reference.__qualname__}"
+        assert qualified in " ".join((fast.__doc__ or "").split()), (name, qualified)
