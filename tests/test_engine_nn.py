@@ -1,9 +1,11 @@
-"""The engine's network kernels equal their references (float64, hypothesis-drawn inputs, values
-and every gradient): Linear, the sums, log1p_exp, the MLP with every activation, MADE.
+"""The engine's network and training kernels equal their references (float64, hypothesis-drawn
+inputs, values and every gradient): Linear, the sums, log1p_exp, the MLP with every
+activation, MADE, Adam (and its checkpoints across engines).
 
 Where the engine sums in another order (BLAS products and gemv sums) the tolerance is 1e-12
 times the same computation on absolute values (the sum's condition); where it runs the same
-operations in another place (in-place activations) the test asks for the same bits.
+operations in another place (in-place activations, Adam's moments on flat buffers) the test
+asks for the same bits.
 """
 
 import numpy as np
@@ -14,6 +16,7 @@ from hypothesis import strategies as st
 from scratchvae import engine, nn
 from scratchvae.checks import testing
 from scratchvae.nn.made import MADE
+from scratchvae.training import optim
 
 RTOL = 1e-12
 ACTIVATIONS = sorted(nn.ACTIVATIONS)
@@ -166,9 +169,126 @@ def test_made_kernels_equal_the_reference(seed, dim, n_params, hidden, ctx, acti
         assert np.all(fast[2][f"layers.{i}.W"][~layer.mask] == 0.0)
 
 
+# ----------------------------------------------------------------------------- Adam
+def _params(rng, shapes, dtypes):
+    return {f"p{i}": rng.standard_normal(s).astype(dt)
+            for i, (s, dt) in enumerate(zip(shapes, dtypes))}
+
+
+shapes = st.lists(st.lists(st.integers(1, 5), min_size=0, max_size=2).map(tuple),
+                  min_size=1, max_size=4)
+
+
+class AdamPair:
+    """The same Adam run on the fast engine and on the reference, step by step, with the
+    scale its parameters may differ by: rounding of each update, relative to the update and to
+    the parameter it lands on (the sum of ``|p_t|`` and of every ``|p_t - p_{t-1}|``)."""
+
+    def __init__(self, start, **kwargs):
+        self.fast_params = {k: p.copy() for k, p in start.items()}
+        self.reference_params = {k: p.copy() for k, p in start.items()}
+        self.fast = optim.Adam(self.fast_params, **kwargs)
+        self.reference = optim.Adam(self.reference_params, **kwargs)
+        self.scale = {k: np.abs(p).astype(float) for k, p in start.items()}
+
+    def step(self, grads, fast_engine="fast"):
+        before = {k: p.copy() for k, p in self.reference_params.items()}
+        with engine.using(fast_engine):
+            self.fast.step(grads)
+        with engine.using("reference"):
+            self.reference.step(grads)
+        for k, p in self.reference_params.items():
+            self.scale[k] = self.scale[k] + np.abs(p - before[k]) + np.abs(p)
+
+    def assert_equal(self):
+        for k, p in self.reference_params.items():
+            rtol = RTOL if p.dtype == np.float64 else 4 * np.finfo(np.float32).eps
+            assert_equal_to_rounding(self.fast_params[k], p, self.scale[k], rtol=rtol)
+        sf, sr = self.fast.state_dict(), self.reference.state_dict()
+        assert list(sf) == list(sr)
+        for k in sr:  # the moments: the reference's operations, so the same bits
+            assert_same_bits(sf[k], sr[k])
+
+
+@given(testing.seeds(), shapes, st.sampled_from([(0.9, 0.999), (0.5, 0.9), (0.0, 0.99)]),
+       st.sampled_from([1e-3, 0.1]), st.integers(1, 40),
+       st.sampled_from([np.float64, np.float32, "mixed"]))
+def test_adam_kernel_equals_the_reference(seed, shapes, betas, lr, steps, dtype):
+    rng = np.random.default_rng(seed)
+    dtypes = ([np.float64, np.float32] * 4 if dtype == "mixed" else [dtype] * 4)[:len(shapes)]
+    pair = AdamPair(_params(rng, shapes, dtypes), lr=lr, betas=betas)
+    for _ in range(steps):
+        pair.step({k: (3.0 * rng.standard_normal(p.shape)).astype(p.dtype)
+                   for k, p in pair.reference_params.items()})
+    pair.assert_equal()
+
+
+def test_adam_on_one_optimiser_can_switch_engines_between_steps():
+    # the engine's flat buffers are the optimiser's own m and v: steps of either engine, in
+    # any order, continue the same state
+    rng = np.random.default_rng(8)
+    pair = AdamPair({"a": np.ones((3, 2)), "b": np.zeros(2)}, lr=0.05)
+    for i in range(9):
+        pair.step({"a": rng.standard_normal((3, 2)), "b": rng.standard_normal(2)},
+                  fast_engine=("fast", "reference", "fast")[i // 3])
+    pair.assert_equal()
+    # a state loaded into the optimiser after fast steps lands in the engine's buffers too
+    saved = {k: v.copy() for k, v in pair.reference.state_dict().items()}
+    pair.fast.load_state_dict(saved)
+    for k, v in pair.fast.state_dict().items():
+        assert_same_bits(v, saved[k])
+
+
+@pytest.mark.parametrize("writer, reader", [("fast", "reference"), ("reference", "fast")])
+def test_adam_state_written_by_one_engine_resumes_with_the_other(writer, reader):
+    rng = np.random.default_rng(2)
+    grads = [{"w": rng.standard_normal((4, 3))} for _ in range(10)]
+    first = optim.Adam({"w": np.ones((4, 3))}, lr=0.01)
+    with engine.using(writer):
+        for g in grads[:5]:
+            first.step(g)
+    state = {k: v.copy() for k, v in first.state_dict().items()}
+    pair = AdamPair({"w": first.params["w"].copy()}, lr=0.01)
+    pair.fast.load_state_dict(state)
+    pair.reference.load_state_dict(state)
+    for g in grads[5:]:
+        pair.step(g, fast_engine=reader)
+    pair.assert_equal()
+    assert int(pair.fast.state_dict()["t"]) == 10
+
+
+def _subnormal(a):
+    """True where ``a`` holds a subnormal number (nonzero, below the smallest normal)."""
+    return (a != 0) & (np.abs(a) < np.finfo(a.dtype).tiny)
+
+
+def test_fast_adam_state_holds_no_subnormals_after_many_steps_of_zero_gradients():
+    # dead units: after one gradient, thousands of zeros. The paper's moments decay into
+    # float32 subnormals (slow arithmetic); the engine flushes them to 0 (flush_tiny)
+    from scratchvae.engine.adam import FLUSH_EVERY
+    g0 = np.array([1.0, 1e-3, 1e-18, -1e-18, 0.0], np.float32)
+    pf, pr = {"p": np.ones(5, np.float32)}, {"p": np.ones(5, np.float32)}
+    fast, reference = optim.Adam(pf, lr=1e-3), optim.Adam(pr, lr=1e-3)
+    zero = {"p": np.zeros(5, np.float32)}
+    reference_had_subnormals = False
+    for step in range(1501):
+        with engine.using("fast"):
+            fast.step({"p": g0} if step == 0 else zero)
+        with engine.using("reference"):
+            reference.step({"p": g0} if step == 0 else zero)
+        if fast.t % FLUSH_EVERY == 0:
+            for name, a in fast.state_dict().items():
+                if name != "t":
+                    assert not np.any(_subnormal(a)), f"subnormal in {name} at step {fast.t}"
+        reference_had_subnormals |= bool(np.any(_subnormal(reference.m["p"])))
+    assert reference_had_subnormals  # the case the flush is for
+    np.testing.assert_allclose(pf["p"], pr["p"], rtol=1e-6)  # flushing moved nothing
+
+
 # ----------------------------------------------------------------------------- the registry
 KERNELS = ("nn.linear.forward", "nn.linear.backward", "nn.sum_over_batch",
-           "nn.sum_over_features", "nn.log1p_exp", "nn.mlp.forward", "nn.mlp.backward")
+           "nn.sum_over_features", "nn.log1p_exp", "nn.mlp.forward", "nn.mlp.backward",
+           "training.adam.step")
 
 
 def test_every_kernel_here_has_a_fast_equal_that_names_its_reference():
