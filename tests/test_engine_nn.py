@@ -1,12 +1,16 @@
 """The engine's network and training kernels equal their references (float64, hypothesis-drawn
 inputs, values and every gradient): Linear, the sums, log1p_exp, the MLP with every
-activation, MADE, Adam (and its checkpoints across engines).
+activation, MADE, Adam (and its checkpoints across engines), and the training settings hook.
 
 Where the engine sums in another order (BLAS products and gemv sums) the tolerance is 1e-12
 times the same computation on absolute values (the sum's condition); where it runs the same
 operations in another place (in-place activations, Adam's moments on flat buffers) the test
 asks for the same bits.
 """
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -285,13 +289,63 @@ def test_fast_adam_state_holds_no_subnormals_after_many_steps_of_zero_gradients(
     np.testing.assert_allclose(pf["p"], pr["p"], rtol=1e-6)  # flushing moved nothing
 
 
+# ----------------------------------------------------------------------------- the Trainer
+def _vae_trainer(tmp_steps=6):
+    from scratchvae.models.vae import VAE
+    from scratchvae.training.trainer import Trainer
+    vae = VAE.build(6, 2, hidden=(5,), activation="relu", rng=np.random.default_rng(0))
+    data = (np.random.default_rng(1).random((32, 6)) > 0.5).astype(float)
+    return vae, Trainer(vae, vae.loss_and_grads, data=data, steps=tmp_steps, batch_size=8,
+                        quiet=True, eval_every=3)
+
+
+@pytest.mark.parametrize("writer, reader", [("fast", "reference"), ("reference", "fast")])
+def test_a_checkpoint_written_with_one_engine_resumes_with_the_other(tmp_path, writer, reader):
+    path = tmp_path / "checkpoint.npz"
+    vae, trainer = _vae_trainer()
+    with engine.using(writer):
+        trainer.run(stop_after=3)
+        trainer.save(path)
+    resumed_vae, resumed = _vae_trainer()
+    with engine.using(reader):
+        resumed.load(path)
+        resumed.run()
+    through_vae, through = _vae_trainer()
+    with engine.using("reference"):
+        through.run()
+    # the models' passes sum in another order under each engine: 1e-9, not bits
+    for k, p in through_vae.params.items():
+        np.testing.assert_allclose(resumed_vae.params[k], p, rtol=1e-9, atol=1e-12)
+    assert resumed.step == through.step == 6
+
+
+def test_the_reference_engine_trains_without_importing_the_engines_modules():
+    code = ("import sys, numpy as np\n"
+            "from scratchvae import nn\n"
+            "from scratchvae.training.trainer import Trainer\n"
+            "mlp = nn.MLP([2, 8, 1], 'relu', np.random.default_rng(0))\n"
+            "made = nn.MADE(3, 2, (6,), rng=np.random.default_rng(0))\n"
+            "data = np.random.default_rng(1).standard_normal((32, 2))\n"
+            "def loss(batch, rng, step):\n"
+            "    y, cache = mlp.forward(batch)\n"
+            "    made.backward(*made.forward(np.ones((2, 3))))\n"
+            "    return float((y ** 2).mean()), mlp.backward(2 * y / y.size, cache)[1], {}\n"
+            "Trainer(mlp, loss, data=data, steps=3, batch_size=8, quiet=True).run()\n"
+            "print(sorted(m for m in sys.modules if m.startswith('scratchvae.engine')))\n")
+    env = dict(os.environ, SCRATCHVAE_ENGINE="reference")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "['scratchvae.engine']"
+
+
 # ----------------------------------------------------------------------------- the registry
 KERNELS = ("nn.linear.forward", "nn.linear.backward", "nn.sum_over_batch",
            "nn.sum_over_features", "nn.log1p_exp", "nn.mlp.forward", "nn.mlp.backward",
-           "training.adam.step")
+           "training.adam.step", "training.settings")
 
 
 def test_every_kernel_here_has_a_fast_equal_that_names_its_reference():
+    import scratchvae.training.settings  # noqa: F401  (defines training.settings)
     table = engine.kernels()
     for name in KERNELS:
         reference, fast = table[name]
