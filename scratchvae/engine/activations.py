@@ -17,7 +17,7 @@ import numpy as np
 
 from ..nn.activations import ReLU, Tanh
 
-__all__ = ["INPLACE", "inplace_passes"]
+__all__ = ["INPLACE"]
 
 
 def tanh_forward_inplace(x):
@@ -50,13 +50,3 @@ def relu_backward_inplace(dy, y):
 #: itself: a subclass (which may change the formula) gets the plain passes.
 INPLACE = {Tanh: (tanh_forward_inplace, tanh_backward_inplace),
            ReLU: (relu_forward_inplace, relu_backward_inplace)}
-
-
-def inplace_passes(activation):
-    """``(forward, backward)`` for ``activation`` (an ``nn`` activation layer): its in-place
-    kernels where there are some, else its plain passes (which never overwrite), with
-    ``backward(dy, cache)`` returning the input gradient alone."""
-    kernels = INPLACE.get(type(activation))
-    if kernels is not None:
-        return kernels
-    return activation.forward, lambda dy, cache: activation.backward(dy, cache)[0]

@@ -51,8 +51,9 @@ def matmul(a, b):
 def sum_over_batch(a):
     """``scratchvae.nn.sums.sum_over_batch`` (``a.sum(axis=0)``) as ``ones(N) @ a``: one BLAS gemv.
 
-    Measured (timeit, float32, on the 2-core machine under a load average of 2.8):
-    (512, 8) 19.5 us -> 1.2 us, (128, 784) 34.6 us -> 13.2 us.
+    Measured (CPU time per call, float32, one BLAS thread, ``python
+    benchmarks/engine_kernels.py``, 2 cores at load average 7-8): reference -> fast,
+    (128, 256) 4.98 -> 2.74 us, (512, 8) 9.13 -> 1.89 us.
     """
     return ones_vector(a.shape[0], a.dtype) @ a
 
@@ -62,7 +63,8 @@ def sum_over_features(a):
     """``scratchvae.nn.sums.sum_over_features`` (``a.sum(axis=-1)``) as ``a @ ones(D)``: one BLAS
     gemv.
 
-    Measured (timeit, float32, on the 2-core machine under a load average of 2.8):
-    (512, 2) 22.4 us -> 9.1 us, (512, 8) 28.9 us -> 3.3 us, (128, 784) 47.3 us -> 11.7 us.
+    Measured (CPU time per call, float32, one BLAS thread, ``python
+    benchmarks/engine_kernels.py``, 2 cores at load average 7-8): reference -> fast,
+    (128, 256) 8.28 -> 2.72 us, (512, 8) 10.41 -> 1.87 us.
     """
     return a @ ones_vector(a.shape[-1], a.dtype)
