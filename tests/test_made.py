@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from scratchvae import engine
 from scratchvae.checks import testing
+from scratchvae.nn import MLP
 from scratchvae.nn.made import (
     MADE,
     MaskedLinear,
@@ -81,11 +83,30 @@ def test_output_mask_is_strict_so_output_i_never_sees_input_i():
         assert made(xp)[0, j] == made(x)[0, j]
 
 
+@pytest.mark.parametrize("engine_name", ["reference", "fast"])
 @given(testing.seeds(), testing.dims(1, 5), st.sampled_from([0, 3]), orders, hidden_orders)
-def test_masked_backward_matches_finite_differences(seed, dim, ctx, order, hidden_order):
+def test_masked_backward_matches_finite_differences(engine_name, seed, dim, ctx, order,
+                                                    hidden_order):
     rng = np.random.default_rng(seed)
     made = random_made(rng, dim, 2, (6, 5), ctx, order, hidden_order)
-    testing.assert_module_gradients(made, rng.standard_normal((3, dim + ctx)))
+    with engine.using(engine_name):
+        testing.assert_module_gradients(made, rng.standard_normal((3, dim + ctx)))
+
+
+def test_made_is_built_by_the_mlps_constructor_and_runs_its_passes(rng):
+    # MADE overrides make_layer only: the MLP's constructor chose each layer's init (He for
+    # ReLU, zeros for the output) and the MLP's forward and backward (the kernels) run it
+    made = MADE(3, 2, (8, 6), 2, "relu", rng, order="random", hidden_order="random")
+    assert MADE.forward is MLP.forward and MADE.backward is MLP.backward
+    assert made.sizes == [5, 8, 6, 6] and made.activation_name == "relu"
+    assert all(isinstance(layer, MaskedLinear) for layer in made.layers)
+    assert np.all(made.layers[-1].W == 0) and np.any(made.layers[0].W != 0)
+    deg = made.unit_degrees
+    assert np.array_equal(deg[0], np.concatenate([made.degrees, [0, 0]]))
+    for i, layer in enumerate(made.layers[:-1]):
+        assert np.array_equal(layer.mask, hidden_mask(deg[i], deg[i + 1]))
+    assert np.array_equal(made.layers[-1].mask, output_mask(deg[-2], deg[-1]))
+    assert np.array_equal(deg[-1], output_degrees(made.degrees, 2))
 
 
 @given(testing.seeds(), testing.dims(1, 5), orders)

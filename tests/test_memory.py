@@ -1,12 +1,15 @@
 """scratchvae.engine.memory: keeping freed memory in the process removes the page faults of a
 training loop's temporaries, and changes no result."""
 
+import os
 import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
+from scratchvae import engine
 from scratchvae.engine import memory
 
 GLIBC = memory._glibc() is not None
@@ -91,9 +94,30 @@ TRAIN = textwrap.dedent("""
 
 
 def test_trainer_results_do_not_depend_on_the_allocator_setting():
-    # each in a fresh process (the setting is process-wide); a read of uninitialised memory
-    # (np.empty) would see different garbage under the two allocators
-    runs = [subprocess.run([sys.executable, "-c", TRAIN, mode], check=True,
+    # each in a fresh process (the setting is process-wide) on the fast engine, whose training
+    # settings apply it; a read of uninitialised memory (np.empty) would see different garbage
+    # under the two allocators
+    env = dict(os.environ, SCRATCHVAE_ENGINE="fast")
+    runs = [subprocess.run([sys.executable, "-c", TRAIN, mode], check=True, env=env,
                            capture_output=True, text=True).stdout.split()[-1]
             for mode in ("keep", "default")]
     assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("engine_name, keep, calls", [
+    ("fast", True, 1), ("fast", False, 0), ("reference", True, 0)])
+def test_the_trainer_keeps_freed_memory_through_the_engine_only(monkeypatch, engine_name, keep,
+                                                                calls):
+    # the allocator setting is the fast engine's training setting: asked for once per run;
+    # the reference engine changes nothing
+    from scratchvae.models.vae import VAE
+    from scratchvae.training.trainer import Trainer
+    seen = []
+    monkeypatch.setattr(memory, "keep_freed_memory", lambda: seen.append(1) or True)
+    vae = VAE.build(8, 2, hidden=(8,), rng=np.random.default_rng(0))
+    data = (np.random.default_rng(1).random((16, 8)) > 0.5).astype(float)
+    trainer = Trainer(vae, vae.loss_and_grads, data=data, steps=2, batch_size=8, quiet=True,
+                      keep_freed_memory=keep)
+    with engine.using(engine_name):
+        trainer.run()
+    assert len(seen) == calls

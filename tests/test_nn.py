@@ -1,19 +1,24 @@
-"""Every layer and the MLP: backward against finite differences (float64, rel. error <= 1e-7)."""
+"""Every layer and the MLP: backward against finite differences (float64, rel. error <= 1e-7);
+the reference passes as the derivation writes them. The engine's equals: tests/test_engine_nn.py."""
 
 import numpy as np
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from scratchvae import nn
+from scratchvae import engine, nn
 from scratchvae.checks import testing
-from scratchvae.engine import activations as activation_kernels
+
+ENGINES = pytest.mark.parametrize("engine_name", ["reference", "fast"])
 
 
+@ENGINES
 @given(testing.seeds(), testing.batch_sizes(), testing.dims(), testing.dims())
-def test_linear_backward_matches_finite_differences(seed, n, d_in, d_out):
+def test_linear_backward_matches_finite_differences(engine_name, seed, n, d_in, d_out):
     rng = np.random.default_rng(seed)
-    testing.assert_module_gradients(nn.Linear(d_in, d_out, rng), rng.standard_normal((n, d_in)))
+    with engine.using(engine_name):
+        testing.assert_module_gradients(nn.Linear(d_in, d_out, rng),
+                                        rng.standard_normal((n, d_in)))
 
 
 @pytest.mark.parametrize("name", sorted(nn.ACTIVATIONS))
@@ -32,10 +37,12 @@ def test_activations_on_hypothesis_values(x):
         testing.assert_module_gradients(nn.make_activation(name), x)
 
 
+@ENGINES
 @pytest.mark.parametrize("activation", ["tanh", "relu", "leaky_relu", "elu", "softplus", "sigmoid"])
 @given(seed=testing.seeds(), n=testing.batch_sizes(), d_in=testing.dims(), d_out=testing.dims(),
        hidden=st.lists(st.integers(2, 6), min_size=0, max_size=2))
-def test_mlp_backward_matches_finite_differences(activation, seed, n, d_in, d_out, hidden):
+def test_mlp_backward_matches_finite_differences(engine_name, activation, seed, n, d_in, d_out,
+                                                 hidden):
     # hidden widths >= 2: a chain of single saturated units has gradients below what
     # central differences resolve (derivations/00-conventions.md)
     sizes = [d_in, *hidden, d_out]
@@ -46,7 +53,8 @@ def test_mlp_backward_matches_finite_differences(activation, seed, n, d_in, d_ou
     x = rng.standard_normal((n, sizes[0]))
     x += 0.1 * np.sign(x)  # an input near 0 makes dW_0 smaller than differences resolve
     assume(_kink_margin(mlp, x) > 1e-3)  # a finite difference across a ReLU kink means nothing
-    testing.assert_module_gradients(mlp, x)
+    with engine.using(engine_name):
+        testing.assert_module_gradients(mlp, x)
 
 
 def _kink_margin(mlp, x):
@@ -112,46 +120,60 @@ def test_bad_constructor_arguments_name_the_argument():
         nn.Linear(2, 2, init="orthogonal")
 
 
-# ----------------------------------------------------------------------------- speed paths
-@pytest.mark.parametrize("name", sorted(nn.ACTIVATIONS))
-def test_inplace_activation_kernels_equal_the_plain_passes(name):
-    # the MLP runs tanh and ReLU through in-place kernels (scratchvae.engine.activations);
-    # they must give the plain reference's numbers bit for bit
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((6, 5)) * 2
-    x[0, :2] = 0.0  # ReLU's kink: the kernel's mask y > 0 must agree with x > 0 there
-    dy = rng.standard_normal((6, 5))
-    act = nn.make_activation(name)
-    y, cache = act.forward(x)
-    dx, _ = act.backward(dy, cache)
-    forward, backward = activation_kernels.inplace_passes(act)
-    x_owned, dy_owned = x.copy(), dy.copy()
-    y2, cache2 = forward(x_owned)
-    dx2 = backward(dy_owned, cache2)
-    np.testing.assert_array_equal(y2, y)
-    np.testing.assert_array_equal(dx2, dx)
-    if name in ("tanh", "relu"):  # these two really work in place
-        assert np.shares_memory(y2, x_owned) and np.shares_memory(dx2, dy_owned)
+# ----------------------------------------------------------------------------- passes as written
+def test_linear_passes_are_the_derivations_formulas():
+    # the reference's three gradients, entry by entry (derivations/01#linear-layer): a swapped
+    # transpose or a bias gradient summed over the wrong axis changes one of these
+    rng = np.random.default_rng(3)
+    x, W, b, dy = (rng.standard_normal(s) for s in [(6, 3), (3, 4), (4,), (6, 4)])
+    y = nn.linear_forward.reference(x, W, b)
+    dx, dW, db = nn.linear_backward.reference(dy, x, W)
+    expected_y = np.array([[sum(x[n, j] * W[j, i] for j in range(3)) + b[i] for i in range(4)]
+                           for n in range(6)])
+    np.testing.assert_allclose(y, expected_y, rtol=1e-13)
+    np.testing.assert_allclose(dx, [[sum(dy[n, i] * W[j, i] for i in range(4)) for j in range(3)]
+                                    for n in range(6)], rtol=1e-13)
+    np.testing.assert_allclose(dW, [[sum(x[n, j] * dy[n, i] for n in range(6)) for i in range(4)]
+                                    for j in range(3)], rtol=1e-13)
+    np.testing.assert_allclose(db, [sum(dy[n, i] for n in range(6)) for i in range(4)],
+                               rtol=1e-13)
 
 
-def test_mlp_backward_leaves_the_callers_gradient_alone():
+def test_relu_caches_its_output_and_masks_by_it():
+    # dy/dx = [x > 0] = [y > 0]: at x = 0 exactly the gradient is 0 (the subgradient we use)
+    relu = nn.ReLU()
+    x = np.array([[-1.0, 0.0, 2.0]])
+    y, cache = relu.forward(x)
+    assert cache is y
+    np.testing.assert_array_equal(relu.backward(np.ones((1, 3)), cache)[0], [[0.0, 0.0, 1.0]])
+
+
+@pytest.mark.parametrize("engine_name", ["reference", "fast"])
+def test_mlp_backward_leaves_the_callers_gradient_and_the_cache_alone(engine_name):
     rng = np.random.default_rng(1)
-    mlp = nn.MLP([3, 4, 2], "relu", rng)
-    _, cache = mlp.forward(rng.standard_normal((5, 3)))
-    dy = rng.standard_normal((5, 2))
-    before = dy.copy()
-    mlp.backward(dy, cache)
-    assert np.array_equal(dy, before)
+    for activation in ("relu", "tanh"):
+        mlp = nn.MLP([3, 4, 4, 2], activation, rng)
+        with engine.using(engine_name):
+            _, cache = mlp.forward(rng.standard_normal((5, 3)))
+            dy = rng.standard_normal((5, 2))
+            before = dy.copy()
+            first = mlp.backward(dy, cache)
+            again = mlp.backward(dy, cache)  # a second backward from the same cache
+        assert np.array_equal(dy, before)
+        np.testing.assert_array_equal(first[0], again[0])
+        for k in first[1]:
+            np.testing.assert_array_equal(first[1][k], again[1][k])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_softplus_fast_agrees_with_logaddexp_without_overflow(dtype):
+def test_log1p_exp_is_softplus_without_overflow(dtype):
     x = np.concatenate([np.linspace(-100, 100, 2001), [-1e4, -800, 800, 1e4]]).astype(dtype)
-    with np.errstate(over="raise", invalid="raise", divide="raise"):  # underflow to 0 is fine
-        fast = nn.softplus_fast(x)
-    np.testing.assert_allclose(fast, np.logaddexp(dtype(0), x), rtol=4 * np.finfo(dtype).eps,
-                               atol=0)
-    assert fast.dtype == dtype
+    for engine_name in ("reference", "fast"):
+        with engine.using(engine_name), np.errstate(over="raise", invalid="raise",
+                                                    divide="raise"):  # underflow to 0 is fine
+            value = nn.log1p_exp(x)
+        np.testing.assert_allclose(value, nn.softplus(x), rtol=4 * np.finfo(dtype).eps, atol=0)
+        assert value.dtype == dtype
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -166,20 +188,18 @@ def test_sigmoid_is_stable_and_keeps_relative_accuracy(dtype):
     assert s.dtype == dtype and s[-1] == 1 and s[-2] == 0
 
 
-def test_fast_sums_equal_numpy_sums():
-    rng = np.random.default_rng(2)
-    a = rng.standard_normal((7, 5))
-    np.testing.assert_allclose(nn.sum_over_batch(a), a.sum(axis=0), rtol=1e-13)
-    np.testing.assert_allclose(nn.sum_over_features(a), a.sum(axis=-1), rtol=1e-13)
-    b = rng.standard_normal((2, 7, 5))
-    np.testing.assert_allclose(nn.sum_over_features(b), b.sum(axis=-1), rtol=1e-13)
+def test_the_sums_sum_over_the_axis_they_name():
+    a = np.arange(12.0).reshape(3, 4)
+    for engine_name in ("reference", "fast"):
+        with engine.using(engine_name):
+            np.testing.assert_array_equal(nn.sum_over_batch(a), [12.0, 15.0, 18.0, 21.0])
+            np.testing.assert_array_equal(nn.sum_over_features(a), [6.0, 22.0, 38.0])
+            np.testing.assert_array_equal(nn.sum_over_features(a.reshape(3, 2, 2)),
+                                          [[1.0, 5.0], [9.0, 13.0], [17.0, 21.0]])
 
 
-def test_linear_with_one_input_uses_the_same_products():
-    # a (N, 1) @ (1, M) product runs through np.dot (NumPy's @ skips BLAS there)
-    rng = np.random.default_rng(3)
-    layer = nn.Linear(1, 4, rng)
-    x = rng.standard_normal((6, 1))
-    y, cache = layer.forward(x)
-    np.testing.assert_allclose(y, x @ layer.W + layer.b, rtol=1e-14)
-    testing.assert_module_gradients(layer, x)
+def test_every_name_users_import_from_nn_is_there():
+    for name in ("sigmoid", "softplus", "soft_clip", "MLP", "Linear", "Layer", "Module",
+                 "ACTIVATIONS", "make_activation", "log_sigmoid", "sum_over_features",
+                 "sum_over_batch", "MADE", "MaskedLinear"):
+        assert name in nn.__all__ and getattr(nn, name) is not None, name

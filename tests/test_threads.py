@@ -1,5 +1,6 @@
 """The BLAS thread policy (scratchvae/engine/threads.py): which steps get every core, that the count
-is really set and restored, and that an explicit choice wins."""
+is really set and restored, that an explicit choice wins, and that only the fast engine's
+training settings (scratchvae/engine/settings.py) apply it."""
 
 import os
 import subprocess
@@ -8,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from scratchvae import engine
 from scratchvae.engine import threads
 from scratchvae.flows.coupling import coupling_flow
 from scratchvae.models.vae import VAE
@@ -99,17 +101,47 @@ def test_trainer_sets_the_count_while_it_runs_and_restores_it(monkeypatch):
     before = threads.blas_threads()
     other = 2 if before == 1 else 1
     trainer, seen = _tiny_trainer(threads=other)
-    trainer.run()
+    with engine.using("fast"):
+        trainer.run()
     assert seen == [other, other]
     assert threads.blas_threads() == before
     # "auto" on a tiny model: one thread
     threads.set_blas_threads(2)
     try:
         trainer, seen = _tiny_trainer()
-        trainer.run()
+        with engine.using("fast"):
+            trainer.run()
         assert seen == [1, 1] and threads.blas_threads() == 2
     finally:
         threads.set_blas_threads(before)
+
+
+@pytest.mark.skipif(not CAN_SET, reason="this BLAS's thread count cannot be reached")
+def test_the_reference_engine_leaves_the_thread_count_alone(monkeypatch):
+    # the thread policy is the fast engine's training setting; the reference changes nothing,
+    # even for an explicit count
+    for var in threads.ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    before = threads.blas_threads()
+    other = 2 if before == 1 else 1
+    for setting in (other, "auto"):
+        trainer, seen = _tiny_trainer(threads=setting)
+        with engine.using("reference"):
+            trainer.run()
+        assert seen == [before, before] and threads.blas_threads() == before
+
+
+@pytest.mark.skipif(not CAN_SET, reason="this BLAS's thread count cannot be reached")
+def test_training_settings_restore_the_count_when_the_run_fails():
+    from scratchvae.training.settings import training_settings
+    vae = VAE.build(8, 2, hidden=(8,), rng=np.random.default_rng(0))
+    before = threads.blas_threads()
+    other = 2 if before == 1 else 1
+    with engine.using("fast"), pytest.raises(RuntimeError, match="diverged"):
+        with training_settings(vae, 8, threads=other, keep_freed_memory=False):
+            assert threads.blas_threads() == other
+            raise RuntimeError("diverged")
+    assert threads.blas_threads() == before
 
 
 @pytest.mark.skipif(not CAN_SET, reason="this BLAS's thread count cannot be reached")
@@ -119,7 +151,8 @@ def test_trainer_leaves_a_count_pinned_by_the_environment(monkeypatch):
     threads.set_blas_threads(2)
     try:
         trainer, seen = _tiny_trainer()
-        trainer.run()
+        with engine.using("fast"):
+            trainer.run()
         assert seen == [2, 2]  # auto, but the environment pinned it: left alone
     finally:
         threads.set_blas_threads(before)

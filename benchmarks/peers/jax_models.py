@@ -1,7 +1,7 @@
 """The benchmark workloads hand-written in JAX: the whole step under one ``jax.jit``.
 
 One step = loss, ``jax.value_and_grad``, Adam (written out, the paper's form, as
-scratchvae/training/optim.py ``AdamReference``), all inside one jitted function whose parameters and
+scratchvae/training/optim.py ``Adam``), all inside one jitted function whose parameters and
 optimiser state are donated (``donate_argnums``), so XLA updates them in place. ``step()``
 returns the loss as a Python float, which waits for the device: the timing is honest.
 Parameters are a dict keyed by our names (``encoder.layers.0.W``, ...), ``W`` ``(n_in,
@@ -51,7 +51,7 @@ def _mlp(params, prefix, n_layers, h):
 
 
 def _softplus(x):
-    # max(x, 0) + log1p(e^-|x|), as scratchvae.nn.softplus_fast
+    # max(x, 0) + log1p(e^-|x|), as scratchvae.engine.functions.log1p_exp
     return jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
 
 
@@ -160,8 +160,8 @@ def _loss_fn(name):
 
 # ----------------------------------------------------------------------------- Adam
 def adam(params, grads, m, v, t):
-    """One Adam step, the paper's form (``training/optim.py``, ``AdamReference``; the same update
-    as our ``Adam``): ``p -= lr m_hat / (sqrt(v_hat) + eps)``. ``t`` is the new step count."""
+    """One Adam step, the paper's form (``training/optim.py``, ``Adam``):
+    ``p -= lr m_hat / (sqrt(v_hat) + eps)``. ``t`` is the new step count."""
     b1, b2 = BETAS
     m = jax.tree_util.tree_map(lambda m_, g: b1 * m_ + (1.0 - b1) * g, m, grads)
     v = jax.tree_util.tree_map(lambda v_, g: b2 * v_ + (1.0 - b2) * g * g, v, grads)

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..nn import sigmoid, softplus_fast
+from ..nn import log1p_exp, sigmoid
 
 __all__ = [
     "LOG_2PI",
@@ -112,13 +112,13 @@ def softplus_scale(raw, floor=SIGMA_FLOOR):
     """Posterior standard deviation from the encoder's raw output, ``softplus(raw) + floor``.
 
     Returns ``sigma`` and ``log_sigma = log(sigma)`` (both needed by the KL and by log q).
-    softplus is computed as ``max(raw, 0) + log1p(e^{-|raw|})`` (``nn.softplus_fast``), which
+    softplus is ``nn.log1p_exp`` (``logaddexp(0, raw)``, a kernel of the engine), which
     is finite for every finite ``raw``; sigma grows only linearly in ``raw`` and never falls below
     ``floor``, so neither sigma, log sigma nor 1/sigma can overflow or become NaN.
     Shapes: raw (...) -> sigma (...), log_sigma (...), cache.
     derivations/02-gaussian.md#the-scale-parametrisation.
     """
-    sigma = softplus_fast(raw) + floor
+    sigma = log1p_exp(raw) + floor
     return sigma, np.log(sigma), (raw, sigma)
 
 

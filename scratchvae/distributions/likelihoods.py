@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..nn import sigmoid, softplus_fast, sum_over_features
+from ..nn import log1p_exp, sigmoid, sum_over_features
 from .bases import Density
 from .gaussian import LOG_2PI
 
@@ -86,7 +86,7 @@ class Bernoulli(Likelihood):
     """Independent Bernoulli pixels with logits ``l`` (the decoder output), p = sigmoid(l).
 
     ``log p(x|l) = sum_d x_d l_d - softplus(l_d)``, exact and finite for logits of any size
-    (softplus is ``max(l, 0) + log1p(e^{-|l|})``, ``nn.softplus_fast``; no sigmoid is formed
+    (softplus is ``nn.log1p_exp``, ``logaddexp(0, l)``; no sigmoid is formed
     and no log(0) can occur).
     Gradient: d/dl = x - sigmoid(l). Data must be binary: grey levels are not Bernoulli
     outcomes (binarise them, or use a Gaussian likelihood).
@@ -106,7 +106,7 @@ class Bernoulli(Likelihood):
     def log_prob_forward(self, x, out):
         # log sigmoid(l) = -softplus(-l), log(1 - sigmoid(l)) = -softplus(l), so
         # x log p + (1 - x) log(1 - p) = x l - softplus(l)
-        logp = sum_over_features(x * out - softplus_fast(out))
+        logp = sum_over_features(x * out - log1p_exp(out))
         return logp, (x, out)
 
     def log_prob_backward(self, d_logp, cache):

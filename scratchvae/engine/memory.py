@@ -16,9 +16,10 @@ allocator of its own; NumPy uses ``malloc``, so we raise the two thresholds inst
 
 The process then holds on to its peak working set (a few to tens of MB for the models here)
 until it exits. Nothing else changes: the same arithmetic on the same arrays, so results are
-identical bit for bit. ``Trainer`` calls ``keep_freed_memory()`` when it starts (its argument
-``keep_freed_memory=False`` opts out); call it yourself in a hand-written training loop. On a
-system without glibc (macOS, Windows, musl) it does nothing and returns False.
+identical bit for bit. The fast engine's training settings (``engine.settings``) call
+``keep_freed_memory()`` when ``Trainer.run`` starts (its argument ``keep_freed_memory=False``
+opts out); call it yourself in a hand-written training loop. On a system without glibc (macOS,
+Windows, musl) it does nothing and returns False.
 """
 
 from __future__ import annotations

@@ -68,8 +68,8 @@ from ..flows.spline import (
     _stable_root,
     _zero_in_tails,
 )
-from ..nn import ones_vector
 from . import register
+from .products import ones_vector
 
 __all__ = ["rq_spline_theta_bins_first", "rq_spline_theta_bins_first_backward",
            "BinsFirstCache"]

@@ -9,10 +9,10 @@ and on a busy machine a BLAS thread that waits for a time slice can stall every 
 The policy (``threads_for``), measured on the six benchmark workloads (benchmarks/README.md,
 "Threads"): a step whose matrix products do at least ``PARALLEL_MIN_MACS`` multiply-adds
 in all runs BLAS on every core, up to ``MAX_AUTO_THREADS``; a smaller step on one thread.
-``Trainer`` applies it when it starts (``threads="auto"``, its default); the command line's
-``--threads N`` and an explicit ``threads=N`` override it, and so does a thread count pinned
-in the environment (``OPENBLAS_NUM_THREADS``, ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``) before
-NumPy was imported.
+The fast engine's training settings (``engine.settings``) apply it while ``Trainer.run``
+trains (``threads="auto"``, its default); the command line's ``--threads N`` and an explicit
+``threads=N`` override it, and so does a thread count pinned in the environment
+(``OPENBLAS_NUM_THREADS``, ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``) before NumPy was imported.
 
     products = step_products(model, batch_size)      # [(rows, n_in, n_out), ...]
     n = threads_for(products)                        # 1, or every core (at most 2)

@@ -24,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..checks.arguments import check_count, rng_or_default
-from ..engine.activations import inplace_passes
-from . import MLP, Layer, Linear, make_activation, matmul, sum_over_batch
+from .linear import Linear, linear_backward, linear_forward
+from .mlp import MLP
 
 __all__ = ["MaskedLinear", "MADE", "input_degrees", "hidden_degrees", "output_degrees",
            "hidden_mask", "output_mask"]
@@ -121,20 +121,16 @@ class MaskedLinear(Linear):
                              f"{self.n_out}), got {mask.dtype} {mask.shape}")
         self.mask = mask.copy()
         self.mask.flags.writeable = False
-        self._mask_f = self.mask.astype(self.dtype)
-        self.W *= self._mask_f
+        self.W *= self.mask
 
     def forward(self, x):
-        W = self.W * self._mask_f
-        y = matmul(x, W)
-        y += self.b
-        return y, (x, W)
+        W = self.W * self.mask                  # the masked weights W * M
+        return linear_forward(x, W, self.b), (x, W)
 
     def backward(self, dy, cache):
         x, W = cache
-        dW = matmul(x.T, dy)
-        dW *= self._mask_f
-        return matmul(dy, W.T), {"W": dW, "b": sum_over_batch(dy)}
+        d_x, d_W, d_b = linear_backward(dy, x, W)
+        return d_x, {"W": d_W * self.mask, "b": d_b}   # dL/dW = (x^T dy) * M
 
 
 # ----------------------------------------------------------------------------- the network
@@ -146,15 +142,16 @@ class MADE(MLP):
     coordinate, ``hidden`` sizes (at least one layer), ``context_dim`` C, ``activation``,
     ``rng``, ``order`` (``input_degrees``), ``hidden_order`` (``"sequential"``/``"random"``,
     ``hidden_degrees``), ``zero_last`` (zero output layer), ``dtype``.
-    Parameters ``layers.{i}.W``, ``layers.{i}.b``. ``degrees`` is the input ordering.
-    The passes are the MLP's (``nn.MLP.forward`` / ``backward``), over masked layers.
+    Parameters ``layers.{i}.W``, ``layers.{i}.b``. ``degrees`` is the input ordering,
+    ``unit_degrees[i]`` the degrees of the units layer ``i`` reads (the last entry: the outputs').
+    Built by ``MLP.__init__`` with masked layers (``make_layer``); the passes are the MLP's
+    (``nn.MLP.forward`` / ``backward``).
     Derivation: derivations/16-autoregressive-flows.md#made-masks.
     """
 
     def __init__(self, dim, n_params, hidden=(64, 64), context_dim=0, activation="relu",
                  rng=None, order="natural", hidden_order="sequential", zero_last=True,
                  dtype=np.float64):
-        Layer.__init__(self)  # not MLP's: the layers here are masked, built below
         self.dim = check_count(dim, "dim")
         self.n_params = check_count(n_params, "n_params")
         self.context_dim = check_count(context_dim, "context_dim", 0)
@@ -163,23 +160,29 @@ class MADE(MLP):
             raise ValueError("hidden: expected at least one hidden layer, got none")
         rng = rng_or_default(rng)
         self.degrees = input_degrees(self.dim, order, rng)
-        self.dtype, self.activation_name = np.dtype(dtype), activation
-        self.act = make_activation(activation)
-        self._act_forward, self._act_backward = inplace_passes(self.act)
-        relu_like = activation.replace("-", "_") in ("relu", "leaky_relu", "elu")
-        # the context's columns have degree 0: every hidden unit of the first layer sees them
-        deg = np.concatenate([self.degrees, np.zeros(self.context_dim, dtype=int)])
-        self.layers = []
-        for i, h in enumerate(hidden):
-            deg_out = hidden_degrees(h, self.dim, hidden_order, rng, self.context_dim > 0)
-            self.layers.append(self.add_child(f"layers.{i}", MaskedLinear(
-                deg.size, h, hidden_mask(deg, deg_out), rng, "he" if relu_like else "glorot",
-                dtype)))
-            deg = deg_out
-        deg_out = output_degrees(self.degrees, self.n_params)
-        self.layers.append(self.add_child(f"layers.{len(hidden)}", MaskedLinear(
-            deg.size, deg_out.size, output_mask(deg, deg_out), rng,
-            "zeros" if zero_last else "glorot", dtype)))
+        self.hidden_order = hidden_order
+        # the degrees of every layer's units, the input's first; the context's columns have
+        # degree 0, so every hidden unit of the first layer sees them. ``make_layer`` appends.
+        self.unit_degrees = [np.concatenate([self.degrees,
+                                             np.zeros(self.context_dim, dtype=int)])]
+        sizes = [self.dim + self.context_dim, *hidden, self.dim * self.n_params]
+        super().__init__(sizes, activation, rng, dtype, zero_last)
+
+    def make_layer(self, index, n_in, n_out, rng, init):
+        """Layer ``index`` as a ``MaskedLinear``, called in order by ``MLP.__init__`` (which
+        chooses ``init``): a hidden layer draws its units' degrees (``hidden_degrees``) and
+        keeps ``deg_out >= deg_in`` (``hidden_mask``); the output layer keeps
+        ``deg_out > deg_in`` (``output_mask``)."""
+        deg_in = self.unit_degrees[index]
+        if index < len(self.sizes) - 2:
+            deg_out = hidden_degrees(n_out, self.dim, self.hidden_order, rng,
+                                     self.context_dim > 0)
+            mask = hidden_mask(deg_in, deg_out)
+        else:
+            deg_out = output_degrees(self.degrees, self.n_params)
+            mask = output_mask(deg_in, deg_out)
+        self.unit_degrees.append(deg_out)
+        return MaskedLinear(n_in, n_out, mask, rng, init, self.dtype)
 
     @property
     def output_layer(self):

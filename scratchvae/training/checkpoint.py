@@ -153,11 +153,8 @@ def check_checkpoint(trainer, arrays: dict, path, extra: dict) -> None:
     best_step = _scalar(arrays, "best_step", path, "i", -1, step)
     check_arrays_like(arrays, trainer.params, path, "param.")
     opt = {k: v for k, v in trainer.optimizer.state_dict().items() if k != "t"}
-    if any(k.startswith(("opt.m.", "opt.v.")) for k in arrays):  # Adam's older format
-        opt = {k.replace("m_sum.", "m.", 1).replace("v_sum.", "v.", 1): v
-               for k, v in opt.items()}
     check_arrays_like(arrays, opt, path, "opt.")
-    if any(np.any(arrays[f"opt.{k}"] < 0) for k in opt if k.startswith("v")):
+    if any(np.any(arrays[f"opt.{k}"] < 0) for k in opt if k.startswith("v.")):
         raise ValueError(f"checkpoint: {name!r}: Adam's second moments must be >= 0")
     has_best = any(k.startswith("best.") for k in arrays)
     if has_best != (best_step >= 0 and trainer.eval_fn is not None):

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..engine import memory, threads
 from .checkpoint import (
     atomic_save_npz,
     atomic_write,
@@ -41,6 +40,7 @@ from .checkpoint import (
     load_npz,
 )
 from .optim import Adam, clip_grad_norm
+from .settings import training_settings
 
 __all__ = ["Trainer", "FitResult", "Progress", "atomic_write", "atomic_save_npz",
            "atomic_write_text", "load_npz", "batch_indices", "check_arrays_like",
@@ -120,14 +120,14 @@ class Trainer:
     to 0 over ``steps``). ``clip``: global-norm gradient clipping bound, or None.
     ``on_eval(trainer)`` is called after each evaluation, at a step boundary where the
     parameters, the optimiser and the RNG agree (a place to write a checkpoint).
-    ``keep_freed_memory``: ``run`` first calls ``scratchvae.engine.memory.keep_freed_memory()``, so
-    the temporaries of one step reuse the memory of the last instead of faulting in fresh
-    pages (10-20 % of a step; identical results). False leaves the allocator alone.
-    ``threads``: BLAS threads while ``run`` trains (the count before is restored after).
-    ``"auto"`` (default) chooses by the size of the model's matrix products at
-    ``batch_size`` rows (``scratchvae.engine.threads.threads_for``: one thread for small models,
-    every core, at most 2, for large ones), unless the environment pinned the count before
-    NumPy loaded (``OPENBLAS_NUM_THREADS`` ...), which it then leaves alone; an integer sets it.
+    ``keep_freed_memory`` and ``threads``: the speed settings ``run`` trains in
+    (``scratchvae.training.settings.training_settings``; they change no result). With the fast
+    engine, ``keep_freed_memory`` keeps freed memory in the process (10-20 % of a step; False
+    leaves the allocator alone) and ``threads`` sets BLAS's thread count while ``run`` trains
+    (restored after): ``"auto"`` (default) chooses by the size of the model's products at
+    ``batch_size`` rows (one thread for small models, every core, at most 2, for large ones)
+    unless the environment pinned the count before NumPy loaded, an integer sets it. The
+    reference engine changes neither.
     """
 
     def __init__(self, model, loss_fn: Callable, *, data=None, steps: int, batch_size: int = 128,
@@ -197,9 +197,9 @@ class Trainer:
     def run(self, stop_after: int | None = None) -> FitResult:
         """Train until ``steps`` (or, for tests of resuming, until step ``stop_after``)."""
         end = self.steps if stop_after is None else min(self.steps, int(stop_after))
-        if self.keep_freed_memory:
-            memory.keep_freed_memory()  # speed only: see scratchvae/engine/memory.py
-        previous_threads = self._set_threads()  # speed only: see scratchvae/engine/threads.py
+        speed = training_settings(self.model, self.batch_size, self.threads,
+                                  self.keep_freed_memory)  # speed only: no result changes
+        speed.__enter__()
         progress = Progress(self.steps, self.step, self.quiet, self.desc)
         stopped = None
         t0 = self._run_start = time.perf_counter()
@@ -254,8 +254,7 @@ class Trainer:
         finally:
             self.window = {"loss": running, "count": count, "info": info_sum}
             quiet_floats.__exit__(None, None, None)
-            if previous_threads is not None:
-                threads.set_blas_threads(previous_threads)
+            speed.__exit__(None, None, None)
             self.seconds += time.perf_counter() - t0
             self._run_start = None
             progress.close()
@@ -266,16 +265,6 @@ class Trainer:
         return FitResult(self.step, self.seconds, self.history,
                          self.best_step, None if self.best_step is None else self.best_val,
                          stopped, self.stop_signal if self.step < end else None)
-
-    def _set_threads(self):
-        """Apply ``threads`` (the class docstring); the count before, or None if unchanged."""
-        if self.threads == "auto":
-            if threads.pinned_by_environment():
-                return None
-            n = threads.threads_for(threads.step_products(self.model, self.batch_size))
-        else:
-            n = self.threads
-        return threads.set_blas_threads(n)
 
     # -- checkpoints (the files: scratchvae.training.checkpoint)
     def state(self) -> dict[str, np.ndarray]:

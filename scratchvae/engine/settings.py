@@ -1,0 +1,49 @@
+"""The fast engine's training settings (``training.settings``): BLAS threads by the measured
+policy and freed memory kept in the process, for the length of a training run.
+
+The reference (``scratchvae.training.settings.training_settings``) changes nothing; the
+settings change no number a step computes, only its time (the policy and the measurements are
+in ``threads`` and ``memory``, and benchmarks/README.md, "Threads" and "Memory").
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from ..training import settings as _reference  # noqa: F401  (defines the kernel registered here)
+from . import memory, register
+from . import threads as policy
+
+__all__ = ["training_settings", "threads_for_run"]
+
+
+def threads_for_run(model, batch_size, threads_setting):
+    """The BLAS thread count to train ``model`` with, or None to leave BLAS alone: an explicit
+    count as given; ``"auto"``: ``threads.threads_for`` of the step's products, unless the
+    environment pinned the count before NumPy loaded (``threads.pinned_by_environment``)."""
+    if threads_setting != "auto":
+        return threads_setting
+    if policy.pinned_by_environment():
+        return None
+    return policy.threads_for(policy.step_products(model, batch_size))
+
+
+@register("training.settings")
+@contextlib.contextmanager
+def training_settings(model, batch_size, threads="auto", keep_freed_memory=True):
+    """``scratchvae.training.settings.training_settings`` with today's policy: on entry
+    ``memory.keep_freed_memory()`` (when asked) and the thread count of ``threads_for_run``;
+    on exit the thread count before is restored (freed memory stays kept: process-wide).
+
+    What it buys is measured in benchmarks/README.md ("Threads": the two large workloads on
+    two threads; "Memory": 200 to 1400 page faults per step, 10 to 20 % of the step time).
+    """
+    if keep_freed_memory:
+        memory.keep_freed_memory()
+    count = threads_for_run(model, batch_size, threads)
+    previous = None if count is None else policy.set_blas_threads(count)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            policy.set_blas_threads(previous)
