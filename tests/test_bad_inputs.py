@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+from test_cli_errors import run_cli  # the one-line-error runner the CLI error tests share
 
 from scratchvae.cli import app as cli
 from scratchvae.cli import runs
@@ -28,16 +29,6 @@ TINY_TARGET = ["--layers", "2", "--hidden", "8,8", "--batch", "32", "--steps", "
                "--n-estimate", "200", "--quiet", "--no-figures"]
 
 
-def run_cli(args, capsys):
-    """(exit code, the one line on stderr or ""): argparse's SystemExit counts as an exit code."""
-    try:
-        code = cli.main(args)
-    except SystemExit as e:
-        code = e.code
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) <= 1 and "Traceback" not in err, err
-    return code, lines[0] if lines else ""
 
 
 def trained(args, out, capsys):

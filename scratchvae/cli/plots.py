@@ -577,6 +577,19 @@ def plot_sample_grid(images, path, shape=(8, 8), ncols=10, title="samples"):
     return _save(fig, path)
 
 
+def _save_samples_panel(fig, ax, lo, hi, title, path):
+    """The finish of a picture of 2-D samples: the box [lo, hi] at equal scale, the axes named,
+    the title and the legend; then saved."""
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="upper right", fontsize=8, markerscale=3, framealpha=0.9)
+    return _save(fig, path)
+
+
 def plot_samples_over_data(samples, data, path, title="samples over the data",
                            data_name="data"):
     """``scratchvae sample``'s picture of 2-D points: the samples ``(n, 2)`` scattered over
@@ -592,14 +605,7 @@ def plot_samples_over_data(samples, data, path, title="samples over the data",
                    alpha=0.6 if few else 0.4, lw=0, label=f"{data_name}: {len(data)} points")
     ax.scatter(samples[:, 0], samples[:, 1], s=4, color="tab:red", alpha=0.6, lw=0,
                label=f"samples: {len(samples)} points")
-    ax.set_xlim(lo[0], hi[0])
-    ax.set_ylim(lo[1], hi[1])
-    ax.set_aspect("equal", adjustable="box")
-    ax.set_xlabel("$x_1$")
-    ax.set_ylabel("$x_2$")
-    ax.set_title(title, fontsize=10)
-    ax.legend(loc="upper right", fontsize=8, markerscale=3, framealpha=0.9)
-    return _save(fig, path)
+    return _save_samples_panel(fig, ax, lo, hi, title, path)
 
 
 def plot_samples_over_density(samples, log_prob, lo, hi, path, title="samples over the density",
@@ -615,11 +621,4 @@ def plot_samples_over_density(samples, log_prob, lo, hi, path, title="samples ov
                  label=f"{density_name}: exp(-U(x)) (unnormalised)")
     ax.scatter(samples[:, 0], samples[:, 1], s=3, color="tab:red", alpha=0.5, lw=0,
                label=f"samples: {len(samples)} points")
-    ax.set_xlim(lo[0], hi[0])
-    ax.set_ylim(lo[1], hi[1])
-    ax.set_aspect("equal", adjustable="box")
-    ax.set_xlabel("$x_1$")
-    ax.set_ylabel("$x_2$")
-    ax.set_title(title, fontsize=10)
-    ax.legend(loc="upper right", fontsize=8, markerscale=3, framealpha=0.9)
-    return _save(fig, path)
+    return _save_samples_panel(fig, ax, lo, hi, title, path)
