@@ -44,6 +44,8 @@ def _report(kind, metrics, out, quiet):
              for k in keys if metrics.get(k) is not None and k != "ess"]
     if kind == "target" and metrics.get("ess_fraction") is not None:  # ESS as a share of n
         parts.insert(3, f"ess={100 * metrics['ess_fraction']:.1f}%")
+    if kind == "target" and metrics.get("log_z_stderr") is not None:  # log Z ± its std. error
+        parts[1] += f" ± {metrics['log_z_stderr']:.2g}"
     print("  ".join(parts))
     if out:
         print(f"wrote {os.path.abspath(out)}")

@@ -176,4 +176,4 @@ def estimate_or_nan(estimate):
         if not _is_non_finite_error(e):
             raise
         nan = float("nan")
-        return SimpleNamespace(elbo=nan, log_z=nan, ess=nan, ess_fraction=nan)
+        return SimpleNamespace(elbo=nan, log_z=nan, log_z_stderr=nan, ess=nan, ess_fraction=nan)

@@ -24,6 +24,7 @@ import io
 import json
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -519,8 +520,10 @@ def fit_target(out=None, quiet=False, resume=False, figures=True, stop_after=Non
     (samples per step),
     ``lr``, ``seed``, ``n_estimate`` (samples for the log Z estimate). ``target_object``: a
     ``Target`` to fit instead of a named one (not saved: such a run cannot be resumed).
-    Metrics: ``elbo``, ``log_z_estimate``, ``ess``, ``ess_fraction``, ``log_z_true`` (by
-    quadrature), ``steps``, ``seconds``.
+    Metrics: ``elbo``, ``log_z_estimate`` with its standard error ``log_z_stderr``, ``ess``,
+    ``ess_fraction``, ``log_z_true`` (by quadrature), ``steps``, ``seconds``, and ``warning``
+    (None, or why the estimate is not to be trusted: an ESS below ``LOW_ESS_FRACTION``, also
+    printed to stderr).
     """
     from ..distributions.targets import make_target, reference_log_z
     from ..models.variational import (
@@ -544,10 +547,14 @@ def fit_target(out=None, quiet=False, resume=False, figures=True, stop_after=Non
     log_z_true = target.log_z if getattr(target, "log_z", None) is not None else \
         reference_log_z(target)
     metrics = {"elbo": float(est.elbo), "log_z_estimate": float(est.log_z),
+               "log_z_stderr": float(est.log_z_stderr),
                "ess": float(est.ess), "ess_fraction": float(est.ess_fraction),
                "log_z_true": float(log_z_true), "steps": result.steps,
                "seconds": result.seconds, "stopped": result.stopped,
-               "target": getattr(target, "name", "user")}
+               "target": getattr(target, "name", "user"),
+               "warning": low_ess_warning(est.ess_fraction, settings["n_estimate"])}
+    if metrics["warning"] is not None:
+        print(f"fit-target: {metrics['warning']}", file=sys.stderr)
     if out is not None and (result.steps >= settings["steps"] or result.stopped):
         def draw(path):
             from . import plots
@@ -563,6 +570,27 @@ def fit_target(out=None, quiet=False, resume=False, figures=True, stop_after=Non
     if out is not None:
         _write_json(os.path.join(out, "metrics.json"), metrics)
     return q, metrics
+
+
+#: Below this share of the samples as ESS, ``fit-target`` warns that its log Z estimate and
+#: standard error are not to be trusted: a handful of weights carry the estimate, so their
+#: sample variance (the standard error) is itself unreliable
+#: (derivations/14-reverse-kl.md#standard-error-of-the-log-z-estimate).
+LOW_ESS_FRACTION = 0.10
+
+
+def low_ess_warning(ess_fraction, n_estimate) -> str | None:
+    """The warning line for an ESS below ``LOW_ESS_FRACTION`` of ``n_estimate`` samples, or for
+    none at all (NaN: no finite weights), or None."""
+    if ess_fraction >= LOW_ESS_FRACTION:
+        return None
+    if not math.isfinite(ess_fraction):
+        return ("warning: no finite importance weight (q's samples or the target's log-density "
+                "were not finite): there is no log Z estimate")
+    return (f"warning: the effective sample size is {100 * ess_fraction:.1f} % of the "
+            f"{n_estimate} samples (below {100 * LOW_ESS_FRACTION:.0f} %): a few weights carry "
+            "the log Z estimate, so neither it nor its standard error is to be trusted (q "
+            "under-covers part of the target; fit longer or with a richer flow)")
 
 
 def _build_variational(settings, make_variational=None):
