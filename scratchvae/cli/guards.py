@@ -27,7 +27,7 @@ MAX_BOUND = 1e4
 _KINDS = {
     "pos_int": ("layers", "bins", "steps", "batch", "n_train", "latent", "epochs", "samples",
                 "iwae_k", "flow_layers", "n_estimate", "k"),
-    "nonneg_int": ("seed", "warmup"),
+    "nonneg_int": ("seed", "warmup", "anneal"),
     "pos_float": ("lr", "bound"),
     "nonneg_float": ("beta", "free_bits"),
     "bool": ("conditional", "amortised"),
