@@ -328,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .runs import TARGET_IAF_KINDS
     t.add_argument("--flow", choices=[*KINDS, *TARGET_IAF_KINDS], default=T["flow"],
                    help="the variational family q")
+    from .runs import ANNEAL_START
     from .runs import describe_target_defaults as by_flow  # the defaults per --flow, --target
 
     t.add_argument("--layers", type=_positive_int, default=T["layers"],
@@ -345,8 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=_positive_float, default=T["lr"],
                    help=f"Adam's learning rate, cosine decay to 0 (default: {by_flow('lr')})")
     t.add_argument("--anneal", type=_nonneg_int, default=T["anneal"],
-                   help="steps over which the target's weight in the fit rises from 0.2 to 1, "
-                        "so that q first spreads over a flatter target; 0: none "
+                   help=f"steps over which the target's weight in the fit rises from "
+                        f"{ANNEAL_START:g} to 1, so that q first spreads over a flatter target; "
+                        "0: none "
                         f"(default: {by_flow('anneal')})")
     t.add_argument("--n-estimate", type=_positive_int, default=T["n_estimate"],
                    help="samples for the log Z estimate")
