@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from scratchvae.cli import app as cli
-from scratchvae.cli.runs import TARGET_DEFAULTS, _build_variational, fit_target, load_run, train_vae
+from scratchvae.cli.runs import (
+    TARGET_DEFAULTS,
+    _build_variational,
+    fit_target,
+    load_run,
+    target_defaults,
+    train_vae,
+)
 from scratchvae.data import datasets as data
 
 
@@ -20,16 +27,21 @@ def spline_bounds(q):
 
 @pytest.mark.parametrize("flow", ["iaf-spline", "spline"])
 def test_bound_reaches_the_spline_laws_of_q(flow):
-    settings = {**TARGET_DEFAULTS, "flow": flow, "layers": 2, "hidden": (4,), "bound": 6.5}
+    settings = {**TARGET_DEFAULTS, **target_defaults(flow, "u1"), "flow": flow, "layers": 2,
+                "hidden": (4,), "bound": 6.5}
     bounds = spline_bounds(_build_variational(settings))
     # fails if _build_variational drops bound (the laws keep the default 4.0)
     assert len(bounds) == 2 and bounds == [6.5, 6.5]
 
 
 def test_runs_saved_before_bound_existed_load_with_the_old_interval():
-    settings = {k: v for k, v in TARGET_DEFAULTS.items() if k != "bound"}
+    settings = {**TARGET_DEFAULTS, **target_defaults("iaf-spline", "u1")}
+    settings = {k: v for k, v in settings.items() if k != "bound"}
     settings.update(flow="iaf-spline", layers=1, hidden=(4,))
     assert spline_bounds(_build_variational(settings)) == [4.0]
+    # read_config fills a missing setting from TARGET_DEFAULTS, where bound is None (chosen by
+    # the flow kind): an old run still gets [-4, 4]
+    assert spline_bounds(_build_variational({**settings, "bound": None})) == [4.0]
 
 
 def test_fit_target_cli_bound_is_saved_and_reloaded(tmp_path, capsys):

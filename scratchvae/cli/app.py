@@ -45,6 +45,8 @@ def _report(kind, metrics, out, quiet):
              for k in keys if metrics.get(k) is not None and k != "ess"]
     if kind == "target" and metrics.get("ess_fraction") is not None:  # ESS as a share of n
         parts.insert(3, f"ess={100 * metrics['ess_fraction']:.1f}%")
+    if kind == "target" and metrics.get("log_z_stderr") is not None:  # log Z ± its std. error
+        parts[1] += f" ± {metrics['log_z_stderr']:.2g}"
     print("  ".join(parts))
     if out:
         print(f"wrote {os.path.abspath(out)}")
@@ -421,15 +423,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the unnormalised density to fit (choices: {', '.join(TARGETS)})")
     t.add_argument("--flow", choices=kinds.TARGET_KINDS, default=T["flow"],
                    help="the variational family q")
-    t.add_argument("--layers", type=_positive_int, default=T["layers"], help="flow layers")
+    from .runs import ANNEAL_START
+    from .runs import describe_target_defaults as by_flow  # the defaults per --flow, --target
+
+    t.add_argument("--layers", type=_positive_int, default=T["layers"],
+                   help=f"flow layers (default: {by_flow('layers')})")
     _hidden(t, T["hidden"])
-    t.add_argument("--bins", type=_positive_int, default=T["bins"], help="spline bins K")
+    t.add_argument("--bins", type=_positive_int, default=T["bins"],
+                   help=f"spline bins K (default: {by_flow('bins')})")
     t.add_argument("--bound", type=_bound, default=T["bound"],
-                   help="spline interval [-B, B] of spline-based q's (identity outside)")
-    t.add_argument("--steps", type=_positive_int, default=T["steps"], help="optimiser steps")
-    t.add_argument("--batch", type=_positive_int, default=T["batch"], help="samples per step")
+                   help="spline interval [-B, B] of spline-based q's, identity outside "
+                        f"(default: {by_flow('bound')})")
+    t.add_argument("--steps", type=_positive_int, default=T["steps"],
+                   help=f"optimiser steps (default: {by_flow('steps')})")
+    t.add_argument("--batch", type=_positive_int, default=T["batch"],
+                   help=f"samples per step (default: {by_flow('batch')})")
     t.add_argument("--lr", type=_positive_float, default=T["lr"],
-                   help="Adam's learning rate (cosine decay to 0)")
+                   help=f"Adam's learning rate, cosine decay to 0 (default: {by_flow('lr')})")
+    t.add_argument("--anneal", type=_nonneg_int, default=T["anneal"],
+                   help=f"steps over which the target's weight in the fit rises from "
+                        f"{ANNEAL_START:g} to 1, so that q first spreads over a flatter target; "
+                        "0: none "
+                        f"(default: {by_flow('anneal')})")
     t.add_argument("--n-estimate", type=_positive_int, default=T["n_estimate"],
                    help="samples for the log Z estimate")
     _common(t, length="steps", evaluation_only="--n-estimate")

@@ -33,7 +33,7 @@ MAX_BOUND = 1e4
 _KINDS = {
     "pos_int": ("layers", "bins", "steps", "batch", "n_train", "latent", "epochs", "samples",
                 "iwae_k", "flow_layers", "n_estimate", "k"),
-    "nonneg_int": ("seed", "warmup"),
+    "nonneg_int": ("seed", "warmup", "anneal"),
     "pos_float": ("lr", "bound"),
     "nonneg_float": ("beta", "free_bits"),
     "bool": ("conditional", "amortised"),
@@ -379,4 +379,4 @@ def estimate_or_nan(estimate):
         if not _is_non_finite_error(e):
             raise
         nan = float("nan")
-        return SimpleNamespace(elbo=nan, log_z=nan, ess=nan, ess_fraction=nan)
+        return SimpleNamespace(elbo=nan, log_z=nan, log_z_stderr=nan, ess=nan, ess_fraction=nan)

@@ -56,6 +56,7 @@ __all__ = [
     "ImportanceEstimate",
     "log_mean_exp",
     "kish_ess",
+    "log_z_stderr",
 ]
 
 #: The kinds ``make_variational`` builds (the table ``models.kinds``).
@@ -302,16 +303,38 @@ class ImportanceEstimate(NamedTuple):
     ess: float           # Kish effective sample size of the weights
     ess_fraction: float  # ess / n
     n: int
+    log_z_stderr: float  # standard error of log_z (delta method): sd(w) / (sqrt(n) mean(w))
+
+
+def log_z_stderr(log_w):
+    """The standard error of ``log_mean_exp(log_w)`` as an estimate of ``log Z``, from the
+    log-weights ``(n,)``: by the delta method ``se(log Z_hat) = se(Z_hat) / Z_hat
+    = sd(w) / (sqrt(n) mean(w))`` (``sd`` with ``n - 1``), a ratio unchanged when every weight
+    is scaled, so computed from ``w_i / max w = exp(log w_i - max)`` in ``(0, 1]``: no overflow
+    for weights of thousands of nats. NaN for ``n < 2``. Trustworthy only where the weights'
+    variance is (a low ESS says it is not: ``se^2 ~ 1/ESS - 1/n``).
+
+    Derivation: derivations/14-reverse-kl.md#standard-error-of-the-log-z-estimate.
+    """
+    lw = np.asarray(log_w, dtype=np.float64)
+    n = lw.size
+    m = np.max(lw) if n else float("nan")
+    if n < 2 or not np.isfinite(m):
+        return float("nan")
+    w = np.exp(lw - m)  # the largest is 1: the mean is in [1/n, 1], the variance finite
+    return float(np.std(w, ddof=1) / (np.sqrt(n) * np.mean(w)))
 
 
 def importance_estimate(q, target, n, rng, chunk=65_536):
-    """The ELBO, an importance-sampling estimate of ``log Z`` and its effective sample size.
+    """The ELBO, an importance-sampling estimate of ``log Z`` with its standard error, and the
+    effective sample size.
 
     Draws ``x_i ~ q`` (``n`` samples, in chunks of ``chunk`` to bound memory), log-weights
     ``log w_i = log p~(x_i) - log q(x_i)``, then ``elbo = mean(log w)``,
     ``log_z = log((1/n) sum w_i)`` (``log_mean_exp``: Jensen makes it a lower bound in
     expectation, ``E[log_z] <= log Z``; it converges to log Z as n grows whenever q covers
-    the target's support) and ``ess = (sum w)^2 / sum w^2`` (``kish_ess``).
+    the target's support), ``log_z_stderr = sd(w) / (sqrt(n) mean(w))`` (``log_z_stderr``)
+    and ``ess = (sum w)^2 / sum w^2`` (``kish_ess``).
     Returns an ``ImportanceEstimate``.
     Derivation: derivations/14-reverse-kl.md#importance-sampling-estimate-of-log-z.
     """
@@ -329,4 +352,4 @@ def importance_estimate(q, target, n, rng, chunk=65_536):
     ess = kish_ess(log_w)
     stderr = float(np.std(log_w, ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
     return ImportanceEstimate(float(np.mean(log_w)), stderr, float(log_mean_exp(log_w)), ess,
-                              ess / n, n)
+                              ess / n, n, log_z_stderr(log_w))
