@@ -62,13 +62,13 @@ def test_a_flow_kinds_entry_applies_over_the_data_sets(tmp_path, digits):
         DIGITS["affine"]["steps"] != DIGITS["*"]["steps"]
 
 
-def test_8gaussians_sos_gets_its_learning_rate_and_other_pairs_do_not(tmp_path):
-    sos = run_cli(tmp_path, "--data", "8gaussians", "--flow", "sos", "--steps", "2",
-                  "--layers", "1", "--hidden", "8", "--n-train", "500", name="sos")
-    spline = run_cli(tmp_path, "--data", "8gaussians", "--steps", "2", "--layers", "1",
-                     "--hidden", "8", "--n-train", "500", name="spline")
-    assert sos["lr"] == DATASET_DEFAULTS["8gaussians"]["sos"]["lr"] != FLOW_DEFAULTS["lr"]
-    assert spline["lr"] == FLOW_DEFAULTS["lr"]
+def test_another_data_set_keeps_flow_defaults(tmp_path):
+    """Caught: a data set's entry applied to every data set."""
+    settings = run_cli(tmp_path, "--data", "8gaussians", "--flow", "maf", "--steps", "2",
+                       "--layers", "1", "--hidden", "8", "--n-train", "500")
+    for key in DIGITS["*"]:
+        if key not in ("steps", "hidden"):
+            assert settings[key] == listed(FLOW_DEFAULTS[key]), key
 
 
 def test_the_python_api_applies_them_too(tmp_path, digits):
