@@ -84,7 +84,10 @@ def _run_kwargs(args) -> dict:
 def cmd_train_flow(args) -> int:
     from .runs import FLOW_DEFAULTS, train_flow
 
-    _, metrics = train_flow(**_run_kwargs(args), **_settings(args, FLOW_DEFAULTS))
+    # the options given, no more: train_flow fills the rest from the data set's own defaults
+    # (runs.DATASET_DEFAULTS), then FLOW_DEFAULTS
+    given = {k: getattr(args, k) for k in FLOW_DEFAULTS if k in args.explicit}
+    _, metrics = train_flow(**_run_kwargs(args), **given)
     _report("flow", metrics, args.out, args.quiet)
     return _exit_code(metrics)
 
@@ -259,6 +262,10 @@ class _Help(argparse.HelpFormatter):
         return lines
 
 
+class _HelpWithLines(argparse.RawDescriptionHelpFormatter, _Help):
+    """``_Help`` that prints the epilog's lines as written (train-flow: a line per data set)."""
+
+
 class _Parser(argparse.ArgumentParser):
     """Argument errors in one line naming the option (no usage block), exit code 2."""
 
@@ -343,7 +350,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true", help="no progress output")
     d.set_defaults(func=cmd_demo)
 
-    f = sub.add_parser("train-flow", help="fit a coupling flow by maximum likelihood", **sub_kw)
+    from .runs import DATASET_DEFAULTS, dataset_defaults_lines
+    f = sub.add_parser("train-flow", help="fit a coupling flow by maximum likelihood",
+                       formatter_class=_HelpWithLines, epilog="\n".join([
+                           "A data set's own defaults replace the defaults above for the "
+                           "options you do not give",
+                           "(config.json holds the settings used):",
+                           *("  " + line for line in dataset_defaults_lines()),
+                           "On digits-dequantized the parameters of the best validation epoch "
+                           "(evaluated every 10 epochs)", "are kept."]))
     f.add_argument("--data", default=F["data"], help=_data_help("train-flow", F["data"]))
     from ..models import kinds  # the one table of flow and posterior kinds
     f.add_argument("--flow", choices=list(kinds.DENSITY_FLOWS), default=F["flow"],
@@ -367,6 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--conditional", action="store_true",
                    help="condition on the data set's labels (one-hot context)")
     _common(f, length="steps")
+    own = {k for table in DATASET_DEFAULTS.values() for settings in table.values()
+           for k in settings}
+    for action in f._actions:  # their "(default: ...)" names the data sets' own, below
+        if action.dest in own:
+            shown = "none" if action.default is None else action.default
+            action.help += f" (default: {shown}; some data sets have their own, below)"
     f.set_defaults(func=cmd_train_flow)
 
     v = sub.add_parser("train-vae", help="fit a VAE (mean-field or flow posterior)", **sub_kw)
@@ -585,7 +606,8 @@ def main(argv=None) -> int:
         pass
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.explicit = explicit_options(argv) if hasattr(args, "resume") else set()
+    args.explicit = explicit_options(argv) if hasattr(args, "resume") \
+        or args.command == "train-flow" else set()
     from .. import engine
     from .rundir import RunInterrupted
 
