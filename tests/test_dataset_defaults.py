@@ -58,8 +58,9 @@ def test_a_flow_kinds_entry_applies_over_the_data_sets(tmp_path, digits):
     settings = run_cli(tmp_path, *digits, "--flow", "maf-spline", "--steps", "2",
                        "--layers", "1", "--hidden", "8")
     assert settings["bins"] == DIGITS["maf-spline"]["bins"] != FLOW_DEFAULTS["bins"]
-    assert flow_settings({"data": "digits-dequantized", "flow": "affine"})["steps"] == \
-        DIGITS["affine"]["steps"] != DIGITS["*"]["steps"]
+    merged = flow_settings({"data": "digits-dequantized", "flow": "maf-spline", "lr": 0.5})
+    assert merged == {**DIGITS["*"], **DIGITS["maf-spline"], "data": "digits-dequantized",
+                      "flow": "maf-spline", "lr": 0.5}
 
 
 def test_another_data_set_keeps_flow_defaults(tmp_path):
@@ -122,3 +123,21 @@ def test_the_sos_benchmark_runs_and_its_law_options_take_effect():
            for name in ("lr2e-3", "B2.5")}  # the same settings but the law's box B
     assert FLOW_KINDS["sos"] == before
     assert nll["lr2e-3"] != nll["B2.5"]
+
+
+@pytest.mark.slow
+def test_readme_maf_row_is_what_the_default_command_prints(tmp_path, digits):
+    """README "What to expect": ``train-flow --data digits-dequantized --flow maf`` gives
+    106.07 nats with the data set's own defaults (~10 s of CPU). Caught: a change of those
+    defaults, or of the MAF, that moves the number without the README."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    row = re.search(r"\| `scratchvae train-flow --data digits-dequantized --flow maf` \| "
+                    r"test NLL of y \*\*([\d.]+)\*\*", text)
+    assert row, "README: the digits-dequantized --flow maf row of 'What to expect' not found"
+    settings = run_cli(tmp_path, *digits, "--flow", "maf")
+    assert (settings["steps"], settings["batch"]) == (1000, 100)
+    with open(tmp_path / "run" / "metrics.json") as f:
+        assert json.load(f)["test_nll"] == pytest.approx(float(row.group(1)), abs=5e-3)
