@@ -197,67 +197,63 @@ class Trainer:
     def run(self, stop_after: int | None = None) -> FitResult:
         """Train until ``steps`` (or, for tests of resuming, until step ``stop_after``)."""
         end = self.steps if stop_after is None else min(self.steps, int(stop_after))
-        speed = training_settings(self.model, self.batch_size, self.threads,
-                                  self.keep_freed_memory)  # speed only: no result changes
-        speed.__enter__()
         progress = Progress(self.steps, self.step, self.quiet, self.desc)
         stopped = None
         t0 = self._run_start = time.perf_counter()
         running, count = self.window["loss"], self.window["count"]
         info_sum = dict(self.window["info"])
-        quiet_floats = _quiet_float_warnings()
-        try:
-            quiet_floats.__enter__()
-            while self.step < end:
-                if self.stop_signal is not None:  # a step boundary: safe to checkpoint here
-                    break
-                batch = self.batch(self.step)
-                loss, grads, info = self.loss_fn(batch, self.rng, self.step)
-                loss = float(loss)
-                if not np.isfinite(loss):
-                    if self.step > 0:
-                        self.model.load_params(self._last_good)
-                    stopped = (f"non-finite loss ({loss}) at step {self.step + 1}; kept the "
-                               f"parameters of step {self.step}, the last with a finite loss")
-                    break
-                if not all(np.all(np.isfinite(g)) for g in grads.values()):
-                    stopped = (f"non-finite gradient at step {self.step + 1}; kept the "
-                               f"parameters of step {self.step}")
-                    break
-                if self.clip:
-                    clip_grad_norm(grads, self.clip)
-                for k, p in self.params.items():
-                    np.copyto(self._last_good[k], p)
-                self.optimizer.lr = self.lr_at(self.step)
-                self.optimizer.step(grads)
-                self.step += 1
-                running += loss
-                count += 1
-                for k, v in info.items():
-                    info_sum[k] = info_sum.get(k, 0.0) + float(v)
-                is_eval = self.step % self.eval_every == 0 or self.step == self.steps
-                if self.step % self.log_every == 0 or is_eval:
-                    row = {"step": self.step, "train_loss": running / count}
-                    row.update({k: v / count for k, v in info_sum.items()})
-                    if is_eval:
-                        row.update(self.evaluate())
-                    row["seconds"] = self.seconds + time.perf_counter() - t0
-                    self.history.append(row)
-                    running, count, info_sum = 0.0, 0, {}
-                    self.window = {"loss": running, "count": count, "info": {}}
-                    if is_eval and self.on_eval is not None:
-                        # a step boundary: the parameters, optimiser and RNG are consistent
-                        # (the command line writes its checkpoint here)
-                        self.on_eval(self)
-                    progress.update(self.step, {"loss": row["train_loss"],
-                                                "val": row.get("val_loss")})
-        finally:
-            self.window = {"loss": running, "count": count, "info": info_sum}
-            quiet_floats.__exit__(None, None, None)
-            speed.__exit__(None, None, None)
-            self.seconds += time.perf_counter() - t0
-            self._run_start = None
-            progress.close()
+        # speed only (no result changes), and no float warnings: both undone however run ends
+        with training_settings(self.model, self.batch_size, self.threads,
+                               self.keep_freed_memory), _quiet_float_warnings():
+            try:
+                while self.step < end:
+                    if self.stop_signal is not None:  # a step boundary: safe to checkpoint here
+                        break
+                    batch = self.batch(self.step)
+                    loss, grads, info = self.loss_fn(batch, self.rng, self.step)
+                    loss = float(loss)
+                    if not np.isfinite(loss):
+                        if self.step > 0:
+                            self.model.load_params(self._last_good)
+                        stopped = (f"non-finite loss ({loss}) at step {self.step + 1}; kept the "
+                                   f"parameters of step {self.step}, the last with a finite loss")
+                        break
+                    if not all(np.all(np.isfinite(g)) for g in grads.values()):
+                        stopped = (f"non-finite gradient at step {self.step + 1}; kept the "
+                                   f"parameters of step {self.step}")
+                        break
+                    if self.clip:
+                        clip_grad_norm(grads, self.clip)
+                    for k, p in self.params.items():
+                        np.copyto(self._last_good[k], p)
+                    self.optimizer.lr = self.lr_at(self.step)
+                    self.optimizer.step(grads)
+                    self.step += 1
+                    running += loss
+                    count += 1
+                    for k, v in info.items():
+                        info_sum[k] = info_sum.get(k, 0.0) + float(v)
+                    is_eval = self.step % self.eval_every == 0 or self.step == self.steps
+                    if self.step % self.log_every == 0 or is_eval:
+                        row = {"step": self.step, "train_loss": running / count}
+                        row.update({k: v / count for k, v in info_sum.items()})
+                        if is_eval:
+                            row.update(self.evaluate())
+                        row["seconds"] = self.seconds + time.perf_counter() - t0
+                        self.history.append(row)
+                        running, count, info_sum = 0.0, 0, {}
+                        self.window = {"loss": running, "count": count, "info": {}}
+                        if is_eval and self.on_eval is not None:
+                            # a step boundary: the parameters, optimiser and RNG are consistent
+                            # (the command line writes its checkpoint here)
+                            self.on_eval(self)
+                        progress.update(self.step, {"loss": row["train_loss"],
+                                                    "val": row.get("val_loss")})
+            finally:
+                self.window = {"loss": running, "count": count, "info": info_sum}
+                self.seconds += time.perf_counter() - t0
+                self._run_start = None
+                progress.close()
         if stopped and not self.quiet:
             print(f"{self.desc}: {stopped}".strip(": "), file=sys.stderr)
         if self.step >= self.steps and self.keep_best and self.best_params is not None:
