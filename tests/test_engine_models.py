@@ -313,6 +313,7 @@ import scratchvae
 from scratchvae.models.vae import VAE
 from scratchvae.models.density import FlowDensity
 from scratchvae.distributions.bases import StandardNormal
+from scratchvae.flows.autoregressive import maf_flow
 from scratchvae.flows.coupling import coupling_flow
 from scratchvae.training.trainer import Trainer
 
@@ -321,9 +322,11 @@ rng = np.random.default_rng(0)
 vae = VAE.build(6, 2, hidden=(8,), rng=rng)
 x = (rng.random((64, 6)) < 0.5).astype(float)
 Trainer(vae, vae.loss_and_grads, data=x, steps=3, batch_size=32, quiet=True).run()
-flow = FlowDensity(StandardNormal(2), coupling_flow(2, 2, "spline", hidden=(8,), rng=rng))
-Trainer(flow, flow.loss_fn, data=rng.standard_normal((64, 2)), steps=3, batch_size=32,
-        quiet=True).run()
+for made_by in (coupling_flow(2, 2, "spline", hidden=(8,), rng=rng),
+                maf_flow(2, 2, "affine", hidden=(8,), rng=rng)):  # MLP and MADE conditioners
+    flow = FlowDensity(StandardNormal(2), made_by)
+    Trainer(flow, flow.loss_fn, data=rng.standard_normal((64, 2)), steps=3, batch_size=32,
+            quiet=True).run()
 print(json.dumps({"package": scratchvae.__file__,
                   "engine_modules": sorted(m for m in sys.modules
                                            if m.startswith("scratchvae.engine."))}))

@@ -8,9 +8,6 @@ operations in another place (in-place activations, Adam's moments on flat buffer
 asks for the same bits.
 """
 
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -317,25 +314,6 @@ def test_a_checkpoint_written_with_one_engine_resumes_with_the_other(tmp_path, w
     for k, p in through_vae.params.items():
         np.testing.assert_allclose(resumed_vae.params[k], p, rtol=1e-9, atol=1e-12)
     assert resumed.step == through.step == 6
-
-
-def test_the_reference_engine_trains_without_importing_the_engines_modules():
-    code = ("import sys, numpy as np\n"
-            "from scratchvae import nn\n"
-            "from scratchvae.training.trainer import Trainer\n"
-            "mlp = nn.MLP([2, 8, 1], 'relu', np.random.default_rng(0))\n"
-            "made = nn.MADE(3, 2, (6,), rng=np.random.default_rng(0))\n"
-            "data = np.random.default_rng(1).standard_normal((32, 2))\n"
-            "def loss(batch, rng, step):\n"
-            "    y, cache = mlp.forward(batch)\n"
-            "    made.backward(*made.forward(np.ones((2, 3))))\n"
-            "    return float((y ** 2).mean()), mlp.backward(2 * y / y.size, cache)[1], {}\n"
-            "Trainer(mlp, loss, data=data, steps=3, batch_size=8, quiet=True).run()\n"
-            "print(sorted(m for m in sys.modules if m.startswith('scratchvae.engine')))\n")
-    env = dict(os.environ, SCRATCHVAE_ENGINE="reference")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout
-    assert out.strip() == "['scratchvae.engine']"
 
 
 # ----------------------------------------------------------------------------- the registry
