@@ -42,6 +42,7 @@ from ..distributions.gaussian import (
     std_normal_log_prob,
 )
 from ..distributions.likelihoods import Likelihood, make_likelihood
+from ..engine import dispatch
 from ..nn import MLP, Layer, Module, sum_over_batch
 from .sampling import check_mode, forward_in_blocks, interpolate_latents
 from .vae_eval import ElboResult, log_mean_exp, row_blocks
@@ -311,6 +312,7 @@ class VAE(Module):
         return grads
 
     # -- the training objective
+    @dispatch("models.vae.loss_and_grads")
     def loss_and_grads(self, batch, rng, beta=1.0, step=None):
         """Returns three values, ``(loss, grads, info)``: the loss (a float), its gradient
         for every parameter (a dict keyed like ``self.params``) and a dict of diagnostics;

@@ -1,0 +1,123 @@
+"""The fused VAE step (scratchvae/engine/vae.py) against the fast engine without it and the
+reference engine, on the W1 workloads: CPU time per training step, rounds interleaved.
+
+    python benchmarks/fused_vae.py                    # W1-b128 and W1-b1024, one BLAS thread
+    python benchmarks/fused_vae.py W1-b1024 --threads 2 --rounds 9
+    python benchmarks/fused_vae.py --relu             # ReLU's forward and backward, ways compared
+
+Each round times ``--steps`` steps of each variant in turn (same model, same data pool) and
+keeps the median; the table gives the median and the spread of the rounds. CPU time of the
+process (all its threads) is what other processes on a shared machine disturb least; on a quiet
+machine wall time (``--wall``) is the number a user sees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+KERNEL = "models.vae.loss_and_grads"
+
+
+def _median(values):
+    values = sorted(values)
+    return values[len(values) // 2]
+
+
+def time_steps(step, steps, clock):
+    times = []
+    for _ in range(steps):
+        t0 = clock()
+        step()
+        times.append(clock() - t0)
+    return _median(times) * 1e3
+
+
+def compare_steps(names, rounds, steps, clock):
+    from workloads import WORKLOADS
+
+    from scratchvae import engine
+
+    engine.kernels()  # loads the fast engine
+    fused = engine._FAST[KERNEL]
+    variants = {
+        "fused": lambda: (engine.use("fast"), engine._FAST.__setitem__(KERNEL, fused)),
+        "fast, unfused": lambda: (engine.use("fast"), engine._FAST.pop(KERNEL, None)),
+        "reference": lambda: engine.use("reference"),
+    }
+    print(f"{'workload':<10} " + " ".join(f"{v:>22}" for v in variants) + "   (ms per step: "
+          "median of rounds [min-max])")
+    for name in names:
+        w = WORKLOADS[name]()
+        results = {v: [] for v in variants}
+        for _ in range(rounds):
+            for variant, select in variants.items():
+                select()
+                for _ in range(3):
+                    w.step()
+                results[variant].append(time_steps(w.step, steps, clock))
+        variants["fused"]()
+        cells = [f"{_median(r):8.3f} [{min(r):.3f}-{max(r):.3f}]" for r in results.values()]
+        print(f"{name:<10} " + " ".join(f"{c:>22}" for c in cells), flush=True)
+
+
+def compare_relu(clock, rows=1024, width=256):
+    """ReLU on a (rows, width) float32 pre-activation: each way, median microseconds."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((rows, width)).astype(np.float32)
+    out, d = a.copy(), rng.standard_normal((rows, width)).astype(np.float32)
+    mask = np.empty((rows, width), bool)
+    zero_row = np.zeros(width, np.float32)
+
+    def timed(fn, n=200):
+        rounds = []
+        for _ in range(7):
+            t0 = clock()
+            for _ in range(n):
+                fn()
+            rounds.append((clock() - t0) / n * 1e6)
+        return _median(rounds)
+
+    ways = {
+        "forward  maximum(a, 0)": lambda: np.maximum(a, 0, out=out),
+        "forward  maximum(a, zero row)": lambda: np.maximum(a, zero_row, out=out),
+        "backward d * (y > 0), bool temporary": lambda: np.multiply(d, out > 0, out=d),
+        "backward greater into a mask, multiply": lambda: (np.greater(out, 0, out=mask),
+                                                           np.multiply(d, mask, out=d)),
+    }
+    print(f"ReLU on ({rows}, {width}) float32, median us per call")
+    for way, fn in ways.items():
+        print(f"  {way:<42} {timed(fn):8.1f}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("workloads", nargs="*", default=["W1-b128", "W1-b1024"])
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--threads", type=int, default=1, help="BLAS threads (default 1)")
+    p.add_argument("--wall", action="store_true", help="wall time instead of CPU time")
+    p.add_argument("--relu", action="store_true", help="the ReLU comparison only")
+    args = p.parse_args(argv)
+    from scratchvae.engine import memory, threads
+
+    memory.keep_freed_memory()
+    threads.set_blas_threads(args.threads)
+    clock = time.perf_counter if args.wall else time.process_time
+    print(f"load average {os.getloadavg()[0]:.2f}; BLAS threads {args.threads}; "
+          f"{'wall' if args.wall else 'CPU'} time")
+    if args.relu:
+        compare_relu(clock)
+    else:
+        compare_steps(args.workloads, args.rounds, args.steps, clock)
+
+
+if __name__ == "__main__":
+    main()

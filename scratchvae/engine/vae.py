@@ -1,0 +1,311 @@
+"""The fast engine's VAE training step: ``models.vae.loss_and_grads`` as one fused pass.
+
+The reference (``scratchvae.models.vae.VAE.loss_and_grads``) runs the lecture's chain of pieces,
+each returning new arrays and a cache for its backward: encoder, ``posterior_sample``
+(softplus scale, reparameterisation, closed-form KL), decoder, Bernoulli likelihood, then each
+backward in reverse (derivations/04-elbo-and-iwae.md#the-backward-pass). For the VAE of the
+lecture and of the benchmark, ``fused_loss_and_grads`` computes the same loss, gradients and
+diagnostics in one function, forward and backward together, so that nothing made between them
+can escape and every intermediate can live in a work buffer:
+
+- every pre-activation, activation, gradient and temporary is a buffer of the model's
+  ``_Workspace``, made on the first step of a batch shape and reused on every later step of that
+  shape; the products write into them (``out=``), the bias is added in place, the activation and
+  its backward run in place. Only what is returned is new: the gradients (written there directly
+  by BLAS, so a caller may keep them), the loss and the diagnostics;
+- the data's own gradient is not formed: the reference's encoder backward computes ``d_x``, one
+  product ``(N, h) @ (h, D)``, which the VAE then drops;
+- the posterior and the likelihood share their exponentials: one ``e = exp(-|a|)`` gives the
+  softplus ``max(a, 0) + log1p(e)`` of the forward and the sigmoid of the backward
+  (``1 / (1 + e)``, times ``e`` where ``a < 0``), for the scale's raw output and for the logits;
+- the reconstruction term is summed, never formed per element: ``sum x l`` is one dot product
+  and ``sum softplus(l)`` two sums; the noise is drawn into its buffer
+  (``Generator.standard_normal(out=)``, the same numbers as the reference's draw).
+
+Which VAEs (``fusable``): ``VAE`` itself (not a subclass: a flow posterior or a label changes
+the posterior step), encoder and decoder plain ``MLP``s of ``Linear`` layers with ReLU or tanh,
+the Bernoulli likelihood; any batch, number of samples, beta, warm-up and free bits, float32 or
+float64. Any other model runs the reference, unchanged.
+
+Equality: tests/test_engine_vae.py (float64, hypothesis: shapes, samples, beta, warm-up and free
+bits; the loss, every gradient and the diagnostics equal the reference engine's to 1e-12
+relative, the noise drawn is the same) and whole models in tests/test_engine_models.py.
+
+Measured: see ``fused_loss_and_grads``.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+import numpy as np
+
+from ..checks.arguments import check_rng
+from ..distributions.likelihoods import Bernoulli
+from ..models import vae as _reference  # noqa: F401  (defines the kernel registered here)
+from ..models.vae import VAE, free_bits_kl, linear_warmup
+from ..nn.activations import ReLU, Tanh
+from ..nn.linear import Linear
+from ..nn.mlp import MLP
+from . import register
+from .products import matmul, sum_over_batch
+
+__all__ = ["fused_loss_and_grads", "fusable"]
+
+
+def _plain_mlp(mlp):
+    return (type(mlp) is MLP and type(mlp.act) in (ReLU, Tanh)
+            and all(type(layer) is Linear for layer in mlp.layers))
+
+
+def fusable(vae):
+    """True when ``fused_loss_and_grads`` computes ``vae``'s step (see the module docstring)."""
+    return (type(vae) is VAE and type(vae.likelihood) is Bernoulli
+            and _plain_mlp(vae.encoder) and _plain_mlp(vae.decoder))
+
+
+def matmul_into(a, b, out):
+    """``a @ b`` written into ``out``: ``products.matmul``'s choice (``np.dot`` where a
+    dimension is 1, ``np.matmul`` elsewhere), with the result's own buffer."""
+    if a.shape[0] == 1 or a.shape[1] == 1 or b.shape[1] == 1:
+        return np.dot(a, b, out=out)
+    return np.matmul(a, b, out=out)
+
+
+# ----------------------------------------------------------------------------- buffers
+class _Passes:
+    """The buffers of one MLP run on ``rows`` rows: each layer's output (its pre-activation,
+    then its activation, in place), the gradient reaching each layer's output, and per hidden
+    layer a work array for the activation's backward (ReLU: the mask ``y > 0``; tanh: 1 - y^2)."""
+
+    def __init__(self, mlp, rows, dtype, prefix):
+        sizes = mlp.sizes
+        self.outs = [np.empty((rows, n), dtype) for n in sizes[1:]]
+        self.d_outs = [np.empty((rows, n), dtype) for n in sizes[1:-1]]
+        relu = type(mlp.act) is ReLU
+        self.relu = relu
+        # ReLU's max(a, 0) against a row of zeros, broadcast: the same numbers, but NumPy 2.4's
+        # maximum with the scalar 0 runs a slower loop (CPU time on (1024, 256) float32: 101
+        # against 57 us; `python benchmarks/fused_vae.py --relu`)
+        self.zero_rows = [np.zeros(n, dtype) for n in sizes[1:-1]]
+        self.work = [np.empty((rows, n), bool if relu else dtype) for n in sizes[1:-1]]
+        self.names = [(f"{prefix}.layers.{i}.W", f"{prefix}.layers.{i}.b")
+                      for i in range(len(mlp.layers))]
+
+
+class _Workspace:
+    """Every buffer of one step of ``vae`` on ``N`` rows with ``S`` samples per row.
+
+    ``lock``: held while a step runs, so two threads training one model never share buffers
+    (the second gets a workspace of its own for that step).
+    """
+
+    def __init__(self, vae, N, S, dtype):
+        L, D, M = vae.latent_dim, vae.decoder.sizes[-1], S * N
+        self.lock = threading.Lock()
+        self.encoder = _Passes(vae.encoder, N, dtype, "encoder")
+        self.decoder = _Passes(vae.decoder, M, dtype, "decoder")
+        self.eps = np.empty((S, N, L), dtype)
+        self.z = np.empty((S, N, L), dtype)
+        self.d_z = np.empty((M, L), dtype)        # the decoder's input gradient
+        self.d_h = np.empty((N, 2 * L), dtype)    # the encoder's output gradient [d_mu, d_raw]
+        # the posterior's (N, L) arrays: e = exp(-|raw|), sigma, sigmoid(raw), a temporary, KL
+        self.e_raw, self.sigma, self.sigmoid_raw, self.tmp_nl, self.kl = (
+            np.empty((N, L), dtype) for _ in range(5))
+        self.raw_negative = np.empty((N, L), bool)
+        # the likelihood's (M, D) arrays: e = exp(-|l|), a temporary, the sigmoid, l < 0
+        self.e_logits, self.tmp_md, self.sigmoid_logits = (
+            np.empty((M, D), dtype) for _ in range(3))
+        self.logits_negative = np.empty((M, D), bool)
+
+
+_WORKSPACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: workspaces kept per model: a training run has one batch shape, two with a short last batch
+_KEEP = 4
+
+
+def _workspace(vae, N, S, dtype):
+    """The model's workspace for this shape, made on first use (the oldest dropped beyond
+    ``_KEEP``)."""
+    spaces = _WORKSPACES.get(vae)
+    if spaces is None:
+        spaces = _WORKSPACES[vae] = {}
+    key = (N, S, dtype)
+    space = spaces.get(key)
+    if space is None:
+        if len(spaces) >= _KEEP:
+            del spaces[next(iter(spaces))]
+        space = spaces[key] = _Workspace(vae, N, S, dtype)
+    return space
+
+
+# ----------------------------------------------------------------------------- the MLP passes
+def _mlp_forward(mlp, x, passes):
+    """``MLP.forward`` into ``passes.outs``: each product into its buffer, the bias added and
+    the activation applied in place. Returns the output (the last buffer)."""
+    h = x
+    last = len(mlp.layers) - 1
+    for i, (layer, out) in enumerate(zip(mlp.layers, passes.outs)):
+        matmul_into(h, layer.W, out)
+        out += layer.b
+        if i < last:
+            if passes.relu:
+                np.maximum(out, passes.zero_rows[i], out=out)
+            else:
+                np.tanh(out, out=out)
+        h = out
+    return h
+
+
+def _mlp_backward(mlp, x, d_y, passes, grads, d_x=None):
+    """``MLP.backward`` from ``d_y`` (the output's gradient, overwritten) through
+    ``passes``: the activations' backward in place, each input gradient into its buffer, every
+    parameter gradient a new array put in ``grads``. The input's gradient is written into
+    ``d_x`` when given, else not computed."""
+    d = d_y
+    for i in range(len(mlp.layers) - 1, -1, -1):
+        layer = mlp.layers[i]
+        if i < len(mlp.layers) - 1:
+            y, work = passes.outs[i], passes.work[i]
+            if passes.relu:
+                np.greater(y, 0, out=work)           # relu'(a) = [y > 0]
+                np.multiply(d, work, out=d)
+            else:
+                np.multiply(y, y, out=work)          # tanh'(a) = 1 - y^2
+                np.subtract(1, work, out=work)
+                d *= work
+        h_in = passes.outs[i - 1] if i > 0 else x
+        name_W, name_b = passes.names[i]
+        grads[name_W] = matmul(h_in.T, d)
+        grads[name_b] = sum_over_batch(d)
+        if i > 0:
+            d = matmul_into(d, layer.W.T, passes.d_outs[i - 1])
+        elif d_x is not None:
+            matmul_into(d, layer.W.T, d_x)
+    return grads
+
+
+# ----------------------------------------------------------------------------- elementwise
+def _exp_minus_abs(a, out):
+    """``e^{-|a|}`` into ``out``: the one exponential the softplus and the sigmoid share."""
+    np.abs(a, out=out)
+    np.negative(out, out=out)
+    return np.exp(out, out=out)
+
+
+def _sigmoid_from(a, e, negative, out):
+    """sigmoid(a) from ``e = e^{-|a|}``: ``1 / (1 + e)`` where ``a >= 0``, ``e / (1 + e)`` where
+    ``a < 0`` (the stable form of ``nn.sigmoid``: no exponential of a positive number)."""
+    np.add(e, 1, out=out)
+    np.reciprocal(out, out=out)
+    np.less(a, 0, out=negative)
+    return np.multiply(out, e, out=out, where=negative)
+
+
+# ----------------------------------------------------------------------------- the step
+@register("models.vae.loss_and_grads")
+def fused_loss_and_grads(vae, batch, rng, beta=1.0, step=None):
+    """``scratchvae.models.vae.VAE.loss_and_grads``, fused on work buffers for a
+    ``fusable`` VAE; any other runs the reference.
+
+    The same contract: ``(loss, grads, info)``, the same checks and errors, the same noise from
+    ``rng``. The formulas, in the order they run (derivation 04, "The backward pass"):
+
+        h = encoder(x);  mu, raw = h[:, :L], h[:, L:];  e = exp(-|raw|)
+        sigma = max(raw, 0) + log1p(e) + floor;  z = mu + sigma eps
+        KL_nj = (mu^2 + d (2 + d)) / 2 - log1p(d),  d = sigma - 1
+        l = decoder(z);  rec = (x . l - sum softplus(l)) / (N S)
+        loss = -(rec - beta_t KL term)
+        d l = (sigmoid(l) - x) / (N S);  d z = decoder backward
+        d mu = sum_s d z + c mu,  d sigma = sum_s d z eps + c (sigma - 1/sigma),  c = beta_t/N [open]
+        d raw = d sigma sigmoid(raw);  encoder backward from [d mu, d raw]
+
+    Measured: see benchmarks/README.md ("Fused VAE step") for calls, instructions and time per
+    step before and after.
+    """
+    if not fusable(vae):
+        return VAE.loss_and_grads.reference(vae, batch, rng, beta, step)
+    x = vae.check_x(batch, "batch")
+    check_rng(rng)
+    if not (np.isfinite(beta) and beta >= 0):
+        raise ValueError(f"beta: expected a non-negative number, got {beta!r}")
+    N, S, L, dtype = x.shape[0], vae.n_samples, vae.latent_dim, vae.dtype
+    space = _workspace(vae, N, S, dtype)
+    if not space.lock.acquire(blocking=False):   # another thread is stepping this model
+        space = _Workspace(vae, N, S, dtype)
+        space.lock.acquire()
+    try:
+        return _step(vae, x, rng, beta, step, space, N, S, L)
+    finally:
+        space.lock.release()
+
+
+def _step(vae, x, rng, beta, step, space, N, S, L):
+    dtype = vae.dtype
+    eps, z, sigma, e, t = space.eps, space.z, space.sigma, space.e_raw, space.tmp_nl
+    rng.standard_normal(dtype=dtype, out=eps)     # the reference's draw, into the buffer
+
+    # q(z|x): the encoder, the softplus scale, the reparameterisation, the KL per dimension
+    h = _mlp_forward(vae.encoder, x, space.encoder)
+    mu, raw = h[:, :L], h[:, L:]
+    _exp_minus_abs(raw, e)
+    np.maximum(raw, 0, out=sigma)
+    np.log1p(e, out=t)
+    sigma += t
+    sigma += vae.sigma_floor                       # sigma = softplus(raw) + floor
+    np.multiply(eps, sigma, out=z)
+    z += mu                                        # z = mu + sigma eps, (S, N, L)
+    kl = space.kl
+    np.subtract(sigma, 1.0, out=t)                 # d = sigma - 1
+    np.add(t, 2.0, out=kl)
+    kl *= t                                        # d (2 + d)
+    np.log1p(t, out=t)
+    np.multiply(mu, mu, out=space.d_h[:, :L])      # (d_h as scratch until the backward)
+    kl += space.d_h[:, :L]
+    kl *= 0.5
+    kl -= t                                        # (mu^2 + d (2 + d)) / 2 - log1p(d)
+
+    # p(x|z): the decoder and the Bernoulli log-likelihood, summed
+    M = S * N
+    logits = _mlp_forward(vae.decoder, z.reshape(M, L), space.decoder)
+    e_l, tmp = space.e_logits, space.tmp_md
+    _exp_minus_abs(logits, e_l)
+    np.maximum(logits, 0, out=tmp)
+    softplus_sum = float(tmp.sum())
+    np.log1p(e_l, out=tmp)
+    softplus_sum += float(tmp.sum())
+    x_dot_logits = float(np.dot(logits.reshape(S, -1), x.reshape(-1)).sum())
+    rec_mean = (x_dot_logits - softplus_sum) / M   # mean over rows and samples
+
+    # the loss
+    beta_t = linear_warmup(beta, step, vae.warmup)
+    kl_group = sum_over_batch(kl) / N
+    kl_term, open_groups = free_bits_kl(kl_group, vae.free_bits, dtype)
+    kl_mean = float(kl_group.sum())
+    loss = -(rec_mean - beta_t * kl_term)
+
+    # backward: the likelihood, d l = (sigmoid(l) - x) / (N S), then the decoder
+    grads = {}
+    d_logits = _sigmoid_from(logits, e_l, space.logits_negative, space.sigmoid_logits)
+    np.subtract(d_logits.reshape(S, N, -1), x, out=d_logits.reshape(S, N, -1))
+    d_logits *= 1.0 / M
+    _mlp_backward(vae.decoder, z.reshape(M, L), d_logits, space.decoder, grads,
+                  d_x=space.d_z)
+    d_z = space.d_z.reshape(S, N, L)
+
+    # the posterior step: d mu, d sigma (reparameterisation + KL), then d raw
+    c = (beta_t / N) * open_groups                 # d loss / d KL_nj, per column j
+    d_mu, d_raw = space.d_h[:, :L], space.d_h[:, L:]
+    np.multiply(mu, c, out=d_mu)
+    d_mu += d_z[0] if S == 1 else d_z.sum(axis=0)
+    np.reciprocal(sigma, out=t)
+    np.subtract(sigma, t, out=t)
+    np.multiply(t, c, out=d_raw)                   # c (sigma - 1/sigma)
+    d_z *= eps                                     # (d_z is spent: reuse it)
+    d_raw += d_z[0] if S == 1 else d_z.sum(axis=0)  # d sigma
+    d_raw *= _sigmoid_from(raw, e, space.raw_negative, space.sigmoid_raw)
+    _mlp_backward(vae.encoder, x, space.d_h, space.encoder, grads)
+
+    info = {"rec": rec_mean, "kl": kl_mean, "elbo": rec_mean - kl_mean, "beta": beta_t}
+    return float(loss), grads, info
