@@ -218,7 +218,8 @@ def fused_loss_and_grads(vae, batch, rng, beta=1.0, step=None):
         l = decoder(z);  rec = (x . l - sum softplus(l)) / (N S)
         loss = -(rec - beta_t KL term)
         d l = (sigmoid(l) - x) / (N S);  d z = decoder backward
-        d mu = sum_s d z + c mu,  d sigma = sum_s d z eps + c (sigma - 1/sigma),  c = beta_t/N [open]
+        d mu = sum_s d z + c mu,  d sigma = sum_s d z eps + c (sigma - 1/sigma)
+            (c = beta_t / N on the groups free bits leave open, 0 on the others)
         d raw = d sigma sigmoid(raw);  encoder backward from [d mu, d raw]
 
     Measured: see benchmarks/README.md ("Fused VAE step") for calls, instructions and time per
