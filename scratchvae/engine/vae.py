@@ -94,31 +94,41 @@ class _Passes:
                       for i in range(len(mlp.layers))]
 
 
+class _Rows:
+    """The buffers of the step's passes over ``n`` rows (all of the batch, or one part of it
+    when the step is split between two threads): every array but the noise."""
+
+    def __init__(self, vae, n, S, dtype):
+        L, D, M = vae.latent_dim, vae.decoder.sizes[-1], S * n
+        self.encoder = _Passes(vae.encoder, n, dtype, "encoder")
+        self.decoder = _Passes(vae.decoder, M, dtype, "decoder")
+        self.z = np.empty((S, n, L), dtype)
+        self.d_z = np.empty((M, L), dtype)        # the decoder's input gradient
+        self.d_h = np.empty((n, 2 * L), dtype)    # the encoder's output gradient [d_mu, d_raw]
+        # the posterior's (n, L) arrays: e = exp(-|raw|), sigma, sigmoid(raw), a temporary, KL
+        self.e_raw, self.sigma, self.sigmoid_raw, self.tmp_nl, self.kl = (
+            np.empty((n, L), dtype) for _ in range(5))
+        self.zero_row_latent = np.zeros(L, dtype)
+        # the likelihood's (M, D) arrays: e = exp(-|l|), a temporary, the sigmoid, its numerator
+        self.e_logits, self.tmp_md, self.sigmoid_logits, self.numerator = (
+            np.empty((M, D), dtype) for _ in range(4))
+        self.zero_row_data = np.zeros(D, dtype)
+
+
 class _Workspace:
-    """Every buffer of one step of ``vae`` on ``N`` rows with ``S`` samples per row.
+    """Every buffer of one step of ``vae`` on ``N`` rows with ``S`` samples per row: the noise
+    ``(S, N, L)`` and the passes' buffers for each part of the rows (``bounds``: one part, or
+    two when the step runs on two threads).
 
     ``lock``: held while a step runs, so two threads training one model never share buffers
     (the second gets a workspace of its own for that step).
     """
 
     def __init__(self, vae, N, S, dtype):
-        L, D, M = vae.latent_dim, vae.decoder.sizes[-1], S * N
         self.lock = threading.Lock()
-        self.encoder = _Passes(vae.encoder, N, dtype, "encoder")
-        self.decoder = _Passes(vae.decoder, M, dtype, "decoder")
-        self.eps = np.empty((S, N, L), dtype)
-        self.z = np.empty((S, N, L), dtype)
-        self.d_z = np.empty((M, L), dtype)        # the decoder's input gradient
-        self.d_h = np.empty((N, 2 * L), dtype)    # the encoder's output gradient [d_mu, d_raw]
-        # the posterior's (N, L) arrays: e = exp(-|raw|), sigma, sigmoid(raw), a temporary, KL
-        self.e_raw, self.sigma, self.sigmoid_raw, self.tmp_nl, self.kl = (
-            np.empty((N, L), dtype) for _ in range(5))
-        self.zero_row_latent = np.zeros(L, dtype)
-        # the likelihood's (M, D) arrays: e = exp(-|l|), a temporary, the sigmoid, l < 0
-        self.e_logits, self.tmp_md, self.sigmoid_logits = (
-            np.empty((M, D), dtype) for _ in range(3))
-        self.numerator = np.empty((M, D), dtype)
-        self.zero_row_data = np.zeros(D, dtype)
+        self.eps = np.empty((S, N, vae.latent_dim), dtype)
+        self.bounds = row_parts(vae, N, S)
+        self.parts = [_Rows(vae, hi - lo, S, dtype) for lo, hi in self.bounds]
 
 
 _WORKSPACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -251,60 +261,91 @@ def fused_loss_and_grads(vae, batch, rng, beta=1.0, step=None):
 
 def _step(vae, x, rng, beta, step, space, N, S, L):
     dtype = vae.dtype
-    eps, z, sigma, e, t = space.eps, space.z, space.sigma, space.e_raw, space.tmp_nl
+    eps = space.eps
     rng.standard_normal(dtype=dtype, out=eps)     # the reference's draw, into the buffer
+    parts = [(x[lo:hi], eps[:, lo:hi], rows) for (lo, hi), rows in zip(space.bounds, space.parts)]
 
-    # q(z|x): the encoder, the softplus scale, the reparameterisation, the KL per dimension
-    h = _mlp_forward(vae.encoder, x, space.encoder)
-    mu, raw = h[:, :L], h[:, L:]
-    _exp_minus_abs(raw, e)
-    np.maximum(raw, space.zero_row_latent, out=sigma)
-    np.log1p(e, out=t)
-    sigma += t
-    sigma += vae.sigma_floor                       # sigma = softplus(raw) + floor
-    np.multiply(eps, sigma, out=z)
-    z += mu                                        # z = mu + sigma eps, (S, N, L)
-    kl = space.kl
-    np.subtract(sigma, 1.0, out=t)                 # d = sigma - 1
-    np.add(t, 2.0, out=kl)
-    kl *= t                                        # d (2 + d)
-    np.log1p(t, out=t)
-    np.multiply(mu, mu, out=space.d_h[:, :L])      # (d_h as scratch until the backward)
-    kl += space.d_h[:, :L]
-    kl *= 0.5
-    kl -= t                                        # (mu^2 + d (2 + d)) / 2 - log1p(d)
-
-    # p(x|z): the decoder and the Bernoulli log-likelihood, summed
-    M = S * N
-    logits = _mlp_forward(vae.decoder, z.reshape(M, L), space.decoder)
-    e_l, tmp = space.e_logits, space.tmp_md
-    _exp_minus_abs(logits, e_l)
-    np.maximum(logits, space.zero_row_data, out=tmp)
-    softplus_sum = float(tmp.sum())
-    np.log1p(e_l, out=tmp)
-    softplus_sum += float(tmp.sum())
-    x_dot_logits = float(np.dot(logits.reshape(S, -1), x.reshape(-1)).sum())
-    rec_mean = (x_dot_logits - softplus_sum) / M   # mean over rows and samples
+    # the forward pass of each part of the rows: sums of the reconstruction term and the KL
+    sums = _run_parts([lambda p=p: _rows_forward(vae, *p) for p in parts])
+    rec_mean = sum(rec for rec, _ in sums) / (S * N)      # mean over rows and samples
+    kl_group = sums[0][1] if len(sums) == 1 else sums[0][1] + sums[1][1]
+    kl_group /= N                                         # batch mean per latent dimension
 
     # the loss
     beta_t = linear_warmup(beta, step, vae.warmup)
-    kl_group = sum_over_batch(kl) / N
     kl_term, open_groups = free_bits_kl(kl_group, vae.free_bits, dtype)
     kl_mean = float(kl_group.sum())
     loss = -(rec_mean - beta_t * kl_term)
 
-    # backward: the likelihood, d l = (sigmoid(l) - x) / (N S), then the decoder
+    # the backward pass of each part; the parts' gradients add up
+    c = (beta_t / N) * open_groups                 # d loss / d KL_nj, per column j
+    grads = _run_parts([lambda p=p: _rows_backward(vae, *p, c, 1.0 / (S * N)) for p in parts])
+    if len(grads) > 1:
+        for name, g in grads[0].items():
+            g += grads[1][name]
+    info = {"rec": rec_mean, "kl": kl_mean, "elbo": rec_mean - kl_mean, "beta": beta_t}
+    return float(loss), grads[0], info
+
+
+def _rows_forward(vae, x, eps, rows):
+    """The forward pass over the rows of ``x`` ``(n, D)`` with noise ``eps`` ``(S, n, L)``:
+    ``rows``' buffers filled; returns the sum of ``log p(x|z)`` over rows and samples and the
+    KL's sum over rows per latent dimension ``(L,)``."""
+    L, S = vae.latent_dim, eps.shape[0]
+    z, sigma, e, t = rows.z, rows.sigma, rows.e_raw, rows.tmp_nl
+
+    # q(z|x): the encoder, the softplus scale, the reparameterisation, the KL per dimension
+    h = _mlp_forward(vae.encoder, x, rows.encoder)
+    mu, raw = h[:, :L], h[:, L:]
+    _exp_minus_abs(raw, e)
+    np.maximum(raw, rows.zero_row_latent, out=sigma)
+    np.log1p(e, out=t)
+    sigma += t
+    sigma += vae.sigma_floor                       # sigma = softplus(raw) + floor
+    np.multiply(eps, sigma, out=z)
+    z += mu                                        # z = mu + sigma eps, (S, n, L)
+    kl = rows.kl
+    np.subtract(sigma, 1.0, out=t)                 # d = sigma - 1
+    np.add(t, 2.0, out=kl)
+    kl *= t                                        # d (2 + d)
+    np.log1p(t, out=t)
+    np.multiply(mu, mu, out=rows.d_h[:, :L])       # (d_h as scratch until the backward)
+    kl += rows.d_h[:, :L]
+    kl *= 0.5
+    kl -= t                                        # (mu^2 + d (2 + d)) / 2 - log1p(d)
+
+    # p(x|z): the decoder and the Bernoulli log-likelihood, summed
+    logits = _mlp_forward(vae.decoder, z.reshape(-1, L), rows.decoder)
+    e_l, tmp = rows.e_logits, rows.tmp_md
+    _exp_minus_abs(logits, e_l)
+    np.maximum(logits, rows.zero_row_data, out=tmp)
+    softplus_sum = float(tmp.sum())
+    np.log1p(e_l, out=tmp)
+    softplus_sum += float(tmp.sum())
+    x_dot_logits = float(np.dot(logits.reshape(S, -1), x.reshape(-1)).sum())
+    return x_dot_logits - softplus_sum, sum_over_batch(kl)
+
+
+def _rows_backward(vae, x, eps, rows, c, d_rec):
+    """The backward pass over the rows of ``_rows_forward``: ``c`` ``(L,)`` the loss's
+    derivative by each KL_nj, ``d_rec`` = 1 / (N S) that by each log p(x_n | z_sn) (with a
+    minus sign); returns the parameters' gradients from these rows."""
+    L, S, n = vae.latent_dim, eps.shape[0], x.shape[0]
+    sigma, e, t = rows.sigma, rows.e_raw, rows.tmp_nl
+    logits = rows.decoder.outs[-1]
+    mu, raw = rows.encoder.outs[-1][:, :L], rows.encoder.outs[-1][:, L:]
+
+    # the likelihood, d l = (sigmoid(l) - x) / (N S), then the decoder
     grads = {}
-    d_logits = _sigmoid_from(logits, e_l, space.numerator, space.sigmoid_logits)
-    np.subtract(d_logits.reshape(S, N, -1), x, out=d_logits.reshape(S, N, -1))
-    d_logits *= 1.0 / M
-    _mlp_backward(vae.decoder, z.reshape(M, L), d_logits, space.decoder, grads,
-                  d_x=space.d_z)
-    d_z = space.d_z.reshape(S, N, L)
+    d_logits = _sigmoid_from(logits, rows.e_logits, rows.numerator, rows.sigmoid_logits)
+    np.subtract(d_logits.reshape(S, n, -1), x, out=d_logits.reshape(S, n, -1))
+    d_logits *= d_rec
+    _mlp_backward(vae.decoder, rows.z.reshape(-1, L), d_logits, rows.decoder, grads,
+                  d_x=rows.d_z)
+    d_z = rows.d_z.reshape(S, n, L)
 
     # the posterior step: d mu, d sigma (reparameterisation + KL), then d raw
-    c = (beta_t / N) * open_groups                 # d loss / d KL_nj, per column j
-    d_mu, d_raw = space.d_h[:, :L], space.d_h[:, L:]
+    d_mu, d_raw = rows.d_h[:, :L], rows.d_h[:, L:]
     np.multiply(mu, c, out=d_mu)
     d_mu += d_z[0] if S == 1 else d_z.sum(axis=0)
     np.reciprocal(sigma, out=t)
@@ -312,8 +353,27 @@ def _step(vae, x, rng, beta, step, space, N, S, L):
     np.multiply(t, c, out=d_raw)                   # c (sigma - 1/sigma)
     d_z *= eps                                     # (d_z is spent: reuse it)
     d_raw += d_z[0] if S == 1 else d_z.sum(axis=0)  # d sigma
-    d_raw *= _sigmoid_from(raw, e, t, space.sigmoid_raw)
-    _mlp_backward(vae.encoder, x, space.d_h, space.encoder, grads)
+    d_raw *= _sigmoid_from(raw, e, t, rows.sigmoid_raw)
+    return _mlp_backward(vae.encoder, x, rows.d_h, rows.encoder, grads)
 
-    info = {"rec": rec_mean, "kl": kl_mean, "elbo": rec_mean - kl_mean, "beta": beta_t}
-    return float(loss), grads, info
+
+# ----------------------------------------------------------------------------- two threads
+import concurrent.futures  # noqa: E402  (prototype)
+
+_POOL = concurrent.futures.ThreadPoolExecutor(1)
+SPLIT = {"on": True, "min_rows": 64}
+
+
+def row_parts(vae, N, S):
+    if SPLIT["on"] and N >= SPLIT["min_rows"]:
+        mid = N // 2
+        return [(0, mid), (mid, N)]
+    return [(0, N)]
+
+
+def _run_parts(calls):
+    if len(calls) == 1:
+        return [calls[0]()]
+    future = _POOL.submit(calls[1])
+    first = calls[0]()
+    return [first, future.result()]
