@@ -193,7 +193,7 @@ def kernel_table(rounds, number):
     engine.use("fast")
     rng = np.random.default_rng(0)
     cases = {}
-    for rows, cols in ((512, 1), (512, 8), (1024, 8)):
+    for rows, cols in ((512, 1), (512, 8), (2048, 8)):
         K = 8
         x = (2 * rng.standard_normal((rows, cols))).astype(np.float32)
         theta = rng.standard_normal((rows, cols, 3 * K - 1)).astype(np.float32)
@@ -203,31 +203,40 @@ def kernel_table(rounds, number):
             out, logdet, cache = rq_spline_theta(x, theta, False, 3.0, 1e-3, 1e-3, 1e-3)
             rq_spline_theta_backward(dout, dout, cache)
         cases[f"spline fwd+bwd {rows}x{cols}"] = step
-    for label, shapes in (("Adam W1 VAE (167k)", [(64, 256), (256,), (256, 256), (256,),
-                                                   (256, 32), (32,), (16, 256), (256,),
-                                                   (256, 256), (256,), (256, 128), (128,)]),
-                          ("Adam W2-16d (330k)", [(8, 128), (128,), (128, 128), (128,),
-                                                  (128, 16), (16,)] * 8)):
-        params = {f"p{i}": rng.standard_normal(s).astype(np.float32)
-                  for i, s in enumerate(shapes)}
-        grads = {k: rng.standard_normal(p.shape).astype(np.float32) for k, p in params.items()}
+    sys.path.insert(0, HERE)
+    from workloads import make_vae, make_w2, make_w3
+
+    for label, make in (("W1", make_vae), ("W2-16d", lambda: make_w2(16)),
+                        ("W3-16d", lambda: make_w3(16))):
+        params = make().model.params
+        grads = {k: rng.standard_normal(p.shape).astype(p.dtype) for k, p in params.items()}
         opt = Adam(params, lr=1e-3)
-        cases[label] = lambda opt=opt, grads=grads: opt.step(grads)
+        size = sum(p.size for p in params.values())
+        cases[f"Adam {label} ({size // 1000}k)"] = lambda opt=opt, grads=grads: opt.step(grads)
 
     results = {}
-    for name, fn in cases.items():
-        times = {"serial": [], "split": []}
-        for _ in range(rounds):
-            for setting, parts in (("serial", 1), ("split", 2)):
-                parallel.set_elementwise_threads(parts)
-                fn()
-                times[setting].append(median_us(fn, number))
-        results[name] = {k: statistics.median(v) for k, v in times.items()}
-    parallel.set_elementwise_threads(1)
-    print(f"the engine's split kernels, float32, median us, {rounds} rounds ({load()})")
-    print(f"{'kernel':<26} {'serial':>8} {'split':>8} {'ratio':>6}")
+    threshold = parallel.SPLIT_MIN_ELEMENT_PASSES
+    settings = (("serial", 1, threshold), ("split", 2, 0), ("engine", 2, threshold))
+    try:
+        for name, fn in cases.items():
+            times = {setting: [] for setting, _, _ in settings}
+            for _ in range(rounds):
+                for setting, parts, minimum in settings:
+                    parallel.set_elementwise_threads(parts)
+                    parallel.SPLIT_MIN_ELEMENT_PASSES = minimum
+                    fn()
+                    times[setting].append(median_us(fn, number))
+            results[name] = {k: statistics.median(v) for k, v in times.items()}
+    finally:
+        parallel.set_elementwise_threads(1)
+        parallel.SPLIT_MIN_ELEMENT_PASSES = threshold
+    print(f"the engine's split kernels, float32, median us, {rounds} rounds ({load()}); "
+          "split: always split; engine: split where the threshold says")
+    print(f"{'kernel':<26} {'serial':>8} {'split':>8} {'ratio':>6} {'engine':>8} {'ratio':>6}")
     for name, r in results.items():
-        print(f"{name:<26} {r['serial']:>8.1f} {r['split']:>8.1f} {r['split'] / r['serial']:>6.2f}")
+        print(f"{name:<26} {r['serial']:>8.1f} {r['split']:>8.1f} "
+              f"{r['split'] / r['serial']:>6.2f} {r['engine']:>8.1f} "
+              f"{r['engine'] / r['serial']:>6.2f}")
 
 
 def main(argv=None):
