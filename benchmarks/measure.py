@@ -43,6 +43,33 @@ def apply_thread_policy(w):
     return n
 
 
+#: The elementwise split (``scratchvae.engine.parallel``) the measured steps run with: the
+#: ``threads`` setting a ``Trainer`` would get (``"auto"``, or run.py's ``--threads N``), or a
+#: count forced by run.py's ``--elementwise-threads N`` (``forced``).
+ELEMENTWISE = {"threads": "auto", "forced": None}
+
+
+def apply_elementwise_threads():
+    """Split long elementwise chains as ``Trainer`` would for its ``threads`` setting
+    (``scratchvae.engine.settings.elementwise_threads_for_run``), unless run.py forced a
+    count; the count set (None on the reference engine, which has no split)."""
+    if _engine() != "fast":
+        return None
+    from scratchvae.engine.parallel import set_elementwise_threads
+    from scratchvae.engine.settings import elementwise_threads_for_run
+    n = ELEMENTWISE["forced"] or elementwise_threads_for_run(ELEMENTWISE["threads"])
+    set_elementwise_threads(n)
+    return n
+
+
+def elementwise_threads():
+    """The elementwise split in force (None on the reference engine)."""
+    if _engine() != "fast":
+        return None
+    from scratchvae.engine.parallel import elementwise_threads as current
+    return current()
+
+
 def emit_json(row):
     print(json.dumps(row), flush=True)
 
@@ -84,9 +111,11 @@ def time_workload(name, steps=40, warmup=5, factory=None, auto_threads=False):
 
     Steps and floor runs alternate, so both see the same machine load; each is summarised by
     its median over ``steps`` repetitions. ``auto_threads``: BLAS threads chosen by the
-    library's policy for this workload (``apply_thread_policy``), else left as they are.
+    library's policy for this workload (``apply_thread_policy``), else left as they are;
+    the elementwise split as ``Trainer`` sets it (``apply_elementwise_threads``).
     """
     factory = factory or WORKLOADS[name]
+    apply_elementwise_threads()
     w, peak_mb, step_mb = build_and_measure_memory(factory)
     if auto_threads:
         apply_thread_policy(w)
@@ -113,6 +142,7 @@ def time_workload(name, steps=40, warmup=5, factory=None, auto_threads=False):
         "gflops_floor": round(floor.flops() / (f_ms * 1e6), 2) if f_ms > 0 else None,
         "fixed_ms": fixed,
         "threads": blas_threads(),
+        "elementwise_threads": elementwise_threads(),
         "thread_policy": "auto" if auto_threads else "fixed",
         "engine": _engine(),
         "blas_kernel": blas_kernel(),
@@ -177,8 +207,9 @@ def _interleaved(w, floor, steps, warmup):
 
 
 def format_results(rows, threads):
-    head = (f"{'workload':<10} {'thr':>3} {'ms/step':>9} {'min':>8} {'max':>8} {'floor ms':>9} "
-            f"{'ratio':>6} {'fixed':>7} {'cpu ms':>8} {'cpu flr':>8} {'peak MB':>8} "
+    head = (f"{'workload':<10} {'thr':>3} {'ew':>2} {'ms/step':>9} {'min':>8} {'max':>8} "
+            f"{'floor ms':>9} {'ratio':>6} {'fixed':>7} {'cpu ms':>8} {'cpu flr':>8} "
+            f"{'peak MB':>8} "
             f"{'step MB':>8} {'faults':>7}")
     allocator = rows[0].get("allocator", "?") if rows else "?"
     policy = rows[0].get("thread_policy") == "auto" if rows else False
@@ -190,10 +221,13 @@ def format_results(rows, threads):
         head += f" {'ref ms':>8} {'engine x':>8}"
     lines = [f"engine: {engines}" + (" (beside it: the reference engine's ms/step and the ratio)"
                                      if with_reference else "")
-             + f"; BLAS threads: {said}; BLAS kernel: {kernel or 'unknown'}; malloc: "
+             + f"; BLAS threads (thr): {said}; elementwise threads (ew, "
+             f"scratchvae/engine/parallel.py): {_said_elementwise()}; "
+             f"BLAS kernel: {kernel or 'unknown'}; malloc: "
              f"{allocator} (see benchmarks/README.md)", head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['workload']:<10} {r.get('threads') or '?':>3} {r['ms']:>9.2f} "
+        lines.append(f"{r['workload']:<10} {r.get('threads') or '?':>3} "
+                     f"{r.get('elementwise_threads') or '-':>2} {r['ms']:>9.2f} "
                      f"{r['min_ms']:>8.2f} "
                      f"{r['max_ms']:>8.2f} {r['floor_ms']:>9.2f} {r['ratio']:>6.2f} "
                      f"{r['fixed_ms'] if r.get('fixed_ms') is not None else float('nan'):>7.2f} "
@@ -203,6 +237,12 @@ def format_results(rows, threads):
                      + (f" {r['reference_ms']:>8.2f} {r['engine_speedup']:>8.2f}"
                         if "reference_ms" in r else ""))
     return "\n".join(lines)
+
+
+def _said_elementwise():
+    if ELEMENTWISE["forced"]:
+        return f"{ELEMENTWISE['forced']} (--elementwise-threads)"
+    return f"as Trainer(threads={ELEMENTWISE['threads']!r}) sets it"
 
 
 # ----------------------------------------------------------------------------- scaling
@@ -383,6 +423,7 @@ def time_late(name, early=200, late=3000, window=100, flush=True, auto_threads=F
     w = WORKLOADS[name]()
     if auto_threads:
         apply_thread_policy(w)
+    apply_elementwise_threads()
     ms = {}
     for i in range(late + window):
         t0 = time.perf_counter()

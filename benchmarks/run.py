@@ -43,6 +43,11 @@ def parse_args(argv=None):
                    help="BLAS threads for every workload (sets OPENBLAS/OMP/MKL_NUM_THREADS "
                         "before NumPy loads); default: per workload, as the library's Trainer "
                         "chooses them (scratchvae/engine/threads.py)")
+    p.add_argument("--elementwise-threads", type=int, default=None, metavar="N",
+                   help="split long elementwise chains into N parts (1: off; "
+                        "scratchvae/engine/parallel.py); default: as the library's Trainer "
+                        "does for the --threads setting (2 parts on 2 cores or more, 1 with "
+                        "--threads 1)")
     p.add_argument("--engine", choices=("both", "fast", "reference"), default="both",
                    help="the engine each workload runs on (SCRATCHVAE_ENGINE in its process); "
                         "'both' (default): the fast engine's table with the reference engine's "
@@ -91,10 +96,10 @@ def parse_args(argv=None):
                 "--in-process)")
     if args.no_flush and not args.late:
         p.error("--no-flush: only with --late")
-    for name in ("steps", "threads", "points", "rounds"):
+    for name in ("steps", "threads", "points", "rounds", "elementwise_threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            p.error(f"--{name}: expected a positive integer, got {value}")
+            p.error(f"--{name.replace('_', '-')}: expected a positive integer, got {value}")
     if args.warmup is not None and args.warmup < 0:
         p.error(f"--warmup: expected an integer >= 0, got {args.warmup}")
     return args
@@ -111,10 +116,10 @@ def _child(args, *extra, engine=None):
     """Run this script in a fresh process with ``extra`` arguments (on ``engine``, default the
     one ``--engine`` names, the fast one for 'both'); its JSON rows."""
     cmd = [sys.executable, os.path.abspath(__file__), "--json", "--in-process", *extra]
-    for flag in ("steps", "warmup", "threads"):
+    for flag in ("steps", "warmup", "threads", "elementwise_threads"):
         value = getattr(args, flag)
         if value is not None:
-            cmd += [f"--{flag}", str(value)]
+            cmd += [f"--{flag.replace('_', '-')}", str(value)]
     if args.quick:
         cmd.append("--quick")
     if args.default_malloc:
@@ -135,6 +140,10 @@ def main(argv=None):
     # NumPy (through scratchvae) is imported only now, after the thread count is set
     sys.path.insert(0, HERE)
     import measure
+
+    # the elementwise split as Trainer(threads=...) sets it, or as --elementwise-threads forces
+    measure.ELEMENTWISE.update(threads="auto" if args.threads is None else args.threads,
+                               forced=args.elementwise_threads)
 
     from scratchvae.engine.memory import keep_freed_memory
     # a training step measured as scratchvae's Trainer runs it: freed memory kept in the

@@ -27,13 +27,23 @@ import weakref
 import numpy as np
 
 from ..training import optim as _reference  # noqa: F401  (defines the kernel registered here)
-from . import register
+from . import parallel, register
 
-__all__ = ["adam_step", "flush_tiny", "FLUSH_BELOW", "FLUSH_EVERY"]
+__all__ = ["adam_step", "flush_tiny", "FLUSH_BELOW", "FLUSH_EVERY", "ADAM_PASSES",
+           "SPLIT_ALIGN"]
 
 #: Moments below this are set to 0 every ``FLUSH_EVERY`` steps (``flush_tiny``).
 FLUSH_BELOW = 1e-30
 FLUSH_EVERY = 32
+
+#: The passes a step makes over every parameter entry (the gradient copied in, 3 for m,
+#: 4 for v, 4 for the update, the parameter moved): ``elements x ADAM_PASSES`` is the cost
+#: ``engine.parallel.worth_splitting`` weighs.
+ADAM_PASSES = 13
+
+#: A split step cuts the flat buffers at a multiple of this many entries (a cache line of
+#: float64, so the two threads never write to the same line).
+SPLIT_ALIGN = 64
 
 
 def flush_tiny(a):
@@ -51,12 +61,17 @@ def flush_tiny(a):
 
 class _Group:
     """The parameters of one dtype: flat buffers for m, v, the gradient and a work array, and
-    a view of each shaped like each parameter."""
+    a view of each shaped like each parameter; ``items``: ``(name, start, 0, size)`` of every
+    parameter (``_step_range``)."""
 
     def __init__(self, names, params):
         size = sum(params[k].size for k in names)
         dtype = params[names[0]].dtype
         self.names = names
+        self.items, start = [], 0
+        for k in names:
+            self.items.append((k, start, 0, params[k].size))
+            start += params[k].size
         self.m, self.v, self.g, self.u = (np.zeros(size, dtype) for _ in range(4))
         self.views = {"m": {}, "v": {}, "g": {}, "u": {}}
         start = 0
@@ -66,6 +81,31 @@ class _Group:
                 self.views[buffer][k] = getattr(self, buffer)[start:stop].reshape(
                     params[k].shape)
             start = stop
+
+    def halves(self, params, grads):
+        """``(cut, (items0, items1))``: the flat entries cut in two near the middle (at a
+        multiple of ``SPLIT_ALIGN``), and the pieces of parameters on either side. The
+        parameter the cut falls in is cut too when it and its gradient are C-contiguous
+        (flat views of them exist); else the cut moves to the nearer end of it."""
+        size = self.m.size
+        cut = size // 2 // SPLIT_ALIGN * SPLIT_ALIGN
+        first, second = [], []
+        for k, start, _, stop in self.items:
+            stop += start
+            if stop <= cut:
+                first.append((k, start, 0, stop - start))
+            elif start >= cut:
+                second.append((k, start, 0, stop - start))
+            elif params[k].flags.c_contiguous and grads[k].flags.c_contiguous:
+                first.append((k, start, 0, cut - start))
+                second.append((k, start, cut - start, stop - start))
+            elif cut - start <= stop - cut:
+                cut = start
+                second.append((k, start, 0, stop - start))
+            else:
+                cut = stop
+                first.append((k, start, 0, stop - start))
+        return cut, (first, second)
 
 
 class _FlatState:
@@ -130,23 +170,54 @@ def adam_step(opt, grads):
     lr_t = opt.lr * root_c2 / (1.0 - b1**opt.t)      # Python floats: a float32 update stays
     eps_t = opt.eps * root_c2                        # float32
     flush = opt.t % FLUSH_EVERY == 0
-    for group in state.groups:
-        for k, view in group.views["g"].items():
-            np.copyto(view, grads[k], casting="same_kind")
-        g, m, v, u = group.g, group.m, group.v, group.u
-        m *= b1                              # m <- b1 m + (1-b1) g    (the reference's bits)
-        np.multiply(g, 1.0 - b1, out=u)
-        m += u
-        np.multiply(g, 1.0 - b2, out=u)      # v <- b2 v + ((1-b2) g) g
-        u *= g
-        v *= b2
-        v += u
-        if flush:
-            flush_tiny(m)
-            flush_tiny(v)
-        np.sqrt(v, out=u)                    # u <- lr_t m / (sqrt(v) + eps_t)
-        u += eps_t
-        np.divide(m, u, out=u)
-        u *= lr_t
-        for k, step in group.views["u"].items():
-            opt.params[k] -= step
+    size = sum(group.m.size for group in state.groups)
+    if not parallel.worth_splitting(size * ADAM_PASSES):
+        for group in state.groups:
+            _step_range(group, opt.params, grads, 0, group.m.size, group.items, b1, b2, lr_t,
+                        eps_t, flush)
+        return
+    halves = [group.halves(opt.params, grads) for group in state.groups]
+
+    def half(h):
+        def run():
+            for group, (cut, items) in zip(state.groups, halves):
+                lo, hi = (0, cut) if h == 0 else (cut, group.m.size)
+                _step_range(group, opt.params, grads, lo, hi, items[h], b1, b2, lr_t, eps_t,
+                            flush)
+        return run
+
+    parallel.run_parts([half(0), half(1)])
+
+
+def _step_range(group, params, grads, lo, hi, items, b1, b2, lr_t, eps_t, flush):
+    """The step on the flat entries ``[lo, hi)`` of ``group``: the gradients copied in, the
+    moments and the update formed, the parameters moved, for the pieces ``items``
+    ``[(name, start, a, b)]`` (entries ``[a, b)`` of parameter ``name``, which starts at flat
+    entry ``start``) that tile ``[lo, hi)``. Every entry sees the same operations whatever the
+    range: a step split in ranges equals the whole step bit for bit."""
+    for k, start, a, b in items:
+        if a == 0 and b == params[k].size:
+            np.copyto(group.views["g"][k], grads[k], casting="same_kind")
+        else:
+            np.copyto(group.g[start + a:start + b], np.reshape(grads[k], -1)[a:b],
+                      casting="same_kind")
+    g, m, v, u = group.g[lo:hi], group.m[lo:hi], group.v[lo:hi], group.u[lo:hi]
+    m *= b1                              # m <- b1 m + (1-b1) g    (the reference's bits)
+    np.multiply(g, 1.0 - b1, out=u)
+    m += u
+    np.multiply(g, 1.0 - b2, out=u)      # v <- b2 v + ((1-b2) g) g
+    u *= g
+    v *= b2
+    v += u
+    if flush:
+        flush_tiny(m)
+        flush_tiny(v)
+    np.sqrt(v, out=u)                    # u <- lr_t m / (sqrt(v) + eps_t)
+    u += eps_t
+    np.divide(m, u, out=u)
+    u *= lr_t
+    for k, start, a, b in items:
+        if a == 0 and b == params[k].size:
+            params[k] -= group.views["u"][k]
+        else:
+            params[k].reshape(-1)[a:b] -= group.u[start + a:start + b]

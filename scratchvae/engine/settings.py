@@ -1,5 +1,6 @@
 """The fast engine's training settings (``training.settings``): BLAS threads by the measured
-policy and freed memory kept in the process, for the length of a training run.
+policy, long elementwise chains split over two threads (``engine.parallel``) and freed memory
+kept in the process, for the length of a training run.
 
 The reference (``scratchvae.training.settings.training_settings``) changes nothing; the
 settings change no number a step computes, only its time (the policy and the measurements are
@@ -11,10 +12,10 @@ from __future__ import annotations
 import contextlib
 
 from ..training import settings as _reference  # noqa: F401  (defines the kernel registered here)
-from . import memory, register
+from . import memory, parallel, register
 from . import threads as policy
 
-__all__ = ["training_settings", "threads_for_run"]
+__all__ = ["training_settings", "threads_for_run", "elementwise_threads_for_run"]
 
 
 def threads_for_run(model, batch_size, threads_setting):
@@ -28,12 +29,25 @@ def threads_for_run(model, batch_size, threads_setting):
     return policy.threads_for(policy.step_products(model, batch_size))
 
 
+def elementwise_threads_for_run(threads_setting, cores=None):
+    """The parts ``engine.parallel`` splits long elementwise chains into while a run trains:
+    ``"auto"``: 2 when the process may run on two cores or more (``threads.available_cores``),
+    else 1; an explicit count ``n``: ``min(n, threads.MAX_AUTO_THREADS)``, so ``threads=1``
+    (``--threads 1``) keeps every chain on one thread. Which chains split is the engine's
+    measured threshold (``parallel.SPLIT_MIN_ELEMENT_PASSES``), not the run's."""
+    if threads_setting == "auto":
+        cores = policy.available_cores() if cores is None else int(cores)
+        return max(1, min(cores, policy.MAX_AUTO_THREADS))
+    return max(1, min(int(threads_setting), policy.MAX_AUTO_THREADS))
+
+
 @register("training.settings")
 @contextlib.contextmanager
 def training_settings(model, batch_size, threads="auto", keep_freed_memory=True):
     """``scratchvae.training.settings.training_settings`` with today's policy: on entry
-    ``memory.keep_freed_memory()`` (when asked) and the thread count of ``threads_for_run``;
-    on exit the thread count before is restored (freed memory stays kept: process-wide).
+    ``memory.keep_freed_memory()`` (when asked), the BLAS thread count of ``threads_for_run``
+    and the elementwise split of ``elementwise_threads_for_run``; on exit both counts before
+    are restored (freed memory stays kept: process-wide).
 
     What it buys is measured in benchmarks/README.md ("Threads": the two large workloads on
     two threads; "Memory": 200 to 1400 page faults per step, 10 to 20 % of the step time).
@@ -43,7 +57,11 @@ def training_settings(model, batch_size, threads="auto", keep_freed_memory=True)
     count = threads_for_run(model, batch_size, threads)
     previous = None if count is None else policy.set_blas_threads(count)
     try:
-        yield
+        previous_parts = parallel.set_elementwise_threads(elementwise_threads_for_run(threads))
+        try:
+            yield
+        finally:
+            parallel.set_elementwise_threads(previous_parts)
     finally:
         if previous is not None:
             policy.set_blas_threads(previous)

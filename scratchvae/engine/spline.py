@@ -68,14 +68,26 @@ from ..flows.spline import (
     _stable_root,
     _zero_in_tails,
 )
-from . import register
+from . import parallel, register
 from .products import ones_vector
 
 __all__ = ["rq_spline_theta_bins_first", "rq_spline_theta_bins_first_backward",
-           "BinsFirstCache"]
+           "BinsFirstCache", "SplitCache", "FORWARD_PASSES"]
 
 
 # ----------------------------------------------------------------------------- the kernel
+#: The passes of the forward over each point's data, ``a + b K`` with ``(a, b)`` this: about
+#: 45 NumPy calls on per-point arrays and 14 on each bin row of the ``(2, K, n)`` tables
+#: (counted in ``_forward``), so ``points x (a + b K)`` is the ``elements x passes`` that
+#: ``engine.parallel.worth_splitting`` weighs. The backward (about 70 + 22 K) splits where
+#: its forward did.
+FORWARD_PASSES = (45, 14)
+
+#: A split puts a multiple of this many points (a cache line of float64) in every part but
+#: the last, so each part's flat arrays start where the serial kernel's would be aligned.
+SPLIT_ALIGN_POINTS = 64
+
+
 @register("flows.rq_spline_theta")
 def rq_spline_theta_bins_first(x, theta, inverse, bound, min_width, min_height,
                                min_derivative):
@@ -83,8 +95,88 @@ def rq_spline_theta_bins_first(x, theta, inverse, bound, min_width, min_height,
     ``theta`` ``S + (3K-1,)``, any layout, one floating dtype; settings checked by the caller)
     and the same ``(out S, logdet S, cache)``, computed on bins-first tables. The cache's
     ``backward`` is ``rq_spline_theta_bins_first_backward``.
+
+    Large inputs (``points x (45 + 14 K)`` at least
+    ``engine.parallel.SPLIT_MIN_ELEMENT_PASSES``, with ``engine.parallel`` splitting) run on
+    two threads: the rows of ``x`` cut in two, each part the whole kernel on its rows, the
+    outputs written into the layout the serial kernel returns (the same numbers bit for bit:
+    every point sees the same operations; tests/test_engine_parallel.py). The cache then holds
+    the parts' caches, and the backward splits in the same way. Measured (float32, K = 8,
+    forward + backward, ``python benchmarks/elementwise_threads.py --kernels``): see
+    ``SPLIT_MEASURED``.
     Derivation: derivations/08-rq-spline.md#forward-map.
     """
+    S = x.shape
+    N, M = _rows_and_columns(S)
+    K = (theta.shape[-1] + 1) // 3
+    parts = parallel.elementwise_threads()
+    if (N < parts or not S
+            or not parallel.worth_splitting(N * M * (FORWARD_PASSES[0] + FORWARD_PASSES[1] * K))):
+        return _rq_spline_serial(x, theta, inverse, bound, min_width, min_height,
+                                 min_derivative)
+    bounds = parallel.split_point(N, parts, SPLIT_ALIGN_POINTS // math.gcd(
+        M, SPLIT_ALIGN_POINTS))
+    results = [None] * parts
+
+    def part(p):
+        def run():
+            lo, hi = bounds[p], bounds[p + 1]
+            results[p] = _rq_spline_serial(x[lo:hi], theta[lo:hi], inverse, bound, min_width,
+                                           min_height, min_derivative)
+        return run
+
+    parallel.run_parts([part(p) for p in range(parts)])
+    dtype = results[0][0].dtype
+    out, logdet = np.empty((M, N), dtype=dtype), np.empty((M, N), dtype=dtype)
+    for p, (out_p, logdet_p, _) in enumerate(results):
+        lo, hi = bounds[p], bounds[p + 1]
+        out.T[lo:hi] = out_p.reshape(hi - lo, M)
+        logdet.T[lo:hi] = logdet_p.reshape(hi - lo, M)
+    cache = SplitCache(S, tuple(bounds), tuple(r[2] for r in results))
+    # the serial kernel's layout: (M, N) tables, returned as transposed views
+    return out.T.reshape(S), logdet.T.reshape(S), cache
+
+
+class SplitCache(NamedTuple):
+    """The cache of a split forward: ``shape`` ``S``, the row ``bounds`` of the parts, and
+    each part's ``BinsFirstCache``."""
+    shape: tuple
+    bounds: tuple
+    caches: tuple
+
+    def backward(self, dout, dlogdet):
+        """``rq_spline_theta_bins_first_backward`` of this cache."""
+        return rq_spline_theta_bins_first_backward(dout, dlogdet, self)
+
+
+def _split_backward(dout, dlogdet, cache: SplitCache):
+    """The backward of a split forward, split in the same rows (serial when the process's
+    setting is 1 part now), the gradients written into the serial kernel's layout."""
+    S, bounds = cache.shape, cache.bounds
+    N, M = _rows_and_columns(S)
+    dlogdet = np.broadcast_to(dlogdet, S)
+    results = [None] * len(cache.caches)
+
+    def part(p):
+        def run():
+            lo, hi = bounds[p], bounds[p + 1]
+            results[p] = _rq_spline_serial_backward(dout[lo:hi], dlogdet[lo:hi],
+                                                    cache.caches[p])
+        return run
+
+    parallel.run_parts([part(p) for p in range(len(results))])
+    P = results[0][1].shape[-1]
+    d_in = np.empty((M, N), dtype=results[0][0].dtype)
+    d_slots = np.empty((M, P, N), dtype=results[0][1].dtype)
+    for p, (d_in_p, d_theta_p) in enumerate(results):
+        lo, hi = bounds[p], bounds[p + 1]
+        d_in.T[lo:hi] = d_in_p.reshape(hi - lo, M)
+        d_slots.transpose(2, 0, 1)[lo:hi] = d_theta_p.reshape(hi - lo, M, P)
+    return d_in.T.reshape(S), d_slots.transpose(2, 0, 1).reshape(S + (P,))
+
+
+def _rq_spline_serial(x, theta, inverse, bound, min_width, min_height, min_derivative):
+    """``rq_spline_theta_bins_first`` on one thread."""
     S, P = x.shape, theta.shape[-1]
     N, M = _rows_and_columns(S)
     K = (P + 1) // 3
@@ -132,12 +224,21 @@ class BinsFirstCache(NamedTuple):
         return rq_spline_theta_bins_first_backward(dout, dlogdet, self)
 
 
-def rq_spline_theta_bins_first_backward(dout, dlogdet, cache: BinsFirstCache):
+def rq_spline_theta_bins_first_backward(dout, dlogdet, cache):
     """Equals ``scratchvae.flows.spline.rq_spline_theta_backward``: ``dout`` ``S``, ``dlogdet``
     ``S`` or anything that broadcasts to it (any layout) -> ``(d_in S, d_theta S + (3K-1,))``,
-    both transposed views of the bins-first results.
+    both transposed views of the bins-first results. ``cache``: a ``BinsFirstCache``, or the
+    ``SplitCache`` of a split forward, whose backward is split in the same rows (the same
+    numbers and layouts bit for bit).
     Derivation: derivations/08-rq-spline.md#gradients-of-the-forward-map.
     """
+    if isinstance(cache, SplitCache):
+        return _split_backward(dout, dlogdet, cache)
+    return _rq_spline_serial_backward(dout, dlogdet, cache)
+
+
+def _rq_spline_serial_backward(dout, dlogdet, cache: BinsFirstCache):
+    """``rq_spline_theta_bins_first_backward`` of one part's cache, on one thread."""
     S = cache.shape
     N, M = _rows_and_columns(S)
     n = N * M

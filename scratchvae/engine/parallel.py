@@ -1,0 +1,192 @@
+"""Elementwise work on every core: a chain of NumPy calls split into parts, one part run by a
+persistent worker thread while the caller runs the other.
+
+NumPy releases the GIL inside its ufunc loops (on arrays of more than a few hundred
+elements), so two threads running elementwise chains on disjoint parts of the same arrays run
+at the same time on two cores. A hand-off costs tens of microseconds (waking the worker,
+sharing the GIL between the calls), so only a whole chain pays for it, and only a long one on
+large arrays: the engine splits where ``elements x passes`` of the chain reaches
+``SPLIT_MIN_ELEMENT_PASSES`` (``worth_splitting``), measured below.
+
+    split_rows(chain, n_rows, cost)   # chain(lo, hi) on rows [0, mid) here, [mid, n) there
+    run_parts([part0, part1])         # part0() here, part1() in the worker; both done on return
+
+Every user (named with its measurement in its own docstring): the Adam step's passes
+(``engine.adam``) and the rational-quadratic spline's forward and backward (``engine.spline``).
+Each part runs the same operations on its elements as the serial chain, so the numbers are
+the serial engine's bit for bit (tests/test_engine_parallel.py).
+
+The setting, for the whole process: ``elementwise_threads()`` parts (1: everything serial, the
+default; 2: split), ``set_elementwise_threads(n)`` returns the previous count. The fast
+engine's training settings (``engine.settings``) turn it to 2 while a run trains when the
+process has two cores or more (``threads="auto"``); ``threads=1`` (``--threads 1``) keeps it
+at 1. More parts than 2 work (one worker thread per part after the first) but were not
+measured: the machine this was built on has 2 cores.
+
+Rules that keep it safe:
+
+- a call made while a split is running (a chain that splits again, a call from the worker
+  thread, a call from another thread of the program) runs serially, in the calling thread;
+- an exception raised in the worker is re-raised in the caller, after both parts have
+  stopped (the caller never returns while the worker still writes to its arrays);
+- after ``os.fork`` the child starts without workers (threads do not survive a fork) and
+  starts new ones on its first split.
+
+The hand-off (``benchmarks/elementwise_threads.py --handoff``, round trip of an empty task
+to the worker and back, median of 5 rounds of 2000, on the 2-core machine at load 1.0):
+a pair of ``threading.Lock`` used as binary semaphores 9-12 us, ``threading.Condition``
+23-30 us, ``queue.SimpleQueue`` (a task queue and a done queue) 11-14 us. Chosen: the lock
+pair, the fastest and the simplest (two C-level locks, no Python-level waiter list).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+__all__ = ["SPLIT_MIN_ELEMENT_PASSES", "elementwise_threads", "set_elementwise_threads",
+           "worth_splitting", "run_parts", "split_rows", "split_point"]
+
+#: The ``elements x passes`` of a chain (elements each pass touches, times the NumPy calls of
+#: the chain) from which splitting it in two pays: measured with
+#: ``python benchmarks/elementwise_threads.py`` (float32 chains of k = 2 to 24 ufuncs on
+#: n = 16k to 1M elements, serial against split, median of 5 rounds, 2 cores at load 1-2):
+#: at 2^18 elements a 12-ufunc chain (3.1M) went 270 -> 180 us, a 6-ufunc chain (1.6M)
+#: 140 -> 115 us, a 3-ufunc chain (0.8M) 70 -> 95 us (slower); at 2^16 elements no chain up
+#: to 24 ufuncs (1.6M) paid. Set where every measured chain at or above it paid.
+SPLIT_MIN_ELEMENT_PASSES = 1_500_000
+
+_settings = {"parts": 1}
+_lock = threading.Lock()       # held by the thread running a split, for the whole split
+_workers: list = []            # the worker threads, started on first use
+
+
+class _Worker:
+    """One daemon thread that runs one task at a time: ``go`` released by the caller when a
+    task is set, ``done`` released by the worker when it has finished (both locks start
+    held, and are used as binary semaphores)."""
+
+    def __init__(self, index):
+        self.go = threading.Lock()
+        self.done = threading.Lock()
+        self.go.acquire()
+        self.done.acquire()
+        self.task = None
+        self.error = None
+        self.thread = threading.Thread(target=self._loop, name=f"scratchvae-elementwise-{index}",
+                                       daemon=True)
+        self.thread.start()
+
+    def _loop(self):
+        while True:
+            self.go.acquire()
+            task, self.task = self.task, None
+            try:
+                task()
+            except BaseException as error:  # noqa: BLE001  (re-raised in the caller)
+                self.error = error
+            self.done.release()
+
+    def start(self, task):
+        self.task, self.error = task, None
+        self.go.release()
+
+    def wait(self):
+        """Wait for the task; returns its exception (or None)."""
+        self.done.acquire()
+        error, self.error = self.error, None
+        return error
+
+
+def _after_fork_in_child():
+    """The child of a fork has none of the parent's threads: forget them, and a lock a
+    parent's thread may have held at the fork."""
+    global _lock
+    _workers.clear()
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def elementwise_threads() -> int:
+    """The parts an elementwise chain is split into where it pays (1: serial)."""
+    return _settings["parts"]
+
+
+def set_elementwise_threads(n) -> int:
+    """Split chains into ``n`` parts from now on (1: serial); returns the previous count."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n: expected a positive integer (1 = serial), got {n!r}")
+    previous = _settings["parts"]
+    _settings["parts"] = n
+    return previous
+
+
+def worth_splitting(cost) -> bool:
+    """True when a chain of ``cost`` = elements x passes should be split now: the setting asks
+    for more than one part and ``cost`` reaches ``SPLIT_MIN_ELEMENT_PASSES``."""
+    return _settings["parts"] > 1 and cost >= SPLIT_MIN_ELEMENT_PASSES
+
+
+def run_parts(parts):
+    """Run the callables ``parts`` (no arguments), ``parts[0]`` in this thread and each other
+    in a worker thread, at the same time; return when all have finished, re-raising the first
+    exception (this thread's first). Serially, in order, in this thread, when the setting is
+    1 part, or when another split is running (a nested call, a call from a worker or from
+    another thread)."""
+    lock = _lock
+    if len(parts) < 2 or _settings["parts"] < 2 or not lock.acquire(blocking=False):
+        for part in parts:
+            part()
+        return
+    try:
+        while len(_workers) < len(parts) - 1:
+            _workers.append(_Worker(len(_workers)))
+        workers = _workers[:len(parts) - 1]
+        for worker, part in zip(workers, parts[1:]):
+            worker.start(part)
+        error = None
+        try:
+            parts[0]()
+        except BaseException as own:  # noqa: BLE001  (raised once the workers have stopped)
+            error = own
+        for worker in workers:
+            theirs = worker.wait()
+            error = error or theirs
+        if error is not None:
+            raise error
+    finally:
+        lock.release()
+
+
+def split_point(n, parts=2, align=1):
+    """The bounds ``[0, b1, ..., n]`` that cut ``range(n)`` into ``parts`` near-equal pieces,
+    each inner bound a multiple of ``align`` (where ``n`` allows it)."""
+    bounds = [0]
+    for p in range(1, parts):
+        b = (n * p // parts) // align * align
+        bounds.append(min(max(b, bounds[-1]), n))
+    bounds.append(n)
+    return bounds
+
+
+def split_rows(chain, n_rows, cost, align=1):
+    """``chain(lo, hi)`` over the rows ``[0, n_rows)``: in ``elementwise_threads()`` pieces
+    run at the same time (``run_parts``) when ``worth_splitting(cost)``, else as one call
+    ``chain(0, n_rows)``. ``align``: every inner bound a multiple of it. Returns the results
+    of the pieces, in row order."""
+    parts = _settings["parts"]
+    if parts < 2 or cost < SPLIT_MIN_ELEMENT_PASSES or n_rows < parts:
+        return [chain(0, n_rows)]
+    bounds = split_point(n_rows, parts, align)
+    results = [None] * parts
+
+    def piece(p):
+        def run():
+            results[p] = chain(bounds[p], bounds[p + 1])
+        return run
+
+    run_parts([piece(p) for p in range(parts)])
+    return results
