@@ -4,6 +4,7 @@ reference engine, on the W1 workloads: CPU time per training step, rounds interl
     python benchmarks/fused_vae.py                    # W1-b128 and W1-b1024, one BLAS thread
     python benchmarks/fused_vae.py W1-b1024 --threads 2 --rounds 9
     python benchmarks/fused_vae.py --relu             # ReLU's forward and backward, ways compared
+    python benchmarks/fused_vae.py --split --wall     # serial against two halves of the rows
 
 Each round times ``--steps`` steps of each variant in turn (same model, same data pool) and
 keeps the median; the table gives the median and the spread of the rounds. CPU time of the
@@ -40,18 +41,56 @@ def time_steps(step, steps, clock):
     return _median(times) * 1e3
 
 
-def compare_steps(names, rounds, steps, clock):
-    from workloads import WORKLOADS
-
+def engine_variants(threads):
+    """What the default comparison runs: the fused step, the fast engine without it, the
+    reference engine (each with ``threads`` BLAS threads, no split)."""
     from scratchvae import engine
+    from scratchvae.engine import parallel
+    from scratchvae.engine.threads import set_blas_threads
 
     engine.kernels()  # loads the fast engine
     fused = engine._FAST[KERNEL]
-    variants = {
-        "fused": lambda: (engine.use("fast"), engine._FAST.__setitem__(KERNEL, fused)),
-        "fast, unfused": lambda: (engine.use("fast"), engine._FAST.pop(KERNEL, None)),
-        "reference": lambda: engine.use("reference"),
-    }
+
+    def select(name, kernel):
+        def run():
+            engine.use(name)
+            parallel.set_elementwise_threads(1)
+            set_blas_threads(threads)
+            if kernel:
+                engine._FAST[KERNEL] = fused
+            else:
+                engine._FAST.pop(KERNEL, None)
+        return run
+
+    return {"fused": select("fast", True), "fast, unfused": select("fast", False),
+            "reference": select("reference", True)}
+
+
+def split_variants():
+    """``--split``: the fused step serial on one BLAS thread, serial on two, and in two halves
+    of the rows on two threads (``engine.vae.row_parts``, whatever ``SPLIT_MIN_MACS`` says)."""
+    from scratchvae import engine
+    from scratchvae.engine import parallel
+    from scratchvae.engine import vae as fused
+    from scratchvae.engine.threads import set_blas_threads
+
+    engine.use("fast")
+    engine.kernels()
+
+    def select(blas, parts):
+        def run():
+            set_blas_threads(blas)
+            parallel.set_elementwise_threads(parts)
+            fused.SPLIT_MIN_MACS = 0
+        return run
+
+    return {"serial, 1 BLAS thread": select(1, 1), "serial, 2 BLAS threads": select(2, 1),
+            "rows split in two": select(1, 2)}
+
+
+def compare_steps(names, rounds, steps, clock, variants):
+    from workloads import WORKLOADS
+
     print(f"{'workload':<10} " + " ".join(f"{v:>22}" for v in variants) + "   (ms per step: "
           "median of rounds [min-max])")
     for name in names:
@@ -63,7 +102,6 @@ def compare_steps(names, rounds, steps, clock):
                 for _ in range(3):
                     w.step()
                 results[variant].append(time_steps(w.step, steps, clock))
-        variants["fused"]()
         cells = [f"{_median(r):8.3f} [{min(r):.3f}-{max(r):.3f}]" for r in results.values()]
         print(f"{name:<10} " + " ".join(f"{c:>22}" for c in cells), flush=True)
 
@@ -105,6 +143,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1, help="BLAS threads (default 1)")
     p.add_argument("--wall", action="store_true", help="wall time instead of CPU time")
     p.add_argument("--relu", action="store_true", help="the ReLU comparison only")
+    p.add_argument("--split", action="store_true",
+                   help="the fused step serial (1 and 2 BLAS threads) against split in two "
+                        "halves of the rows (wall time is the measure: add --wall)")
     args = p.parse_args(argv)
     from scratchvae.engine import memory, threads
 
@@ -115,8 +156,11 @@ def main(argv=None):
           f"{'wall' if args.wall else 'CPU'} time")
     if args.relu:
         compare_relu(clock)
+    elif args.split:
+        compare_steps(args.workloads, args.rounds, args.steps, clock, split_variants())
     else:
-        compare_steps(args.workloads, args.rounds, args.steps, clock)
+        compare_steps(args.workloads, args.rounds, args.steps, clock,
+                      engine_variants(args.threads))
 
 
 if __name__ == "__main__":

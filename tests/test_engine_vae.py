@@ -6,6 +6,7 @@ reference; what it returns is the caller's (no work buffer escapes), and two thr
 one model do not share buffers.
 """
 
+import contextlib
 import threading
 
 import numpy as np
@@ -35,11 +36,30 @@ def binary_batch(seed, n, data_dim, dtype=np.float64):
     return (np.random.default_rng(seed + 1).random((n, data_dim)) > 0.5).astype(dtype)
 
 
-def step_under(name, vae, x, noise_seed, **kwargs):
-    """``vae.loss_and_grads`` under engine ``name``; also the generator's state after the call
-    (the noise drawn)."""
+@contextlib.contextmanager
+def split_in_two(split=True):
+    """The fused step runs as two halves of the rows on two threads, whatever its size (the
+    reference engine is not affected)."""
+    from scratchvae.engine import parallel
+    from scratchvae.engine import vae as fused
+
+    if not split:
+        yield
+        return
+    threshold, fused.SPLIT_MIN_MACS = fused.SPLIT_MIN_MACS, 0
+    previous = parallel.set_elementwise_threads(2)
+    try:
+        yield
+    finally:
+        parallel.set_elementwise_threads(previous)
+        fused.SPLIT_MIN_MACS = threshold
+
+
+def step_under(name, vae, x, noise_seed, split=False, **kwargs):
+    """``vae.loss_and_grads`` under engine ``name`` (``split``: in two halves of the rows);
+    also the generator's state after the call (the noise drawn)."""
     rng = np.random.default_rng(noise_seed)
-    with engine.using(name):
+    with engine.using(name), split_in_two(split):
         loss, grads, info = vae.loss_and_grads(x, rng, **kwargs)
     return loss, grads, info, rng.bit_generator.state
 
@@ -64,23 +84,28 @@ def assert_same_step(fast, reference, rtol=RTOL):
        latent=testing.dims(1, 4), hidden=st.lists(testing.dims(1, 6), min_size=1, max_size=3),
        activation=st.sampled_from(["relu", "tanh"]), samples=st.integers(1, 3),
        beta=st.sampled_from([0.0, 0.3, 1.0, 2.5]), warmup=st.sampled_from([0, 4]),
-       step=st.sampled_from([None, 0, 2, 9]), free_bits=st.sampled_from([0.0, 0.01, 0.4]))
+       step=st.sampled_from([None, 0, 2, 9]), free_bits=st.sampled_from([0.0, 0.01, 0.4]),
+       split=st.booleans())
 def test_the_fused_step_equals_the_reference(seed, n, data_dim, latent, hidden, activation,
-                                             samples, beta, warmup, step, free_bits):
+                                             samples, beta, warmup, step, free_bits, split):
+    # split: the step in two halves of the rows on two threads, meeting for the KL's batch
+    # mean (free bits) and to add the gradients
     vae = make_vae(seed, data_dim, latent, hidden, activation, n_samples=samples,
                    warmup=warmup, free_bits=free_bits)
     x = binary_batch(seed, n, data_dim)
     kwargs = dict(beta=beta, step=step)
-    assert_same_step(step_under("fast", vae, x, seed, **kwargs),
+    assert_same_step(step_under("fast", vae, x, seed, split=split, **kwargs),
                      step_under("reference", vae, x, seed, **kwargs))
 
 
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
-def test_the_fused_step_equals_the_reference_in_float32(activation):
+def test_the_fused_step_equals_the_reference_in_float32(activation, split):
     # the benchmark's model, smaller: float32 sums in another order agree to float32 rounding
     vae = make_vae(0, 16, 4, (32, 32), activation, dtype=np.float32)
     x = binary_batch(0, 64, 16, np.float32)
-    fast, reference = step_under("fast", vae, x, 3), step_under("reference", vae, x, 3)
+    fast = step_under("fast", vae, x, 3, split=split)
+    reference = step_under("reference", vae, x, 3)
     assert all(g.dtype == np.float32 for g in fast[1].values())
     assert_same_step(fast, reference, rtol=1e-5)
 
@@ -172,3 +197,30 @@ def test_the_fused_step_refuses_what_the_reference_refuses(bad, argument):
     for name in ("fast", "reference"):
         with engine.using(name), pytest.raises(ValueError, match=argument):
             vae.loss_and_grads(call["batch"], call["rng"], beta=call["beta"])
+
+
+def test_a_split_step_runs_two_halves_with_blas_on_one_thread(monkeypatch):
+    from scratchvae.engine import threads
+    from scratchvae.engine import vae as fused
+
+    if threads.blas_threads() is None:
+        pytest.skip("BLAS's thread count cannot be read in this process")
+    seen = []
+    forward = fused._rows_forward
+
+    def recording(*args):
+        seen.append(threads.blas_threads())
+        return forward(*args)
+
+    monkeypatch.setattr(fused, "_rows_forward", recording)
+    vae = make_vae(5, 8, 2, (6,), "relu")
+    previous = threads.set_blas_threads(2)
+    try:
+        with engine.using("fast"), split_in_two():
+            vae.loss_and_grads(binary_batch(0, 11, 8), np.random.default_rng(0))
+        (space,) = fused._WORKSPACES[vae].values()
+        assert space.bounds == ((0, 5), (5, 11))
+        assert seen == [1, 1]                    # each half's products on one BLAS thread
+        assert threads.blas_threads() == 2       # and BLAS's threads given back
+    finally:
+        threads.set_blas_threads(previous or 1)

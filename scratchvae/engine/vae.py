@@ -48,8 +48,9 @@ from ..models.vae import VAE, free_bits_kl, linear_warmup
 from ..nn.activations import ReLU, Tanh
 from ..nn.linear import Linear
 from ..nn.mlp import MLP
-from . import register
+from . import parallel, register
 from .products import matmul, sum_over_batch
+from .threads import blas_threads, set_blas_threads
 
 __all__ = ["fused_loss_and_grads", "fusable"]
 
@@ -142,7 +143,7 @@ def _workspace(vae, N, S, dtype):
     spaces = _WORKSPACES.get(vae)
     if spaces is None:
         spaces = _WORKSPACES[vae] = {}
-    key = (N, S, dtype)
+    key = (N, S, dtype, parallel.elementwise_threads())   # the setting decides the parts
     space = spaces.get(key)
     if space is None:
         if len(spaces) >= _KEEP:
@@ -358,22 +359,58 @@ def _rows_backward(vae, x, eps, rows, c, d_rec):
 
 
 # ----------------------------------------------------------------------------- two threads
-import concurrent.futures  # noqa: E402  (prototype)
+#: The multiply-adds of a step's products (three per layer, ``step_macs``) from which the step
+#: runs as two halves of the rows on two threads (when ``engine.parallel`` allows more than one
+#: part): measured with ``python benchmarks/fused_vae.py --split`` (see ``row_parts``).
+SPLIT_MIN_MACS = 20_000_000
 
-_POOL = concurrent.futures.ThreadPoolExecutor(1)
-SPLIT = {"on": True, "min_rows": 64}
+
+def step_macs(vae, N, S):
+    """The multiply-adds of the step's products: three per layer (forward, both gradients),
+    the encoder on ``N`` rows, the decoder on ``N S``."""
+    def layers(mlp):
+        return sum(a * b for a, b in zip(mlp.sizes[:-1], mlp.sizes[1:]))
+    return 3 * (N * layers(vae.encoder) + N * S * layers(vae.decoder))
 
 
 def row_parts(vae, N, S):
-    if SPLIT["on"] and N >= SPLIT["min_rows"]:
+    """The parts of the batch's rows the step runs: ``[(0, N)]``, or two halves when
+    ``parallel.elementwise_threads()`` allows two parts and the step's products reach
+    ``SPLIT_MIN_MACS``.
+
+    Why split the whole step rather than each chain: every pass of the step is a function of
+    its rows alone but for the sums over rows (the parameters' gradients, the KL's batch
+    mean), so two halves of the rows run the whole forward and backward independently, each
+    product on one BLAS thread, and meet twice: for the KL's batch mean (free bits need it
+    before any backward) and to add their gradients. That is two hand-offs per step, where
+    splitting chains would cost one per chain and leave the products to BLAS's own threads
+    (one hand-over per product).
+    """
+    if parallel.elementwise_threads() > 1 and N >= 2 and step_macs(vae, N, S) >= SPLIT_MIN_MACS:
         mid = N // 2
-        return [(0, mid), (mid, N)]
-    return [(0, N)]
+        return ((0, mid), (mid, N))
+    return ((0, N),)
 
 
 def _run_parts(calls):
+    """``[call() for call in calls]``, the calls at the same time on two threads
+    (``parallel.run_parts``) when there are two, with BLAS on one thread meanwhile (each part
+    makes its own products; two BLAS calls each asking for both cores would fight over them)."""
     if len(calls) == 1:
         return [calls[0]()]
-    future = _POOL.submit(calls[1])
-    first = calls[0]()
-    return [first, future.result()]
+    results = [None] * len(calls)
+
+    def part(i):
+        def run():
+            results[i] = calls[i]()
+        return run
+
+    previous = blas_threads()
+    if previous is not None and previous > 1:
+        set_blas_threads(1)
+    try:
+        parallel.run_parts([part(i) for i in range(len(calls))])
+    finally:
+        if previous is not None and previous > 1:
+            set_blas_threads(previous)
+    return results
