@@ -48,9 +48,8 @@ from ..models.vae import VAE, free_bits_kl, linear_warmup
 from ..nn.activations import ReLU, Tanh
 from ..nn.linear import Linear
 from ..nn.mlp import MLP
-from . import parallel, register
+from . import parallel, register, rows
 from .products import matmul, sum_over_batch
-from .threads import blas_threads, set_blas_threads
 
 __all__ = ["fused_loss_and_grads", "fusable"]
 
@@ -76,21 +75,21 @@ def matmul_into(a, b, out):
 
 # ----------------------------------------------------------------------------- buffers
 class _Passes:
-    """The buffers of one MLP run on ``rows`` rows: each layer's output (its pre-activation,
+    """The buffers of one MLP run on ``n_rows`` rows: each layer's output (its pre-activation,
     then its activation, in place), the gradient reaching each layer's output, and per hidden
     layer a work array for the activation's backward (ReLU: the mask ``y > 0``; tanh: 1 - y^2)."""
 
-    def __init__(self, mlp, rows, dtype, prefix):
+    def __init__(self, mlp, n_rows, dtype, prefix):
         sizes = mlp.sizes
-        self.outs = [np.empty((rows, n), dtype) for n in sizes[1:]]
-        self.d_outs = [np.empty((rows, n), dtype) for n in sizes[1:-1]]
+        self.outs = [np.empty((n_rows, n), dtype) for n in sizes[1:]]
+        self.d_outs = [np.empty((n_rows, n), dtype) for n in sizes[1:-1]]
         relu = type(mlp.act) is ReLU
         self.relu = relu
         # ReLU's max(a, 0) against a row of zeros, broadcast: the same numbers, but NumPy 2.4's
         # maximum with the scalar 0 runs a slower loop (CPU time on (1024, 256) float32: 101
         # against 57 us; `python benchmarks/fused_vae.py --relu`)
         self.zero_rows = [np.zeros(n, dtype) for n in sizes[1:-1]]
-        self.work = [np.empty((rows, n), bool if relu else dtype) for n in sizes[1:-1]]
+        self.work = [np.empty((n_rows, n), bool if relu else dtype) for n in sizes[1:-1]]
         self.names = [(f"{prefix}.layers.{i}.W", f"{prefix}.layers.{i}.b")
                       for i in range(len(mlp.layers))]
 
@@ -264,10 +263,11 @@ def _step(vae, x, rng, beta, step, space, N, S, L):
     dtype = vae.dtype
     eps = space.eps
     rng.standard_normal(dtype=dtype, out=eps)     # the reference's draw, into the buffer
-    parts = [(x[lo:hi], eps[:, lo:hi], rows) for (lo, hi), rows in zip(space.bounds, space.parts)]
+    parts = [(x[lo:hi], eps[:, lo:hi], buffers)
+             for (lo, hi), buffers in zip(space.bounds, space.parts)]
 
     # the forward pass of each part of the rows: sums of the reconstruction term and the KL
-    sums = _run_parts([lambda p=p: _rows_forward(vae, *p) for p in parts])
+    sums = rows.run_halves([lambda p=p: _rows_forward(vae, *p) for p in parts])
     rec_mean = sum(rec for rec, _ in sums) / (S * N)      # mean over rows and samples
     kl_group = sums[0][1] if len(sums) == 1 else sums[0][1] + sums[1][1]
     kl_group /= N                                         # batch mean per latent dimension
@@ -280,7 +280,8 @@ def _step(vae, x, rng, beta, step, space, N, S, L):
 
     # the backward pass of each part; the parts' gradients add up
     c = (beta_t / N) * open_groups                 # d loss / d KL_nj, per column j
-    grads = _run_parts([lambda p=p: _rows_backward(vae, *p, c, 1.0 / (S * N)) for p in parts])
+    grads = rows.run_halves([lambda p=p: _rows_backward(vae, *p, c, 1.0 / (S * N))
+                             for p in parts])
     if len(grads) > 1:
         for name, g in grads[0].items():
             g += grads[1][name]
@@ -288,38 +289,38 @@ def _step(vae, x, rng, beta, step, space, N, S, L):
     return float(loss), grads[0], info
 
 
-def _rows_forward(vae, x, eps, rows):
+def _rows_forward(vae, x, eps, buffers):
     """The forward pass over the rows of ``x`` ``(n, D)`` with noise ``eps`` ``(S, n, L)``:
-    ``rows``' buffers filled; returns the sum of ``log p(x|z)`` over rows and samples and the
+    ``buffers`` filled; returns the sum of ``log p(x|z)`` over rows and samples and the
     KL's sum over rows per latent dimension ``(L,)``."""
     L, S = vae.latent_dim, eps.shape[0]
-    z, sigma, e, t = rows.z, rows.sigma, rows.e_raw, rows.tmp_nl
+    z, sigma, e, t = buffers.z, buffers.sigma, buffers.e_raw, buffers.tmp_nl
 
     # q(z|x): the encoder, the softplus scale, the reparameterisation, the KL per dimension
-    h = _mlp_forward(vae.encoder, x, rows.encoder)
+    h = _mlp_forward(vae.encoder, x, buffers.encoder)
     mu, raw = h[:, :L], h[:, L:]
     _exp_minus_abs(raw, e)
-    np.maximum(raw, rows.zero_row_latent, out=sigma)
+    np.maximum(raw, buffers.zero_row_latent, out=sigma)
     np.log1p(e, out=t)
     sigma += t
     sigma += vae.sigma_floor                       # sigma = softplus(raw) + floor
     np.multiply(eps, sigma, out=z)
     z += mu                                        # z = mu + sigma eps, (S, n, L)
-    kl = rows.kl
+    kl = buffers.kl
     np.subtract(sigma, 1.0, out=t)                 # d = sigma - 1
     np.add(t, 2.0, out=kl)
     kl *= t                                        # d (2 + d)
     np.log1p(t, out=t)
-    np.multiply(mu, mu, out=rows.d_h[:, :L])       # (d_h as scratch until the backward)
-    kl += rows.d_h[:, :L]
+    np.multiply(mu, mu, out=buffers.d_h[:, :L])       # (d_h as scratch until the backward)
+    kl += buffers.d_h[:, :L]
     kl *= 0.5
     kl -= t                                        # (mu^2 + d (2 + d)) / 2 - log1p(d)
 
     # p(x|z): the decoder and the Bernoulli log-likelihood, summed
-    logits = _mlp_forward(vae.decoder, z.reshape(-1, L), rows.decoder)
-    e_l, tmp = rows.e_logits, rows.tmp_md
+    logits = _mlp_forward(vae.decoder, z.reshape(-1, L), buffers.decoder)
+    e_l, tmp = buffers.e_logits, buffers.tmp_md
     _exp_minus_abs(logits, e_l)
-    np.maximum(logits, rows.zero_row_data, out=tmp)
+    np.maximum(logits, buffers.zero_row_data, out=tmp)
     softplus_sum = float(tmp.sum())
     np.log1p(e_l, out=tmp)
     softplus_sum += float(tmp.sum())
@@ -327,26 +328,26 @@ def _rows_forward(vae, x, eps, rows):
     return x_dot_logits - softplus_sum, sum_over_batch(kl)
 
 
-def _rows_backward(vae, x, eps, rows, c, d_rec):
+def _rows_backward(vae, x, eps, buffers, c, d_rec):
     """The backward pass over the rows of ``_rows_forward``: ``c`` ``(L,)`` the loss's
     derivative by each KL_nj, ``d_rec`` = 1 / (N S) that by each log p(x_n | z_sn) (with a
-    minus sign); returns the parameters' gradients from these rows."""
+    minus sign); returns the parameters' gradients from these buffers."""
     L, S, n = vae.latent_dim, eps.shape[0], x.shape[0]
-    sigma, e, t = rows.sigma, rows.e_raw, rows.tmp_nl
-    logits = rows.decoder.outs[-1]
-    mu, raw = rows.encoder.outs[-1][:, :L], rows.encoder.outs[-1][:, L:]
+    sigma, e, t = buffers.sigma, buffers.e_raw, buffers.tmp_nl
+    logits = buffers.decoder.outs[-1]
+    mu, raw = buffers.encoder.outs[-1][:, :L], buffers.encoder.outs[-1][:, L:]
 
     # the likelihood, d l = (sigmoid(l) - x) / (N S), then the decoder
     grads = {}
-    d_logits = _sigmoid_from(logits, rows.e_logits, rows.numerator, rows.sigmoid_logits)
+    d_logits = _sigmoid_from(logits, buffers.e_logits, buffers.numerator, buffers.sigmoid_logits)
     np.subtract(d_logits.reshape(S, n, -1), x, out=d_logits.reshape(S, n, -1))
     d_logits *= d_rec
-    _mlp_backward(vae.decoder, rows.z.reshape(-1, L), d_logits, rows.decoder, grads,
-                  d_x=rows.d_z)
-    d_z = rows.d_z.reshape(S, n, L)
+    _mlp_backward(vae.decoder, buffers.z.reshape(-1, L), d_logits, buffers.decoder, grads,
+                  d_x=buffers.d_z)
+    d_z = buffers.d_z.reshape(S, n, L)
 
     # the posterior step: d mu, d sigma (reparameterisation + KL), then d raw
-    d_mu, d_raw = rows.d_h[:, :L], rows.d_h[:, L:]
+    d_mu, d_raw = buffers.d_h[:, :L], buffers.d_h[:, L:]
     np.multiply(mu, c, out=d_mu)
     d_mu += d_z[0] if S == 1 else d_z.sum(axis=0)
     np.reciprocal(sigma, out=t)
@@ -354,8 +355,8 @@ def _rows_backward(vae, x, eps, rows, c, d_rec):
     np.multiply(t, c, out=d_raw)                   # c (sigma - 1/sigma)
     d_z *= eps                                     # (d_z is spent: reuse it)
     d_raw += d_z[0] if S == 1 else d_z.sum(axis=0)  # d sigma
-    d_raw *= _sigmoid_from(raw, e, t, rows.sigmoid_raw)
-    return _mlp_backward(vae.encoder, x, rows.d_h, rows.encoder, grads)
+    d_raw *= _sigmoid_from(raw, e, t, buffers.sigmoid_raw)
+    return _mlp_backward(vae.encoder, x, buffers.d_h, buffers.encoder, grads)
 
 
 # ----------------------------------------------------------------------------- two threads
@@ -374,43 +375,12 @@ def step_macs(vae, N, S):
 
 
 def row_parts(vae, N, S):
-    """The parts of the batch's rows the step runs: ``[(0, N)]``, or two halves when
-    ``parallel.elementwise_threads()`` allows two parts and the step's products reach
-    ``SPLIT_MIN_MACS``.
-
-    Why split the whole step rather than each chain: every pass of the step is a function of
-    its rows alone but for the sums over rows (the parameters' gradients, the KL's batch
-    mean), so two halves of the rows run the whole forward and backward independently, each
-    product on one BLAS thread, and meet twice: for the KL's batch mean (free bits need it
-    before any backward) and to add their gradients. That is two hand-offs per step, where
-    splitting chains would cost one per chain and leave the products to BLAS's own threads
-    (one hand-over per product).
-    """
-    if parallel.elementwise_threads() > 1 and N >= 2 and step_macs(vae, N, S) >= SPLIT_MIN_MACS:
-        mid = N // 2
-        return ((0, mid), (mid, N))
+    """The parts of the batch's rows the step runs: ``[(0, N)]``, or two halves
+    (``engine.rows``) when the setting allows two parts and the step's products reach
+    ``SPLIT_MIN_MACS``. Two halves meet twice per step: for the KL's batch mean (free bits
+    need it before any backward) and to add their gradients."""
+    if rows.wants_halves(N, step_macs(vae, N, S), SPLIT_MIN_MACS):
+        return rows.halves(N)
     return ((0, N),)
 
 
-def _run_parts(calls):
-    """``[call() for call in calls]``, the calls at the same time on two threads
-    (``parallel.run_parts``) when there are two, with BLAS on one thread meanwhile (each part
-    makes its own products; two BLAS calls each asking for both cores would fight over them)."""
-    if len(calls) == 1:
-        return [calls[0]()]
-    results = [None] * len(calls)
-
-    def part(i):
-        def run():
-            results[i] = calls[i]()
-        return run
-
-    previous = blas_threads()
-    if previous is not None and previous > 1:
-        set_blas_threads(1)
-    try:
-        parallel.run_parts([part(i) for i in range(len(calls))])
-    finally:
-        if previous is not None and previous > 1:
-            set_blas_threads(previous)
-    return results

@@ -1,0 +1,62 @@
+"""A training step in two halves of the batch's rows, one per thread.
+
+Most of a training step is a function of each row alone: a flow maps each row by itself, a
+VAE encodes and decodes each row by itself. Only the sums over rows (the parameters'
+gradients, a batch mean) join the rows. So two halves of the rows can run the whole forward
+and backward at the same time, each on one core with its products on one BLAS thread, and
+meet at the end to add their sums: one hand-off per step, where splitting each elementwise
+chain costs one per chain and leaves each product to BLAS's own threads (one hand-over per
+product). Users: the fused VAE step (``engine.vae``) and the density model's step
+(``engine.density``); each says where splitting pays, measured.
+
+    bounds = halves(N)                   # ((0, N // 2), (N // 2, N))
+    results = run_halves([f, g])         # [f(), g()], f here and g in the worker, BLAS on 1 thread
+
+``run_halves`` goes through ``engine.parallel.run_parts``: serial when the setting is one part
+or another split is running.
+"""
+
+from __future__ import annotations
+
+from . import parallel
+from .threads import blas_threads, set_blas_threads
+
+__all__ = ["halves", "run_halves", "wants_halves"]
+
+
+def wants_halves(n_rows, macs, min_macs):
+    """True when a step on ``n_rows`` rows whose products make ``macs`` multiply-adds should run
+    in two halves: the setting allows two parts (``parallel.elementwise_threads()``), there are
+    two rows, and ``macs`` reaches the user's measured ``min_macs``."""
+    return parallel.elementwise_threads() > 1 and n_rows >= 2 and macs >= min_macs
+
+
+def halves(n_rows):
+    """The bounds of the two halves of ``range(n_rows)``: ``((0, n // 2), (n // 2, n))``."""
+    mid = n_rows // 2
+    return ((0, mid), (mid, n_rows))
+
+
+def run_halves(calls):
+    """``[call() for call in calls]``, the calls at the same time on two threads
+    (``parallel.run_parts``) when there are two, with BLAS on one thread meanwhile: each part
+    makes its own products, and two BLAS calls each asking for both cores would fight over them
+    (the count before is given back)."""
+    if len(calls) == 1:
+        return [calls[0]()]
+    results = [None] * len(calls)
+
+    def part(i):
+        def run():
+            results[i] = calls[i]()
+        return run
+
+    previous = blas_threads()
+    if previous is not None and previous > 1:
+        set_blas_threads(1)
+    try:
+        parallel.run_parts([part(i) for i in range(len(calls))])
+    finally:
+        if previous is not None and previous > 1:
+            set_blas_threads(previous)
+    return results
