@@ -20,7 +20,11 @@ can escape and every intermediate can live in a work buffer:
   (``max([a >= 0], e) / (1 + e)``), for the scale's raw output and for the logits;
 - the reconstruction term is summed, never formed per element: ``sum x l`` is one dot product
   and ``sum softplus(l)`` two sums; the noise is drawn into its buffer
-  (``Generator.standard_normal(out=)``, the same numbers as the reference's draw).
+  (``Generator.standard_normal(out=)``, the same numbers as the reference's draw);
+- where the step's products reach ``SPLIT_MIN_MACS`` and the engine may use two threads
+  (``engine.parallel``), the batch's rows run as two halves at the same time (``engine.rows``),
+  each with its own buffers and its products on one BLAS thread; the halves meet twice, for the
+  KL's batch mean (free bits need it before any backward) and to add their gradients.
 
 Which VAEs (``fusable``): ``VAE`` itself (not a subclass: a flow posterior or a label changes
 the posterior step), encoder and decoder plain ``MLP``s of ``Linear`` layers with ReLU or tanh,
