@@ -322,3 +322,22 @@ def test_training_settings_turn_the_split_on_and_restore_it(monkeypatch):
             assert parallel.elementwise_threads() == 1            # one core: off
     finally:
         parallel.set_elementwise_threads(previous)
+
+
+def test_an_interrupted_wait_leaves_no_stale_worker_behind(split_everything, monkeypatch):
+    """A KeyboardInterrupt while the caller waits for the worker: the next split must still
+    wait for its own worker (a stale ``done`` would let it return before the worker ran)."""
+    parallel.run_parts([lambda: None, lambda: None])
+    worker = parallel._workers[0]
+    real_wait = worker.wait
+
+    def interrupted():
+        monkeypatch.setattr(worker, "wait", real_wait)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(worker, "wait", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        parallel.run_parts([lambda: None, lambda: time.sleep(0.05)])
+    done = []
+    for _ in range(3):
+        parallel.run_parts([lambda: None, lambda: (time.sleep(0.02), done.append(1))])
+        assert len(done) == _ + 1           # the worker's part had finished on return

@@ -546,7 +546,9 @@ def _global_options(p, in_subcommand=False):
                    help="show tracebacks on errors")
     p.add_argument("--threads", type=_positive_int, default=default(None),
                    help="BLAS threads (default: chosen by the model's size: one thread for "
-                        "small models, both cores for large ones; scratchvae/engine/threads.py)")
+                        "small models, both cores for large ones; scratchvae/engine/threads.py); "
+                        "also the threads long elementwise chains are split over (default 2 on "
+                        "two cores; 1: none; scratchvae/engine/parallel.py)")
     p.add_argument("--engine", choices=("reference", "fast"), default=default(None),
                    help="the code that runs: the reference (the derivations' formulas, one per "
                         "line) or the fast engine's equal kernels (default: $SCRATCHVAE_ENGINE, "

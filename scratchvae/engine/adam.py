@@ -161,6 +161,21 @@ def adam_step(opt, grads):
     the W1 VAE's 12 arrays (167k parameters): 508.8 -> 276.7 us; the W2-2d flow's 48 arrays
     (39k parameters): 454.2 -> 97.4 us. The engine's Adam before the paper's moments became its
     state (unnormalised sums, two passes fewer) took 245 and 85 us, measured the same way.
+
+    On two cores (``engine.parallel``): where the entries times ``ADAM_PASSES`` reach
+    ``parallel.SPLIT_MIN_ELEMENT_PASSES`` (the W1 VAE's 177k parameters, W2-16d's 157k and
+    W3-16d's 165k; not the 2-D flows' 39k), each dtype's flat buffers are cut near the middle
+    (``_Group.halves``) and the whole step of each half (its entries of the gradients copied
+    in, the moment and update passes, its entries of the parameters moved) runs in one
+    hand-off, the second half in the worker thread: every entry sees the same operations, so
+    moments and parameters are the serial step's bit for bit (tests/test_engine_parallel.py).
+    Measured (wall time per call, float32, ``python benchmarks/elementwise_threads.py
+    --kernels``, median of 7 rounds, four runs on the shared 2-core machine at load average
+    3.7-5.5 with no second core free in any round: upper bounds): serial 249-276 us, split
+    291-310 us, 12-18 % slower, the cost of the hand-off when the worker must wait for a core.
+    On a free core the chains of ``engine.parallel`` of this size (2 M elements x passes) ran
+    in 0.6-0.8 of their serial time (benchmarks/README.md, "Elementwise threads"); Adam's own
+    gain there is still to be measured on a quiet machine.
     """
     opt._check(grads)
     opt.t += 1

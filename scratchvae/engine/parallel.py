@@ -30,13 +30,16 @@ Rules that keep it safe:
 - an exception raised in the worker is re-raised in the caller, after both parts have
   stopped (the caller never returns while the worker still writes to its arrays);
 - after ``os.fork`` the child starts without workers (threads do not survive a fork) and
-  starts new ones on its first split.
+  starts new ones on its first split; so does a process whose wait for a worker was
+  interrupted (KeyboardInterrupt).
 
-The hand-off (``benchmarks/elementwise_threads.py --handoff``, round trip of an empty task
-to the worker and back, median of 5 rounds of 2000, on the 2-core machine at load 1.0):
-a pair of ``threading.Lock`` used as binary semaphores 9-12 us, ``threading.Condition``
-23-30 us, ``queue.SimpleQueue`` (a task queue and a done queue) 11-14 us. Chosen: the lock
-pair, the fastest and the simplest (two C-level locks, no Python-level waiter list).
+The hand-off (``python benchmarks/elementwise_threads.py --handoff``: the round trip of an
+empty task to a waiting thread and back, median of 5 rounds of 2000, four runs on the shared
+2-core machine at load average 2.5-3.6): a pair of ``threading.Lock`` used as binary
+semaphores 12.9-13.2 us, ``queue.SimpleQueue`` (a task queue and a done queue) 13.0-31.5 us,
+``threading.Condition`` 16.1-36.3 us; ``run_parts`` itself (the lock pair plus its checks)
+14.6-24.1 us. Chosen: the lock pair, never slower than the others and the steadiest (two
+C-level locks; the queue and the condition keep Python-level waiter lists).
 """
 
 from __future__ import annotations
@@ -48,12 +51,16 @@ __all__ = ["SPLIT_MIN_ELEMENT_PASSES", "elementwise_threads", "set_elementwise_t
            "worth_splitting", "run_parts", "split_rows", "split_point"]
 
 #: The ``elements x passes`` of a chain (elements each pass touches, times the NumPy calls of
-#: the chain) from which splitting it in two pays: measured with
-#: ``python benchmarks/elementwise_threads.py`` (float32 chains of k = 2 to 24 ufuncs on
-#: n = 16k to 1M elements, serial against split, median of 5 rounds, 2 cores at load 1-2):
-#: at 2^18 elements a 12-ufunc chain (3.1M) went 270 -> 180 us, a 6-ufunc chain (1.6M)
-#: 140 -> 115 us, a 3-ufunc chain (0.8M) 70 -> 95 us (slower); at 2^16 elements no chain up
-#: to 24 ufuncs (1.6M) paid. Set where every measured chain at or above it paid.
+#: the chain) from which splitting it in two pays. Measured with ``python
+#: benchmarks/elementwise_threads.py`` (float32 chains of k = 2 to 24 in-place ufuncs on
+#: n = 16k to 1M elements, serial against split, 5-7 rounds, the shared 2-core machine at load
+#: average 3.4-3.7, so whether the second core was free changed from round to round): no
+#: chain below 0.75 M ever paid (the hand-off, 13-25 us, is most of a 0.4 M chain); at 0.79 M
+#: a split paid once in three runs (65536 x 12: 0.95 of the serial time, else 1.18-1.21); at
+#: 1.57 M it paid whenever the second core was free (65536 x 24: 0.80-0.81, 262144 x 6:
+#: 0.63), and the best rounds of the larger chains ran in 0.61-0.70 of the serial time. With
+#: no free core a split costs its hand-off: 1.03-1.15 of the serial time from here up.
+#: (benchmarks/README.md, "Elementwise threads", has the tables.)
 SPLIT_MIN_ELEMENT_PASSES = 1_500_000
 
 _settings = {"parts": 1}
@@ -152,9 +159,16 @@ def run_parts(parts):
             parts[0]()
         except BaseException as own:  # noqa: BLE001  (raised once the workers have stopped)
             error = own
-        for worker in workers:
-            theirs = worker.wait()
-            error = error or theirs
+        try:
+            for worker in workers:
+                theirs = worker.wait()
+                error = error or theirs
+        except BaseException:
+            # interrupted while waiting (KeyboardInterrupt): a worker may still be running,
+            # and would release its ``done`` into the next split; drop the workers (a fresh
+            # one starts on the next split; the old ones finish and wait forever, unused)
+            _workers.clear()
+            raise
         if error is not None:
             raise error
     finally:

@@ -101,9 +101,16 @@ def rq_spline_theta_bins_first(x, theta, inverse, bound, min_width, min_height,
     two threads: the rows of ``x`` cut in two, each part the whole kernel on its rows, the
     outputs written into the layout the serial kernel returns (the same numbers bit for bit:
     every point sees the same operations; tests/test_engine_parallel.py). The cache then holds
-    the parts' caches, and the backward splits in the same way. Measured (float32, K = 8,
-    forward + backward, ``python benchmarks/elementwise_threads.py --kernels``): see
-    ``SPLIT_MEASURED``.
+    the parts' caches, and the backward splits in the same way. At K = 8 that is from about
+    9,500 points on: not a W3-16d block (512 x 8 = 4,096 points, 0.64 M), whose NumPy calls
+    cost more than their arithmetic, and the calls' Python side holds the GIL in both
+    threads. Measured (float32, K = 8, forward + backward, ``python
+    benchmarks/elementwise_threads.py --kernels``, median of 7 rounds, four runs on the shared
+    2-core machine at load average 3.7-5.5 with no second core free in any round: upper
+    bounds), serial against always split: 512 x 8 points 589-640 us against 897-1063 us;
+    2048 x 8 points 2003-6314 us against 2535-6641 us (1.05-1.41x). What a free core buys
+    is still to be measured on a quiet machine (benchmarks/README.md, "Elementwise
+    threads").
     Derivation: derivations/08-rq-spline.md#forward-map.
     """
     S = x.shape

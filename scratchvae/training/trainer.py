@@ -126,8 +126,10 @@ class Trainer:
     leaves the allocator alone) and ``threads`` sets BLAS's thread count while ``run`` trains
     (restored after): ``"auto"`` (default) chooses by the size of the model's products at
     ``batch_size`` rows (one thread for small models, every core, at most 2, for large ones)
-    unless the environment pinned the count before NumPy loaded, an integer sets it. The
-    reference engine changes neither.
+    unless the environment pinned the count before NumPy loaded, an integer sets it; it also
+    sets how many threads the engine's long elementwise chains are split over
+    (``scratchvae.engine.parallel``; ``"auto"``: 2 on two cores or more, ``1``: none; the
+    numbers are the same bit for bit). The reference engine changes neither.
     """
 
     def __init__(self, model, loss_fn: Callable, *, data=None, steps: int, batch_size: int = 128,
