@@ -59,12 +59,14 @@ from typing import NamedTuple
 import numpy as np
 
 from ..flows.spline import (
+    MAX_DERIVATIVE,
     _bin_index,
+    _cap_slopes,
     _clip_fraction,
     _clip_to_interval,
-    _inverse_quadratic,
-    _knot_slope,
+    _derivative_shift,
     _mask_tails,
+    _one_minus_softplus_shift,
     _stable_root,
     _zero_in_tails,
 )
@@ -165,34 +167,36 @@ def _sum_over_bins(a):
 
 
 # ----------------------------------------------------------------------------- knots
-def _knot_positions(logits, bound, minimum):
+def _knot_positions(logits, bound, minimum, positions=None):
     """``knot_positions`` on bins-first tables: knots ``(..., K+1, n)`` from unnormalised bin
     sizes ``(..., K, n)`` (any layout); also the softmax ``(..., K, n)``. ``minimum``: one
     number, or a tuple with one per leading table (the widths' and the heights' minimum for a
-    stacked ``(2, K, n)``).
+    stacked ``(2, K, n)``). ``positions``: where to write the knots (a new table if None).
 
     The same guards as the reference (``_softmax``: the maximum subtracted; ``_pin_end_knots``:
     the end knots exactly at ``-+bound``), written for this layout.
     Derivation: derivations/08-rq-spline.md#parametrisation.
     """
     # the shifted logits are a fresh C-ordered table (whatever the layout of ``logits``),
-    # turned into the softmax in place
+    # turned into the softmax in place (divided by its sum, as the reference's ``_softmax``)
     softmax = np.subtract(logits, logits.max(axis=-2, keepdims=True), order="C")
     np.exp(softmax, out=softmax)
-    softmax *= np.reciprocal(_sum_over_bins(softmax))[..., None, :]
+    np.divide(softmax, _sum_over_bins(softmax)[..., None, :], out=softmax)
     *lead, K, n = softmax.shape
-    positions = np.empty((*lead, K + 1, n), dtype=softmax.dtype)
+    if positions is None:
+        positions = np.empty((*lead, K + 1, n), dtype=softmax.dtype)
     positions[..., 0, :] = -bound
     # interior knot i (1 <= i < K) is -bound + 2 bound sum_{j<i} omega_j, with
     # sum_{j<i} omega_j = i minimum + (1 - K minimum) sum_{j<i} softmax_j; the running sums
-    # as one product with a triangle of ones (np.cumsum along the bins axis is ~10x slower)
-    inner = positions[..., 1:K, :]
-    np.matmul(_lower_triangle_of_ones(K - 1, softmax.dtype), softmax[..., :-1, :], out=inner)
+    # as one product with a triangle of ones scaled by 2 bound (1 - K minimum) (np.cumsum
+    # along the bins axis is ~10x slower), then the offsets added
     minimums = minimum if isinstance(minimum, tuple) else (minimum,)
-    scale, offset = _running_sums_to_knots(K, bound, minimums, softmax.dtype)
+    triangle = _scaled_triangle(K, bound, minimums, softmax.dtype)
+    _, offset = _running_sums_to_knots(K, bound, minimums, softmax.dtype)
     if not lead:  # one table: the single (1, ...) entry
-        scale, offset = scale[0], offset[0]
-    inner *= scale
+        triangle, offset = triangle[0], offset[0]
+    inner = positions[..., 1:K, :]
+    np.matmul(triangle, softmax[..., :-1, :], out=inner)
     inner += offset
     positions[..., K, :] = bound
     return positions, softmax
@@ -207,6 +211,31 @@ def _padded_derivatives(d):
     return padded
 
 
+def _knot_slope(raw, min_derivative):
+    """The reference's ``_knot_slope`` (``delta = min_derivative + softplus(raw + c)`` and
+    its derivative ``sigmoid(raw + c)``) in 10 NumPy calls instead of 15, arrays ``(2, n)``.
+
+    The softplus and ``delta`` are the reference's operations in its order (the same bits: a
+    zero parameter gets slope 1 exactly); the sigmoid is ``exp(z - softplus(z))`` (the
+    logarithm of the sigmoid is ``z - softplus(z)``; 2 calls for the reference's 4, equal to
+    a few ulps); the caps (``_cap_slopes``, 3 calls) only run when a slope exceeds
+    ``MAX_DERIVATIVE`` (one maximum finds out; the caps change nothing otherwise).
+    Derivation: derivations/08-rq-spline.md#parametrisation.
+    """
+    z = np.add(raw, _derivative_shift(min_derivative))
+    e = np.abs(z)
+    np.negative(e, out=e)
+    np.exp(e, out=e)                        # e^{-|z|} <= 1: never overflows
+    delta = np.maximum(z, 0.0)
+    delta += np.log1p(e, out=e)             # softplus(z)
+    sigmoid = np.subtract(z, delta, out=z)  # log sigmoid(z)
+    np.exp(sigmoid, out=sigmoid)
+    delta += _one_minus_softplus_shift(min_derivative, delta.dtype)
+    if not delta.max(initial=0.0) <= MAX_DERIVATIVE:  # a slope to cap or a NaN: the guard
+        return _cap_slopes(delta, sigmoid)
+    return delta, sigmoid
+
+
 # ----------------------------------------------------------------------------- constants
 def _read_only(a):
     """``a``, made read only: the cached constants below are shared by every call."""
@@ -218,6 +247,15 @@ def _read_only(a):
 def _lower_triangle_of_ones(size, dtype):
     """``np.tri(size)`` in ``dtype``, built once per size and dtype (speed: a constant)."""
     return _read_only(np.tri(size, dtype=dtype))
+
+
+@functools.cache
+def _scaled_triangle(K, bound, minimums, dtype):
+    """``scale_t np.tri(K - 1)`` per table ``t``, ``(T, K-1, K-1)``, with ``scale_t`` the
+    ``scale`` of ``_running_sums_to_knots``: the running sums and their scale in one product
+    (speed: a constant of the settings, read only)."""
+    scale, _ = _running_sums_to_knots(K, bound, minimums, dtype)
+    return _read_only(scale * _lower_triangle_of_ones(K - 1, dtype))
 
 
 @functools.cache
@@ -238,16 +276,14 @@ def _running_sums_to_knots(K, bound, minimums, dtype):
 
 
 @functools.lru_cache(maxsize=64)
-def _point_index(n):
-    """``np.arange(n)`` (read only), made once per number of points (speed: a constant)."""
-    return _read_only(np.arange(n))
-
-
-@functools.lru_cache(maxsize=64)
-def _table_starts(size):
-    """``[[0], [size]]``: the flat offsets of two stacked tables of ``size`` entries (read only;
-    speed: a constant)."""
-    return _read_only(np.array([[0], [size]]))
+def _gather_offsets(n, K):
+    """``(2, 3, n)`` flat offsets into a ``(3, K+1, n)`` table (knot positions x, y and the
+    padded raw derivatives) of entry ``[j, r, i]`` = row ``r``, knot ``k_i + j``, point ``i``,
+    less ``k_i n``: ``r (K+1) n + j n + i`` (read only; speed: a constant). One ``take`` at
+    ``k n + offsets`` gathers both knots of every point's bin from the three tables.
+    """
+    rows = np.arange(3)[None, :, None] * ((K + 1) * n)
+    return _read_only(rows + np.arange(2)[:, None, None] * n + np.arange(n))
 
 
 @functools.lru_cache(maxsize=64)
@@ -262,48 +298,79 @@ def _forward(v_in, wh, d, shape, inverse, bound, min_width, min_height, min_deri
     (the width logits ``wh[0]`` and the height logits ``wh[1]``) and ``d`` ``(K-1, n)``, any
     layout (only read); column ``i`` of each table belongs to point ``i``; ``shape`` is ``S``,
     kept in the cache. Returns ``(out (n,), logdet (n,), cache)``.
+
+    Fewer calls than the reference's arrangement, each measured by
+    ``benchmarks/call_counts.py`` (see the module docstring): ``inside`` as ``clip(v) == v``
+    (true exactly when ``-bound <= v <= bound``, false for NaN, as the reference's two
+    comparisons); the knots and the padded derivatives in one ``(3, K+1, n)`` table, both
+    knots of each point's bin gathered from it by one ``take``; the slopes of both knots by
+    one ``_knot_slope``; ``dk - s`` and ``dk1 - s``, ``xi`` and ``1 - xi`` and their squares
+    as stacked ``(2, n)`` pairs, ``dk + dk1 - 2 s`` formed once for the inverse quadratic and
+    the denominator.
     Derivation: derivations/08-rq-spline.md#forward-map.
     """
     n = v_in.shape[0]
-    knots, softmax = _knot_positions(wh, bound, (min_width, min_height))
-    xs, ys = knots  # (K+1, n) each
+    K = wh.shape[1]
+    table = np.empty((3, K + 1, n), dtype=wh.dtype)
+    _, softmax = _knot_positions(wh, bound, (min_width, min_height), table[:2])
+    table[2, ::K] = 0.0       # the end knots' raw derivative: slope 1 (``_padded_derivatives``)
+    table[2, 1:K] = d
+    xs, ys = table[0], table[1]  # (K+1, n) each
 
-    inside = (v_in >= -bound) & (v_in <= bound)
     v = _clip_to_interval(v_in, bound)
+    inside = v == v_in        # v_in in [-bound, bound] (NaN: False)
 
     # bin lookup in the space of this direction's input (the reference's search, on a
-    # bins-last view), then the bin's knots and slopes
+    # bins-last view), then the bin's two knots from the three tables: [j, r] is row r
+    # (x, y, raw derivative) at knot k + j
     k = _bin_index(v, (ys if inverse else xs).T)
-    left = k * n + _point_index(n)  # flat index of (knot k, point i) in a (K+1, n) table
-    # both tables' knots k and k+1 at once: (x_k, y_k) and (w_k, h_k), each (2, n)
-    both = left + _table_starts(knots.shape[1] * n)
-    knot_k = knots.take(both)
-    xk, yk = knot_k
-    wk, hk = knots.take(both + n) - knot_k
+    at_k = table.take(np.add(k * n, _gather_offsets(n, K)))
+    (xk, yk), sizes = at_k[0, :2], np.subtract(at_k[1, :2], at_k[0, :2])
+    wk, hk = sizes
     s = hk / wk
-    # the slopes at the bin's two knots, (2, n): one call for both
-    (dk, dk1), (slope_dk, slope_dk1) = _knot_slope(
-        _padded_derivatives(d).take(np.add.outer((0, n), left)), float(min_derivative))
+    delta, slopes = _knot_slope(at_k[:, 2], float(min_derivative))  # (2, n): knots k, k+1
+    dk, dk1 = delta
+    slope_dk, slope_dk1 = slopes
+    # (d_k - s, d_k+1 - s) and their sum d_k + d_k+1 - 2 s
+    d_minus_s = np.subtract(delta, s)
+    bend = np.add(d_minus_s[0], d_minus_s[1])
 
+    # xi and 1 - xi side by side
+    fractions = np.empty((2, n), dtype=s.dtype)
+    xi = fractions[0]
     if inverse:
-        xi = _clip_fraction(_stable_root(*_inverse_quadratic(v - yk, hk, s, dk, dk1)))
+        eta = v - yk
+        eta_bend = eta * bend
+        a = eta_bend - hk * d_minus_s[0]      # h_k (s - d_k) + eta (d_k + d_k1 - 2 s)
+        b = hk * dk - eta_bend
+        c = -s * eta
+        xi[...] = _clip_fraction(_stable_root(a, b, c))
     else:
-        xi = (v - xk) / wk
+        np.subtract(v, xk, out=xi)
+        np.divide(xi, wk, out=xi)
+    one_minus_xi = np.subtract(1.0, xi, out=fractions[1])
 
     # the rational quadratic and its derivative, without the partials (the backward forms them)
-    one_minus_xi = 1.0 - xi
     t = xi * one_minus_xi
-    den = s + (dk + dk1 - 2.0 * s) * t
-    rho = (s * xi * xi + dk * t) / den
+    squares = np.multiply(fractions, fractions)   # xi^2, (1 - xi)^2
+    den = bend * t
+    den += s
+    rho = s * squares[0]
+    rho += dk * t
+    rho /= den
     # m written around s, as in the reference: exactly s (log-det exactly 0) at zero parameters
-    m = s + (dk1 - s) * xi * xi + (dk - s) * one_minus_xi * one_minus_xi
+    terms = np.multiply(d_minus_s, squares[::-1])  # (d_k - s)(1 - xi)^2, (d_k1 - s) xi^2
+    m = s + terms[1]
+    m += terms[0]
     jac = (s * s) * m / (den * den)
 
     if inverse:
-        spline_out = xk + wk * xi
+        spline_out = wk * xi
+        spline_out += xk
         logdet = -np.log(jac)
     else:
-        spline_out = yk + hk * rho
+        spline_out = hk * rho
+        spline_out += yk
         logdet = np.log(jac)
     out = _mask_tails(inside, _clip_to_interval(spline_out, bound), v_in)
     logdet = _mask_tails(inside, logdet, 0.0)
@@ -324,18 +391,24 @@ def _backward(dout, dlogdet, cache: BinsFirstCache):
     dl_in = _zero_in_tails(c.inside, dlogdet)
 
     # the partials of ell = log g'(x) = 2 log s + log m - 2 log den, from the cached den and
-    # m, sharing their common factors
+    # m, sharing their common factors; xi and 1 - xi and their squares side by side
     xi, s, wk, hk, dk, dk1 = c.xi, c.s, c.wk, c.hk, c.dk, c.dk1
-    one_minus_xi = 1.0 - xi
+    n = dout.shape[0]
+    fractions = np.empty((2, n), dtype=xi.dtype)
+    fractions[0] = xi
+    one_minus_xi = np.subtract(1.0, xi, out=fractions[1])
     t = xi * one_minus_xi
-    xi2, omx2 = xi * xi, one_minus_xi * one_minus_xi
+    xi2, omx2 = squares = np.multiply(fractions, fractions)
     inv_den, inv_m = 1.0 / c.den, 1.0 / c.m
     two_t_den = 2.0 * t * inv_den
     dell_dxi = 2.0 * ((dk1 * xi + s * (1.0 - 2.0 * xi) - dk * one_minus_xi) * inv_m
                       - (dk + dk1 - 2.0 * s) * (1.0 - 2.0 * xi) * inv_den)
-    dell_ds = 2.0 / s + 2.0 * t * inv_m - 2.0 * (1.0 - 2.0 * t) * inv_den
-    dell_ddk = omx2 * inv_m - two_t_den
-    dell_ddk1 = xi2 * inv_m - two_t_den
+    # the partials of ell in s, d_k, d_k1, side by side (3, n): dell_ds, then
+    # dell_ddk = (1 - xi)^2 / m - 2 t / den and dell_ddk1 = xi^2 / m - 2 t / den as one pair
+    dell = np.empty((3, n), dtype=xi.dtype)
+    np.subtract(2.0 / s + 2.0 * t * inv_m, 2.0 * (1.0 - 2.0 * t) * inv_den, out=dell[0])
+    np.multiply(squares[::-1], inv_m, out=dell[1:])
+    dell[1:] -= two_t_den
 
     if c.inverse:
         # implicit function theorem: the input gradient first; the parameters then get the
@@ -349,15 +422,22 @@ def _backward(dout, dlogdet, cache: BinsFirstCache):
         d_in = dxi / wk
     d_in = _mask_tails(c.inside, d_in, dout)
 
-    # partials of y = y_k + h_k rho(xi, s, d_k, d_k1), contracted with dy_f; plus those of ell
-    hk_t_den2 = hk * t * inv_den * inv_den
-    ds = dy_f * hk_t_den2 * (dk1 * xi2 - dk * omx2) + dl_f * dell_ds
-    ddk = dy_f * hk_t_den2 * (s * omx2 + dk1 * t) + dl_f * dell_ddk
-    ddk1 = dl_f * dell_ddk1 - dy_f * hk_t_den2 * (s * xi2 + dk * t)
+    # partials of y = y_k + h_k rho(xi, s, d_k, d_k1) in s, d_k, d_k1, divided by
+    # h_k t / den^2, side by side (3, n): d_k1 xi^2 - d_k (1 - xi)^2, s (1 - xi)^2 + d_k1 t and
+    # -(s xi^2 + d_k t) = -rho den; contracted with dy_f, plus those of ell with dl_f, in
+    # four calls for the three
+    drho = np.empty((3, n), dtype=xi.dtype)
+    np.subtract(dk1 * xi2, dk * omx2, out=drho[0])
+    np.add(s * omx2, dk1 * t, out=drho[1])
+    np.multiply(c.rho, c.den, out=drho[2])
+    np.negative(drho[2], out=drho[2])
+    drho *= dy_f * (hk * t * inv_den * inv_den)
+    dell *= dl_f
+    drho += dell
+    ds, ddk, ddk1 = drho
     # to the bin's knots, through xi = (x - x_k) / w_k and s = h_k / w_k: the adjoints of
     # the left knots (x_k, y_k) and of the sizes (w_k, h_k), each pair stacked (2, n) as the
     # forward stacked the tables
-    n = dout.shape[0]
     d_left, d_size = np.empty((2, n), dtype=dxi.dtype), np.empty((2, n), dtype=dxi.dtype)
     np.divide(-dxi, wk, out=d_left[0])                    # d x_k
     d_left[1] = dy_f                                      # d y_k
