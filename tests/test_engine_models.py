@@ -171,9 +171,10 @@ def kernels_run():
     fast table is restored through ``switch._FAST``. Under the reference engine the dispatch
     never consults that table: nothing is recorded.
     """
+    table = switch.kernels()  # loads the fast modules first: what is saved is the full table
     saved = dict(switch._FAST)
     ran = {}
-    for name, (reference, fast) in switch.kernels().items():  # loads the fast modules
+    for name, (reference, fast) in table.items():
         which = "reference" if fast is None else "fast"
         switch.register(name)(_recording(ran, name, fast or reference, which))
     try:
