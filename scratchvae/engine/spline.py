@@ -412,14 +412,19 @@ def _backward(dout, dlogdet, cache: BinsFirstCache):
 
     if c.inverse:
         # implicit function theorem: the input gradient first; the parameters then get the
-        # forward's partials with upstream (-d_in, -dlogdet), and the xi adjoint is -dx w_k
+        # forward's partials with upstream (-d_in, -dlogdet), and the xi adjoint is -dx w_k.
+        # Here they are formed with the opposite signs, (d_in, dlogdet, dx w_k): every
+        # parameter gradient is linear in the three, so each is negated at its end, for free
+        # where a constant factor takes the sign (``sign``)
         d_in = (dout_in - dl_in * dell_dxi / wk) / c.jac
-        dy_f, dl_f = -d_in, -dl_in
-        dxi = -dout_in * wk
+        dy_f, dl_f = d_in, dl_in
+        dxi = dout_in * wk
+        sign = -1.0
     else:
         dy_f, dl_f = dout_in, dl_in
         dxi = dout_in * wk * c.jac + dl_in * dell_dxi
         d_in = dxi / wk
+        sign = 1.0
     d_in = _mask_tails(c.inside, d_in, dout)
 
     # partials of y = y_k + h_k rho(xi, s, d_k, d_k1) in s, d_k, d_k1, divided by
@@ -437,37 +442,52 @@ def _backward(dout, dlogdet, cache: BinsFirstCache):
     ds, ddk, ddk1 = drho
     # to the bin's knots, through xi = (x - x_k) / w_k and s = h_k / w_k: the adjoints of
     # the left knots (x_k, y_k) and of the sizes (w_k, h_k), each pair stacked (2, n) as the
-    # forward stacked the tables
+    # forward stacked the tables; the widths' two without their minus sign (-d x_k and
+    # -d w_k are formed), which ``_signed_knot_scale`` puts back with ``sign``
     d_left, d_size = np.empty((2, n), dtype=dxi.dtype), np.empty((2, n), dtype=dxi.dtype)
-    np.divide(-dxi, wk, out=d_left[0])                    # d x_k
+    np.divide(dxi, wk, out=d_left[0])                     # -d x_k
     d_left[1] = dy_f                                      # d y_k
-    np.divide(-(dxi * xi + ds * s), wk, out=d_size[0])    # d w_k
+    d_w = np.multiply(dxi, xi, out=dxi)
+    d_w += ds * s
+    np.divide(d_w, wk, out=d_size[0])                     # -d w_k
     np.add(dy_f * c.rho, ds / wk, out=d_size[1])          # d h_k
 
     K = c.softmax.shape[1]
     bins = _bin_numbers(K)
-    # indicators as numbers (a float times a float is faster than a float times a bool)
-    below = (bins < c.k).astype(dout.dtype)   # (K, n): bins j < k, whose widths move x_k
-    at = (bins == c.k).astype(dout.dtype)     # (K, n): bin k itself
-    dwh = _logit_gradients(d_left, d_size, below, at, c.softmax, c.bound,
-                           (c.min_width, c.min_height))
-    # knot k has raw parameter d[k-1], knot k+1 has d[k]; the end knots have none
-    dd = (ddk * c.slope_dk) * at[1:] + (ddk1 * c.slope_dk1) * at[:-1]
+    below = bins < c.k    # (K, n): bins j < k, whose widths move x_k
+    at = bins == c.k      # (K, n): bin k itself
+    dwh = _logit_gradients(d_left, d_size, below, at, c.softmax,
+                           _signed_knot_scale(K, c.bound, (c.min_width, c.min_height),
+                                              c.softmax.dtype, sign))
+    # knot k has raw parameter d[k-1], knot k+1 has d[k]; the end knots have none (at most
+    # one of the two indicators holds per point: selected, not multiplied)
+    dd = np.where(at[1:], ddk * c.slope_dk, np.where(at[:-1], ddk1 * c.slope_dk1, 0.0))
+    if c.inverse:
+        np.negative(dd, out=dd)
     return d_in, dwh, dd
 
 
-def _logit_gradients(d_left, d_size, below, at, softmax, bound, minimums):
+@functools.cache
+def _signed_knot_scale(K, bound, minimums, dtype, sign):
+    """``(2, 1, 1)``: the widths' and the heights' ``2 bound (1 - K minimum)``
+    (``_running_sums_to_knots``) times ``-sign`` and ``sign``: ``_backward`` forms the
+    widths' adjoints without their minus sign, and the inverse's all with the opposite sign
+    (speed: a constant, read only)."""
+    scale, _ = _running_sums_to_knots(K, bound, minimums, dtype)
+    return _read_only(scale * np.array([[[-sign]], [[sign]]], dtype=dtype))
+
+
+def _logit_gradients(d_left, d_size, below, at, softmax, scale):
     """The reference's ``_logit_gradients`` for ``T`` stacked tables (widths, heights), in
     place: gradients ``(T, K, n)`` of the logits from the adjoints of each bin's left knot and
-    its size (``(T, n)`` each), through the minimum (one per table) and the softmax
-    ``(T, K, n)``. (Pinning the last knot would only add the same number to every
-    ``d omega_j``, which the softmax removes.)
+    its size (``(T, n)`` each; ``below``, ``at`` the indicators ``(K, n)`` of the bins ``j < k``
+    and ``j = k``, selected rather than multiplied), through the minimum (``scale`` ``(T, 1,
+    1)``, one per table) and the softmax ``(T, K, n)``. (Pinning the last knot would only add
+    the same number to every ``d omega_j``, which the softmax removes.)
     Derivation: derivations/08-rq-spline.md#chain-through-the-parametrisation.
     """
-    K = softmax.shape[1]
-    d_soft = d_left[:, None, :] * below
-    d_soft += d_size[:, None, :] * at
-    d_soft *= _running_sums_to_knots(K, bound, minimums, softmax.dtype)[0]  # 2 bound (1 - K min)
+    d_soft = np.where(below, d_left[:, None, :], np.where(at, d_size[:, None, :], 0.0))
+    d_soft *= scale  # 2 bound (1 - K min), with the sign of each table's adjoints
     # softmax: d logit_j = softmax_j (d_soft_j - sum_i softmax_i d_soft_i)
     d_soft -= _sum_over_bins(softmax * d_soft)[:, None, :]
     d_soft *= softmax
