@@ -41,7 +41,8 @@ import numpy as np
 
 from ..flows import coupling as _reference  # noqa: F401  (defines the kernels registered here)
 from ..flows.bijector import Cache
-from ..flows.coupling import AffineCache, AffineLaw, CouplingBlock
+from ..flows.coupling import AffineCache, AffineLaw, CouplingBlock, SplineLaw
+from ..flows.spline import rq_spline_theta
 from ..nn.mlp import MLP
 from . import register
 from .mlp import mlp_backward, mlp_forward
@@ -122,8 +123,10 @@ def _affine_backward(d_out_b, d_logdet, cache, d_in_b):
 def coupling_run(block, z, context, direction):
     """``scratchvae.flows.coupling.CouplingBlock._run``: ``(out (N, D), logdet (N,), cache)``
     of the block's forward (``direction == "forward"``) or inverse pass, with the reference's
-    cache. The affine law in place in the output (``_affine_pass``); any other law runs its
-    own pass, its output copied into the block's.
+    cache. The affine law in place in the output (``_affine_pass``); the spline law's kernel
+    called directly when the points and the parameters share a dtype (``SplineLaw._run``'s
+    ``np.result_type`` and casts are then no-ops); any other law runs its own pass, its output
+    copied into the block's.
     """
     if not _one_run_each(block):
         return CouplingBlock._run.reference(block, z, context, direction)
@@ -138,7 +141,11 @@ def coupling_run(block, z, context, direction):
         logdet, c_law = _affine_pass(z[:, cols_b], theta, law.scale_bound, inverse,
                                      out[:, cols_b])
     else:
-        out_b, logdet, c_law = (law.inverse if inverse else law.forward)(z[:, cols_b], theta)
+        if type(law) is SplineLaw and theta.dtype == z.dtype:  # SplineLaw._run, no cast needed
+            out_b, logdet, c_law = rq_spline_theta(z[:, cols_b], theta, inverse, **law.settings)
+        else:
+            out_b, logdet, c_law = (law.inverse if inverse else law.forward)(z[:, cols_b],
+                                                                             theta)
         out[:, cols_b] = out_b
     return out, _sum_over_columns(logdet), Cache(direction, (c_cond, c_law))
 
