@@ -31,8 +31,12 @@ tests/test_engine_flows.py proves the equality (float64, hypothesis inputs, valu
 and every gradient, both directions, with and without a context, odd masks);
 tests/test_engine_models.py trains every coupling flow kind under both engines.
 
-Measured (callgrind, ``env -u OPENBLAS_CORETYPE python benchmarks/call_counts.py W2-2d W3-2d
-W2-16d W3-16d``): see the docstrings of ``coupling_run`` and ``coupling_back``.
+Measured (callgrind, exact call counts): one affine block of a 2-D flow (512 rows, float32,
+conditioner 1-64-64-2), its inverse pass and its backward: 36 -> 33 ufunc calls, 69 -> 58
+arrays created (and one ``np.dot`` fewer with the engine's one-feature ``linear_forward``);
+the whole W2-2d training step (``env -u OPENBLAS_CORETYPE python benchmarks/call_counts.py
+W2-2d --json``, eight blocks): 369 -> 345 ufunc calls, 613 -> 525 arrays created, 32.35 ->
+32.02 M instructions, this kernel alone.
 """
 
 from __future__ import annotations
