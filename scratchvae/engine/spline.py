@@ -56,10 +56,11 @@ of cast and multiplied). Measured by callgrind (exact counts), one spline block 
 ufunc calls, 1637 -> 1317 arrays created, 27.96 -> 26.64 M instructions.
 
 Before that, it was the kernel ``SplineLaw`` ran before the reference and the engine were
-split, with the same arithmetic and the same layouts (points in the order ``(m, i)``, the gradients in a
-``(M, 3K-1, N)`` buffer): when it moved here, coupling blocks gave the same outputs, log-dets
-and gradients as before bit for bit (1 to 8 transformed coordinates, float32 and float64), so
-the flows' numbers did not move.
+split, with the same arithmetic and the same layouts (points in the order ``(m, i)``, the
+gradients in a ``(M, 3K-1, N)`` buffer): when it moved here, coupling blocks gave the same
+outputs, log-dets and gradients as before bit for bit (1 to 8 transformed coordinates,
+float32 and float64), so the flows' numbers did not move. The rewrite above moves them by
+rounding (the knots, the rational quadratic and the partials are summed in other orders).
 Derivation: derivations/08-rq-spline.md.
 """
 
