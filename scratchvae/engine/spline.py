@@ -520,8 +520,8 @@ def _logit_gradients(d_left, d_size, below, at, softmax, scale):
     place: gradients ``(T, K, n)`` of the logits from the adjoints of each bin's left knot and
     its size (``(T, n)`` each; ``below``, ``at`` the indicators ``(K, n)`` of the bins ``j < k``
     and ``j = k``, as numbers), through the minimum (``scale`` ``(T, 1, 1)``, one per table,
-    with the sign of its adjoints) and the softmax ``(T, K, n)``. (Pinning the last knot would only add
-    the same number to every ``d omega_j``, which the softmax removes.)
+    with the sign of its adjoints) and the softmax ``(T, K, n)``. (Pinning the last knot would
+    only add the same number to every ``d omega_j``, which the softmax removes.)
     Derivation: derivations/08-rq-spline.md#chain-through-the-parametrisation.
     """
     d_soft = d_left[:, None, :] * below
