@@ -42,18 +42,20 @@ not the milliseconds, are the numbers to read):
 - 512 x 1 points (a W3-2d block): float32 0.60-0.75 ms against 0.22-0.26 ms, 2.3-3.4x;
   float64 0.63-0.67 ms against 0.26-0.31 ms, 2.1-2.4x.
 
-Fewer NumPy calls (issue 28): ``_forward``, ``_backward`` and their helpers were rewritten
-to form stacked pairs and tables once (the knots and the raw derivatives in one table and
-both knots of a bin by one ``take``, ``inside`` from the clipped point, the knot slopes in 10
-calls with the caps only when a slope needs one, the inverse's root from ``-c``, the partials
-of ``s``, ``d_k``, ``d_k1`` contracted as one ``(3, n)`` table, the inverse's adjoints with
-the opposite sign and the widths' without their minus, the bin indicators selected instead
-of cast and multiplied). Measured by callgrind (exact counts), one spline block of a 2-D flow
-(512 points, K = 8, float32, inverse pass and backward, with the engine's coupling block):
-207 -> 159 ufunc calls, 395 -> 315 arrays created, 16 -> 17 array-function calls (the
-``np.where`` selections), 2 -> 3 reductions (the slopes' maximum); the W3-2d training step
-(``env -u OPENBLAS_CORETYPE python benchmarks/call_counts.py W3-2d --json``): 881 -> 689
-ufunc calls, 1637 -> 1317 arrays created, 27.96 -> 26.64 M instructions.
+Fewer NumPy calls (issue 28): ``_forward``, ``_backward`` and their helpers form stacked
+pairs and tables once: the knots and the raw derivatives in one table, both knots of a bin by
+one ``take``; ``inside`` from the clipped point; the knot slopes in 10 calls, the caps only
+when a slope needs one; the inverse's root from ``-c``; the partials of ``s``, ``d_k``,
+``d_k1`` contracted as one ``(3, n)`` table; the inverse's adjoints formed with the opposite
+sign and the widths' without their minus sign. (Selecting the bin indicators with ``np.where``
+instead of casting and multiplying them was tried and cost more: see ``_backward``.)
+Measured by callgrind (exact counts; the instructions vary by about 1 % between runs), one
+spline block (512 rows, K = 8, float32, inverse pass and backward, with the engine's coupling
+block), before -> after: a 2-D flow (512 points): 207 -> 165 ufunc calls, 16 -> 13
+array-function calls, 395 -> 313 arrays created, 2 -> 3 reductions (the slopes' maximum),
+6.93 -> 6.26 M instructions; a 16-D flow (4096 points): 210 -> 168, 13 -> 11, 396 -> 315,
+2 -> 3, 28.52 -> 28.57 M instructions (there the passes over the arrays, not the calls, are
+the cost, and their number did not change).
 
 Before that, it was the kernel ``SplineLaw`` ran before the reference and the engine were
 split, with the same arithmetic and the same layouts (points in the order ``(m, i)``, the
