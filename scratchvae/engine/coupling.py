@@ -31,12 +31,14 @@ tests/test_engine_flows.py proves the equality (float64, hypothesis inputs, valu
 and every gradient, both directions, with and without a context, odd masks);
 tests/test_engine_models.py trains every coupling flow kind under both engines.
 
-Measured (callgrind, exact call counts): one affine block of a 2-D flow (512 rows, float32,
-conditioner 1-64-64-2), its inverse pass and its backward: 36 -> 33 ufunc calls, 69 -> 58
-arrays created (and one ``np.dot`` fewer with the engine's one-feature ``linear_forward``);
-the whole W2-2d training step (``env -u OPENBLAS_CORETYPE python benchmarks/call_counts.py
-W2-2d --json``, eight blocks): 369 -> 345 ufunc calls, 613 -> 525 arrays created, 32.35 ->
-32.02 M instructions, this kernel alone.
+Measured (callgrind, exact call counts; instructions vary by about 1 % between runs): one
+affine block (512 rows, float32), its inverse pass and its backward, before -> after: a 2-D
+flow (conditioner 1-64-64-2): 36 -> 33 ufunc calls, 69 -> 57 arrays created (and one
+``np.dot`` fewer with the engine's one-feature ``linear_forward``); a 16-D flow (8-128-128-16):
+39 -> 37 ufunc calls (with ``linear_forward``'s change, which does not apply there), 68 -> 57
+arrays, 11.81 -> 11.59 M instructions; the whole W2-2d training step (``env -u
+OPENBLAS_CORETYPE python benchmarks/call_counts.py W2-2d --json``, eight blocks), this kernel
+alone: 369 -> 345 ufunc calls, 613 -> 525 arrays created, 32.35 -> 32.02 M instructions.
 """
 
 from __future__ import annotations
