@@ -35,7 +35,7 @@ Measured (callgrind, exact call counts; instructions vary by about 1 % between r
 affine block (512 rows, float32), its inverse pass and its backward, before -> after: a 2-D
 flow (conditioner 1-64-64-2): 36 -> 33 ufunc calls, 69 -> 57 arrays created (and one
 ``np.dot`` fewer with the engine's one-feature ``linear_forward``); a 16-D flow (8-128-128-16):
-39 -> 37 ufunc calls (with ``linear_forward``'s change, which does not apply there), 68 -> 57
+39 -> 37 ufunc calls (eight transformed columns: their log-det sum stays a product), 68 -> 57
 arrays, 11.81 -> 11.59 M instructions; the whole W2-2d training step (``env -u
 OPENBLAS_CORETYPE python benchmarks/call_counts.py W2-2d --json``, eight blocks), this kernel
 alone: 369 -> 345 ufunc calls, 613 -> 525 arrays created, 32.35 -> 32.02 M instructions.
