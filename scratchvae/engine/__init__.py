@@ -6,7 +6,7 @@ carry ``@dispatch("name")``, one dispatch point each. The fast engine (the modul
 package) registers, for some of those names, an implementation that computes the same numbers
 faster (another memory layout, in-place chains, work buffers, threads); each names the
 reference it equals, and a test proves the equality (tests/test_engine_spline.py,
-tests/test_engine_nn.py; whole models: tests/test_engine_models.py).
+tests/test_engine_nn.py, tests/test_engine_flows.py; whole models: tests/test_engine_models.py).
 
 One switch, three doors, for the whole process:
 
@@ -38,7 +38,7 @@ ENV_VAR = "SCRATCHVAE_ENGINE"
 
 #: The modules of the fast engine; each registers its kernels with ``@register`` at import.
 FAST_MODULES: tuple[str, ...] = ("products", "functions", "linear", "mlp", "adam",
-                                 "settings", "spline", "vae", "density")
+                                 "settings", "spline", "coupling", "vae", "density")
 
 _REFERENCES: dict[str, object] = {}   # kernel name -> the reference function (``@dispatch``)
 _FAST: dict[str, object] = {}         # kernel name -> the fast implementation (``@register``)

@@ -34,6 +34,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..checks.arguments import check_count, check_float_dtype, rng_or_default
+from ..engine import dispatch
 from ..nn import MLP, soft_clip, sum_over_features
 from .bijector import Bijector, Cache, Chain
 from .law import Law, make_law
@@ -296,6 +297,7 @@ class CouplingBlock(Bijector):
         return h.reshape(z.shape[0], self.idx_b.size, self.law.n_params), c_cond
 
     # -- the two passes
+    @dispatch("flows.coupling.run")
     def _run(self, z, context, direction):
         theta, c_cond = self._theta(z, context)
         law_pass = self.law.forward if direction == "forward" else self.law.inverse
@@ -318,6 +320,7 @@ class CouplingBlock(Bijector):
         """
         return self._run(x, context, "inverse")
 
+    @dispatch("flows.coupling.back")
     def _back(self, d_out, d_logdet, data):
         """The same for both passes: ``out_a = in_a``, ``out_b = law(in_b; theta(in_a, c))``.
 
