@@ -252,11 +252,12 @@ def test_spline_split_equals_serial_bit_for_bit(rows, cols, bins, inverse, dtype
         np.testing.assert_array_equal(b, a, err_msg=name)
 
 
-def test_the_spline_splits_the_w3_16d_block_and_not_a_small_one(counted_splits):
+def test_the_spline_splits_a_large_block_and_not_a_small_one(counted_splits):
+    # 4096 x 8 points at K = 8 reach the threshold (5.1 M element-passes); 8 x 8 do not
     rng = np.random.default_rng(0)
     previous = parallel.set_elementwise_threads(2)
     try:
-        for rows, cols, splits in ((8, 8, 0), (2048, 8, 2)):
+        for rows, cols, splits in ((8, 8, 0), (4096, 8, 2)):
             counted_splits.clear()
             x = rng.standard_normal((rows, cols)).astype(np.float32)
             theta = rng.standard_normal((rows, cols, 23)).astype(np.float32)

@@ -60,8 +60,15 @@ __all__ = ["SPLIT_MIN_ELEMENT_PASSES", "elementwise_threads", "set_elementwise_t
 #: 1.57 M it paid whenever the second core was free (65536 x 24: 0.80-0.81, 262144 x 6:
 #: 0.63), and the best rounds of the larger chains ran in 0.61-0.70 of the serial time. With
 #: no free core a split costs its hand-off: 1.03-1.15 of the serial time from here up.
-#: (benchmarks/README.md, "Elementwise threads", has the tables.)
-SPLIT_MIN_ELEMENT_PASSES = 1_500_000
+#: (benchmarks/README.md, "Elementwise threads", has the tables.) Inside a training step,
+#: beside BLAS on two threads, a split of 1.9-2.2 M (Adam's step on the W1, W2-16d and W3-16d
+#: parameters) did not pay on a quiet machine (``python benchmarks/step_modes.py``,
+#: 2026-12-07, load 0.7, ms per step, BLAS on two threads without and with the split: W1-b128
+#: 1.56 / 1.62, W1-b1024 7.94 / 8.05, W2-16d 5.93 / 6.10, W3-16d 7.53 / 7.88): a BLAS thread
+#: that has just finished a product keeps its core busy waiting for the next one, and the
+#: worker competes with it. So chains split from 4 M, where an isolated chain went to 0.61-0.70
+#: of its serial time and no chain of the six workloads reaches.
+SPLIT_MIN_ELEMENT_PASSES = 4_000_000
 
 _settings = {"parts": 1}
 _lock = threading.Lock()       # held by the thread running a split, for the whole split

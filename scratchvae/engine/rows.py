@@ -6,8 +6,10 @@ gradients, a batch mean) join the rows. So two halves of the rows can run the wh
 and backward at the same time, each on one core with its products on one BLAS thread, and
 meet at the end to add their sums: one hand-off per step, where splitting each elementwise
 chain costs one per chain and leaves each product to BLAS's own threads (one hand-over per
-product). Users: the fused VAE step (``engine.vae``) and the density model's step
-(``engine.density``); each says where splitting pays, measured.
+product). User: the fused VAE step (``engine.vae``), which says where splitting pays,
+measured. A flow's step split the same way did not pay (benchmarks/README.md, "A step in two
+halves": hundreds of small NumPy calls per step, and the two threads share one interpreter
+lock), so flows split only their long chains (``engine.parallel``).
 
     bounds = halves(N)                   # ((0, N // 2), (N // 2, N))
     results = run_halves([f, g])         # [f(), g()], f here and g in the worker, BLAS on 1 thread

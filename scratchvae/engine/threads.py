@@ -33,9 +33,14 @@ __all__ = ["PARALLEL_MIN_MACS", "MAX_AUTO_THREADS", "ENV_VARS", "step_products",
            "threads_for", "set_blas_threads", "blas_threads", "pinned_by_environment",
            "available_cores"]
 
-#: The multiply-adds of one step's products above which BLAS runs on every core (see the
-#: module docstring; benchmarks/README.md "Threads" has the measurements that set it).
-PARALLEL_MIN_MACS = 150_000_000
+#: The multiply-adds of one step's products above which BLAS runs on every core. Measured on
+#: a quiet machine with OpenBLAS's own kernel for the CPU (``python benchmarks/step_modes.py
+#: --modes blas1 blas2``, 2026-12-07, load 0.7, ms per step, one thread / two): W1-b128 (68 M)
+#: 2.09 / 1.56, W2-2d (53 M) 2.54 / 2.21, W3-2d (35 M) 2.43 / 2.27, and the large ones by a
+#: third. The earlier 150 M was set on a loaded machine with the AVX2 kernel forced
+#: (benchmarks/README.md, "Threads"); on a loaded machine one thread is still the safe choice
+#: (``--threads 1``).
+PARALLEL_MIN_MACS = 20_000_000
 
 #: The most threads the policy chooses: the most we measured (a 2-core machine). More can
 #: still be asked for explicitly.

@@ -366,8 +366,11 @@ def _rows_backward(vae, x, eps, buffers, c, d_rec):
 # ----------------------------------------------------------------------------- two threads
 #: The multiply-adds of a step's products (three per layer, ``step_macs``) from which the step
 #: runs as two halves of the rows on two threads (when ``engine.parallel`` allows more than one
-#: part): measured with ``python benchmarks/fused_vae.py --split`` (see ``row_parts``).
-SPLIT_MIN_MACS = 20_000_000
+#: part). Measured on a quiet machine (``python benchmarks/step_modes.py --modes blas2
+#: halves``, 2026-12-07, load 0.7, ms per step, the whole step with BLAS on two threads / in
+#: halves): batch 128 (68 M) 1.56 / 1.87, 256 (135 M) 2.49 / 2.56, 512 (271 M) 4.79 / 4.19,
+#: 1024 (541 M) 7.94 / 7.67.
+SPLIT_MIN_MACS = 250_000_000
 
 
 def step_macs(vae, N, S):
