@@ -20,23 +20,40 @@ from scratchvae.engine.products import matmul
 
 
 class MatmulFloor:
-    """Operands for ``layers = [(rows, n_in, n_out), ...]``; ``run()`` does every product once."""
+    """Operands for ``layers = [(rows, n_in, n_out), ...]``; ``run()`` does every product once.
 
-    def __init__(self, layers, dtype=np.float32, seed=0):
+    ``halves=True``: the products as a step that runs in two halves of the rows makes them
+    (``scratchvae.engine.rows``): each layer's products on each half of its rows, the two
+    halves at the same time on two threads, each with BLAS on one thread.
+    """
+
+    def __init__(self, layers, dtype=np.float32, seed=0, halves=False):
         rng = np.random.default_rng(seed)
         self.layers = list(layers)
-        self.operands = []
+        self.halves = halves
+        parts = [(0, 1)] if not halves else [(0, 2), (1, 2)]
+        self.operands = [[] for _ in parts]
         for rows, n_in, n_out in self.layers:
-            x = rng.standard_normal((rows, n_in)).astype(dtype)
             W = rng.standard_normal((n_in, n_out)).astype(dtype)
-            dy = rng.standard_normal((rows, n_out)).astype(dtype)
-            self.operands.append((x, W, dy))
+            for ops, (i, n) in zip(self.operands, parts):
+                part_rows = rows // n if i == 0 else rows - rows // n
+                x = rng.standard_normal((part_rows, n_in)).astype(dtype)
+                dy = rng.standard_normal((part_rows, n_out)).astype(dtype)
+                ops.append((x, W, dy))
 
-    def run(self):
-        for x, W, dy in self.operands:
+    @staticmethod
+    def _products(operands):
+        for x, W, dy in operands:
             matmul(x, W)          # forward
             matmul(dy, W.T)       # backward: input gradient
             matmul(x.T, dy)       # backward: weight gradient
+
+    def run(self):
+        if not self.halves:
+            self._products(self.operands[0])
+            return
+        from scratchvae.engine.rows import run_halves
+        run_halves([lambda ops=ops: self._products(ops) for ops in self.operands])
 
     def time_ms(self):
         t0 = time.perf_counter()

@@ -35,12 +35,30 @@ def blas_threads():
 
 
 def apply_thread_policy(w):
-    """BLAS threads for workload ``w`` as the library's ``Trainer`` chooses them
-    (``scratchvae.engine.threads.threads_for`` of the step's products); the count set."""
+    """BLAS threads for workload ``w`` as the library's ``Trainer`` chooses them (on the fast
+    engine ``scratchvae.engine.settings.threads_for_run``, which gives a step that runs in two
+    halves one BLAS thread; on the reference ``threads.threads_for`` of the step's products);
+    the count set."""
     from scratchvae.engine.threads import set_blas_threads, threads_for
-    n = threads_for(w.layers)
+    n = None
+    if _engine() == "fast":
+        from scratchvae.engine.settings import threads_for_run
+        n = threads_for_run(w.model, w.config["batch"], "auto")
+    n = n or threads_for(w.layers)
     set_blas_threads(n)
     return n
+
+
+def in_halves(w):
+    """True when workload ``w``'s step runs in two halves of the rows (the fast engine's fused
+    VAE step at its size, with the elementwise setting in force)."""
+    if _engine() != "fast":
+        return False
+    from scratchvae.engine import vae as fused
+    from scratchvae.engine.parallel import elementwise_threads
+    return (elementwise_threads() > 1 and fused.fusable(w.model)
+            and fused.step_macs(w.model, w.config["batch"], w.model.n_samples)
+            >= fused.SPLIT_MIN_MACS)
 
 
 #: The elementwise split (``scratchvae.engine.parallel``) the measured steps run with: the
@@ -120,7 +138,7 @@ def time_workload(name, steps=40, warmup=5, factory=None, auto_threads=False):
     if auto_threads:
         apply_thread_policy(w)
     grads = w.grads()
-    floor = MatmulFloor(w.layers)
+    floor = MatmulFloor(w.layers, halves=in_halves(w))
     step_ms, cpu_ms, floor_ms, floor_cpu_ms, faults, loss = _interleaved(w, floor, steps, warmup)
     ms, min_ms, max_ms = _summary(step_ms)
     f_ms = round(statistics.median(floor_ms), 3)

@@ -168,3 +168,18 @@ def test_cli_sets_no_thread_count_without_threads():
         capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items()
                                                        if not k.endswith("NUM_THREADS")})
     assert code.stdout.strip() == "None"
+
+
+def test_a_vae_step_in_halves_gets_one_blas_thread(monkeypatch):
+    # the halves are the run's two threads: BLAS on two as well would leave a thread waiting
+    # after each product, taking a core from the halves (engine/settings.py threads_for_run)
+    from scratchvae.engine import settings
+
+    monkeypatch.setattr(threads, "available_cores", lambda: 2)
+    monkeypatch.setattr(threads, "pinned_by_environment", lambda: False)
+    vae = VAE.build(64, 16, hidden=(256, 256), activation="relu",
+                    rng=np.random.default_rng(0), dtype=np.float32)
+    assert settings.steps_in_halves(vae, 1024) and settings.threads_for_run(vae, 1024, "auto") == 1
+    assert not settings.steps_in_halves(vae, 128)
+    assert settings.threads_for_run(vae, 128, "auto") == 2
+    assert not settings.steps_in_halves(vae, 1024, threads_setting=1)   # --threads 1

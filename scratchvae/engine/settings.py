@@ -15,17 +15,34 @@ from ..training import settings as _reference  # noqa: F401  (defines the kernel
 from . import memory, parallel, register
 from . import threads as policy
 
-__all__ = ["training_settings", "threads_for_run", "elementwise_threads_for_run"]
+__all__ = ["training_settings", "threads_for_run", "elementwise_threads_for_run",
+           "steps_in_halves"]
+
+
+def steps_in_halves(model, batch_size, threads_setting="auto"):
+    """True when a run's steps go in two halves of the rows on two threads: a VAE the fused
+    step takes (``engine.vae.fusable``) whose products reach ``engine.vae.SPLIT_MIN_MACS``, in
+    a run that may use two threads (``elementwise_threads_for_run``)."""
+    from . import vae as fused
+
+    return (elementwise_threads_for_run(threads_setting) > 1 and fused.fusable(model)
+            and fused.step_macs(model, batch_size, model.n_samples) >= fused.SPLIT_MIN_MACS)
 
 
 def threads_for_run(model, batch_size, threads_setting):
     """The BLAS thread count to train ``model`` with, or None to leave BLAS alone: an explicit
     count as given; ``"auto"``: ``threads.threads_for`` of the step's products, unless the
-    environment pinned the count before NumPy loaded (``threads.pinned_by_environment``)."""
+    environment pinned the count before NumPy loaded (``threads.pinned_by_environment``), and 1
+    when the steps run in halves (``steps_in_halves``: the halves are the run's two threads; a
+    BLAS thread left waiting after a product on two threads would take a core from them,
+    measured: W1-b1024 7.7 ms per step alone, 14.5 ms with a two-thread product between steps,
+    ``python benchmarks/run.py W1-b1024`` before the benchmark's floor ran as the step does)."""
     if threads_setting != "auto":
         return threads_setting
     if policy.pinned_by_environment():
         return None
+    if steps_in_halves(model, batch_size):
+        return 1
     return policy.threads_for(policy.step_products(model, batch_size))
 
 
