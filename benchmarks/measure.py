@@ -54,11 +54,8 @@ def in_halves(w):
     VAE step at its size, with the elementwise setting in force)."""
     if _engine() != "fast":
         return False
-    from scratchvae.engine import vae as fused
-    from scratchvae.engine.parallel import elementwise_threads
-    return (elementwise_threads() > 1 and fused.fusable(w.model)
-            and fused.step_macs(w.model, w.config["batch"], w.model.n_samples)
-            >= fused.SPLIT_MIN_MACS)
+    from scratchvae.engine.vae import runs_in_halves
+    return runs_in_halves(w.model, w.config["batch"])
 
 
 #: The elementwise split (``scratchvae.engine.parallel``) the measured steps run with: the

@@ -163,8 +163,9 @@ def adam_step(opt, grads):
     state (unnormalised sums, two passes fewer) took 245 and 85 us, measured the same way.
 
     On two cores (``engine.parallel``): where the entries times ``ADAM_PASSES`` reach
-    ``parallel.SPLIT_MIN_ELEMENT_PASSES`` (the W1 VAE's 177k parameters, W2-16d's 157k and
-    W3-16d's 165k; not the 2-D flows' 39k), each dtype's flat buffers are cut near the middle
+    ``parallel.SPLIT_MIN_ELEMENT_PASSES`` (4 M: about 308k parameters; none of the benchmark
+    workloads, whose 157k-177k parameters make 2.0-2.3 M and lost 1-5 % a step split beside
+    BLAS's two threads), each dtype's flat buffers are cut near the middle
     (``_Group.halves``) and the whole step of each half (its entries of the gradients copied
     in, the moment and update passes, its entries of the parameters moved) runs in one
     hand-off, the second half in the worker thread: every entry sees the same operations, so

@@ -17,8 +17,8 @@ Here the same numbers are computed with fewer NumPy calls and fewer arrays:
   the reference's order, so the outputs, log-dets and gradients are the reference's bits;
 - one transformed coordinate (a 2-D flow): the log-det sum over it is a view of its one
   column, no product;
-- the conditioner runs the engine's MLP passes directly, and without a context its input is
-  the view of the identity part (no concatenation);
+- without a context the conditioner's input is the view of the identity part (no
+  concatenation);
 - the backward writes the law's input gradient into its part of the block's input gradient
   (``out=``) and adds the conditioner's path in place into the other part.
 
@@ -51,12 +51,9 @@ import numpy as np
 
 from ..flows import coupling as _reference  # noqa: F401  (defines the kernels registered here)
 from ..flows.bijector import Cache
-from ..flows.coupling import AffineCache, AffineLaw, CouplingBlock, SplineLaw
-from ..flows.spline import rq_spline_theta
-from ..nn.mlp import MLP
+from ..flows.coupling import AffineCache, AffineLaw, CouplingBlock
 from . import register
-from .mlp import mlp_backward, mlp_forward
-from .products import ones_vector
+from .products import ones_vector, sum_over_features
 
 __all__ = ["coupling_run", "coupling_back"]
 
@@ -79,10 +76,10 @@ def _conditioner_input(block, z, context):
 
 def _sum_over_columns(a):
     """``sum_over_features`` of an ``(N, M)`` array: the column itself when ``M = 1`` (a
-    view; the sum of one number is that number), else the engine's gemv with ones."""
+    view; the sum of one number is that number), else the engine's ``sum_over_features``."""
     if a.shape[1] == 1:
         return a[:, 0]
-    return a @ ones_vector(a.shape[1], a.dtype)
+    return sum_over_features(a)
 
 
 def _affine_pass(z_b, theta, bound, inverse, out_b):
@@ -133,16 +130,14 @@ def _affine_backward(d_out_b, d_logdet, cache, d_in_b):
 def coupling_run(block, z, context, direction):
     """``scratchvae.flows.coupling.CouplingBlock._run``: ``(out (N, D), logdet (N,), cache)``
     of the block's forward (``direction == "forward"``) or inverse pass, with the reference's
-    cache. The affine law in place in the output (``_affine_pass``); the spline law's kernel
-    called directly when the points and the parameters share a dtype (``SplineLaw._run``'s
-    ``np.result_type`` and casts are then no-ops); any other law runs its own pass, its output
-    copied into the block's.
+    cache. The affine law in place in the output (``_affine_pass``); any other law runs its own
+    pass, its output copied into the block's.
     """
     if not _one_run_each(block):
         return CouplingBlock._run.reference(block, z, context, direction)
     cond = block.conditioner
     x_cond = _conditioner_input(block, z, context)
-    h, c_cond = mlp_forward(cond, x_cond) if type(cond) is MLP else cond.forward(x_cond)
+    h, c_cond = cond.forward(x_cond)
     law, cols_b = block.law, block._cols_b
     theta = h.reshape(z.shape[0], block.idx_b.size, law.n_params)
     inverse = direction != "forward"
@@ -157,11 +152,7 @@ def coupling_run(block, z, context, direction):
         if M > 1:
             out[:, cols_b] = out_b
     else:
-        if type(law) is SplineLaw and theta.dtype == z.dtype:  # SplineLaw._run, no cast needed
-            out_b, logdet, c_law = rq_spline_theta(z[:, cols_b], theta, inverse, **law.settings)
-        else:
-            out_b, logdet, c_law = (law.inverse if inverse else law.forward)(z[:, cols_b],
-                                                                             theta)
+        out_b, logdet, c_law = (law.inverse if inverse else law.forward)(z[:, cols_b], theta)
         out[:, cols_b] = out_b
     return out, _sum_over_columns(logdet), Cache(direction, (c_cond, c_law))
 
@@ -190,8 +181,7 @@ def coupling_back(block, d_out, d_logdet, data):
         d_in_b[...], d_theta = law.backward(d_out_b, d_logdet[:, None], c_law)
     cond = block.conditioner
     d_theta = d_theta.reshape(d_out.shape[0], -1)
-    d_cond_in, grads = (mlp_backward(cond, d_theta, c_cond) if type(cond) is MLP
-                        else cond.backward(d_theta, c_cond))
+    d_cond_in, grads = cond.backward(d_theta, c_cond)
     d_context = None
     if not block.constant_input:
         n_a = block.idx_a.size

@@ -26,11 +26,12 @@ from .threads import blas_threads, set_blas_threads
 __all__ = ["halves", "run_halves", "wants_halves"]
 
 
-def wants_halves(n_rows, macs, min_macs):
+def wants_halves(n_rows, macs, min_macs, parts=None):
     """True when a step on ``n_rows`` rows whose products make ``macs`` multiply-adds should run
-    in two halves: the setting allows two parts (``parallel.elementwise_threads()``), there are
-    two rows, and ``macs`` reaches the user's measured ``min_macs``."""
-    return parallel.elementwise_threads() > 1 and n_rows >= 2 and macs >= min_macs
+    in two halves: ``parts`` (default: the setting in force, ``parallel.elementwise_threads()``)
+    allows two, there are two rows, and ``macs`` reaches the user's measured ``min_macs``."""
+    parts = parallel.elementwise_threads() if parts is None else parts
+    return parts > 1 and n_rows >= 2 and macs >= min_macs
 
 
 def halves(n_rows):

@@ -25,8 +25,7 @@ def steps_in_halves(model, batch_size, threads_setting="auto"):
     a run that may use two threads (``elementwise_threads_for_run``)."""
     from . import vae as fused
 
-    return (elementwise_threads_for_run(threads_setting) > 1 and fused.fusable(model)
-            and fused.step_macs(model, batch_size, model.n_samples) >= fused.SPLIT_MIN_MACS)
+    return fused.runs_in_halves(model, batch_size, elementwise_threads_for_run(threads_setting))
 
 
 def threads_for_run(model, batch_size, threads_setting):

@@ -118,7 +118,7 @@ def rq_spline_theta_bins_first(x, theta, inverse, bound, min_width, min_height,
     outputs written into the layout the serial kernel returns (the same numbers bit for bit:
     every point sees the same operations; tests/test_engine_parallel.py). The cache then holds
     the parts' caches, and the backward splits in the same way. At K = 8 that is from about
-    9,500 points on: not a W3-16d block (512 x 8 = 4,096 points, 0.64 M), whose NumPy calls
+    25,500 points on: not a W3-16d block (512 x 8 = 4,096 points, 0.64 M), whose NumPy calls
     cost more than their arithmetic, and the calls' Python side holds the GIL in both
     threads. Measured (float32, K = 8, forward + backward, ``python
     benchmarks/elementwise_threads.py --kernels``, median of 7 rounds, four runs on the shared

@@ -69,14 +69,6 @@ def fusable(vae):
             and _plain_mlp(vae.encoder) and _plain_mlp(vae.decoder))
 
 
-def matmul_into(a, b, out):
-    """``a @ b`` written into ``out``: ``products.matmul``'s choice (``np.dot`` where a
-    dimension is 1, ``np.matmul`` elsewhere), with the result's own buffer."""
-    if a.shape[0] == 1 or a.shape[1] == 1 or b.shape[1] == 1:
-        return np.dot(a, b, out=out)
-    return np.matmul(a, b, out=out)
-
-
 # ----------------------------------------------------------------------------- buffers
 class _Passes:
     """The buffers of one MLP run on ``n_rows`` rows: each layer's output (its pre-activation,
@@ -131,7 +123,7 @@ class _Workspace:
     def __init__(self, vae, N, S, dtype):
         self.lock = threading.Lock()
         self.eps = np.empty((S, N, vae.latent_dim), dtype)
-        self.bounds = row_parts(vae, N, S)
+        self.bounds = row_parts(vae, N)
         self.parts = [_Rows(vae, hi - lo, S, dtype) for lo, hi in self.bounds]
 
 
@@ -162,7 +154,7 @@ def _mlp_forward(mlp, x, passes):
     h = x
     last = len(mlp.layers) - 1
     for i, (layer, out) in enumerate(zip(mlp.layers, passes.outs)):
-        matmul_into(h, layer.W, out)
+        matmul(h, layer.W, out=out)
         out += layer.b
         if i < last:
             if passes.relu:
@@ -195,9 +187,9 @@ def _mlp_backward(mlp, x, d_y, passes, grads, d_x=None):
         grads[name_W] = matmul(h_in.T, d)
         grads[name_b] = sum_over_batch(d)
         if i > 0:
-            d = matmul_into(d, layer.W.T, passes.d_outs[i - 1])
+            d = matmul(d, layer.W.T, out=passes.d_outs[i - 1])
         elif d_x is not None:
-            matmul_into(d, layer.W.T, d_x)
+            matmul(d, layer.W.T, out=d_x)
     return grads
 
 
@@ -381,13 +373,20 @@ def step_macs(vae, N, S):
     return 3 * (N * layers(vae.encoder) + N * S * layers(vae.decoder))
 
 
-def row_parts(vae, N, S):
+def runs_in_halves(vae, N, parts=None):
+    """True when ``vae``'s step on ``N`` rows runs as two halves of the rows: a ``fusable``
+    VAE whose step's products reach ``SPLIT_MIN_MACS``, with ``parts`` (default: the setting
+    in force, ``parallel.elementwise_threads()``) allowing two. The one place this is decided:
+    the step (``row_parts``), the training settings (BLAS on one thread for such a run) and the
+    benchmark's floor ask it."""
+    return fusable(vae) and rows.wants_halves(N, step_macs(vae, N, vae.n_samples),
+                                              SPLIT_MIN_MACS, parts)
+
+
+def row_parts(vae, N):
     """The parts of the batch's rows the step runs: ``[(0, N)]``, or two halves
-    (``engine.rows``) when the setting allows two parts and the step's products reach
-    ``SPLIT_MIN_MACS``. Two halves meet twice per step: for the KL's batch mean (free bits
-    need it before any backward) and to add their gradients."""
-    if rows.wants_halves(N, step_macs(vae, N, S), SPLIT_MIN_MACS):
-        return rows.halves(N)
-    return ((0, N),)
+    (``engine.rows``) when ``runs_in_halves``. Two halves meet twice per step: for the KL's
+    batch mean (free bits need it before any backward) and to add their gradients."""
+    return rows.halves(N) if runs_in_halves(vae, N) else ((0, N),)
 
 
