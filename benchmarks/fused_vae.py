@@ -106,13 +106,19 @@ def compare_steps(names, rounds, steps, clock, variants):
         print(f"{name:<10} " + " ".join(f"{c:>22}" for c in cells), flush=True)
 
 
-def compare_relu(clock, rows=1024, width=256):
-    """ReLU on a (rows, width) float32 pre-activation: each way, median microseconds."""
+def compare_relu(clock, shapes=((1024, 256), (512, 256), (512, 128), (512, 64))):
+    """ReLU on ``(rows, width)`` float32 pre-activations: each way, median microseconds."""
+    for rows, width in shapes:
+        _compare_relu_at(clock, rows, width)
+
+
+def _compare_relu_at(clock, rows, width):
     rng = np.random.default_rng(0)
     a = rng.standard_normal((rows, width)).astype(np.float32)
     out, d = a.copy(), rng.standard_normal((rows, width)).astype(np.float32)
     mask = np.empty((rows, width), bool)
     zero_row = np.zeros(width, np.float32)
+    zeros = np.zeros((rows, width), np.float32)
 
     def timed(fn, n=200):
         rounds = []
@@ -126,6 +132,9 @@ def compare_relu(clock, rows=1024, width=256):
     ways = {
         "forward  maximum(a, 0)": lambda: np.maximum(a, 0, out=out),
         "forward  maximum(a, zero row)": lambda: np.maximum(a, zero_row, out=out),
+        "forward  maximum(a, zeros of a's shape)": lambda: np.maximum(a, zeros, out=out),
+        "forward  in place, zero row": lambda: np.maximum(out, zero_row, out=out),
+        "forward  in place, zeros of a's shape": lambda: np.maximum(out, zeros, out=out),
         "backward d * (y > 0), bool temporary": lambda: np.multiply(d, out > 0, out=d),
         "backward greater into a mask, multiply": lambda: (np.greater(out, 0, out=mask),
                                                            np.multiply(d, mask, out=d)),

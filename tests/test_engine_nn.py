@@ -330,3 +330,18 @@ def test_every_kernel_here_has_a_fast_equal_that_names_its_reference():
         assert fast is not None, name
         qualified = f"{reference.__module__}.{reference.__qualname__}"
         assert qualified in " ".join((fast.__doc__ or "").split()), (name, qualified)
+
+
+def test_relu_kernel_against_shared_zeros_keeps_them_zero_and_equals_the_reference():
+    # the in-place ReLU compares with a cached read-only array of zeros (the fast loop of
+    # np.maximum); a pre-activation with NaN, -0.0, +-inf and both signs gives the
+    # reference's bits, and the shared zeros stay zeros that no one can write
+    from scratchvae.engine.activations import relu_forward_inplace, zeros
+    a = np.array([[np.nan, -0.0, 0.0, -np.inf, np.inf, -2.5, 3.0]] * 3, dtype=np.float32)
+    expected, _ = nn.activations.ReLU().forward(a.copy())
+    y, cache = relu_forward_inplace(a)
+    assert y is a and cache is a
+    assert np.array_equal(y.view(np.uint32), expected.view(np.uint32))
+    shared = zeros(a.shape, np.float32)
+    assert not shared.flags.writeable and not np.any(shared)
+    assert shared is zeros(list(a.shape), np.dtype("float32"))  # one array per shape, dtype

@@ -13,11 +13,13 @@ input gradient) instead of allocating new ones. ``engine.mlp`` is their one user
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..nn.activations import ReLU, Tanh
 
-__all__ = ["INPLACE"]
+__all__ = ["INPLACE", "zeros"]
 
 
 def tanh_forward_inplace(x):
@@ -34,9 +36,30 @@ def tanh_backward_inplace(dy, y):
     return dy
 
 
+def zeros(shape, dtype):
+    """A read-only array of zeros of ``shape`` and ``dtype``, made once per shape and dtype.
+
+    Speed: NumPy 2.4's ``maximum`` runs its fast loop only when both operands are whole
+    arrays; against the scalar 0 or a broadcast row of zeros it takes another, slower loop.
+    ``python benchmarks/fused_vae.py --relu`` (CPU time, float32, in place, median us per
+    call, load average 0.8): (512, 128) 25.5 with 0, 12.5 against a row of zeros, 6.5 against
+    zeros of the same shape; (1024, 256) 100.0, 42.1, 25.4. The same numbers either way: each
+    entry is ``max(a, 0)``.
+    """
+    return _zeros(tuple(shape), np.dtype(dtype))
+
+
+@functools.lru_cache(maxsize=32)
+def _zeros(shape, dtype):
+    a = np.zeros(shape, dtype)
+    a.flags.writeable = False
+    return a
+
+
 def relu_forward_inplace(x):
-    """``ReLU.forward`` written into ``x``: ``y = max(x, 0)``; the cache is ``y``."""
-    y = np.maximum(x, 0, out=x)
+    """``ReLU.forward`` written into ``x``: ``y = max(x, 0)`` (against ``zeros`` of its shape,
+    the fast loop); the cache is ``y``."""
+    y = np.maximum(x, zeros(x.shape, x.dtype), out=x)
     return y, y
 
 

@@ -53,6 +53,7 @@ from ..nn.activations import ReLU, Tanh
 from ..nn.linear import Linear
 from ..nn.mlp import MLP
 from . import parallel, register, rows
+from .activations import zeros
 from .products import matmul, sum_over_batch
 
 __all__ = ["fused_loss_and_grads", "fusable"]
@@ -81,10 +82,11 @@ class _Passes:
         self.d_outs = [np.empty((n_rows, n), dtype) for n in sizes[1:-1]]
         relu = type(mlp.act) is ReLU
         self.relu = relu
-        # ReLU's max(a, 0) against a row of zeros, broadcast: the same numbers, but NumPy 2.4's
-        # maximum with the scalar 0 runs a slower loop (CPU time on (1024, 256) float32: 101
-        # against 57 us; `python benchmarks/fused_vae.py --relu`)
-        self.zero_rows = [np.zeros(n, dtype) for n in sizes[1:-1]]
+        # ReLU's max(a, 0) against zeros of a's shape: the same numbers, but NumPy 2.4's
+        # maximum runs its fast loop only on two whole arrays (CPU time on (1024, 256) float32,
+        # in place: 100 us with the scalar 0, 42 against a broadcast row of zeros, 25 against
+        # the zeros; `python benchmarks/fused_vae.py --relu`)
+        self.zeros = [zeros((n_rows, n), dtype) for n in sizes[1:-1]]
         self.work = [np.empty((n_rows, n), bool if relu else dtype) for n in sizes[1:-1]]
         self.names = [(f"{prefix}.layers.{i}.W", f"{prefix}.layers.{i}.b")
                       for i in range(len(mlp.layers))]
@@ -104,11 +106,11 @@ class _Rows:
         # the posterior's (n, L) arrays: e = exp(-|raw|), sigma, sigmoid(raw), a temporary, KL
         self.e_raw, self.sigma, self.sigmoid_raw, self.tmp_nl, self.kl = (
             np.empty((n, L), dtype) for _ in range(5))
-        self.zero_row_latent = np.zeros(L, dtype)
+        self.zeros_latent = zeros((n, L), dtype)        # for max(raw, 0), as in _Passes
         # the likelihood's (M, D) arrays: e = exp(-|l|), a temporary, the sigmoid, its numerator
         self.e_logits, self.tmp_md, self.sigmoid_logits, self.numerator = (
             np.empty((M, D), dtype) for _ in range(4))
-        self.zero_row_data = np.zeros(D, dtype)
+        self.zeros_data = zeros((M, D), dtype)
 
 
 class _Workspace:
@@ -158,7 +160,7 @@ def _mlp_forward(mlp, x, passes):
         out += layer.b
         if i < last:
             if passes.relu:
-                np.maximum(out, passes.zero_rows[i], out=out)
+                np.maximum(out, passes.zeros[i], out=out)
             else:
                 np.tanh(out, out=out)
         h = out
@@ -296,7 +298,7 @@ def _rows_forward(vae, x, eps, buffers):
     h = _mlp_forward(vae.encoder, x, buffers.encoder)
     mu, raw = h[:, :L], h[:, L:]
     _exp_minus_abs(raw, e)
-    np.maximum(raw, buffers.zero_row_latent, out=sigma)
+    np.maximum(raw, buffers.zeros_latent, out=sigma)
     np.log1p(e, out=t)
     sigma += t
     sigma += vae.sigma_floor                       # sigma = softplus(raw) + floor
@@ -316,7 +318,7 @@ def _rows_forward(vae, x, eps, buffers):
     logits = _mlp_forward(vae.decoder, z.reshape(-1, L), buffers.decoder)
     e_l, tmp = buffers.e_logits, buffers.tmp_md
     _exp_minus_abs(logits, e_l)
-    np.maximum(logits, buffers.zero_row_data, out=tmp)
+    np.maximum(logits, buffers.zeros_data, out=tmp)
     softplus_sum = float(tmp.sum())
     np.log1p(e_l, out=tmp)
     softplus_sum += float(tmp.sum())
