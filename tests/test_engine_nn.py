@@ -319,7 +319,8 @@ def test_a_checkpoint_written_with_one_engine_resumes_with_the_other(tmp_path, w
 # ----------------------------------------------------------------------------- the registry
 KERNELS = ("nn.linear.forward", "nn.linear.backward", "nn.sum_over_batch",
            "nn.sum_over_features", "nn.log1p_exp", "nn.mlp.forward", "nn.mlp.backward",
-           "training.adam.step", "training.settings")
+           "training.adam.step", "training.settings", "models.vae.loss_and_grads",
+           "models.density.nll_and_grads")
 
 
 def test_every_kernel_here_has_a_fast_equal_that_names_its_reference():

@@ -38,7 +38,8 @@ ENV_VAR = "SCRATCHVAE_ENGINE"
 
 #: The modules of the fast engine; each registers its kernels with ``@register`` at import.
 FAST_MODULES: tuple[str, ...] = ("products", "functions", "linear", "mlp", "adam",
-                                 "settings", "spline", "coupling", "vae")
+                                 "settings", "spline", "coupling", "vae",
+                                 "density")
 
 _REFERENCES: dict[str, object] = {}   # kernel name -> the reference function (``@dispatch``)
 _FAST: dict[str, object] = {}         # kernel name -> the fast implementation (``@register``)

@@ -49,64 +49,36 @@ from ..checks.arguments import check_rng
 from ..distributions.likelihoods import Bernoulli
 from ..models import vae as _reference  # noqa: F401  (defines the kernel registered here)
 from ..models.vae import VAE, free_bits_kl, linear_warmup
-from ..nn.activations import ReLU, Tanh
-from ..nn.linear import Linear
-from ..nn.mlp import MLP
 from . import parallel, register, rows
 from .activations import zeros
-from .products import matmul, sum_over_batch
+from .buffered_mlp import MLPBuffers, backward_from, forward_into, plain_mlp
+from .products import sum_over_batch
 
 __all__ = ["fused_loss_and_grads", "fusable"]
-
-
-def _plain_mlp(mlp):
-    return (type(mlp) is MLP and type(mlp.act) in (ReLU, Tanh)
-            and all(type(layer) is Linear for layer in mlp.layers))
 
 
 def fusable(vae):
     """True when ``fused_loss_and_grads`` computes ``vae``'s step (see the module docstring)."""
     return (type(vae) is VAE and type(vae.likelihood) is Bernoulli
-            and _plain_mlp(vae.encoder) and _plain_mlp(vae.decoder))
+            and plain_mlp(vae.encoder) and plain_mlp(vae.decoder))
 
 
 # ----------------------------------------------------------------------------- buffers
-class _Passes:
-    """The buffers of one MLP run on ``n_rows`` rows: each layer's output (its pre-activation,
-    then its activation, in place), the gradient reaching each layer's output, and per hidden
-    layer a work array for the activation's backward (ReLU: the mask ``y > 0``; tanh: 1 - y^2)."""
-
-    def __init__(self, mlp, n_rows, dtype, prefix):
-        sizes = mlp.sizes
-        self.outs = [np.empty((n_rows, n), dtype) for n in sizes[1:]]
-        self.d_outs = [np.empty((n_rows, n), dtype) for n in sizes[1:-1]]
-        relu = type(mlp.act) is ReLU
-        self.relu = relu
-        # ReLU's max(a, 0) against zeros of a's shape: the same numbers, but NumPy 2.4's
-        # maximum runs its fast loop only on two whole arrays (CPU time on (1024, 256) float32,
-        # in place: 100 us with the scalar 0, 42 against a broadcast row of zeros, 25 against
-        # the zeros; `python benchmarks/fused_vae.py --relu`)
-        self.zeros = [zeros((n_rows, n), dtype) for n in sizes[1:-1]]
-        self.work = [np.empty((n_rows, n), bool if relu else dtype) for n in sizes[1:-1]]
-        self.names = [(f"{prefix}.layers.{i}.W", f"{prefix}.layers.{i}.b")
-                      for i in range(len(mlp.layers))]
-
-
 class _Rows:
     """The buffers of the step's passes over ``n`` rows (all of the batch, or one part of it
     when the step is split between two threads): every array but the noise."""
 
     def __init__(self, vae, n, S, dtype):
         L, D, M = vae.latent_dim, vae.decoder.sizes[-1], S * n
-        self.encoder = _Passes(vae.encoder, n, dtype, "encoder")
-        self.decoder = _Passes(vae.decoder, M, dtype, "decoder")
+        self.encoder = MLPBuffers(vae.encoder, n, dtype, "encoder")
+        self.decoder = MLPBuffers(vae.decoder, M, dtype, "decoder")
         self.z = np.empty((S, n, L), dtype)
         self.d_z = np.empty((M, L), dtype)        # the decoder's input gradient
         self.d_h = np.empty((n, 2 * L), dtype)    # the encoder's output gradient [d_mu, d_raw]
         # the posterior's (n, L) arrays: e = exp(-|raw|), sigma, sigmoid(raw), a temporary, KL
         self.e_raw, self.sigma, self.sigmoid_raw, self.tmp_nl, self.kl = (
             np.empty((n, L), dtype) for _ in range(5))
-        self.zeros_latent = zeros((n, L), dtype)        # for max(raw, 0), as in _Passes
+        self.zeros_latent = zeros((n, L), dtype)        # for max(raw, 0), as in MLPBuffers
         # the likelihood's (M, D) arrays: e = exp(-|l|), a temporary, the sigmoid, its numerator
         self.e_logits, self.tmp_md, self.sigmoid_logits, self.numerator = (
             np.empty((M, D), dtype) for _ in range(4))
@@ -147,52 +119,6 @@ def _workspace(vae, N, S, dtype):
             del spaces[next(iter(spaces))]
         space = spaces[key] = _Workspace(vae, N, S, dtype)
     return space
-
-
-# ----------------------------------------------------------------------------- the MLP passes
-def _mlp_forward(mlp, x, passes):
-    """``MLP.forward`` into ``passes.outs``: each product into its buffer, the bias added and
-    the activation applied in place. Returns the output (the last buffer)."""
-    h = x
-    last = len(mlp.layers) - 1
-    for i, (layer, out) in enumerate(zip(mlp.layers, passes.outs)):
-        matmul(h, layer.W, out=out)
-        out += layer.b
-        if i < last:
-            if passes.relu:
-                np.maximum(out, passes.zeros[i], out=out)
-            else:
-                np.tanh(out, out=out)
-        h = out
-    return h
-
-
-def _mlp_backward(mlp, x, d_y, passes, grads, d_x=None):
-    """``MLP.backward`` from ``d_y`` (the output's gradient, overwritten) through
-    ``passes``: the activations' backward in place, each input gradient into its buffer, every
-    parameter gradient a new array put in ``grads``. The input's gradient is written into
-    ``d_x`` when given, else not computed."""
-    d = d_y
-    for i in range(len(mlp.layers) - 1, -1, -1):
-        layer = mlp.layers[i]
-        if i < len(mlp.layers) - 1:
-            y, work = passes.outs[i], passes.work[i]
-            if passes.relu:
-                np.greater(y, 0, out=work)           # relu'(a) = [y > 0]
-                np.multiply(d, work, out=d)
-            else:
-                np.multiply(y, y, out=work)          # tanh'(a) = 1 - y^2
-                np.subtract(1, work, out=work)
-                d *= work
-        h_in = passes.outs[i - 1] if i > 0 else x
-        name_W, name_b = passes.names[i]
-        grads[name_W] = matmul(h_in.T, d)
-        grads[name_b] = sum_over_batch(d)
-        if i > 0:
-            d = matmul(d, layer.W.T, out=passes.d_outs[i - 1])
-        elif d_x is not None:
-            matmul(d, layer.W.T, out=d_x)
-    return grads
 
 
 # ----------------------------------------------------------------------------- elementwise
@@ -295,7 +221,7 @@ def _rows_forward(vae, x, eps, buffers):
     z, sigma, e, t = buffers.z, buffers.sigma, buffers.e_raw, buffers.tmp_nl
 
     # q(z|x): the encoder, the softplus scale, the reparameterisation, the KL per dimension
-    h = _mlp_forward(vae.encoder, x, buffers.encoder)
+    h = forward_into(vae.encoder, x, buffers.encoder)
     mu, raw = h[:, :L], h[:, L:]
     _exp_minus_abs(raw, e)
     np.maximum(raw, buffers.zeros_latent, out=sigma)
@@ -315,7 +241,7 @@ def _rows_forward(vae, x, eps, buffers):
     kl -= t                                        # (mu^2 + d (2 + d)) / 2 - log1p(d)
 
     # p(x|z): the decoder and the Bernoulli log-likelihood, summed
-    logits = _mlp_forward(vae.decoder, z.reshape(-1, L), buffers.decoder)
+    logits = forward_into(vae.decoder, z.reshape(-1, L), buffers.decoder)
     e_l, tmp = buffers.e_logits, buffers.tmp_md
     _exp_minus_abs(logits, e_l)
     np.maximum(logits, buffers.zeros_data, out=tmp)
@@ -340,7 +266,7 @@ def _rows_backward(vae, x, eps, buffers, c, d_rec):
     d_logits = _sigmoid_from(logits, buffers.e_logits, buffers.numerator, buffers.sigmoid_logits)
     np.subtract(d_logits.reshape(S, n, -1), x, out=d_logits.reshape(S, n, -1))
     d_logits *= d_rec
-    _mlp_backward(vae.decoder, buffers.z.reshape(-1, L), d_logits, buffers.decoder, grads,
+    backward_from(vae.decoder, buffers.z.reshape(-1, L), d_logits, buffers.decoder, grads,
                   d_x=buffers.d_z)
     d_z = buffers.d_z.reshape(S, n, L)
 
@@ -354,7 +280,7 @@ def _rows_backward(vae, x, eps, buffers, c, d_rec):
     d_z *= eps                                     # (d_z is spent: reuse it)
     d_raw += d_z[0] if S == 1 else d_z.sum(axis=0)  # d sigma
     d_raw *= _sigmoid_from(raw, e, t, buffers.sigmoid_raw)
-    return _mlp_backward(vae.encoder, x, buffers.d_h, buffers.encoder, grads)
+    return backward_from(vae.encoder, x, buffers.d_h, buffers.encoder, grads)
 
 
 # ----------------------------------------------------------------------------- two threads

@@ -39,6 +39,7 @@ from ..distributions.bases import (
     _check_temperature,
     bounded_log_std,
 )
+from ..engine import dispatch
 from ..flows.bijector import Bijector, Chain, add_context_grads
 
 __all__ = ["Density", "StandardNormal", "ConditionalDiagonalGaussian", "FlowDensity",
@@ -319,6 +320,7 @@ class FlowDensity(Density):
         return _in_row_blocks(lambda xb, cb: self.log_prob_forward(xb, cb)[0], x.shape[0], x,
                               ctx)
 
+    @dispatch("models.density.nll_and_grads")
     def nll_and_grads(self, batch, context=None):
         """``(loss, grads, info)``: the mean negative log-likelihood of ``batch`` (nats per
         sample), its gradients keyed like ``self.params``, and ``info = {"logdet": mean inverse

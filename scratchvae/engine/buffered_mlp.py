@@ -1,0 +1,103 @@
+"""An MLP's forward and backward on work buffers: the fused training steps' MLP passes.
+
+The reference is ``scratchvae.nn.mlp.MLP.forward`` and ``.backward`` (Linear, activation,
+Linear, ..., each returning a new array; derivations/01-linear-and-mlp.md). For a *plain*
+MLP (``MLP`` itself, ``Linear`` layers, ReLU or tanh), ``forward_into`` and ``backward_from``
+compute the same numbers into the arrays of an ``MLPBuffers``, made once per model and batch
+shape by the fused step that owns it (``engine.vae``, ``engine.density``) and reused on every
+step: each product written into its buffer (``out=``), the bias added and the activation
+applied in place, the activation's backward in place. Only the parameter gradients are new
+arrays (written there directly by BLAS), so a caller may keep them.
+
+The same operations as the fast engine's ``nn.mlp`` kernels (``engine.mlp``), on buffers:
+tests/test_engine_vae.py and tests/test_engine_density.py prove the fused steps equal the
+reference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..nn.activations import ReLU, Tanh
+from ..nn.linear import Linear
+from ..nn.mlp import MLP
+from .activations import zeros
+from .products import matmul, sum_over_batch
+
+__all__ = ["plain_mlp", "MLPBuffers", "forward_into", "backward_from"]
+
+
+def plain_mlp(mlp):
+    """True for an ``MLP`` itself (not a subclass) of ``Linear`` layers with ReLU or tanh."""
+    return (type(mlp) is MLP and type(mlp.act) in (ReLU, Tanh)
+            and all(type(layer) is Linear for layer in mlp.layers))
+
+
+class MLPBuffers:
+    """The buffers of one plain MLP run on ``n_rows`` rows: each layer's output (its
+    pre-activation, then its activation, in place), the gradient reaching each hidden layer's
+    output, and per hidden layer a work array for the activation's backward (ReLU: the mask
+    ``y > 0``; tanh: ``1 - y^2``). ``names``: the gradients' keys, ``prefix.layers.{i}.W``
+    and ``.b``."""
+
+    def __init__(self, mlp, n_rows, dtype, prefix):
+        sizes = mlp.sizes
+        self.outs = [np.empty((n_rows, n), dtype) for n in sizes[1:]]
+        self.d_outs = [np.empty((n_rows, n), dtype) for n in sizes[1:-1]]
+        relu = type(mlp.act) is ReLU
+        self.relu = relu
+        # ReLU's max(a, 0) against zeros of a's shape: the same numbers, but NumPy 2.4's
+        # maximum runs its fast loop only on two whole arrays (CPU time on (1024, 256) float32,
+        # in place: 100 us with the scalar 0, 42 against a broadcast row of zeros, 25 against
+        # the zeros; `python benchmarks/fused_vae.py --relu`)
+        self.zeros = [zeros((n_rows, n), dtype) for n in sizes[1:-1]]
+        self.work = [np.empty((n_rows, n), bool if relu else dtype) for n in sizes[1:-1]]
+        self.names = [(f"{prefix}.layers.{i}.W", f"{prefix}.layers.{i}.b")
+                      for i in range(len(mlp.layers))]
+
+
+def forward_into(mlp, x, buffers):
+    """``MLP.forward`` of ``x`` ``(n_rows, n_in)`` into ``buffers.outs``: each product into its
+    buffer, the bias added and the activation applied in place. Returns the output (the last
+    buffer, ``(n_rows, n_out)``)."""
+    h = x
+    last = len(mlp.layers) - 1
+    for i, (layer, out) in enumerate(zip(mlp.layers, buffers.outs)):
+        matmul(h, layer.W, out=out)
+        out += layer.b
+        if i < last:
+            if buffers.relu:
+                np.maximum(out, buffers.zeros[i], out=out)
+            else:
+                np.tanh(out, out=out)
+        h = out
+    return h
+
+
+def backward_from(mlp, x, d_y, buffers, grads, d_x=None):
+    """``MLP.backward`` after ``forward_into(mlp, x, buffers)``, from ``d_y`` ``(n_rows,
+    n_out)`` (the output's gradient, overwritten): the activations' backward in place, each
+    input gradient into its buffer, every parameter gradient a new array put in ``grads``
+    (last layer first, as the reference). The input's gradient is written into ``d_x``
+    ``(n_rows, n_in)`` (C-contiguous) when given, else not computed. Returns ``grads``."""
+    d = d_y
+    for i in range(len(mlp.layers) - 1, -1, -1):
+        layer = mlp.layers[i]
+        if i < len(mlp.layers) - 1:
+            y, work = buffers.outs[i], buffers.work[i]
+            if buffers.relu:
+                np.greater(y, 0, out=work)           # relu'(a) = [y > 0]
+                np.multiply(d, work, out=d)
+            else:
+                np.multiply(y, y, out=work)          # tanh'(a) = 1 - y^2
+                np.subtract(1, work, out=work)
+                d *= work
+        h_in = buffers.outs[i - 1] if i > 0 else x
+        name_W, name_b = buffers.names[i]
+        grads[name_W] = matmul(h_in.T, d)
+        grads[name_b] = sum_over_batch(d)
+        if i > 0:
+            d = matmul(d, layer.W.T, out=buffers.d_outs[i - 1])
+        elif d_x is not None:
+            matmul(d, layer.W.T, out=d_x)
+    return grads

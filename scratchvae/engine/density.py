@@ -1,0 +1,250 @@
+"""The fast engine's density-model training step: ``models.density.nll_and_grads`` fused.
+
+The reference (``scratchvae.models.density.FlowDensity.nll_and_grads``) runs the lecture's
+chain of pieces: the data standardised, the flow's inverse (x -> u) block by block through the
+chain, the base's log-density, then each backward in reverse, every piece returning new arrays
+and a cache (derivations/11-density-and-conditional-flows.md#maximum-likelihood-is-forward-kl).
+For a coupling flow, ``fused_nll_and_grads`` computes the same loss, gradients and
+diagnostics in one function, forward and backward together, on work buffers:
+
+- each block's conditioner runs on buffers (``engine.buffered_mlp``: products into their
+  buffers, bias and activation in place), its output and its input gradient are buffers of the
+  block, the log-dets add up in place in one ``(N,)`` buffer; the buffers are made on the
+  first step of a batch shape and reused by every later step of that shape. Only what is
+  returned is new: the gradients (written there directly by BLAS), the loss and ``info``;
+- the law's pass and backward are the fast coupling kernel's (``engine.coupling``: the affine
+  law written into its part of the block's output; a spline through the engine's spline
+  kernel), so each block computes what ``flows.coupling.run`` and ``flows.coupling.back``
+  compute, without the layers between the steps (the chain's and the block's dispatch, the
+  caches' tuples, the copies made for the next block);
+- the data's own gradient is not formed: the reference's first block computes it, and
+  ``nll_and_grads`` drops it.
+
+Which models (``fusable``): ``FlowDensity`` itself with a ``StandardNormal`` base and a
+``Chain`` of ``CouplingBlock``s and ``Permutation``s (the classes themselves, not subclasses):
+blocks without a context, whose conditioner is a plain ``MLP`` (``Linear`` layers, ReLU or
+tanh), whose parts are one run of columns each, with the affine or the spline law; called
+without a context, on a batch of one row or more, float32 or float64. Any other model or call
+runs the reference, unchanged.
+
+Equality: tests/test_engine_density.py (float64, hypothesis: dimensions, blocks, masks, laws,
+activations, batch; the loss, every gradient and the diagnostic equal the reference engine's to
+1e-10 relative, and the fast engine's per-block kernels' to rounding).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+import numpy as np
+
+from ..distributions.bases import StandardNormal
+from ..distributions.gaussian import LOG_2PI
+from ..flows.bijector import Chain
+from ..flows.coupling import AffineLaw, CouplingBlock, SplineLaw
+from ..flows.linear import Permutation
+from ..models import density as _reference  # noqa: F401  (defines the kernel registered here)
+from ..models.density import FlowDensity
+from . import register
+from .buffered_mlp import MLPBuffers, backward_from, forward_into, plain_mlp
+from .coupling import _affine_backward, _affine_pass, _one_run_each, _sum_over_columns
+
+__all__ = ["fused_nll_and_grads", "fusable"]
+
+
+def _fusable_block(block):
+    if type(block) is Permutation:
+        return True
+    return (type(block) is CouplingBlock and _one_run_each(block) and not block.context_dim
+            and not block.constant_input and type(block.law) in (AffineLaw, SplineLaw)
+            and plain_mlp(block.conditioner))
+
+
+def fusable(model):
+    """True when ``fused_nll_and_grads`` computes ``model``'s step (module docstring)."""
+    return (type(model) is FlowDensity and not model.context_dim
+            and type(model.base) is StandardNormal
+            and type(model.flow) is Chain and all(map(_fusable_block, model.flow.bijectors)))
+
+
+# ----------------------------------------------------------------------------- buffers
+class _Permuted:
+    """The buffers of a ``Permutation`` on ``N`` rows: its output and its input's gradient
+    ``(N, D)``."""
+
+    def __init__(self, block, N, dtype):
+        self.out = np.empty((N, block.dim), dtype)
+        self.d_in = np.empty((N, block.dim), dtype)
+
+
+class _Block:
+    """The buffers of one block on ``N`` rows: its conditioner's (``MLPBuffers``), its output
+    ``(N, D)`` (the inverse pass's), its input's gradient ``(N, D)``, the conditioner input's
+    gradient ``(N, |a|)``, and for an affine law of several columns its part's output and
+    gradient ``(N, M)`` (written apart, then copied in: ``engine.coupling``)."""
+
+    def __init__(self, block, i, N, dtype):
+        D, n_a, M = block.dim, block.idx_a.size, block.idx_b.size
+        self.cond = MLPBuffers(block.conditioner, N, dtype,
+                               f"flow.bijectors.{i}.conditioner")
+        self.out = np.empty((N, D), dtype)
+        self.d_in = np.empty((N, D), dtype)
+        self.d_cond_in = np.empty((N, n_a), dtype)
+        several = type(block.law) is AffineLaw and M > 1
+        self.law_out = np.empty((N, M), dtype) if several else None
+        self.d_law = np.empty((N, M), dtype) if several else None
+
+
+class _Workspace:
+    """Every buffer of one step of ``model`` on ``N`` rows: the standardised data ``(N, D)``,
+    the log-det total ``(N,)``, each block's ``_Block``. ``lock``: held while a step runs (a
+    second thread stepping the same model gets a workspace of its own for that step)."""
+
+    def __init__(self, model, N, dtype):
+        self.lock = threading.Lock()
+        self.z = np.empty((N, model.dim), dtype)
+        self.logdet = np.empty(N, dtype)
+        self.blocks = [_Permuted(b, N, dtype) if type(b) is Permutation else _Block(b, i, N, dtype)
+                       for i, b in enumerate(model.flow.bijectors)]
+
+
+_WORKSPACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: workspaces kept per model: a training run has one batch shape, two with a short last batch
+_KEEP = 4
+
+
+def _workspace(model, N, dtype):
+    """The model's workspace for this shape, made on first use (the oldest dropped beyond
+    ``_KEEP``)."""
+    spaces = _WORKSPACES.get(model)
+    if spaces is None:
+        spaces = _WORKSPACES[model] = {}
+    key = (N, np.dtype(dtype), id(model.flow))   # a flow put in place of another: new buffers
+    space = spaces.get(key)
+    if space is None:
+        if len(spaces) >= _KEEP:
+            del spaces[next(iter(spaces))]
+        space = spaces[key] = _Workspace(model, N, dtype)
+    return space
+
+
+# ----------------------------------------------------------------------------- the step
+@register("models.density.nll_and_grads")
+def fused_nll_and_grads(model, batch, context=None):
+    """``scratchvae.models.density.FlowDensity.nll_and_grads``, fused on work buffers for a
+    ``fusable`` model without a context; any other call runs the reference.
+
+    The same contract: ``(loss, grads, info)``, the same checks and errors. The formulas, in
+    the order they run (derivation 11, "Log-density and its gradients"):
+
+        z = (x - shift) / scale;  for each block, last to first:  z, ld = block^{-1}(z);
+        logdet += ld;  u = z
+        log p = -|u|^2 / 2 - D log(2 pi) / 2 + logdet - sum log scale;  loss = -mean log p
+        d log p = -1 / N;  d u = -(d log p) u;  for each block, first to last:
+        (d z, grads) = block backward(d z, d logdet = d log p)
+
+    Measured: see benchmarks/README.md ("Fused flow step").
+    """
+    if context is not None or not fusable(model):
+        return FlowDensity.nll_and_grads.reference(model, batch, context)
+    x = model._check_x(batch)
+    N = x.shape[0]
+    if N == 0:
+        return FlowDensity.nll_and_grads.reference(model, batch, context)
+    space = _workspace(model, N, model.dtype)
+    if not space.lock.acquire(blocking=False):   # another thread is stepping this model
+        space = _Workspace(model, N, model.dtype)
+        space.lock.acquire()
+    try:
+        return _step(model, x, space)
+    finally:
+        space.lock.release()
+
+
+def _step(model, x, space):
+    N, D = x.shape
+    blocks = model.flow.bijectors
+    z, logdet = space.z, space.logdet
+    np.subtract(x, model.shift, out=z)
+    np.divide(z, model.scale, out=z)
+    logdet[...] = 0.0
+
+    # the flow's inverse, x -> u, block by block from the last; each block's law cache kept
+    caches = [None] * len(blocks)
+    h = z
+    for i in range(len(blocks) - 1, -1, -1):
+        if type(blocks[i]) is Permutation:       # u = x[:, inverse_perm]; log-det 0
+            h = np.take(h, blocks[i].inverse_perm, axis=1, out=space.blocks[i].out,
+                        mode="clip")   # valid indices; "raise" would copy via a buffer
+        else:
+            h, caches[i] = _block_inverse(blocks[i], h, space.blocks[i], logdet)
+    u = h
+
+    # the base's log-density, the loss and its gradient (d log p = -1/N for every row)
+    logp = -0.5 * np.sum(u * u, axis=-1) - (0.5 * D * LOG_2PI)
+    logp += logdet
+    logp -= model._log_scale_sum()
+    loss = float(-np.mean(logp))
+    d_logp = np.full((N, 1), -1.0 / N, dtype=logp.dtype)
+    d = -d_logp * u                                  # d u = -(d log p) u
+
+    # back through the blocks, first to last; every block's log-det gets d log p
+    grads = {}
+    for i, block in enumerate(blocks):
+        if type(block) is Permutation:           # d x = (d u)[:, perm]
+            d = np.take(d, block.perm, axis=1, out=space.blocks[i].d_in, mode="clip")
+            continue
+        h_in = space.blocks[i + 1].out if i + 1 < len(blocks) else z
+        d = _block_backward(block, h_in, d, d_logp, caches[i], space.blocks[i], grads,
+                            need_d_in=i + 1 < len(blocks))
+    return loss, grads, {"logdet": float(np.mean(logdet))}
+
+
+def _block_inverse(block, h, buffers, logdet):
+    """``flows.coupling.run`` of ``block``'s inverse on ``h`` ``(N, D)`` into
+    ``buffers.out``; adds the block's log-det into ``logdet``; returns ``(out, law cache)``."""
+    N = h.shape[0]
+    cols_a, cols_b, law = block._cols_a, block._cols_b, block.law
+    theta = forward_into(block.conditioner, h[:, cols_a], buffers.cond)
+    theta = theta.reshape(N, block.idx_b.size, law.n_params)
+    out = buffers.out
+    np.copyto(out, h)
+    if type(law) is AffineLaw:
+        several = buffers.law_out is not None
+        out_b = buffers.law_out if several else out[:, cols_b]
+        ld, c_law = _affine_pass(h[:, cols_b], theta, law.scale_bound, True, out_b)
+        if several:
+            out[:, cols_b] = out_b
+    else:
+        out_b, ld, c_law = law.inverse(h[:, cols_b], theta)
+        out[:, cols_b] = out_b
+    logdet += _sum_over_columns(ld)
+    return out, c_law
+
+
+def _block_backward(block, h, d_out, d_logp, c_law, buffers, grads, need_d_in):
+    """``flows.coupling.back`` of ``_block_inverse`` (its input ``h``): the conditioner's
+    gradients put in ``grads``; returns the input's gradient (``buffers.d_in``), or None when
+    ``need_d_in`` is False (the first block the data meets: the data's gradient is dropped)."""
+    cols_a, cols_b, law = block._cols_a, block._cols_b, block.law
+    N = d_out.shape[0]
+    d_in = buffers.d_in
+    np.copyto(d_in, d_out)
+    d_out_b, d_in_b = d_out[:, cols_b], d_in[:, cols_b]
+    if type(law) is AffineLaw:
+        several = buffers.d_law is not None
+        d_law_b = buffers.d_law if several else d_in_b
+        d_theta = _affine_backward(d_out_b, d_logp, c_law, d_law_b)
+        if several:
+            d_in_b[...] = d_law_b
+    else:
+        d_in_b[...], d_theta = law.backward(d_out_b, d_logp, c_law)
+    d_theta = np.reshape(d_theta, (N, -1))
+    backward_from(block.conditioner, h[:, cols_a], d_theta, buffers.cond, grads,
+                  d_x=buffers.d_cond_in if need_d_in else None)
+    if not need_d_in:
+        return None
+    d_in_a = d_in[:, cols_a]
+    np.add(d_in_a, buffers.d_cond_in, out=d_in_a)
+    return d_in
