@@ -41,7 +41,7 @@ def zeros(shape, dtype):
 
     Speed: NumPy 2.4's ``maximum`` runs its fast loop only when both operands are whole
     arrays; against the scalar 0 or a broadcast row of zeros it takes another, slower loop.
-    ``python benchmarks/fused_vae.py --relu`` (CPU time, float32, in place, median us per
+    ``python benchmarks/fused_steps.py --relu`` (CPU time, float32, in place, median us per
     call, load average 0.8): (512, 128) 25.5 with 0, 12.5 against a row of zeros, 6.5 against
     zeros of the same shape; (1024, 256) 100.0, 42.1, 25.4. The same numbers either way: each
     entry is ``max(a, 0)``.

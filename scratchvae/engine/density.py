@@ -98,13 +98,17 @@ class _Block:
 
 class _Workspace:
     """Every buffer of one step of ``model`` on ``N`` rows: the standardised data ``(N, D)``,
-    the log-det total ``(N,)``, each block's ``_Block``. ``lock``: held while a step runs (a
+    the log-det total ``(N,)``, the loss's gradient by each row's log-density ``(N, 1)``, each
+    block's buffers (``_Block``, ``_Permuted``). ``lock``: held while a step runs (a
     second thread stepping the same model gets a workspace of its own for that step)."""
 
     def __init__(self, model, N, dtype):
         self.lock = threading.Lock()
         self.z = np.empty((N, model.dim), dtype)
         self.logdet = np.empty(N, dtype)
+        # d log p / d log p_n of the mean NLL: -1/N for every row (read only)
+        self.d_logp = np.full((N, 1), -1.0 / N, dtype)
+        self.d_logp.flags.writeable = False
         self.blocks = [_Permuted(b, N, dtype) if type(b) is Permutation else _Block(b, i, N, dtype)
                        for i, b in enumerate(model.flow.bijectors)]
 
@@ -182,11 +186,11 @@ def _step(model, x, space):
     u = h
 
     # the base's log-density, the loss and its gradient (d log p = -1/N for every row)
-    logp = -0.5 * np.sum(u * u, axis=-1) - (0.5 * D * LOG_2PI)
+    logp = -0.5 * (u * u).sum(axis=-1) - (0.5 * D * LOG_2PI)   # (methods: no dispatch)
     logp += logdet
     logp -= model._log_scale_sum()
-    loss = float(-np.mean(logp))
-    d_logp = np.full((N, 1), -1.0 / N, dtype=logp.dtype)
+    loss = float(-logp.mean())
+    d_logp = space.d_logp
     d = -d_logp * u                                  # d u = -(d log p) u
 
     # back through the blocks, first to last; every block's log-det gets d log p
@@ -198,7 +202,7 @@ def _step(model, x, space):
         h_in = space.blocks[i + 1].out if i + 1 < len(blocks) else z
         d = _block_backward(block, h_in, d, d_logp, caches[i], space.blocks[i], grads,
                             need_d_in=i + 1 < len(blocks))
-    return loss, grads, {"logdet": float(np.mean(logdet))}
+    return loss, grads, {"logdet": float(logdet.mean())}
 
 
 def _block_inverse(block, h, buffers, logdet):
@@ -209,7 +213,7 @@ def _block_inverse(block, h, buffers, logdet):
     theta = forward_into(block.conditioner, h[:, cols_a], buffers.cond)
     theta = theta.reshape(N, block.idx_b.size, law.n_params)
     out = buffers.out
-    np.copyto(out, h)
+    out[...] = h
     if type(law) is AffineLaw:
         several = buffers.law_out is not None
         out_b = buffers.law_out if several else out[:, cols_b]
@@ -230,7 +234,7 @@ def _block_backward(block, h, d_out, d_logp, c_law, buffers, grads, need_d_in):
     cols_a, cols_b, law = block._cols_a, block._cols_b, block.law
     N = d_out.shape[0]
     d_in = buffers.d_in
-    np.copyto(d_in, d_out)
+    d_in[...] = d_out
     d_out_b, d_in_b = d_out[:, cols_b], d_in[:, cols_b]
     if type(law) is AffineLaw:
         several = buffers.d_law is not None
@@ -240,7 +244,7 @@ def _block_backward(block, h, d_out, d_logp, c_law, buffers, grads, need_d_in):
             d_in_b[...] = d_law_b
     else:
         d_in_b[...], d_theta = law.backward(d_out_b, d_logp, c_law)
-    d_theta = np.reshape(d_theta, (N, -1))
+    d_theta = d_theta.reshape(N, -1)
     backward_from(block.conditioner, h[:, cols_a], d_theta, buffers.cond, grads,
                   d_x=buffers.d_cond_in if need_d_in else None)
     if not need_d_in:

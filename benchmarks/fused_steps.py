@@ -1,10 +1,12 @@
-"""The fused VAE step (scratchvae/engine/vae.py) against the fast engine without it and the
-reference engine, on the W1 workloads: CPU time per training step, rounds interleaved.
+"""The fused training steps against the fast engine without them and the reference engine:
+the VAE's (scratchvae/engine/vae.py) on the W1 workloads, the density model's
+(scratchvae/engine/density.py) on the W2 and W3 flows. CPU time per training step, rounds
+interleaved.
 
-    python benchmarks/fused_vae.py                    # W1-b128 and W1-b1024, one BLAS thread
-    python benchmarks/fused_vae.py W1-b1024 --threads 2 --rounds 9
-    python benchmarks/fused_vae.py --relu             # ReLU's forward and backward, ways compared
-    python benchmarks/fused_vae.py --split --wall     # serial against two halves of the rows
+    python benchmarks/fused_steps.py                  # W1-b128 and W1-b1024, one BLAS thread
+    python benchmarks/fused_steps.py W2-2d W3-16d --threads 2 --wall --rounds 9
+    python benchmarks/fused_steps.py --relu           # ReLU's forward and backward, ways compared
+    python benchmarks/fused_steps.py --split --wall   # serial against two halves of the rows
 
 Each round times ``--steps`` steps of each variant in turn (same model, same data pool) and
 keeps the median; the table gives the median and the spread of the rounds. CPU time of the
@@ -24,7 +26,9 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-KERNEL = "models.vae.loss_and_grads"
+#: the fused kernel of each kind of workload (by the first two letters of its name)
+KERNELS = {"W1": "models.vae.loss_and_grads", "W2": "models.density.nll_and_grads",
+           "W3": "models.density.nll_and_grads"}
 
 
 def _median(values):
@@ -41,14 +45,15 @@ def time_steps(step, steps, clock):
     return _median(times) * 1e3
 
 
-def engine_variants(threads):
-    """What the default comparison runs: the fused step, the fast engine without it, the
-    reference engine (each with ``threads`` BLAS threads, no split)."""
+def engine_variants(threads, workload):
+    """What the default comparison runs: the fused step of ``workload``, the fast engine
+    without it, the reference engine (each with ``threads`` BLAS threads, no split)."""
     from scratchvae import engine
     from scratchvae.engine import parallel
     from scratchvae.engine.threads import set_blas_threads
 
     engine.kernels()  # loads the fast engine
+    KERNEL = KERNELS[workload[:2]]
     fused = engine._FAST[KERNEL]
 
     def select(name, kernel):
@@ -88,12 +93,18 @@ def split_variants():
             "rows split in two": select(1, 2)}
 
 
-def compare_steps(names, rounds, steps, clock, variants):
+def compare_steps(names, rounds, steps, clock, variants_of):
+    """Each workload of ``names`` under each of ``variants_of(name)`` (variant name -> a
+    function that selects it), rounds interleaved."""
     from workloads import WORKLOADS
 
-    print(f"{'workload':<10} " + " ".join(f"{v:>22}" for v in variants) + "   (ms per step: "
-          "median of rounds [min-max])")
+    header = None
     for name in names:
+        variants = variants_of(name)
+        if list(variants) != header:
+            header = list(variants)
+            print(f"{'workload':<10} " + " ".join(f"{v:>22}" for v in variants)
+                  + "   (ms per step: median of rounds [min-max])")
         w = WORKLOADS[name]()
         results = {v: [] for v in variants}
         for _ in range(rounds):
@@ -133,6 +144,7 @@ def _compare_relu_at(clock, rows, width):
         "forward  maximum(a, 0)": lambda: np.maximum(a, 0, out=out),
         "forward  maximum(a, zero row)": lambda: np.maximum(a, zero_row, out=out),
         "forward  maximum(a, zeros of a's shape)": lambda: np.maximum(a, zeros, out=out),
+        "forward  in place, 0": lambda: np.maximum(out, 0, out=out),
         "forward  in place, zero row": lambda: np.maximum(out, zero_row, out=out),
         "forward  in place, zeros of a's shape": lambda: np.maximum(out, zeros, out=out),
         "backward d * (y > 0), bool temporary": lambda: np.multiply(d, out > 0, out=d),
@@ -146,7 +158,9 @@ def _compare_relu_at(clock, rows, width):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("workloads", nargs="*", default=["W1-b128", "W1-b1024"])
+    p.add_argument("workloads", nargs="*", default=["W1-b128", "W1-b1024"],
+                   help="W1-b128, W1-b1024 (the fused VAE step), W2-2d, W2-16d, W3-2d, W3-16d "
+                        "(the fused density step; not with --split)")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--threads", type=int, default=1, help="BLAS threads (default 1)")
@@ -156,6 +170,8 @@ def main(argv=None):
                    help="the fused step serial (1 and 2 BLAS threads) against split in two "
                         "halves of the rows (wall time is the measure: add --wall)")
     args = p.parse_args(argv)
+    if args.split and any(not w.startswith("W1") for w in args.workloads):
+        p.error("--split: the VAE workloads only (W1-b128, W1-b1024)")
     from scratchvae.engine import memory, threads
 
     memory.keep_freed_memory()
@@ -166,10 +182,11 @@ def main(argv=None):
     if args.relu:
         compare_relu(clock)
     elif args.split:
-        compare_steps(args.workloads, args.rounds, args.steps, clock, split_variants())
+        compare_steps(args.workloads, args.rounds, args.steps, clock,
+                      lambda name: split_variants())
     else:
         compare_steps(args.workloads, args.rounds, args.steps, clock,
-                      engine_variants(args.threads))
+                      lambda name: engine_variants(args.threads, name))
 
 
 if __name__ == "__main__":
