@@ -13,6 +13,7 @@ The engines: the fixture ``engine`` runs a test once under each engine of ``scra
 
 import importlib.util
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -115,3 +116,44 @@ def engine(request):
     The engine in force before is restored after."""
     with switch.using(request.param):
         yield request.param
+
+
+# ----------------------------------------------------------------------------- threads
+@pytest.fixture
+def in_two_threads():
+    """``run(call, repeats=30)``: ``call(i)`` ``repeats`` times in each of two threads started
+    together (``i`` = 0 and 1; the engine switch is the process's, so the test's engine);
+    returns ``{i: the set of what call(i) returned}`` (a call that raised leaves its thread's
+    set short)."""
+    def run(call, repeats=30):
+        results, barrier = {0: set(), 1: set()}, threading.Barrier(2)
+
+        def worker(i):
+            barrier.wait()
+            for _ in range(repeats):
+                results[i].add(call(i))
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return results
+    return run
+
+
+# ----------------------------------------------------------------------------- fused steps
+@pytest.fixture
+def assert_gradients_are_the_callers():
+    """``check(first, kept, second)``: a fused step's gradients are new arrays each step. The
+    gradients ``first`` of one step still equal ``kept`` (copies taken before a second step,
+    whose gradients are ``second``): the second step's work buffers did not overwrite them;
+    none shares memory with ``second``, and no two of ``second`` share memory."""
+    def check(first, kept, second):
+        for name, g in first.items():
+            np.testing.assert_array_equal(g, kept[name], err_msg=name)
+            assert not np.shares_memory(g, second[name]), name
+        arrays = list(second.values())
+        assert not any(np.shares_memory(a, b)
+                       for i, a in enumerate(arrays) for b in arrays[i + 1:])
+    return check

@@ -7,8 +7,6 @@ other model or call to the reference; what it returns is the caller's (no work b
 escapes), and two threads stepping one model do not share buffers.
 """
 
-import threading
-
 import numpy as np
 import pytest
 from hypothesis import given
@@ -140,19 +138,13 @@ def test_the_models_and_calls_it_does_not_fuse_run_the_reference():
     assert fast[0] == FlowDensity.nll_and_grads.reference(conditional, x, context)[0]
 
 
-def test_what_the_fused_step_returns_is_the_callers():
-    # the gradients are new arrays each step: a kept gradient is not overwritten by the next
-    # step's work buffers, and no two gradients share memory
+def test_what_the_fused_step_returns_is_the_callers(assert_gradients_are_the_callers):
     model = make_model(1, 4, 2, "spline", "relu", "reverse")
     with engine.using("fast"):
         _, first, _ = model.nll_and_grads(data(1, 8, 4))
         kept = {k: g.copy() for k, g in first.items()}
         _, second, _ = model.nll_and_grads(data(2, 8, 4))
-    for name, g in first.items():
-        np.testing.assert_array_equal(g, kept[name], err_msg=name)
-        assert not np.shares_memory(g, second[name]), name
-    arrays = list(second.values())
-    assert not any(np.shares_memory(a, b) for i, a in enumerate(arrays) for b in arrays[i + 1:])
+    assert_gradients_are_the_callers(first, kept, second)
 
 
 def test_the_work_buffers_are_made_once_per_batch_shape():
@@ -169,25 +161,12 @@ def test_the_work_buffers_are_made_once_per_batch_shape():
     assert len(fused._WORKSPACES[model]) == fused._KEEP
 
 
-def test_two_threads_stepping_one_model_do_not_share_buffers():
+def test_two_threads_stepping_one_model_do_not_share_buffers(in_two_threads):
     model = make_model(3, 6, 4, "spline", "relu", hidden=(64, 64))
     batches = [data(s, 256, 6) for s in range(2)]
     expected = [step_under("fast", model, x)[0] for x in batches]
-    results = {}
-    barrier = threading.Barrier(2)
-
-    def worker(i):
-        barrier.wait()
-        for _ in range(30):
-            loss, _, _ = model.nll_and_grads(batches[i])
-            results.setdefault(i, set()).add(loss)
-
     with engine.using("fast"):
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results = in_two_threads(lambda i: model.nll_and_grads(batches[i])[0])
     assert results == {0: {expected[0]}, 1: {expected[1]}}
 
 

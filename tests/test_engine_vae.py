@@ -7,7 +7,6 @@ one model do not share buffers.
 """
 
 import contextlib
-import threading
 
 import numpy as np
 import pytest
@@ -131,20 +130,14 @@ def test_the_vaes_it_does_not_fuse_run_the_reference():
             np.testing.assert_array_equal(fast[1][name], g, err_msg=f"{what}: {name}")
 
 
-def test_what_the_fused_step_returns_is_the_callers():
-    # the gradients are new arrays each step: a kept gradient is not overwritten by the next
-    # step's work buffers, and no two gradients share memory
+def test_what_the_fused_step_returns_is_the_callers(assert_gradients_are_the_callers):
     vae = make_vae(1, 6, 2, (5, 5), "relu")
     x = binary_batch(1, 8, 6)
     with engine.using("fast"):
         _, first, _ = vae.loss_and_grads(x, np.random.default_rng(0))
         kept = {k: g.copy() for k, g in first.items()}
         _, second, _ = vae.loss_and_grads(1 - x, np.random.default_rng(1))
-    for name, g in first.items():
-        np.testing.assert_array_equal(g, kept[name], err_msg=name)
-        assert not np.shares_memory(g, second[name]), name
-    arrays = list(second.values())
-    assert not any(np.shares_memory(a, b) for i, a in enumerate(arrays) for b in arrays[i + 1:])
+    assert_gradients_are_the_callers(first, kept, second)
 
 
 def test_the_work_buffers_are_made_once_per_batch_shape():
@@ -161,25 +154,13 @@ def test_the_work_buffers_are_made_once_per_batch_shape():
     assert len(fused._WORKSPACES[vae]) == fused._KEEP
 
 
-def test_two_threads_stepping_one_model_do_not_share_buffers():
+def test_two_threads_stepping_one_model_do_not_share_buffers(in_two_threads):
     vae = make_vae(3, 12, 3, (64, 64), "relu")
     batches = [binary_batch(s, 256, 12) for s in range(2)]
     expected = [step_under("fast", vae, x, s)[0] for s, x in enumerate(batches)]
-    results = {}
-    barrier = threading.Barrier(2)
-
-    def worker(i):
-        barrier.wait()
-        for _ in range(30):
-            loss, _, _ = vae.loss_and_grads(batches[i], np.random.default_rng(i))
-            results.setdefault(i, set()).add(loss)
-
     with engine.using("fast"):
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results = in_two_threads(
+            lambda i: vae.loss_and_grads(batches[i], np.random.default_rng(i))[0])
     assert results == {0: {expected[0]}, 1: {expected[1]}}
 
 
