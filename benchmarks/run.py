@@ -308,19 +308,31 @@ def measured_environment(args):
 
 def add_peer_ratio(row, peer_rows):
     """``best_peer``, ``best_peer_ms`` and ``vs_best_peer`` (our ms / the best peer's) on our
-    row, from the peers' rows of the same workload that ran (an uninstalled peer has none)."""
-    times = {r["peer"]: r["ms"] for r in peer_rows
-             if r["workload"] == row["workload"] and "ms" in r}
-    if times:
-        best = min(times, key=times.get)
-        row.update(best_peer=best, best_peer_ms=times[best],
-                   vs_best_peer=round(row["ms"] / times[best], 3))
+    row, from the peers' rows of the same workload that ran (an uninstalled peer has none).
+
+    With several rounds also ``vs_best_peer_paired``: the median over the rounds of our
+    round's median over the best peer's in the same round. Each round measures us and the peers
+    seconds apart, so a slow minute of a shared machine moves both sides of a round's ratio,
+    where it moves only one side of the ratio of medians when it falls on one side's rounds.
+    """
+    same = [r for r in peer_rows if r["workload"] == row["workload"] and "ms" in r]
+    times = {r["peer"]: r["ms"] for r in same}
+    if not times:
+        return
+    best = min(times, key=times.get)
+    row.update(best_peer=best, best_peer_ms=times[best],
+               vs_best_peer=round(row["ms"] / times[best], 3))
+    ours = row.get("ms_rounds")
+    theirs = next(r for r in same if r["peer"] == best).get("ms_rounds")
+    if ours and theirs and len(ours) == len(theirs) > 1:
+        row["vs_best_peer_paired"] = round(
+            statistics.median(a / b for a, b in zip(ours, theirs)), 3)
 
 
 def format_peers(rows, peer_rows):
     variants = sorted({r["peer"] for r in peer_rows})
     head = (f"{'workload':<10} {'ours ms':>8} " + " ".join(f"{v:>12}" for v in variants)
-            + f" {'best peer':>12} {'ours/best':>10}")
+            + f" {'best peer':>12} {'ours/best':>10} {'paired':>7}")
     lines = ["wall ms per step, median (peers: their own thread defaults)", head,
              "-" * len(head)]
     for row in rows:
@@ -328,9 +340,13 @@ def format_peers(rows, peer_rows):
         cells = " ".join(f"{times[v]:>12.2f}" if times.get(v) is not None else f"{'-':>12}"
                          for v in variants)
         best = row.get("best_peer")
+        paired = row.get("vs_best_peer_paired")
         lines.append(f"{row['workload']:<10} {row['ms']:>8.2f} {cells} "
                      f"{best or '-':>12} "
-                     + (f"{row['vs_best_peer']:>10.2f}" if best else f"{'-':>10}"))
+                     + (f"{row['vs_best_peer']:>10.2f}" if best else f"{'-':>10}")
+                     + (f" {paired:>7.2f}" if paired is not None else f" {'-':>7}"))
+    lines.append("paired: the median over rounds of ours / the best peer's in the same round "
+                 "(measured seconds apart; with --rounds 2 or more)")
     return "\n".join(lines)
 
 

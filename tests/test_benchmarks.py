@@ -210,6 +210,11 @@ def test_rounds_are_summarised_by_their_median():
                                                          "error": "not installed"}]
     add_peer_ratio(row, peers)
     assert (row["best_peer"], row["best_peer_ms"], row["vs_best_peer"]) == ("b", 4.0, 1.5)
+    assert "vs_best_peer_paired" not in row            # the peers' rows carry no rounds
+    # per round: ours 5, 9, 6 against the best peer's 4, 10, 3 in the same rounds
+    peers[1]["ms_rounds"] = [4.0, 10.0, 3.0]
+    add_peer_ratio(row, peers)
+    assert row["vs_best_peer"] == 1.5 and row["vs_best_peer_paired"] == 1.25  # 1.25 0.9 2.0
 
 
 def test_measured_processes_run_without_a_forced_blas_kernel_unless_kept(monkeypatch):
