@@ -42,9 +42,9 @@ def zeros(shape, dtype):
     Speed: NumPy 2.4's ``maximum`` runs its fast loop only when both operands are whole
     arrays; against the scalar 0 or a broadcast row of zeros it takes another, slower loop.
     ``python benchmarks/fused_steps.py --relu`` (CPU time, float32, in place, median us per
-    call, load average 0.8): (512, 128) 25.5 with 0, 12.5 against a row of zeros, 6.5 against
-    zeros of the same shape; (1024, 256) 100.0, 42.1, 25.4. The same numbers either way: each
-    entry is ``max(a, 0)``.
+    call, load average 0.2): (512, 128) 25.0 with 0, 10.3 against a row of zeros, 5.2 against
+    zeros of the same shape; (1024, 256) 98.7, 43.7, 24.0 (benchmarks/README.md, "Fused VAE
+    step"). The same numbers either way: each entry is ``max(a, 0)``.
     """
     return _zeros(tuple(shape), np.dtype(dtype))
 
