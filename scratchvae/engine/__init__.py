@@ -6,7 +6,8 @@ carry ``@dispatch("name")``, one dispatch point each. The fast engine (the modul
 package) registers, for some of those names, an implementation that computes the same numbers
 faster (another memory layout, in-place chains, work buffers, threads); each names the
 reference it equals, and a test proves the equality (tests/test_engine_spline.py,
-tests/test_engine_nn.py, tests/test_engine_flows.py; whole models: tests/test_engine_models.py).
+tests/test_engine_nn.py, tests/test_engine_flows.py, the fused steps tests/test_engine_vae.py
+and tests/test_engine_density.py; whole models: tests/test_engine_models.py).
 
 One switch, three doors, for the whole process:
 
