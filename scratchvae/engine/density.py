@@ -167,6 +167,8 @@ def fused_nll_and_grads(model, batch, context=None):
 
 
 def _step(model, x, space):
+    """The step of ``fused_nll_and_grads`` on the checked batch ``x`` ``(N, D)`` with the
+    buffers of ``space``: ``(loss, grads, info)``."""
     N, D = x.shape
     blocks = model.flow.bijectors
     z, logdet = space.z, space.logdet
