@@ -65,36 +65,26 @@ def test_one_part_setting_runs_everything_here(split_everything):
     assert where == [threading.get_ident()] * 2
 
 
-def test_an_exception_in_the_worker_reaches_the_caller_after_both_parts(split_everything):
+@pytest.mark.parametrize("failing_part", [1, 0], ids=["in the worker", "in the caller"])
+def test_an_exception_in_either_part_comes_out_after_both_parts_stopped(split_everything,
+                                                                         failing_part):
     finished = []
 
     def slow():
         time.sleep(0.05)
-        finished.append("caller")
+        finished.append("the other part")
 
     def failing():
-        raise KeyError("in the worker")
-    with pytest.raises(KeyError, match="in the worker"):
-        parallel.run_parts([slow, failing])
-    assert finished == ["caller"]
+        raise KeyError("the failing part")
+    parts = [slow, slow]
+    parts[failing_part] = failing
+    with pytest.raises(KeyError, match="the failing part"):
+        parallel.run_parts(parts)
+    assert finished == ["the other part"]   # it had stopped before the error came out
     # and the worker is still there for the next split
     done = []
     parallel.run_parts([lambda: done.append(0), lambda: done.append(1)])
     assert sorted(done) == [0, 1]
-
-
-def test_the_callers_exception_waits_for_the_worker(split_everything):
-    finished = []
-
-    def worker_part():
-        time.sleep(0.05)
-        finished.append("worker")
-
-    def failing():
-        raise ZeroDivisionError("here")
-    with pytest.raises(ZeroDivisionError):
-        parallel.run_parts([failing, worker_part])
-    assert finished == ["worker"]       # the worker had stopped before the error came out
 
 
 def test_nested_calls_and_calls_from_the_worker_run_serially(split_everything):
@@ -112,11 +102,20 @@ def test_nested_calls_and_calls_from_the_worker_run_serially(split_everything):
         assert ran_in == outer           # each inner part ran in the thread that called it
 
 
-def test_split_rows_covers_every_row_once_in_order(split_everything):
-    pieces = parallel.split_rows(lambda lo, hi: (lo, hi), 1001, cost=1, align=8)
-    assert pieces == [(0, 496), (496, 1001)]
+def test_split_point_covers_every_row_once_in_order_at_aligned_bounds():
+    assert parallel.split_point(1001, 2, align=8) == [0, 496, 1001]
+    assert parallel.split_point(1001, 1) == [0, 1001]
+
+
+def test_gather_returns_the_results_in_order_the_second_from_the_worker(split_everything):
+    def where(name):
+        return lambda: (name, threading.get_ident())
+    results = parallel.gather([where("first"), where("second")])
+    assert [name for name, _ in results] == ["first", "second"]
+    assert results[0][1] == threading.get_ident() != results[1][1]
     parallel.set_elementwise_threads(1)
-    assert parallel.split_rows(lambda lo, hi: (lo, hi), 1001, cost=1) == [(0, 1001)]
+    assert parallel.gather([where("first"), where("second")]) == [
+        ("first", threading.get_ident()), ("second", threading.get_ident())]
 
 
 def test_below_the_threshold_nothing_splits():
@@ -124,7 +123,6 @@ def test_below_the_threshold_nothing_splits():
     try:
         assert not parallel.worth_splitting(parallel.SPLIT_MIN_ELEMENT_PASSES - 1)
         assert parallel.worth_splitting(parallel.SPLIT_MIN_ELEMENT_PASSES)
-        assert parallel.split_rows(lambda lo, hi: (lo, hi), 100, cost=10) == [(0, 100)]
     finally:
         parallel.set_elementwise_threads(previous)
 

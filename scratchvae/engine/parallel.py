@@ -8,11 +8,13 @@ sharing the GIL between the calls), so only a whole chain pays for it, and only 
 large arrays: the engine splits where ``elements x passes`` of the chain reaches
 ``SPLIT_MIN_ELEMENT_PASSES`` (``worth_splitting``), measured below.
 
-    split_rows(chain, n_rows, cost)   # chain(lo, hi) on rows [0, mid) here, [mid, n) there
     run_parts([part0, part1])         # part0() here, part1() in the worker; both done on return
+    gather([f, g])                    # [f(), g()], computed as run_parts runs its parts
+    split_point(n, 2, align)          # [0, mid, n], mid a multiple of align
 
 Every user (named with its measurement in its own docstring): the Adam step's passes
-(``engine.adam``) and the rational-quadratic spline's forward and backward (``engine.spline``).
+(``engine.adam``), the rational-quadratic spline's forward and backward (``engine.spline``) and
+the VAE step in two halves of the rows (``engine.rows``).
 Each part runs the same operations on its elements as the serial chain, so the numbers are
 the serial engine's bit for bit (tests/test_engine_parallel.py).
 
@@ -48,7 +50,7 @@ import os
 import threading
 
 __all__ = ["SPLIT_MIN_ELEMENT_PASSES", "elementwise_threads", "set_elementwise_threads",
-           "worth_splitting", "run_parts", "split_rows", "split_point"]
+           "worth_splitting", "run_parts", "gather", "split_point"]
 
 #: The ``elements x passes`` of a chain (elements each pass touches, times the NumPy calls of
 #: the chain) from which splitting it in two pays. Measured with ``python
@@ -182,6 +184,21 @@ def run_parts(parts):
         lock.release()
 
 
+def gather(calls):
+    """``[call() for call in calls]`` for callables without arguments, the calls run as
+    ``run_parts`` runs its parts (at the same time, the first in this thread, when a split may
+    run now; else in order, here): the results in the order of ``calls``."""
+    results = [None] * len(calls)
+
+    def part(i):
+        def run():
+            results[i] = calls[i]()
+        return run
+
+    run_parts([part(i) for i in range(len(calls))])
+    return results
+
+
 def split_point(n, parts=2, align=1):
     """The bounds ``[0, b1, ..., n]`` that cut ``range(n)`` into ``parts`` near-equal pieces,
     each inner bound a multiple of ``align`` (where ``n`` allows it)."""
@@ -191,23 +208,3 @@ def split_point(n, parts=2, align=1):
         bounds.append(min(max(b, bounds[-1]), n))
     bounds.append(n)
     return bounds
-
-
-def split_rows(chain, n_rows, cost, align=1):
-    """``chain(lo, hi)`` over the rows ``[0, n_rows)``: in ``elementwise_threads()`` pieces
-    run at the same time (``run_parts``) when ``worth_splitting(cost)``, else as one call
-    ``chain(0, n_rows)``. ``align``: every inner bound a multiple of it. Returns the results
-    of the pieces, in row order."""
-    parts = _settings["parts"]
-    if parts < 2 or cost < SPLIT_MIN_ELEMENT_PASSES or n_rows < parts:
-        return [chain(0, n_rows)]
-    bounds = split_point(n_rows, parts, align)
-    results = [None] * parts
-
-    def piece(p):
-        def run():
-            results[p] = chain(bounds[p], bounds[p + 1])
-        return run
-
-    run_parts([piece(p) for p in range(parts)])
-    return results

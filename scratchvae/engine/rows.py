@@ -14,7 +14,7 @@ lock), so flows split only their long chains (``engine.parallel``).
     bounds = halves(N)                   # ((0, N // 2), (N // 2, N))
     results = run_halves([f, g])         # [f(), g()], f here and g in the worker, BLAS on 1 thread
 
-``run_halves`` goes through ``engine.parallel.run_parts``: serial when the setting is one part
+``run_halves`` goes through ``engine.parallel.gather``: serial when the setting is one part
 or another split is running.
 """
 
@@ -42,24 +42,16 @@ def halves(n_rows):
 
 def run_halves(calls):
     """``[call() for call in calls]``, the calls at the same time on two threads
-    (``parallel.run_parts``) when there are two, with BLAS on one thread meanwhile: each part
+    (``parallel.gather``) when there are two, with BLAS on one thread meanwhile: each part
     makes its own products, and two BLAS calls each asking for both cores would fight over them
     (the count before is given back)."""
     if len(calls) == 1:
         return [calls[0]()]
-    results = [None] * len(calls)
-
-    def part(i):
-        def run():
-            results[i] = calls[i]()
-        return run
-
     previous = blas_threads()
     if previous is not None and previous > 1:
         set_blas_threads(1)
     try:
-        parallel.run_parts([part(i) for i in range(len(calls))])
+        return parallel.gather(calls)
     finally:
         if previous is not None and previous > 1:
             set_blas_threads(previous)
-    return results

@@ -139,16 +139,10 @@ def rq_spline_theta_bins_first(x, theta, inverse, bound, min_width, min_height,
                                  min_derivative)
     bounds = parallel.split_point(N, parts, SPLIT_ALIGN_POINTS // math.gcd(
         M, SPLIT_ALIGN_POINTS))
-    results = [None] * parts
-
-    def part(p):
-        def run():
-            lo, hi = bounds[p], bounds[p + 1]
-            results[p] = _rq_spline_serial(x[lo:hi], theta[lo:hi], inverse, bound, min_width,
-                                           min_height, min_derivative)
-        return run
-
-    parallel.run_parts([part(p) for p in range(parts)])
+    results = parallel.gather([
+        functools.partial(_rq_spline_serial, x[lo:hi], theta[lo:hi], inverse, bound, min_width,
+                          min_height, min_derivative)
+        for lo, hi in zip(bounds[:-1], bounds[1:])])
     dtype = results[0][0].dtype
     out, logdet = np.empty((M, N), dtype=dtype), np.empty((M, N), dtype=dtype)
     for p, (out_p, logdet_p, _) in enumerate(results):
@@ -178,16 +172,9 @@ def _split_backward(dout, dlogdet, cache: SplitCache):
     S, bounds = cache.shape, cache.bounds
     N, M = _rows_and_columns(S)
     dlogdet = np.broadcast_to(dlogdet, S)
-    results = [None] * len(cache.caches)
-
-    def part(p):
-        def run():
-            lo, hi = bounds[p], bounds[p + 1]
-            results[p] = _rq_spline_serial_backward(dout[lo:hi], dlogdet[lo:hi],
-                                                    cache.caches[p])
-        return run
-
-    parallel.run_parts([part(p) for p in range(len(results))])
+    results = parallel.gather([
+        functools.partial(_rq_spline_serial_backward, dout[lo:hi], dlogdet[lo:hi], part_cache)
+        for lo, hi, part_cache in zip(bounds[:-1], bounds[1:], cache.caches)])
     P = results[0][1].shape[-1]
     d_in = np.empty((M, N), dtype=results[0][0].dtype)
     d_slots = np.empty((M, P, N), dtype=results[0][1].dtype)
