@@ -156,9 +156,9 @@ def test_the_work_buffers_are_made_once_per_batch_shape():
         (space,) = fused._WORKSPACES[model].values()
         model.nll_and_grads(data(1, 8, 3))
         assert list(fused._WORKSPACES[model].values()) == [space]    # reused
-        for n in range(1, fused._KEEP + 2):                        # a shape each: capped
+        for n in range(1, fused._WORKSPACES.keep + 2):                        # a shape each: capped
             model.nll_and_grads(data(n, n, 3))
-    assert len(fused._WORKSPACES[model]) == fused._KEEP
+    assert len(fused._WORKSPACES[model]) == fused._WORKSPACES.keep
 
 
 def test_two_threads_stepping_one_model_do_not_share_buffers(in_two_threads):

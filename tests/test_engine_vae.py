@@ -149,9 +149,9 @@ def test_the_work_buffers_are_made_once_per_batch_shape():
         (space,) = fused._WORKSPACES[vae].values()
         vae.loss_and_grads(binary_batch(1, 8, 6), np.random.default_rng(1))
         assert list(fused._WORKSPACES[vae].values()) == [space]      # reused
-        for n in range(1, fused._KEEP + 2):                        # a shape each: capped
+        for n in range(1, fused._WORKSPACES.keep + 2):                        # a shape each: capped
             vae.loss_and_grads(binary_batch(n, n, 6), np.random.default_rng(n))
-    assert len(fused._WORKSPACES[vae]) == fused._KEEP
+    assert len(fused._WORKSPACES[vae]) == fused._WORKSPACES.keep
 
 
 def test_two_threads_stepping_one_model_do_not_share_buffers(in_two_threads):

@@ -35,7 +35,6 @@ activations, batch; the loss, every gradient and the diagnostic equal the refere
 from __future__ import annotations
 
 import threading
-import weakref
 
 import numpy as np
 
@@ -49,6 +48,7 @@ from ..models.density import FlowDensity
 from . import register
 from .buffered_mlp import MLPBuffers, backward_from, forward_into, plain_mlp
 from .coupling import _affine_backward, _affine_pass, _one_run_each, _sum_over_columns
+from .workspaces import Workspaces
 
 __all__ = ["fused_nll_and_grads", "fusable"]
 
@@ -99,8 +99,8 @@ class _Block:
 class _Workspace:
     """Every buffer of one step of ``model`` on ``N`` rows: the standardised data ``(N, D)``,
     the log-det total ``(N,)``, the loss's gradient by each row's log-density ``(N, 1)``, each
-    block's buffers (``_Block``, ``_Permuted``). ``lock``: held while a step runs (a
-    second thread stepping the same model gets a workspace of its own for that step)."""
+    block's buffers (``_Block``, ``_Permuted``). ``lock``: held while a step runs
+    (``engine.workspaces``)."""
 
     def __init__(self, model, N, dtype):
         self.lock = threading.Lock()
@@ -113,24 +113,7 @@ class _Workspace:
                        for i, b in enumerate(model.flow.bijectors)]
 
 
-_WORKSPACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-#: workspaces kept per model: a training run has one batch shape, two with a short last batch
-_KEEP = 4
-
-
-def _workspace(model, N, dtype):
-    """The model's workspace for this shape, made on first use (the oldest dropped beyond
-    ``_KEEP``)."""
-    spaces = _WORKSPACES.get(model)
-    if spaces is None:
-        spaces = _WORKSPACES[model] = {}
-    key = (N, np.dtype(dtype), id(model.flow))   # a flow put in place of another: new buffers
-    space = spaces.get(key)
-    if space is None:
-        if len(spaces) >= _KEEP:
-            del spaces[next(iter(spaces))]
-        space = spaces[key] = _Workspace(model, N, dtype)
-    return space
+_WORKSPACES = Workspaces(_Workspace)
 
 
 # ----------------------------------------------------------------------------- the step
@@ -156,14 +139,10 @@ def fused_nll_and_grads(model, batch, context=None):
     N = x.shape[0]
     if N == 0:
         return FlowDensity.nll_and_grads.reference(model, batch, context)
-    space = _workspace(model, N, model.dtype)
-    if not space.lock.acquire(blocking=False):   # another thread is stepping this model
-        space = _Workspace(model, N, model.dtype)
-        space.lock.acquire()
-    try:
+    # a flow put in place of another gets buffers of its own
+    with _WORKSPACES.held(model, (N, np.dtype(model.dtype), id(model.flow)), N,
+                          model.dtype) as space:
         return _step(model, x, space)
-    finally:
-        space.lock.release()
 
 
 def _step(model, x, space):

@@ -41,7 +41,6 @@ Measured: see ``fused_loss_and_grads``.
 from __future__ import annotations
 
 import threading
-import weakref
 
 import numpy as np
 
@@ -53,6 +52,7 @@ from . import parallel, register, rows
 from .activations import zeros
 from .buffered_mlp import MLPBuffers, backward_from, forward_into, plain_mlp
 from .products import sum_over_batch
+from .workspaces import Workspaces
 
 __all__ = ["fused_loss_and_grads", "fusable"]
 
@@ -90,8 +90,7 @@ class _Workspace:
     ``(S, N, L)`` and the passes' buffers for each part of the rows (``bounds``: one part, or
     two when the step runs on two threads).
 
-    ``lock``: held while a step runs, so two threads training one model never share buffers
-    (the second gets a workspace of its own for that step).
+    ``lock``: held while a step runs (``engine.workspaces``).
     """
 
     def __init__(self, vae, N, S, dtype):
@@ -101,24 +100,7 @@ class _Workspace:
         self.parts = [_Rows(vae, hi - lo, S, dtype) for lo, hi in self.bounds]
 
 
-_WORKSPACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-#: workspaces kept per model: a training run has one batch shape, two with a short last batch
-_KEEP = 4
-
-
-def _workspace(vae, N, S, dtype):
-    """The model's workspace for this shape, made on first use (the oldest dropped beyond
-    ``_KEEP``)."""
-    spaces = _WORKSPACES.get(vae)
-    if spaces is None:
-        spaces = _WORKSPACES[vae] = {}
-    key = (N, S, dtype, parallel.elementwise_threads())   # the setting decides the parts
-    space = spaces.get(key)
-    if space is None:
-        if len(spaces) >= _KEEP:
-            del spaces[next(iter(spaces))]
-        space = spaces[key] = _Workspace(vae, N, S, dtype)
-    return space
+_WORKSPACES = Workspaces(_Workspace)
 
 
 # ----------------------------------------------------------------------------- elementwise
@@ -173,14 +155,10 @@ def fused_loss_and_grads(vae, batch, rng, beta=1.0, step=None):
     if not (np.isfinite(beta) and beta >= 0):
         raise ValueError(f"beta: expected a non-negative number, got {beta!r}")
     N, S, L, dtype = x.shape[0], vae.n_samples, vae.latent_dim, vae.dtype
-    space = _workspace(vae, N, S, dtype)
-    if not space.lock.acquire(blocking=False):   # another thread is stepping this model
-        space = _Workspace(vae, N, S, dtype)
-        space.lock.acquire()
-    try:
+    # the elementwise setting decides the parts of the rows, so it is part of the key
+    with _WORKSPACES.held(vae, (N, S, dtype, parallel.elementwise_threads()), N, S,
+                          dtype) as space:
         return _step(vae, x, rng, beta, step, space, N, S, L)
-    finally:
-        space.lock.release()
 
 
 def _step(vae, x, rng, beta, step, space, N, S, L):
