@@ -55,7 +55,7 @@ from ..flows.coupling import AffineCache, AffineLaw, CouplingBlock
 from . import register
 from .products import ones_vector, sum_over_features
 
-__all__ = ["coupling_run", "coupling_back"]
+__all__ = ["coupling_run", "coupling_back", "law_pass_into", "law_backward_into"]
 
 
 def _one_run_each(block):
@@ -126,6 +126,50 @@ def _affine_backward(d_out_b, d_logdet, cache, d_in_b):
     return d_theta
 
 
+def law_pass_into(law, z_b, theta, inverse, out, cols_b, scratch=None):
+    """The law's forward (or inverse, when ``inverse``) on ``z_b`` ``(N, M)`` with parameters
+    ``theta`` ``(N, M, P)``, its output written into ``out[:, cols_b]``; returns ``(logdet
+    (N, M), law cache)``. The affine law writes one transformed column straight into ``out``
+    (a strided column is one loop); several go to ``scratch`` ``(N, M)`` (a new array when
+    None) and are then copied in (NumPy loops over a strided block row by row; written in
+    place, the law's output passes cost more than the copy). Any other law runs its own pass,
+    its output copied in."""
+    if type(law) is AffineLaw:
+        M = theta.shape[1]
+        if M == 1:
+            out_b = out[:, cols_b]
+        else:
+            out_b = np.empty((z_b.shape[0], M), dtype=out.dtype) if scratch is None else scratch
+        logdet, cache = _affine_pass(z_b, theta, law.scale_bound, inverse, out_b)
+        if M > 1:
+            out[:, cols_b] = out_b
+        return logdet, cache
+    out_b, logdet, cache = (law.inverse if inverse else law.forward)(z_b, theta)
+    out[:, cols_b] = out_b
+    return logdet, cache
+
+
+def law_backward_into(law, d_out_b, d_logdet, cache, d_in, cols_b, scratch=None):
+    """The law's backward from ``d_out_b`` ``(N, M)`` and ``d_logdet`` (``(N, 1)`` or
+    ``(N, M)``) with its pass's ``cache``, the input gradient written into ``d_in[:, cols_b]``;
+    returns ``d_theta`` ``(N, M, P)``. The affine law (an ``AffineCache``) writes as its pass
+    did (``law_pass_into``: one column straight in, several through ``scratch``); any other
+    law runs its own backward."""
+    d_in_b = d_in[:, cols_b]
+    if type(law) is AffineLaw and type(cache) is AffineCache:
+        M = d_out_b.shape[1]
+        if M == 1:
+            d_law_b = d_in_b
+        else:
+            d_law_b = np.empty(d_out_b.shape, dtype=d_in.dtype) if scratch is None else scratch
+        d_theta = _affine_backward(d_out_b, d_logdet, cache, d_law_b)
+        if M > 1:
+            d_in_b[...] = d_law_b
+        return d_theta
+    d_in_b[...], d_theta = law.backward(d_out_b, d_logdet, cache)
+    return d_theta
+
+
 @register("flows.coupling.run")
 def coupling_run(block, z, context, direction):
     """``scratchvae.flows.coupling.CouplingBlock._run``: ``(out (N, D), logdet (N,), cache)``
@@ -140,20 +184,8 @@ def coupling_run(block, z, context, direction):
     h, c_cond = cond.forward(x_cond)
     law, cols_b = block.law, block._cols_b
     theta = h.reshape(z.shape[0], block.idx_b.size, law.n_params)
-    inverse = direction != "forward"
     out = z.copy()
-    if type(law) is AffineLaw:
-        # one transformed column: written in place (a strided column is one loop); several:
-        # into an array of their own, then copied (NumPy loops over a strided block row by
-        # row; written in place, the law's output passes cost more than the copy)
-        M = theta.shape[1]
-        out_b = out[:, cols_b] if M == 1 else np.empty((z.shape[0], M), dtype=out.dtype)
-        logdet, c_law = _affine_pass(z[:, cols_b], theta, law.scale_bound, inverse, out_b)
-        if M > 1:
-            out[:, cols_b] = out_b
-    else:
-        out_b, logdet, c_law = (law.inverse if inverse else law.forward)(z[:, cols_b], theta)
-        out[:, cols_b] = out_b
+    logdet, c_law = law_pass_into(law, z[:, cols_b], theta, direction != "forward", out, cols_b)
     return out, _sum_over_columns(logdet), Cache(direction, (c_cond, c_law))
 
 
@@ -170,15 +202,7 @@ def coupling_back(block, d_out, d_logdet, data):
     cols_a, cols_b = block._cols_a, block._cols_b
     law = block.law
     d_in = d_out.copy()
-    d_out_b, d_in_b = d_out[:, cols_b], d_in[:, cols_b]
-    if type(law) is AffineLaw and type(c_law) is AffineCache:
-        M = d_out_b.shape[1]   # several columns: an array of their own, as in the pass
-        d_law_b = d_in_b if M == 1 else np.empty(d_out_b.shape, dtype=d_in.dtype)
-        d_theta = _affine_backward(d_out_b, d_logdet[:, None], c_law, d_law_b)
-        if M > 1:
-            d_in_b[...] = d_law_b
-    else:
-        d_in_b[...], d_theta = law.backward(d_out_b, d_logdet[:, None], c_law)
+    d_theta = law_backward_into(law, d_out[:, cols_b], d_logdet[:, None], c_law, d_in, cols_b)
     cond = block.conditioner
     d_theta = d_theta.reshape(d_out.shape[0], -1)
     d_cond_in, grads = cond.backward(d_theta, c_cond)

@@ -47,7 +47,7 @@ from ..models import density as _reference  # noqa: F401  (defines the kernel re
 from ..models.density import FlowDensity
 from . import register
 from .buffered_mlp import MLPBuffers, backward_from, forward_into, plain_mlp
-from .coupling import _affine_backward, _affine_pass, _one_run_each, _sum_over_columns
+from .coupling import _one_run_each, _sum_over_columns, law_backward_into, law_pass_into
 from .workspaces import Workspaces
 
 __all__ = ["fused_nll_and_grads", "fusable"]
@@ -82,7 +82,7 @@ class _Block:
     """The buffers of one block on ``N`` rows: its conditioner's (``MLPBuffers``), its output
     ``(N, D)`` (the inverse pass's), its input's gradient ``(N, D)``, the conditioner input's
     gradient ``(N, |a|)``, and for an affine law of several columns its part's output and
-    gradient ``(N, M)`` (written apart, then copied in: ``engine.coupling``)."""
+    gradient ``(N, M)`` (written apart, then copied in: ``coupling.law_pass_into``)."""
 
     def __init__(self, block, i, N, dtype):
         D, n_a, M = block.dim, block.idx_a.size, block.idx_b.size
@@ -195,15 +195,7 @@ def _block_inverse(block, h, buffers, logdet):
     theta = theta.reshape(N, block.idx_b.size, law.n_params)
     out = buffers.out
     out[...] = h
-    if type(law) is AffineLaw:
-        several = buffers.law_out is not None
-        out_b = buffers.law_out if several else out[:, cols_b]
-        ld, c_law = _affine_pass(h[:, cols_b], theta, law.scale_bound, True, out_b)
-        if several:
-            out[:, cols_b] = out_b
-    else:
-        out_b, ld, c_law = law.inverse(h[:, cols_b], theta)
-        out[:, cols_b] = out_b
+    ld, c_law = law_pass_into(law, h[:, cols_b], theta, True, out, cols_b, buffers.law_out)
     logdet += _sum_over_columns(ld)
     return out, c_law
 
@@ -216,15 +208,8 @@ def _block_backward(block, h, d_out, d_logp, c_law, buffers, grads, need_d_in):
     N = d_out.shape[0]
     d_in = buffers.d_in
     d_in[...] = d_out
-    d_out_b, d_in_b = d_out[:, cols_b], d_in[:, cols_b]
-    if type(law) is AffineLaw:
-        several = buffers.d_law is not None
-        d_law_b = buffers.d_law if several else d_in_b
-        d_theta = _affine_backward(d_out_b, d_logp, c_law, d_law_b)
-        if several:
-            d_in_b[...] = d_law_b
-    else:
-        d_in_b[...], d_theta = law.backward(d_out_b, d_logp, c_law)
+    d_theta = law_backward_into(law, d_out[:, cols_b], d_logp, c_law, d_in, cols_b,
+                                buffers.d_law)
     d_theta = d_theta.reshape(N, -1)
     backward_from(block.conditioner, h[:, cols_a], d_theta, buffers.cond, grads,
                   d_x=buffers.d_cond_in if need_d_in else None)
