@@ -17,6 +17,8 @@ import time
 import numpy as np
 
 from scratchvae.engine.products import matmul
+from scratchvae.engine.rows import halves as row_halves
+from scratchvae.engine.rows import run_halves
 
 
 class MatmulFloor:
@@ -31,12 +33,13 @@ class MatmulFloor:
         rng = np.random.default_rng(seed)
         self.layers = list(layers)
         self.halves = halves
-        parts = [(0, 1)] if not halves else [(0, 2), (1, 2)]
-        self.operands = [[] for _ in parts]
+        self.operands = [[], []] if halves else [[]]
         for rows, n_in, n_out in self.layers:
             W = rng.standard_normal((n_in, n_out)).astype(dtype)
-            for ops, (i, n) in zip(self.operands, parts):
-                part_rows = rows // n if i == 0 else rows - rows // n
+            # the rows of each part, as the step cuts them (engine.rows.halves)
+            parts = row_halves(rows) if halves else ((0, rows),)
+            for ops, (lo, hi) in zip(self.operands, parts):
+                part_rows = hi - lo
                 x = rng.standard_normal((part_rows, n_in)).astype(dtype)
                 dy = rng.standard_normal((part_rows, n_out)).astype(dtype)
                 ops.append((x, W, dy))
@@ -52,7 +55,6 @@ class MatmulFloor:
         if not self.halves:
             self._products(self.operands[0])
             return
-        from scratchvae.engine.rows import run_halves
         run_halves([lambda ops=ops: self._products(ops) for ops in self.operands])
 
     def time_ms(self):
