@@ -66,6 +66,9 @@ NOT_ON_A_TRAINING_PATH: dict[str, str] = {
     "training.settings": "the Trainer's speed settings (BLAS threads, the allocator), which "
                          "change no number; this file's loop calls Adam itself "
                          "(tests/test_engine_nn.py checks the settings)",
+    "training.all_finite": "the Trainer's NaN guard, which changes no number; this file's "
+                           "loop calls Adam itself (tests/test_engine_flat_gradients.py checks "
+                           "it against the reference)",
 }
 
 

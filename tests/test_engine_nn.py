@@ -319,7 +319,8 @@ def test_a_checkpoint_written_with_one_engine_resumes_with_the_other(tmp_path, w
 # ----------------------------------------------------------------------------- the registry
 KERNELS = ("nn.linear.forward", "nn.linear.backward", "nn.sum_over_batch",
            "nn.sum_over_features", "nn.log1p_exp", "nn.mlp.forward", "nn.mlp.backward",
-           "training.adam.step", "training.settings", "models.vae.loss_and_grads",
+           "training.adam.step", "training.all_finite", "training.settings",
+           "models.vae.loss_and_grads",
            "models.density.nll_and_grads")
 
 

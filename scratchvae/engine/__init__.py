@@ -38,8 +38,8 @@ ENGINES = ("reference", "fast")
 ENV_VAR = "SCRATCHVAE_ENGINE"
 
 #: The modules of the fast engine; each registers its kernels with ``@register`` at import.
-FAST_MODULES: tuple[str, ...] = ("products", "functions", "linear", "mlp", "adam",
-                                 "settings", "spline", "coupling", "vae",
+FAST_MODULES: tuple[str, ...] = ("products", "functions", "linear", "mlp", "flat_gradients",
+                                 "adam", "settings", "spline", "coupling", "vae",
                                  "density")
 
 _REFERENCES: dict[str, object] = {}   # kernel name -> the reference function (``@dispatch``)

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..training import optim as _reference  # noqa: F401  (defines the kernel registered here)
 from . import parallel, register
+from .flat_gradients import flat_of
 
 __all__ = ["adam_step", "flush_tiny", "FLUSH_BELOW", "FLUSH_EVERY", "ADAM_PASSES",
            "SPLIT_ALIGN"]
@@ -67,7 +68,7 @@ class _Group:
     def __init__(self, names, params):
         size = sum(params[k].size for k in names)
         dtype = params[names[0]].dtype
-        self.names = names
+        self.names = tuple(names)
         self.items, start = [], 0
         for k in names:
             self.items.append((k, start, 0, params[k].size))
@@ -187,37 +188,42 @@ def adam_step(opt, grads):
     eps_t = opt.eps * root_c2                        # float32
     flush = opt.t % FLUSH_EVERY == 0
     size = sum(group.m.size for group in state.groups)
+    # gradients already laid out as a group's flat buffer are read from there, not copied
+    flat = [flat_of(grads, group.names, group.m.dtype) for group in state.groups]
     if not parallel.worth_splitting(size * ADAM_PASSES):
-        for group in state.groups:
-            _step_range(group, opt.params, grads, 0, group.m.size, group.items, b1, b2, lr_t,
-                        eps_t, flush)
+        for group, g in zip(state.groups, flat):
+            _step_range(group, opt.params, grads, g, 0, group.m.size, group.items, b1, b2,
+                        lr_t, eps_t, flush)
         return
     halves = [group.halves(opt.params, grads) for group in state.groups]
 
     def half(h):
         def run():
-            for group, (cut, items) in zip(state.groups, halves):
+            for group, g, (cut, items) in zip(state.groups, flat, halves):
                 lo, hi = (0, cut) if h == 0 else (cut, group.m.size)
-                _step_range(group, opt.params, grads, lo, hi, items[h], b1, b2, lr_t, eps_t,
-                            flush)
+                _step_range(group, opt.params, grads, g, lo, hi, items[h], b1, b2, lr_t,
+                            eps_t, flush)
         return run
 
     parallel.run_parts([half(0), half(1)])
 
 
-def _step_range(group, params, grads, lo, hi, items, b1, b2, lr_t, eps_t, flush):
-    """The step on the flat entries ``[lo, hi)`` of ``group``: the gradients copied in, the
-    moments and the update formed, the parameters moved, for the pieces ``items``
-    ``[(name, start, a, b)]`` (entries ``[a, b)`` of parameter ``name``, which starts at flat
-    entry ``start``) that tile ``[lo, hi)``. Every entry sees the same operations whatever the
-    range: a step split in ranges equals the whole step bit for bit."""
-    for k, start, a, b in items:
-        if a == 0 and b == params[k].size:
-            np.copyto(group.views["g"][k], grads[k], casting="same_kind")
-        else:
-            np.copyto(group.g[start + a:start + b], np.reshape(grads[k], -1)[a:b],
-                      casting="same_kind")
-    g, m, v, u = group.g[lo:hi], group.m[lo:hi], group.v[lo:hi], group.u[lo:hi]
+def _step_range(group, params, grads, flat_grads, lo, hi, items, b1, b2, lr_t, eps_t, flush):
+    """The step on the flat entries ``[lo, hi)`` of ``group``: the gradients copied in (unless
+    ``flat_grads``, the gradients already in the group's layout, ``flat_of``), the moments and
+    the update formed, the parameters moved, for the pieces ``items`` ``[(name, start, a,
+    b)]`` (entries ``[a, b)`` of parameter ``name``, which starts at flat entry ``start``) that
+    tile ``[lo, hi)``. Every entry sees the same operations whatever the range and wherever
+    its gradient is read from: a step split in ranges equals the whole step bit for bit."""
+    if flat_grads is None:
+        for k, start, a, b in items:
+            if a == 0 and b == params[k].size:
+                np.copyto(group.views["g"][k], grads[k], casting="same_kind")
+            else:
+                np.copyto(group.g[start + a:start + b], np.reshape(grads[k], -1)[a:b],
+                          casting="same_kind")
+        flat_grads = group.g
+    g, m, v, u = flat_grads[lo:hi], group.m[lo:hi], group.v[lo:hi], group.u[lo:hi]
     m *= b1                              # m <- b1 m + (1-b1) g    (the reference's bits)
     np.multiply(g, 1.0 - b1, out=u)
     m += u

@@ -6,8 +6,9 @@ MLP (``MLP`` itself, ``Linear`` layers, ReLU or tanh), ``forward_into`` and ``ba
 compute the same numbers into the arrays of an ``MLPBuffers``, made once per model and batch
 shape by the fused step that owns it (``engine.vae``, ``engine.density``) and reused on every
 step: each product written into its buffer (``out=``), the bias added and the activation
-applied in place, the activation's backward in place. Only the parameter gradients are new
-arrays (written there directly by BLAS), so a caller may keep them.
+applied in place, the activation's backward in place. The parameter gradients are written
+(by BLAS, directly) into the step's ``FlatGradients``, new for each step, so a caller may keep
+them.
 
 The same operations as the fast engine's ``nn.mlp`` kernels (``engine.mlp``), on buffers:
 tests/test_engine_vae.py and tests/test_engine_density.py prove the fused steps equal the
@@ -22,9 +23,10 @@ from ..nn.activations import ReLU, Tanh
 from ..nn.linear import Linear
 from ..nn.mlp import MLP
 from .activations import zeros
+from .flat_gradients import layout_of
 from .products import matmul, sum_over_batch
 
-__all__ = ["plain_mlp", "MLPBuffers", "forward_into", "backward_from"]
+__all__ = ["plain_mlp", "MLPBuffers", "forward_into", "backward_from", "gradient_layout"]
 
 
 def plain_mlp(mlp):
@@ -77,9 +79,10 @@ def forward_into(mlp, x, buffers):
 def backward_from(mlp, x, d_y, buffers, grads, d_x=None):
     """``MLP.backward`` after ``forward_into(mlp, x, buffers)``, from ``d_y`` ``(n_rows,
     n_out)`` (the output's gradient, overwritten): the activations' backward in place, each
-    input gradient into its buffer, every parameter gradient a new array put in ``grads``
-    (last layer first, as the reference). The input's gradient is written into ``d_x``
-    ``(n_rows, n_in)`` (C-contiguous) when given, else not computed. Returns ``grads``."""
+    input gradient into its buffer, every parameter gradient written into its view of the
+    ``FlatGradients`` ``grads`` (``engine.flat_gradients``) and put in (last layer first, as
+    the reference). The input's gradient is written into ``d_x`` ``(n_rows, n_in)``
+    (C-contiguous) when given, else not computed. Returns ``grads``."""
     d = d_y
     for i in range(len(mlp.layers) - 1, -1, -1):
         layer = mlp.layers[i]
@@ -94,10 +97,19 @@ def backward_from(mlp, x, d_y, buffers, grads, d_x=None):
                 d *= work
         h_in = buffers.outs[i - 1] if i > 0 else x
         name_W, name_b = buffers.names[i]
-        grads[name_W] = matmul(h_in.T, d)
-        grads[name_b] = sum_over_batch(d)
+        grads[name_W] = matmul(h_in.T, d, out=grads.outs[name_W])
+        grads[name_b] = sum_over_batch(d, out=grads.outs[name_b])
         if i > 0:
             d = matmul(d, layer.W.T, out=buffers.d_outs[i - 1])
         elif d_x is not None:
             matmul(d, layer.W.T, out=d_x)
     return grads
+
+
+def gradient_layout(params, *buffers):
+    """The ``flat_gradients.Layout`` of a fused step's gradients: that of ``params`` (the
+    model's, name -> array, in their order), when the MLPs of ``buffers`` (``MLPBuffers``)
+    are exactly the parameters (each gradient the step writes has its place, and every place
+    is written); else None (mixed dtypes, or parameters the MLPs do not hold)."""
+    written = {name for b in buffers for pair in b.names for name in pair}
+    return layout_of(params) if written == set(params) else None

@@ -11,7 +11,9 @@ diagnostics in one function, forward and backward together, on work buffers:
   buffers, bias and activation in place), its output and its input gradient are buffers of the
   block, the log-dets add up in place in one ``(N,)`` buffer; the buffers are made on the
   first step of a batch shape and reused by every later step of that shape. Only what is
-  returned is new: the gradients (written there directly by BLAS), the loss and ``info``;
+  returned is new: the gradients (written directly by BLAS into one flat array,
+  ``engine.flat_gradients``, so that the optimiser reads them without copying), the loss and
+  ``info``;
 - the law's pass and backward are the fast coupling kernel's (``engine.coupling``: the affine
   law written into its part of the block's output; a spline through the engine's spline
   kernel), so each block computes what ``flows.coupling.run`` and ``flows.coupling.back``
@@ -46,8 +48,9 @@ from ..flows.linear import Permutation
 from ..models import density as _reference  # noqa: F401  (defines the kernel registered here)
 from ..models.density import FlowDensity
 from . import register
-from .buffered_mlp import MLPBuffers, backward_from, forward_into, plain_mlp
+from .buffered_mlp import MLPBuffers, backward_from, forward_into, gradient_layout, plain_mlp
 from .coupling import _one_run_each, _sum_over_columns, law_backward_into, law_pass_into
+from .flat_gradients import FlatGradients
 from .workspaces import Workspaces
 
 __all__ = ["fused_nll_and_grads", "fusable"]
@@ -111,6 +114,8 @@ class _Workspace:
         self.d_logp.flags.writeable = False
         self.blocks = [_Permuted(b, N, dtype) if type(b) is Permutation else _Block(b, i, N, dtype)
                        for i, b in enumerate(model.flow.bijectors)]
+        self.layout = gradient_layout(model.params, *(b.cond for b in self.blocks
+                                                       if type(b) is _Block))
 
 
 _WORKSPACES = Workspaces(_Workspace)
@@ -142,6 +147,8 @@ def fused_nll_and_grads(model, batch, context=None):
     # a flow put in place of another gets buffers of its own
     with _WORKSPACES.held(model, (N, np.dtype(model.dtype), id(model.flow)), N,
                           model.dtype) as space:
+        if space.layout is None:
+            return FlowDensity.nll_and_grads.reference(model, batch, context)
         return _step(model, x, space)
 
 
@@ -175,7 +182,7 @@ def _step(model, x, space):
     d = -d_logp * u                                  # d u = -(d log p) u
 
     # back through the blocks, first to last; every block's log-det gets d log p
-    grads = {}
+    grads = FlatGradients(space.layout)            # the caller's: new for each step
     for i, block in enumerate(blocks):
         if type(block) is Permutation:           # d x = (d u)[:, perm]
             d = np.take(d, block.perm, axis=1, out=space.blocks[i].d_in, mode="clip")

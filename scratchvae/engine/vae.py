@@ -50,7 +50,8 @@ from ..models import vae as _reference  # noqa: F401  (defines the kernel regist
 from ..models.vae import VAE, free_bits_kl, linear_warmup
 from . import parallel, register, rows
 from .activations import zeros
-from .buffered_mlp import MLPBuffers, backward_from, forward_into, plain_mlp
+from .buffered_mlp import MLPBuffers, backward_from, forward_into, gradient_layout, plain_mlp
+from .flat_gradients import FlatGradients
 from .products import sum_over_batch
 from .workspaces import Workspaces
 
@@ -98,6 +99,11 @@ class _Workspace:
         self.eps = np.empty((S, N, vae.latent_dim), dtype)
         self.bounds = row_parts(vae, N)
         self.parts = [_Rows(vae, hi - lo, S, dtype) for lo, hi in self.bounds]
+        # the gradients' layout (the parameters' order); the second part's gradients, added
+        # into the first's in one call, are a buffer of this workspace
+        self.layout = gradient_layout(vae.params, self.parts[0].encoder, self.parts[0].decoder)
+        self.second_grads = (FlatGradients(self.layout)
+                             if len(self.parts) > 1 and self.layout else None)
 
 
 _WORKSPACES = Workspaces(_Workspace)
@@ -158,6 +164,8 @@ def fused_loss_and_grads(vae, batch, rng, beta=1.0, step=None):
     # the elementwise setting decides the parts of the rows, so it is part of the key
     with _WORKSPACES.held(vae, (N, S, dtype, parallel.elementwise_threads()), N, S,
                           dtype) as space:
+        if space.layout is None:
+            return VAE.loss_and_grads.reference(vae, batch, rng, beta, step)
         return _step(vae, x, rng, beta, step, space, N, S, L)
 
 
@@ -180,15 +188,16 @@ def _step(vae, x, rng, beta, step, space, N, S, L):
     kl_mean = float(kl_group.sum())
     loss = -(rec_mean - beta_t * kl_term)
 
-    # the backward pass of each part; the parts' gradients add up
+    # the backward pass of each part; the parts' gradients add up (one flat array each)
     c = (beta_t / N) * open_groups                 # d loss / d KL_nj, per column j
-    grads = rows.run_halves([lambda p=p: _rows_backward(vae, *p, c, 1.0 / (S * N))
-                             for p in parts])
-    if len(grads) > 1:
-        for name, g in grads[0].items():
-            g += grads[1][name]
+    grads = FlatGradients(space.layout)            # the caller's: new for each step
+    all_grads = (grads, space.second_grads)
+    rows.run_halves([lambda p=p, g=g: _rows_backward(vae, *p, c, 1.0 / (S * N), g)
+                     for p, g in zip(parts, all_grads)])
+    if len(parts) > 1:
+        np.add(grads.flat, space.second_grads.flat, out=grads.flat)
     info = {"rec": rec_mean, "kl": kl_mean, "elbo": rec_mean - kl_mean, "beta": beta_t}
-    return float(loss), grads[0], info
+    return float(loss), grads, info
 
 
 def _rows_forward(vae, x, eps, buffers):
@@ -230,17 +239,17 @@ def _rows_forward(vae, x, eps, buffers):
     return x_dot_logits - softplus_sum, sum_over_batch(kl)
 
 
-def _rows_backward(vae, x, eps, buffers, c, d_rec):
+def _rows_backward(vae, x, eps, buffers, c, d_rec, grads):
     """The backward pass over the rows of ``_rows_forward``: ``c`` ``(L,)`` the loss's
     derivative by each KL_nj, ``d_rec`` = 1 / (N S) that by each log p(x_n | z_sn) (with a
-    minus sign); returns the parameters' gradients from these buffers."""
+    minus sign); the parameters' gradients from these rows written into ``grads`` (a
+    ``FlatGradients``), which it returns."""
     L, S, n = vae.latent_dim, eps.shape[0], x.shape[0]
     sigma, e, t = buffers.sigma, buffers.e_raw, buffers.tmp_nl
     logits = buffers.decoder.outs[-1]
     mu, raw = buffers.encoder.outs[-1][:, :L], buffers.encoder.outs[-1][:, L:]
 
     # the likelihood, d l = (sigmoid(l) - x) / (N S), then the decoder
-    grads = {}
     d_logits = _sigmoid_from(logits, buffers.e_logits, buffers.numerator, buffers.sigmoid_logits)
     np.subtract(d_logits.reshape(S, n, -1), x, out=d_logits.reshape(S, n, -1))
     d_logits *= d_rec

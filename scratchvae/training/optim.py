@@ -10,7 +10,13 @@ import numpy as np
 
 from ..engine import dispatch
 
-__all__ = ["SGD", "Adam", "clip_grad_norm", "global_norm"]
+__all__ = ["SGD", "Adam", "all_finite", "clip_grad_norm", "global_norm"]
+
+
+@dispatch("training.all_finite")
+def all_finite(grads: dict[str, np.ndarray]) -> bool:
+    """True when every entry of every gradient is finite (the fit loop's NaN guard)."""
+    return all(bool(np.all(np.isfinite(g))) for g in grads.values())
 
 
 def global_norm(grads: dict[str, np.ndarray]) -> float:

@@ -39,7 +39,7 @@ from .checkpoint import (
     default_file_mode,
     load_npz,
 )
-from .optim import Adam, clip_grad_norm
+from .optim import Adam, all_finite, clip_grad_norm
 from .settings import training_settings
 
 __all__ = ["Trainer", "FitResult", "Progress", "atomic_write", "atomic_save_npz",
@@ -220,7 +220,7 @@ class Trainer:
                         stopped = (f"non-finite loss ({loss}) at step {self.step + 1}; kept the "
                                    f"parameters of step {self.step}, the last with a finite loss")
                         break
-                    if not all(np.all(np.isfinite(g)) for g in grads.values()):
+                    if not all_finite(grads):
                         stopped = (f"non-finite gradient at step {self.step + 1}; kept the "
                                    f"parameters of step {self.step}")
                         break
