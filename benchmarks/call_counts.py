@@ -3,6 +3,7 @@
     python benchmarks/call_counts.py                    # every workload, a table
     python benchmarks/call_counts.py W3-2d --json       # one JSON object per line
     python benchmarks/call_counts.py --steps 2 6        # the two run lengths differenced
+    python benchmarks/call_counts.py W2-2d --trainer    # a step of the fit loop (Trainer)
 
 A step's time at a small batch is mostly the cost of its NumPy calls (about half a
 microsecond each, however small the arrays), so the number of calls is what an optimisation
@@ -62,6 +63,16 @@ for _ in range({steps}):
     w.step()
 """
 
+#: the same with ``--trainer``: a ``Trainer`` run of ``steps`` steps (after a 5-step one)
+CHILD_TRAINER = """
+import sys
+sys.path.insert(0, {here!r})
+from workloads import WORKLOADS, trainer_of
+w = WORKLOADS[{name!r}]()
+trainer_of(w, 5).run()
+trainer_of(w, {steps}).run()
+"""
+
 
 def parse_callgrind(path):
     """Total call counts per function name and instructions per object file (self cost).
@@ -108,25 +119,27 @@ def parse_callgrind(path):
     return calls, self_ir
 
 
-def count_run(name, steps, workdir):
-    """Run ``name`` for ``steps`` steps under callgrind; (calls, instructions per object)."""
+def count_run(name, steps, workdir, trainer=False):
+    """Run ``name`` for ``steps`` steps under callgrind (``trainer``: through the fit loop,
+    ``CHILD_TRAINER``); (calls, instructions per object)."""
     out = os.path.join(workdir, f"{name}-{steps}.out")
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join(filter(None, [os.path.dirname(HERE),
                                                         os.environ.get("PYTHONPATH")])))
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-           sys.executable, "-c", CHILD.format(here=HERE, name=name, steps=steps)]
+           sys.executable, "-c",
+           (CHILD_TRAINER if trainer else CHILD).format(here=HERE, name=name, steps=steps)]
     subprocess.run(cmd, check=True, env=env, capture_output=True)
     return parse_callgrind(out)
 
 
-def per_step(name, a, b):
+def per_step(name, a, b, trainer=False):
     """One step's counts: the difference of a ``b``-step and an ``a``-step run over ``b - a``."""
     with tempfile.TemporaryDirectory() as workdir:
-        calls_a, ir_a = count_run(name, a, workdir)
-        calls_b, ir_b = count_run(name, b, workdir)
+        calls_a, ir_a = count_run(name, a, workdir, trainer)
+        calls_b, ir_b = count_run(name, b, workdir, trainer)
     n = b - a
-    row = {"workload": name}
+    row = {"workload": name, "loop": "trainer" if trainer else "step"}
     for key, functions in COUNTED.items():
         row[key] = round(sum(calls_b.get(f, 0) - calls_a.get(f, 0) for f in functions) / n)
     total = sum(ir_b.values()) - sum(ir_a.values())
@@ -157,6 +170,9 @@ def main(argv=None):
     p.add_argument("--steps", type=int, nargs=2, default=(2, 6), metavar=("A", "B"),
                    help="the two run lengths whose difference is counted (default 2 6)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--trainer", action="store_true",
+                   help="count a step of the fit loop (workloads.trainer_of: the NaN guard, "
+                        "the last good parameters kept, ...) instead of the bare step")
     args = p.parse_args(argv)
     unknown = [w for w in args.workloads if w not in WORKLOAD_NAMES]
     if unknown:
@@ -168,7 +184,7 @@ def main(argv=None):
         p.error("valgrind is not installed (apt install valgrind)")
     rows = []
     for name in args.workloads or WORKLOAD_NAMES:
-        rows.append(per_step(name, a, b))
+        rows.append(per_step(name, a, b, args.trainer))
         if args.json:
             print(json.dumps(rows[-1]), flush=True)
     if not args.json:

@@ -170,3 +170,27 @@ FIXED_COST_BATCH = 8
 
 def flow_of(workload: Workload) -> Chain:
     return workload.model.flow
+
+
+def trainer_of(workload: Workload, steps: int):
+    """A ``Trainer`` that trains ``workload``'s model for ``steps`` steps on data like the
+    workload's, as a user's run does: the step the benchmark times (the loss, its gradients,
+    Adam) and what the fit loop adds to each (the batch drawn, the NaN guard, the last good
+    parameters kept, the running sums). Quiet, no evaluation; the Trainer's own speed settings.
+    """
+    from scratchvae.training.trainer import Trainer
+
+    model, config = workload.model, workload.config
+    batch = config["batch"]
+    if workload.name.startswith("W1"):
+        data = digit_like_data(batch * N_BATCHES, config["dim"])
+
+        def loss_fn(b, rng, step):
+            return model.loss_and_grads(b, rng, step=step)
+    else:
+        data = flow_data(batch * N_BATCHES, config["dim"])
+
+        def loss_fn(b, rng, step):
+            return model.nll_and_grads(b)
+    return Trainer(model, loss_fn, data=data, steps=steps, batch_size=batch, quiet=True,
+                   eval_every=10**9)

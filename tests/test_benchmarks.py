@@ -228,3 +228,21 @@ def test_measured_processes_run_without_a_forced_blas_kernel_unless_kept(monkeyp
     kept = measured_environment(parse_args(["W2-2d", "--keep-coretype"]))
     assert kept["OPENBLAS_CORETYPE"] == "Haswell" and kept["OPENBLAS_L2_SIZE"] == "1048576"
     assert os.environ["OPENBLAS_CORETYPE"] == "Haswell"  # ours is left as it was
+
+
+@pytest.mark.parametrize("name", ["W1-b128", "W2-2d"])
+def test_the_fit_loop_trainer_trains_the_workloads_model_on_its_data(name):
+    # benchmarks/fit_loop.py and call_counts.py --trainer time this Trainer against the bare
+    # step: it must train the same model (its parameters move, the loss is the workload's)
+    sys.path.insert(0, str(RUN.parent))
+    import fit_loop
+    import workloads
+
+    w = workloads.WORKLOADS[name]()
+    before = {k: p.copy() for k, p in w.model.params.items()}
+    result = workloads.trainer_of(w, 3).run()
+    assert result.ok and result.steps == 3
+    assert all(not np.array_equal(p, before[k]) for k, p in w.model.params.items())
+    assert all(p.dtype == np.float32 for p in w.model.params.values())
+    bare, loop, ratio = fit_loop.measure(name, 2, 1)
+    assert bare > 0 and loop > 0 and ratio == pytest.approx(loop / bare)

@@ -106,6 +106,21 @@ def test_batch_order_visits_every_example_once_per_epoch():
     assert sorted(again) == list(range(10)) and not np.array_equal(seen, again)
 
 
+def test_batch_order_is_the_seeded_permutation_made_once_per_epoch_and_read_only():
+    # the epoch's order is cached (made once per epoch, not once per step); it must stay the
+    # permutation of the generator seeded by (seed, epoch) alone, which resuming relies on
+    train.epoch_order.cache_clear()
+    for epoch in (0, 1, 0, 7):
+        expected = np.random.default_rng([3, epoch]).permutation(50)
+        steps = range(epoch * 4, epoch * 4 + 4)                    # 50 examples, batches of 16
+        got = np.concatenate([train.batch_indices(50, 16, 3, s) for s in steps])
+        np.testing.assert_array_equal(got, expected)
+    info = train.epoch_order.cache_info()
+    assert info.misses == 3 and info.hits == 13                 # one draw per epoch (0 twice)
+    with pytest.raises(ValueError):
+        train.batch_indices(50, 16, 3, 0)[0] = 1                # shared: no one may write it
+
+
 def test_atomic_save_leaves_old_file_intact_when_interrupted(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.npz"
     train.atomic_save_npz(path, {"a": np.arange(3)})

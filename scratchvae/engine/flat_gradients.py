@@ -48,6 +48,10 @@ class Layout:
             self.spans[k] = (start, start + p.size, p.shape)
             start += p.size
         self.size = start
+        # (name, shape, byte offset): a view made by one ndarray call (a slice and a reshape
+        # make two arrays: 15.6 against 11.5 us for the 48 of a W2 flow)
+        self.views = tuple((k, shape, a * self.dtype.itemsize)
+                           for k, (a, _, shape) in self.spans.items())
 
 
 def layout_of(params):
@@ -70,9 +74,9 @@ class FlatGradients(dict):
     def __init__(self, layout):
         super().__init__()
         self.layout = layout
-        self.flat = np.empty(layout.size, layout.dtype)
-        self.outs = {k: self.flat[a:b].reshape(shape)
-                     for k, (a, b, shape) in layout.spans.items()}
+        flat = self.flat = np.empty(layout.size, layout.dtype)
+        dtype, view = layout.dtype, np.ndarray
+        self.outs = {k: view(shape, dtype, flat, offset) for k, shape, offset in layout.views}
         self._views = tuple(self.outs.values())
 
     def whole(self):

@@ -21,6 +21,7 @@ update. Checkpoints are written atomically (temporary file, then rename).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -55,8 +56,20 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
     """
     per_epoch = math.ceil(n / batch_size)
     epoch, i = divmod(step, per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
-    return perm[i * batch_size:(i + 1) * batch_size]
+    return epoch_order(n, seed, epoch)[i * batch_size:(i + 1) * batch_size]
+
+
+@functools.lru_cache(maxsize=2)
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The order in which epoch ``epoch`` visits the ``n`` examples: a permutation drawn from
+    a generator seeded by ``(seed, epoch)`` alone, so that a resumed run draws the same batches.
+
+    Made once per epoch, not once per step (cached, read-only): a permutation of 60,000
+    examples costs 0.5 ms, a third of a small VAE's step on one core.
+    """
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    order.flags.writeable = False
+    return order
 
 
 # ----------------------------------------------------------------------------- progress
