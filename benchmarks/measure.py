@@ -423,10 +423,32 @@ def subnormal_fraction(arrays):
     return bad / n if n else 0.0
 
 
+def paired_steps(step_a, step_b, n):
+    """Wall ms of ``n`` steps of each of two step functions, taken in pairs: one step of each,
+    back to back, the order swapped from pair to pair; returns ``(ms_a, ms_b)``, lists in pair
+    order. A pair is timed within milliseconds, so a slow minute of the machine slows both of
+    its steps, and the median of the pairs' ratios does not see it."""
+    ms_a, ms_b = [], []
+    for i in range(n):
+        order = ((step_a, ms_a), (step_b, ms_b)) if i % 2 == 0 else ((step_b, ms_b),
+                                                                        (step_a, ms_a))
+        for step, out in order:
+            t0 = time.perf_counter()
+            step()
+            out.append(1e3 * (time.perf_counter() - t0))
+    return ms_a, ms_b
+
+
 def time_late(name, early=200, late=3000, window=100, flush=True, auto_threads=False):
-    """Step time early and late in one long run: the medians of steps ``early .. early+window``
-    and ``late .. late+window`` (wall ms), their ratio, and the fraction of Adam's moment
-    entries that are subnormal at the end.
+    """Step time early and late in a run: steps ``early .. early+window`` against steps
+    ``late .. late+window`` (wall ms, medians), the median of their ratios pair by pair, and
+    the fraction of Adam's moment entries that are subnormal at the end.
+
+    Two copies of the workload are built alike (the same seeds: the same run); one is stepped
+    to step ``late``, the other to step ``early``, then their windows run as pairs
+    (``paired_steps``). Timed one after the other in a single run, the two windows were
+    minutes apart, and this machine's slow minutes (up to 70 % slower, whatever the code)
+    showed as a step grown slower: W1-b128 1.94 in one run and 0.97 in the next.
 
     A step that grows slower as the run goes on (subnormal optimiser state, a cache or a pool
     that grows) shows as a ratio above 1. ``flush=False`` switches Adam's subnormal flush off
@@ -435,23 +457,22 @@ def time_late(name, early=200, late=3000, window=100, flush=True, auto_threads=F
     from scratchvae.engine import adam
     if not flush:
         adam.FLUSH_EVERY = 2**62
-    w = WORKLOADS[name]()
+    w_late, w_early = WORKLOADS[name](), WORKLOADS[name]()
     if auto_threads:
-        apply_thread_policy(w)
+        apply_thread_policy(w_late)
     apply_elementwise_threads()
-    ms = {}
-    for i in range(late + window):
-        t0 = time.perf_counter()
-        w.step()
-        if early <= i < early + window or late <= i < late + window:
-            ms[i] = 1e3 * (time.perf_counter() - t0)
-    early_ms = statistics.median(ms[i] for i in range(early, early + window))
-    late_ms = statistics.median(ms[i] for i in range(late, late + window))
+    for _ in range(late):
+        w_late.step()
+    for _ in range(early):
+        w_early.step()
+    early_ms, late_ms = paired_steps(w_early.step, w_late.step, window)
+    ratio = statistics.median(b / a for a, b in zip(early_ms, late_ms))
     # the state as the optimiser keeps it (Adam: the moments m, v, the arrays themselves)
-    moments = [a for k, a in w.optimiser.state_dict().items() if k != "t"]
+    moments = [a for k, a in w_late.optimiser.state_dict().items() if k != "t"]
     return {"workload": name, "early_step": early, "late_step": late, "window": window,
-            "early_ms": round(early_ms, 3), "late_ms": round(late_ms, 3),
-            "late_over_early": round(late_ms / early_ms, 3),
+            "early_ms": round(statistics.median(early_ms), 3),
+            "late_ms": round(statistics.median(late_ms), 3),
+            "late_over_early": round(ratio, 3), "paired": True,
             "subnormal_moments": round(subnormal_fraction(moments), 4), "flush": flush,
             "threads": blas_threads()}
 
@@ -465,4 +486,6 @@ def format_late(rows):
         lines.append(f"{r['workload']:<10} {f'{e}-{e + win}':>13} {r['early_ms']:>9.2f} "
                      f"{f'{la}-{la + win}':>13} {r['late_ms']:>9.2f} "
                      f"{r['late_over_early']:>11.3f} {100 * r['subnormal_moments']:>13.2f}%")
+    lines.append("late/early: the median over the windows' steps taken in pairs, one early and "
+                 "one late step back to back (two copies of the run, measure.paired_steps)")
     return "\n".join(lines)

@@ -142,7 +142,7 @@ def test_late_mode_reports_both_windows_and_the_subnormal_state():
     row, = rows
     assert (row["early_step"], row["late_step"], row["window"]) == (20, 60, 10)
     assert row["early_ms"] > 0 and row["late_ms"] > 0
-    assert row["late_over_early"] == pytest.approx(row["late_ms"] / row["early_ms"], rel=1e-2)
+    assert row["paired"] and row["late_over_early"] > 0
     assert row["flush"] is True and 0 <= row["subnormal_moments"] <= 1
 
 
@@ -246,3 +246,28 @@ def test_the_fit_loop_trainer_trains_the_workloads_model_on_its_data(name):
     assert all(p.dtype == np.float32 for p in w.model.params.values())
     bare, loop, ratio = fit_loop.measure(name, 2, 1)
     assert bare > 0 and loop > 0 and ratio == pytest.approx(loop / bare)
+
+
+def test_paired_steps_alternate_and_give_each_step_its_own_time():
+    # --late times its two windows as pairs; a pair's ratio is the steps' own
+    sys.path.insert(0, str(RUN.parent))
+    import time
+
+    from measure import paired_steps
+
+    calls = []
+
+    def busy(ms, tag):
+        def step():
+            calls.append(tag)
+            end = time.perf_counter() + ms / 1e3
+            while time.perf_counter() < end:
+                pass
+        return step
+
+    ms_a, ms_b = paired_steps(busy(1.0, "a"), busy(3.0, "b"), 6)
+    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a", "a", "b", "b", "a"]
+    assert len(ms_a) == len(ms_b) == 6
+    assert min(ms_a) >= 1.0 and min(ms_b) >= 3.0
+    ratios = sorted(b / a for a, b in zip(ms_a, ms_b))
+    assert 2.0 < ratios[3] < 3.1       # the median pair: 3 ms against 1 ms
