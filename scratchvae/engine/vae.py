@@ -11,8 +11,9 @@ can escape and every intermediate can live in a work buffer:
 - every pre-activation, activation, gradient and temporary is a buffer of the model's
   ``_Workspace``, made on the first step of a batch shape and reused on every later step of that
   shape; the products write into them (``out=``), the bias is added in place, the activation and
-  its backward run in place. Only what is returned is new: the gradients (written there directly
-  by BLAS, so a caller may keep them), the loss and the diagnostics;
+  its backward run in place. Only what is returned is new: the gradients (written directly by
+  BLAS into one flat array made for the step, ``engine.flat_gradients``, so a caller may keep
+  them and the optimiser reads them without copying), the loss and the diagnostics;
 - the data's own gradient is not formed: the reference's encoder backward computes ``d_x``, one
   product ``(N, h) @ (h, D)``, which the VAE then drops;
 - the posterior and the likelihood share their exponentials: one ``e = exp(-|a|)`` gives the
