@@ -201,3 +201,20 @@ def test_all_finite_over_the_flat_array_answers_as_the_reference(where, bad, rep
         assert not optim.all_finite.reference(grads)
         grads[where].reshape(-1)[-1] = 1.0
         assert optim.all_finite(grads)
+
+
+@pytest.mark.parametrize("how", ["copy", "deepcopy", "pickle"])
+def test_a_copy_of_flat_gradients_is_a_plain_dict(how):
+    # a deep copy or a pickle copies each view apart; a FlatGradients copied so would claim a
+    # flat array that no longer sees changes made to its arrays, and Adam would read stale
+    # numbers from it
+    import copy
+    import pickle
+
+    params = _params(np.random.default_rng(7))
+    grads = _filled(Layout(params), {k: np.ones_like(p) for k, p in params.items()})
+    copied = {"copy": copy.copy, "deepcopy": copy.deepcopy,
+              "pickle": lambda g: pickle.loads(pickle.dumps(g))}[how](grads)
+    assert type(copied) is dict and list(copied) == list(grads)
+    for k in grads:
+        np.testing.assert_array_equal(copied[k], grads[k])

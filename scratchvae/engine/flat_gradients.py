@@ -79,6 +79,12 @@ class FlatGradients(dict):
         self.outs = {k: view(shape, dtype, flat, offset) for k, shape, offset in layout.views}
         self._views = tuple(self.outs.values())
 
+    def __reduce__(self):
+        # a copy or a pickle is a plain dict of the arrays: its arrays no longer share one
+        # buffer (a deep copy or a pickle copies each view apart), so it must not claim a
+        # ``flat`` that would no longer see changes made to them
+        return dict, (dict(self),)
+
     def whole(self):
         """True when every parameter's entry is its own view of ``flat`` (none replaced,
         missing or added): ``flat`` then holds exactly these gradients, in ``layout``'s order."""
