@@ -19,7 +19,7 @@ import numpy as np
 
 from ..nn.activations import ReLU, Tanh
 
-__all__ = ["INPLACE", "zeros"]
+__all__ = ["INPLACE", "WORK_DTYPE", "zeros"]
 
 
 def tanh_forward_inplace(x):
@@ -28,9 +28,10 @@ def tanh_forward_inplace(x):
     return y, y
 
 
-def tanh_backward_inplace(dy, y):
-    """``Tanh.backward`` written into ``dy``: ``dy * (1 - y^2)``."""
-    slope = np.multiply(y, y)
+def tanh_backward_inplace(dy, y, work=None):
+    """``Tanh.backward`` written into ``dy``: ``dy * (1 - y^2)``; the slope ``1 - y^2`` formed
+    in ``work`` (an array of ``y``'s shape and dtype; a new one when None)."""
+    slope = np.multiply(y, y, out=work)
     np.subtract(1.0, slope, out=slope)
     dy *= slope
     return dy
@@ -63,13 +64,19 @@ def relu_forward_inplace(x):
     return y, y
 
 
-def relu_backward_inplace(dy, y):
-    """``ReLU.backward`` written into ``dy``: ``dy * [y > 0]``."""
-    np.multiply(dy, y > 0, out=dy)
+def relu_backward_inplace(dy, y, work=None):
+    """``ReLU.backward`` written into ``dy``: ``dy * [y > 0]``; the mask ``[y > 0]`` formed in
+    ``work`` (a bool array of ``y``'s shape; a new one when None)."""
+    np.multiply(dy, np.greater(y, 0, out=work), out=dy)
     return dy
 
 
-#: activation class -> (forward, backward) that overwrite their input. Keyed by the class
-#: itself: a subclass (which may change the formula) gets the plain passes.
+#: activation class -> (forward, backward) that overwrite their input (``backward(dy, y,
+#: work=None)``: ``WORK_DTYPE`` says what ``work`` holds). Keyed by the class itself: a subclass
+#: (which may change the formula) gets the plain passes.
 INPLACE = {Tanh: (tanh_forward_inplace, tanh_backward_inplace),
            ReLU: (relu_forward_inplace, relu_backward_inplace)}
+
+#: the dtype of a backward's ``work`` array: None for the activation's own (tanh's slope), or
+#: bool (ReLU's mask)
+WORK_DTYPE = {Tanh: None, ReLU: bool}

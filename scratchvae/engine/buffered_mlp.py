@@ -10,7 +10,8 @@ applied in place, the activation's backward in place. The parameter gradients ar
 (by BLAS, directly) into the step's ``FlatGradients``, new for each step, so a caller may keep
 them.
 
-The same operations as the fast engine's ``nn.mlp`` kernels (``engine.mlp``), on buffers:
+The same operations as the fast engine's ``nn.mlp`` kernels (``engine.mlp``), on buffers (the
+activations are the same in-place passes, ``activations.INPLACE``, given work arrays):
 tests/test_engine_vae.py and tests/test_engine_density.py prove the fused steps equal the
 reference.
 """
@@ -19,10 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..nn.activations import ReLU, Tanh
 from ..nn.linear import Linear
 from ..nn.mlp import MLP
-from .activations import zeros
+from .activations import INPLACE, WORK_DTYPE
 from .flat_gradients import layout_of
 from .products import matmul, sum_over_batch
 
@@ -31,29 +31,25 @@ __all__ = ["plain_mlp", "MLPBuffers", "forward_into", "backward_from", "gradient
 
 def plain_mlp(mlp):
     """True for an ``MLP`` itself (not a subclass) of ``Linear`` layers with ReLU or tanh."""
-    return (type(mlp) is MLP and type(mlp.act) in (ReLU, Tanh)
+    return (type(mlp) is MLP and type(mlp.act) in INPLACE
             and all(type(layer) is Linear for layer in mlp.layers))
 
 
 class MLPBuffers:
     """The buffers of one plain MLP run on ``n_rows`` rows: each layer's output (its
     pre-activation, then its activation, in place), the gradient reaching each hidden layer's
-    output, and per hidden layer a work array for the activation's backward (ReLU: the mask
-    ``y > 0``; tanh: ``1 - y^2``). ``names``: the gradients' keys, ``prefix.layers.{i}.W``
-    and ``.b``."""
+    output, and per hidden layer a work array for the activation's backward
+    (``activations.WORK_DTYPE``: ReLU's mask ``y > 0``, tanh's ``1 - y^2``). ``act``: the
+    activation's in-place ``(forward, backward)`` (``activations.INPLACE``); ``names``: the
+    gradients' keys, ``prefix.layers.{i}.W`` and ``.b``."""
 
     def __init__(self, mlp, n_rows, dtype, prefix):
         sizes = mlp.sizes
         self.outs = [np.empty((n_rows, n), dtype) for n in sizes[1:]]
         self.d_outs = [np.empty((n_rows, n), dtype) for n in sizes[1:-1]]
-        relu = type(mlp.act) is ReLU
-        self.relu = relu
-        # ReLU's max(a, 0) against zeros of a's shape: the same numbers, but NumPy 2.4's
-        # maximum runs its fast loop only on two whole arrays (CPU time on (1024, 256) float32,
-        # in place: 99 us with the scalar 0, 44 against a broadcast row of zeros, 24 against
-        # the zeros; `python benchmarks/fused_steps.py --relu`)
-        self.zeros = [zeros((n_rows, n), dtype) for n in sizes[1:-1]]
-        self.work = [np.empty((n_rows, n), bool if relu else dtype) for n in sizes[1:-1]]
+        self.act = INPLACE[type(mlp.act)]
+        work_dtype = WORK_DTYPE[type(mlp.act)] or dtype
+        self.work = [np.empty((n_rows, n), work_dtype) for n in sizes[1:-1]]
         self.names = [(f"{prefix}.layers.{i}.W", f"{prefix}.layers.{i}.b")
                       for i in range(len(mlp.layers))]
 
@@ -64,14 +60,12 @@ def forward_into(mlp, x, buffers):
     buffer, ``(n_rows, n_out)``)."""
     h = x
     last = len(mlp.layers) - 1
+    act_forward = buffers.act[0]
     for i, (layer, out) in enumerate(zip(mlp.layers, buffers.outs)):
         matmul(h, layer.W, out=out)
         out += layer.b
         if i < last:
-            if buffers.relu:
-                np.maximum(out, buffers.zeros[i], out=out)
-            else:
-                np.tanh(out, out=out)
+            act_forward(out)
         h = out
     return h
 
@@ -84,17 +78,11 @@ def backward_from(mlp, x, d_y, buffers, grads, d_x=None):
     the reference). The input's gradient is written into ``d_x`` ``(n_rows, n_in)``
     (C-contiguous) when given, else not computed. Returns ``grads``."""
     d = d_y
+    act_backward = buffers.act[1]
     for i in range(len(mlp.layers) - 1, -1, -1):
         layer = mlp.layers[i]
         if i < len(mlp.layers) - 1:
-            y, work = buffers.outs[i], buffers.work[i]
-            if buffers.relu:
-                np.greater(y, 0, out=work)           # relu'(a) = [y > 0]
-                np.multiply(d, work, out=d)
-            else:
-                np.multiply(y, y, out=work)          # tanh'(a) = 1 - y^2
-                np.subtract(1, work, out=work)
-                d *= work
+            act_backward(d, buffers.outs[i], buffers.work[i])
         h_in = buffers.outs[i - 1] if i > 0 else x
         name_W, name_b = buffers.names[i]
         grads[name_W] = matmul(h_in.T, d, out=grads.outs[name_W])
