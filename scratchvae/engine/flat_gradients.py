@@ -34,7 +34,9 @@ __all__ = ["Layout", "FlatGradients", "layout_of", "flat_of", "all_finite"]
 
 class Layout:
     """Where each parameter's gradient lies in one flat array: ``names`` in the parameters'
-    order, ``spans[name] = (start, stop, shape)``, ``size`` entries of ``dtype`` in all."""
+    order, ``views`` ``(name, shape, byte offset)`` of each, ``size`` entries of ``dtype`` in
+    all. A view is made by one ``np.ndarray`` call (a slice and a reshape make two arrays:
+    15.6 against 11.5 us for the 48 of a W2 flow)."""
 
     def __init__(self, params):
         dtypes = {np.dtype(p.dtype) for p in params.values()}
@@ -43,24 +45,22 @@ class Layout:
                              f"{sorted(map(str, dtypes))}")
         self.dtype = dtypes.pop()
         self.names = tuple(params)
-        self.spans, start = {}, 0
+        views, start = [], 0
         for k, p in params.items():
-            self.spans[k] = (start, start + p.size, p.shape)
+            views.append((k, p.shape, start * self.dtype.itemsize))
             start += p.size
+        self.views = tuple(views)
         self.size = start
-        # (name, shape, byte offset): a view made by one ndarray call (a slice and a reshape
-        # make two arrays: 15.6 against 11.5 us for the 48 of a W2 flow)
-        self.views = tuple((k, shape, a * self.dtype.itemsize)
-                           for k, (a, _, shape) in self.spans.items())
 
 
 def layout_of(params):
-    """The ``Layout`` of ``params`` (name -> array), or None when their dtypes differ (each
-    dtype then has a flat buffer of its own in the optimiser, and one flat array cannot be
-    all of them)."""
-    if not params or len({np.dtype(p.dtype) for p in params.values()}) != 1:
+    """The ``Layout`` of ``params`` (name -> array), or None when they are not of one dtype
+    (each dtype then has a flat buffer of its own in the optimiser, and one flat array cannot
+    be all of them) or there are none."""
+    try:
+        return Layout(params)
+    except ValueError:
         return None
-    return Layout(params)
 
 
 class FlatGradients(dict):
