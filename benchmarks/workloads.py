@@ -43,7 +43,9 @@ class Workload:
     ``layers``: ``(rows, n_in, n_out)`` of every linear layer the step runs, for the floor.
     ``model``: the model (its ``params``); ``grads()``: the gradients of one step (for the
     float32 check); ``config``: the knobs, as printed in the scaling table; ``optimiser``: the
-    ``Adam`` the step updates (its state is inspected by the long-run mode).
+    ``Adam`` the step updates (its state is inspected by the long-run mode); ``data``: the
+    pool of rows the step's batches come from; ``loss_fn(batch, rng, step) -> (loss, grads,
+    info)``: the step's loss as a ``Trainer`` takes it (``trainer_of``).
     """
     name: str
     step: Callable[[], float]
@@ -52,6 +54,8 @@ class Workload:
     layers: list = field(default_factory=list)
     config: dict = field(default_factory=dict)
     optimiser: object = None
+    data: object = None
+    loss_fn: Callable | None = None
 
 
 def mlp_layers(mlp: MLP, rows: int):
@@ -100,8 +104,12 @@ def make_vae(batch=128, data_dim=64, latent_dim=16, hidden=(256, 256), seed=0, n
         return vae.loss_and_grads(next_batch(), noise_rng)[1]
 
     layers = mlp_layers(vae.encoder, batch) + mlp_layers(vae.decoder, batch)
+    def loss_fn(b, rng, step):
+        return vae.loss_and_grads(b, rng, step=step)
+
     return Workload(name or f"W1-b{batch}", step, grads, vae, layers,
-                    dict(batch=batch, dim=data_dim, latent=latent_dim, hidden=hidden), opt)
+                    dict(batch=batch, dim=data_dim, latent=latent_dim, hidden=hidden), opt,
+                    data, loss_fn)
 
 
 # ----------------------------------------------------------------------------- W2/W3: flows
@@ -137,8 +145,12 @@ def make_flow(law, dim, n_layers, hidden, batch=512, bins=8, bound=3.0, seed=0, 
     for b in flow.bijectors:
         if isinstance(b, CouplingBlock):
             layers += mlp_layers(b.conditioner, batch)
+    def loss_fn(b, rng, step):
+        return model.nll_and_grads(b)
+
     return Workload(name, step, grads, model, layers,
-                    dict(batch=batch, dim=dim, layers=n_layers, hidden=hidden, bins=bins), opt)
+                    dict(batch=batch, dim=dim, layers=n_layers, hidden=hidden, bins=bins), opt,
+                    data, loss_fn)
 
 
 def make_w2(dim, batch=512, n_layers=8, hidden=None, name=None):
@@ -173,24 +185,12 @@ def flow_of(workload: Workload) -> Chain:
 
 
 def trainer_of(workload: Workload, steps: int):
-    """A ``Trainer`` that trains ``workload``'s model for ``steps`` steps on data like the
-    workload's, as a user's run does: the step the benchmark times (the loss, its gradients,
-    Adam) and what the fit loop adds to each (the batch drawn, the NaN guard, the last good
-    parameters kept, the running sums). Quiet, no evaluation; the Trainer's own speed settings.
+    """A ``Trainer`` that trains ``workload``'s model for ``steps`` steps on the workload's data,
+    as a user's run does: the step the benchmark times (the loss, its gradients, Adam) and what
+    the fit loop adds to each (the batch drawn, the NaN guard, the last good parameters kept,
+    the running sums). Quiet, no evaluation; the Trainer's own speed settings.
     """
     from scratchvae.training.trainer import Trainer
 
-    model, config = workload.model, workload.config
-    batch = config["batch"]
-    if workload.name.startswith("W1"):
-        data = digit_like_data(batch * N_BATCHES, config["dim"])
-
-        def loss_fn(b, rng, step):
-            return model.loss_and_grads(b, rng, step=step)
-    else:
-        data = flow_data(batch * N_BATCHES, config["dim"])
-
-        def loss_fn(b, rng, step):
-            return model.nll_and_grads(b)
-    return Trainer(model, loss_fn, data=data, steps=steps, batch_size=batch, quiet=True,
-                   eval_every=10**9)
+    return Trainer(workload.model, workload.loss_fn, data=workload.data, steps=steps,
+                   batch_size=workload.config["batch"], quiet=True, eval_every=10**9)
