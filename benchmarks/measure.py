@@ -51,11 +51,31 @@ def apply_thread_policy(w):
 
 def in_halves(w):
     """True when workload ``w``'s step runs in two halves of the rows (the fast engine's fused
-    VAE step at its size, with the elementwise setting in force)."""
+    VAE step at its size, with the elementwise setting in force; a flow's step with the twin
+    on, ``apply_elementwise_threads``)."""
     if _engine() != "fast":
         return False
+    from scratchvae.engine import density
     from scratchvae.engine.vae import runs_in_halves
-    return runs_in_halves(w.model, w.config["batch"])
+    return (runs_in_halves(w.model, w.config["batch"])
+            or density.runs_in_halves(w.model, w.config["batch"]))
+
+
+def wait_for_twin(timeout=30.0):
+    """When the twin is on (``apply_elementwise_threads``), wait until it is ready, so that
+    the timed steps are a run's steady state (a run's first steps, while it starts, run both
+    halves here); True when it is ready."""
+    if _engine() != "fast":
+        return False
+    import time
+
+    from scratchvae.engine import twin
+    deadline = time.perf_counter() + timeout
+    while twin.enabled() and time.perf_counter() < deadline:
+        if twin.get() is not None:
+            return True
+        time.sleep(0.01)
+    return False
 
 
 #: The elementwise split (``scratchvae.engine.parallel``) the measured steps run with: the
@@ -67,13 +87,17 @@ ELEMENTWISE = {"threads": "auto", "forced": None}
 def apply_elementwise_threads():
     """Split long elementwise chains as ``Trainer`` would for its ``threads`` setting
     (``scratchvae.engine.settings.elementwise_threads_for_run``), unless run.py forced a
-    count; the count set (None on the reference engine, which has no split)."""
+    count, and turn the twin process on or off as ``Trainer`` would (``twin_for_run``; on
+    with a forced count above 1); the count set (None on the reference engine, which has no
+    split)."""
     if _engine() != "fast":
         return None
+    from scratchvae.engine import twin
     from scratchvae.engine.parallel import set_elementwise_threads
     from scratchvae.engine.settings import elementwise_threads_for_run
     n = ELEMENTWISE["forced"] or elementwise_threads_for_run(ELEMENTWISE["threads"])
     set_elementwise_threads(n)
+    twin.set_enabled(n > 1 and twin.available())
     return n
 
 
@@ -134,6 +158,8 @@ def time_workload(name, steps=40, warmup=5, factory=None, auto_threads=False):
     w, peak_mb, step_mb = build_and_measure_memory(factory)
     if auto_threads:
         apply_thread_policy(w)
+    if in_halves(w):
+        wait_for_twin()
     grads = w.grads()
     floor = MatmulFloor(w.layers, halves=in_halves(w))
     step_ms, cpu_ms, floor_ms, floor_cpu_ms, faults, loss = _interleaved(w, floor, steps, warmup)

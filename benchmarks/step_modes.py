@@ -3,6 +3,7 @@ measurements behind the engine's thread settings.
 
     python benchmarks/step_modes.py                          # every workload, every mode
     python benchmarks/step_modes.py W1-b1024 b512 --modes blas2 halves
+    python benchmarks/step_modes.py W3-2d@128 W3-2d@256 --modes blas2 twin
 
 Modes (the fast engine; ms per step, wall time, median of 5 rounds of 40-step medians):
 
@@ -11,9 +12,12 @@ Modes (the fast engine; ms per step, wall time, median of 5 rounds of 40-step me
 - ``blas2+chains``: BLAS on two threads and the long elementwise chains split
   (``engine.parallel``: Adam, the spline at large point counts), the VAE step whole;
 - ``halves``: the VAE step in two halves of the rows (``engine.rows``), whatever its size,
-  BLAS on one thread inside them, chains split.
+  BLAS on one thread inside them, chains split;
+- ``twin``: a flow's step in two halves of the rows, whatever its size, the second in the twin
+  process (``engine.twin``, ready before the timing starts), BLAS on one thread in both.
 
-A workload is a name of ``benchmarks/workloads.py`` or ``bN``: the W1 VAE at batch N. Each
+A workload is a name of ``benchmarks/workloads.py``, ``NAME@B`` (that workload at batch B) or
+``bN``: the W1 VAE at batch N. Each
 mode runs in a fresh process, because a BLAS thread left spinning by one mode takes a core
 from the next. Wall time on a machine with nothing else running is the measure; say the load.
 """
@@ -27,20 +31,26 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MODES = ("blas1", "blas2", "blas2+chains", "halves")
+MODES = ("blas1", "blas2", "blas2+chains", "halves", "twin")
 
 CHILD = r"""
 import json, sys, time
 sys.path.insert(0, {here!r})
 import workloads
-from scratchvae.engine import memory, parallel, threads
+from scratchvae.engine import density, memory, parallel, threads, twin
 from scratchvae.engine import vae as fused
 name, mode = {name!r}, {mode!r}
 memory.keep_freed_memory()
 threads.set_blas_threads(2 if mode.startswith("blas2") else 1)
 parallel.set_elementwise_threads(1 if mode in ("blas1", "blas2") else 2)
 fused.SPLIT_MIN_MACS = 0 if mode == "halves" else 10**18
-w = (workloads.WORKLOADS[name]() if name in workloads.WORKLOADS
+density.HALVES_MIN_ROWS = 2 if mode == "twin" else 10**18
+if mode == "twin":
+    twin.set_enabled(True)
+    while twin.get() is None:
+        time.sleep(0.01)
+base, _, batch = name.partition("@")
+w = (workloads.WORKLOADS[base](*([int(batch)] if batch else [])) if base in workloads.WORKLOADS
      else workloads.make_vae(int(name[1:]), name=name))
 for _ in range(10):
     w.step()

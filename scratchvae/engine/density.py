@@ -47,7 +47,7 @@ from ..flows.coupling import AffineLaw, CouplingBlock, SplineLaw
 from ..flows.linear import Permutation
 from ..models import density as _reference  # noqa: F401  (defines the kernel registered here)
 from ..models.density import FlowDensity
-from . import register
+from . import register, rows, twin
 from .buffered_mlp import MLPBuffers, backward_from, forward_into, gradient_layout, plain_mlp
 from .coupling import _one_run_each, _sum_over_columns, law_backward_into, law_pass_into
 from .flat_gradients import FlatGradients
@@ -100,25 +100,44 @@ class _Block:
 
 
 class _Workspace:
-    """Every buffer of one step of ``model`` on ``N`` rows: the standardised data ``(N, D)``,
-    the log-det total ``(N,)``, the loss's gradient by each row's log-density ``(N, 1)``, each
-    block's buffers (``_Block``, ``_Permuted``). ``lock``: held while a step runs
+    """Every buffer of one step of ``model`` on ``N`` rows of a batch of ``n_total`` (all of
+    them, or one half): the standardised data ``(N, D)``, the log-det total ``(N,)``, the
+    loss's gradient by each row's log-density ``(N, 1)``, each block's buffers (``_Block``,
+    ``_Permuted``); ``slots``: ``(module, name)`` of each parameter, in the order of
+    ``model.params`` (``_parameter_slots``). ``lock``: held while a step runs
     (``engine.workspaces``)."""
 
-    def __init__(self, model, N, dtype):
+    def __init__(self, model, N, dtype, n_total):
         self.lock = threading.Lock()
         self.z = np.empty((N, model.dim), dtype)
         self.logdet = np.empty(N, dtype)
-        # d log p / d log p_n of the mean NLL: -1/N for every row (read only)
-        self.d_logp = np.full((N, 1), -1.0 / N, dtype)
+        # d log p / d log p_n of the batch's mean NLL: -1/n_total for every row (read only)
+        self.d_logp = np.full((N, 1), -1.0 / n_total, dtype)
         self.d_logp.flags.writeable = False
         self.blocks = [_Permuted(b, N, dtype) if type(b) is Permutation else _Block(b, i, N, dtype)
                        for i, b in enumerate(model.flow.bijectors)]
         self.layout = gradient_layout(model.params, *(b.cond for b in self.blocks
                                                        if type(b) is _Block))
+        self.slots = _parameter_slots(model)
 
 
 _WORKSPACES = Workspaces(_Workspace)
+
+
+def _held(model, N, n_total):
+    """The model's workspace for ``N`` rows of a batch of ``n_total`` (``_WORKSPACES.held``);
+    a flow put in place of another gets buffers of its own."""
+    dtype = np.dtype(model.dtype)
+    return _WORKSPACES.held(model, (N, n_total, dtype, id(model.flow)), N, dtype, n_total)
+
+
+def _parameter_slots(module):
+    """``[(module, name), ...]`` of every parameter of ``module``'s tree, in the order of
+    ``module.params`` (its own, then each child's, depth first)."""
+    slots = [(module, name) for name in module._own]
+    for child in module._children.values():
+        slots += _parameter_slots(child)
+    return slots
 
 
 # ----------------------------------------------------------------------------- the step
@@ -144,17 +163,21 @@ def fused_nll_and_grads(model, batch, context=None):
     N = x.shape[0]
     if N == 0:
         return FlowDensity.nll_and_grads.reference(model, batch, context)
-    # a flow put in place of another gets buffers of its own
-    with _WORKSPACES.held(model, (N, np.dtype(model.dtype), id(model.flow)), N,
-                          model.dtype) as space:
+    if runs_in_halves(model, N):
+        return _step_in_halves(model, x)
+    with _held(model, N, N) as space:
         if space.layout is None:
             return FlowDensity.nll_and_grads.reference(model, batch, context)
-        return _step(model, x, space)
+        loss, grads, logdet = _step(model, x, space)
+    return loss, grads, {"logdet": logdet}
 
 
-def _step(model, x, space):
-    """The step of ``fused_nll_and_grads`` on the checked batch ``x`` ``(N, D)`` with the
-    buffers of ``space``: ``(loss, grads, info)``."""
+def _step(model, x, space, n_total=None):
+    """The step of ``fused_nll_and_grads`` on the checked rows ``x`` ``(N, D)`` with the
+    buffers of ``space``: ``(loss, grads, mean log-det)``. ``n_total``: the rows of the
+    whole batch when ``x`` is one part of it (``_step_in_halves``): the loss and the log-det
+    are then this part's sums over ``n_total`` (its share of the batch's means) and the
+    gradients its share of the batch's; None: ``x`` is the batch, and they are its means."""
     N, D = x.shape
     blocks = model.flow.bijectors
     z, logdet = space.z, space.logdet
@@ -177,7 +200,7 @@ def _step(model, x, space):
     logp = -0.5 * (u * u).sum(axis=-1) - (0.5 * D * LOG_2PI)   # (methods: no dispatch)
     logp += logdet
     logp -= model._log_scale_sum()
-    loss = float(-logp.mean())
+    loss = float(-logp.mean()) if n_total is None else -float(logp.sum()) / n_total
     d_logp = space.d_logp
     d = -d_logp * u                                  # d u = -(d log p) u
 
@@ -190,7 +213,9 @@ def _step(model, x, space):
         h_in = space.blocks[i + 1].out if i + 1 < len(blocks) else z
         d = _block_backward(block, h_in, d, d_logp, caches[i], space.blocks[i], grads,
                             need_d_in=i + 1 < len(blocks))
-    return loss, grads, {"logdet": float(logdet.mean())}
+    mean_logdet = (float(logdet.mean()) if n_total is None
+                   else float(logdet.sum()) / n_total)
+    return loss, grads, mean_logdet
 
 
 def _block_inverse(block, h, buffers, logdet):
@@ -225,3 +250,107 @@ def _block_backward(block, h, d_out, d_logp, c_law, buffers, grads, need_d_in):
     d_in_a = d_in[:, cols_a]
     np.add(d_in_a, buffers.d_cond_in, out=d_in_a)
     return d_in
+
+
+# ----------------------------------------------------------------------------- two processes
+#: The batch rows from which a run's steps go in two halves, the second in the twin process
+#: (``engine.twin``), when the training settings enable it. Measured on a quiet machine
+#: (``python benchmarks/step_modes.py W2-2d@128 W2-2d@256 W2-2d ... --modes blas1 blas2 twin``,
+#: 2026-12-07, load 0.3, ms per step with Adam, BLAS on two threads / in halves with the twin):
+#: at 512 rows every flow gained (W2-2d 2.08 / 1.65, W3-2d 2.20 / 1.89, W2-16d 8.94 / 4.92 in a
+#: slow minute for two BLAS threads, W3-16d 7.39 / 6.21); at 256 rows three of four (W2-2d
+#: 1.27 / 1.16, W3-2d 1.58 / 1.55, W3-16d 6.31 / 3.69, but W2-16d 3.05 / 3.19); at 128 rows
+#: two of four (W3-2d 1.26 / 1.35, W2-2d 1.10 / 0.97). benchmarks/README.md, "A step in two
+#: processes", has the table.
+HALVES_MIN_ROWS = 512
+
+
+def runs_in_halves(model, N, twin_on=None):
+    """True when ``model``'s step on ``N`` rows goes in two halves of the rows, the second
+    in the twin: a ``fusable`` model, ``N`` at least ``HALVES_MIN_ROWS``, the twin on
+    (``twin_on``; default: ``twin.enabled()``, which the training settings set). Whether the
+    twin is *ready* does not enter: until it is, this process runs both halves, with the
+    same numbers (module ``engine.twin``)."""
+    twin_on = twin.enabled() if twin_on is None else twin_on
+    return bool(twin_on) and N >= max(2, HALVES_MIN_ROWS) and fusable(model)
+
+
+def _token(model):
+    """What the twin's copy of ``model`` must share with it beside the parameters (sent with
+    every step): the flow and its blocks (the objects themselves), the standardisation."""
+    return (id(model.flow), tuple(map(id, model.flow.bijectors)), model.shift.tobytes(),
+            model.scale.tobytes(), np.dtype(model.dtype).str)
+
+
+def _step_in_halves(model, x):
+    """``fused_nll_and_grads`` as two halves of the rows (``rows.halves``), each ``_step``
+    with its shares of the means, added: the first here, the second in the twin when it is
+    ready (else here, after the first: the same numbers). ``(loss, grads, info)``."""
+    N = x.shape[0]
+    (_, mid), _ = rows.halves(N)
+    with _held(model, mid, N) as space:
+        if space.layout is None:
+            return FlowDensity.nll_and_grads.reference(model, x)
+        seq = tw = None
+        tw = twin.get()
+        slot = f"density.{id(model)}"
+        if tw is not None:
+            try:
+                seq = _submit_half(tw, model, slot, x[mid:], N, space.slots)
+            except twin.TwinError:
+                seq = None
+        loss, grads, logdet = _step(model, x[:mid], space, N)
+    if seq is not None:
+        try:
+            loss_b, logdet_b = tw.result(seq)
+            grads_b = tw.shared(slot + ".grads", grads.flat.shape, grads.flat.dtype)
+        except twin.TwinError as error:
+            tw.failed(slot, str(error))            # this model's halves run here from now on
+            seq = None
+    if seq is None:
+        with _held(model, N - mid, N) as space_b:
+            loss_b, grads_b, logdet_b = _step(model, x[mid:], space_b, N)
+            grads_b = grads_b.flat
+    np.add(grads.flat, grads_b, out=grads.flat)
+    return loss + loss_b, grads, {"logdet": logdet + logdet_b}
+
+
+def _submit_half(tw, model, slot, x_b, n_total, slots):
+    """Give the twin, as ``slot``, the rows ``x_b`` of a batch of ``n_total``: the parameters
+    (in the order of ``slots``) and the rows into shared arrays (``<slot>.params``,
+    ``<slot>.x``; the gradients come back in ``<slot>.grads``), the model when its token
+    changed; returns the job's number."""
+    arrays = [module._own[name] for module, name in slots]
+    size = sum(a.size for a in arrays)
+    dtype = np.dtype(model.dtype)
+    tw.install(slot, model, _token(model))
+    params = tw.shared(slot + ".params", (size,), dtype)
+    np.concatenate([a.reshape(-1) for a in arrays], out=params)
+    tw.shared(slot + ".x", x_b.shape, dtype)[...] = x_b
+    tw.shared(slot + ".grads", (size,), dtype)
+    return tw.submit("density.rows_step", slot, n_total)
+
+
+@twin.job("density.rows_step")
+def _twin_rows_step(state, arrays, slot, n_total):
+    """The twin's half (``_submit_half``): the model installed as ``slot``, its parameters
+    bound to the shared ``<slot>.params`` (its own copy's arrays replaced by views, once per
+    install and array), ``_step`` on ``<slot>.x``, the gradients copied into
+    ``<slot>.grads``; returns the loss and the log-det shares."""
+    model, params = state[slot], arrays[slot + ".params"]
+    if state.get((slot, "params")) is not params:
+        offset = 0
+        for module, name in _parameter_slots(model):
+            old = module._own[name]
+            view = params[offset:offset + old.size].reshape(old.shape)
+            if getattr(module, name) is not old:
+                raise ValueError(f"parameter {name!r}: not the attribute of its name")
+            module._own[name] = view
+            setattr(module, name, view)
+            offset += old.size
+        state[(slot, "params")] = params
+    x = arrays[slot + ".x"]
+    with _held(model, x.shape[0], n_total) as space:
+        loss, grads, logdet = _step(model, x, space, n_total)
+        np.copyto(arrays[slot + ".grads"], grads.flat)
+    return loss, logdet

@@ -12,20 +12,31 @@ from __future__ import annotations
 import contextlib
 
 from ..training import settings as _reference  # noqa: F401  (defines the kernel registered here)
-from . import memory, parallel, register
+from . import memory, parallel, register, twin
 from . import threads as policy
 
 __all__ = ["training_settings", "threads_for_run", "elementwise_threads_for_run",
-           "steps_in_halves"]
+           "steps_in_halves", "twin_for_run"]
+
+
+def twin_for_run(threads_setting="auto"):
+    """True when a run's steps may hand a half of their rows to the twin process
+    (``engine.twin``): the run may use two threads (``elementwise_threads_for_run``) and the
+    system can run the twin (``twin.available``)."""
+    return elementwise_threads_for_run(threads_setting) > 1 and twin.available()
 
 
 def steps_in_halves(model, batch_size, threads_setting="auto"):
-    """True when a run's steps go in two halves of the rows on two threads: a VAE the fused
-    step takes (``engine.vae.fusable``) whose products reach ``engine.vae.SPLIT_MIN_MACS``, in
-    a run that may use two threads (``elementwise_threads_for_run``)."""
+    """True when a run's steps go in two halves of the rows: a VAE the fused step takes
+    (``engine.vae.fusable``) whose products reach ``engine.vae.SPLIT_MIN_MACS``, on two
+    threads, in a run that may use two (``elementwise_threads_for_run``); a flow the fused
+    density step takes, from ``engine.density.HALVES_MIN_ROWS`` rows, its second half in the
+    twin process (``twin_for_run``)."""
+    from . import density
     from . import vae as fused
 
-    return fused.runs_in_halves(model, batch_size, elementwise_threads_for_run(threads_setting))
+    return (fused.runs_in_halves(model, batch_size, elementwise_threads_for_run(threads_setting))
+            or density.runs_in_halves(model, batch_size, twin_for_run(threads_setting)))
 
 
 def threads_for_run(model, batch_size, threads_setting):
@@ -74,9 +85,13 @@ def training_settings(model, batch_size, threads="auto", keep_freed_memory=True)
     previous = None if count is None else policy.set_blas_threads(count)
     try:
         previous_parts = parallel.set_elementwise_threads(elementwise_threads_for_run(threads))
+        previous_twin = twin.set_enabled(twin_for_run(threads))
+        if steps_in_halves(model, batch_size, threads):
+            twin.start()          # it gets ready while the first steps run both halves here
         try:
             yield
         finally:
+            twin.set_enabled(previous_twin)
             parallel.set_elementwise_threads(previous_parts)
     finally:
         if previous is not None:

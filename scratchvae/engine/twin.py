@@ -1,0 +1,420 @@
+"""The twin: a second Python process that runs the other half of a training step's rows.
+
+A step in two halves of the rows (``engine.rows``) gives each half to one core. On two
+threads of one process the halves share one interpreter lock, which every NumPy call's
+Python side takes: a flow's step is hundreds of small calls, and two threads handing the lock
+to each other lost more than the second core gave (benchmarks/README.md, "A step in two
+halves"). Two processes have a lock each. The twin is that second process: started once per
+process (the first time a run asks for it), it holds a copy of the model being trained, and
+for each step runs a named *job* (a fused step's function on the other half of the rows)
+while this process runs the same function on its own half; the two meet when both are done.
+A half computes the same numbers in either process (the same function on the same rows, BLAS
+on one thread in both), so where a half runs never changes a result: a step gives the same
+bits whether the twin ran its second half, or this process ran both (before the twin is
+ready, or if it fails).
+
+What crosses between the processes:
+
+- *shared arrays* (``Twin.shared``): the parameters, the rows, the noise, the gradients;
+  each a memory-mapped anonymous file, its descriptor passed once over the socket;
+- *messages* (pickles over a socket pair): a model installed (``Twin.install``, when the
+  model or what its step reads beside the parameters changes), a job and its small
+  arguments, a job's small result (a loss, a sum) or its error.
+
+Waiting: a message wakes a sleeping process only after tens of microseconds on these
+machines (a virtual CPU that has halted is woken by the host: 64 us measured for a round trip
+over pipes between two sleeping processes, 2.8 us when both spin; ``python
+benchmarks/twin_handoff.py``), so each side *spins* while it waits (polling the socket
+without blocking), the twin for ``SPIN_SECONDS`` after its last job (as OpenBLAS's own
+threads wait for their next product), then sleeps until the next message.
+
+    twin.set_enabled(True)           # the training settings do this for a run that uses it
+    tw = twin.get()                  # the process's twin, or None (not enabled, not ready)
+    params = tw.shared("density.7.params", (P,), np.float32)
+    tw.install("density.7", model, token)     # sends the model when the token changed
+    seq = tw.submit("density.rows_step", "density.7", n_total)
+    ...                                       # this process's half
+    loss_b, logdet_b = tw.result(seq)         # TwinError if the job failed or the twin ended
+
+The twin ends with this process (its socket closes), or at ``stop()``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import mmap
+import os
+import pickle
+import select
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import weakref
+
+import numpy as np
+
+__all__ = ["SPIN_SECONDS", "TwinError", "Twin", "job", "get", "start", "stop", "enabled",
+           "set_enabled", "available"]
+
+#: The objects the twin holds at once (``Twin.install``; the oldest dropped first, with its
+#: shared arrays): a benchmark steps two copies of a run in turn, and a user may train two
+#: models in turn, and either must not send a model at every step.
+KEEP = 4
+
+#: How long the twin keeps polling for its next job after a job before it sleeps, and how
+#: long this process polls for a job's result before it sleeps between checks that the twin
+#: is alive. Polling costs the core it runs on; a training run's steps come every few
+#: milliseconds, so a twin that polls a tenth of a second sleeps only when the run ends.
+SPIN_SECONDS = 0.1
+
+_FRAME = struct.Struct("<Q")   # each message: its length, then its pickle
+_MAX_FDS = 4
+
+_JOBS: dict = {}                # job name -> function(state, arrays, *args), in the twin
+
+
+class TwinError(RuntimeError):
+    """A job failed in the twin, or the twin ended (the caller runs the half itself)."""
+
+
+def job(name):
+    """Register ``function(state, arrays, *args)`` as the twin's job ``name``: ``state`` the
+    installed objects (slot -> object, and whatever the job keeps there), ``arrays`` the
+    shared arrays by name; it returns a small picklable result."""
+    def register(function):
+        _JOBS[name] = function
+        return function
+    return register
+
+
+# ----------------------------------------------------------------------------- messages
+class _Channel:
+    """Messages over one end of a socket pair: ``send`` a picklable object (with at most one
+    file descriptor), ``receive`` the next one, polling for ``spin`` seconds, then sleeping
+    in ``select`` (in slices of ``slice_seconds``, calling ``still_waiting()`` after each; it
+    raises to stop waiting)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buffer = bytearray()
+        self.fds: list[int] = []
+
+    def send(self, obj, fd=None):
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        frame = _FRAME.pack(len(data)) + data
+        if fd is not None:      # the descriptor rides on the frame's first byte
+            socket.send_fds(self.sock, [frame[:1]], [fd])
+            frame = frame[1:]
+        self.sock.sendall(frame)
+
+    def _read(self, flags):
+        try:
+            data, fds, _, _ = socket.recv_fds(self.sock, 1 << 20, _MAX_FDS, flags)
+        except BlockingIOError:
+            return
+        if not data:
+            raise EOFError("the other process closed its end")
+        self.buffer += data
+        self.fds += fds
+
+    def _take(self):
+        if len(self.buffer) < _FRAME.size:
+            return None
+        (n,) = _FRAME.unpack_from(self.buffer)
+        end = _FRAME.size + n
+        if len(self.buffer) < end:
+            return None
+        obj = pickle.loads(self.buffer[_FRAME.size:end])
+        del self.buffer[:end]
+        return obj
+
+    def poll(self):
+        """The next message if one has arrived, else None (never waits)."""
+        message = self._take()
+        if message is None:
+            self._read(socket.MSG_DONTWAIT)
+            message = self._take()
+        return message
+
+    def receive(self, spin, still_waiting=None, slice_seconds=0.05):
+        message = self._take()
+        deadline = time.perf_counter() + spin
+        while message is None:
+            if time.perf_counter() < deadline:
+                self._read(socket.MSG_DONTWAIT)
+            elif select.select([self.sock], [], [], slice_seconds)[0]:
+                self._read(socket.MSG_DONTWAIT)
+            elif still_waiting is not None:
+                still_waiting()
+            message = self._take()
+        return message
+
+
+def _shared_file(nbytes):
+    """An anonymous file of ``nbytes`` in memory (``/dev/shm`` where there is one) and its
+    mapping: ``(fd, mmap)``."""
+    folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    f = tempfile.TemporaryFile(dir=folder)
+    fd = os.dup(f.fileno())
+    f.close()
+    os.ftruncate(fd, max(nbytes, 1))
+    return fd, mmap.mmap(fd, max(nbytes, 1))
+
+
+def _array_on(mapping, shape, dtype):
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape, dtype=np.int64))
+    return np.frombuffer(mapping, dtype=dtype, count=count).reshape(shape)
+
+
+# ----------------------------------------------------------------------------- this side
+class Twin:
+    """This process's end of a twin: starts the process (``python -m scratchvae.engine.twin``,
+    not ``multiprocessing``, which would import the user's main script again in the child)."""
+
+    def __init__(self):
+        mine, theirs = socket.socketpair()
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "scratchvae.engine.twin", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True)
+        finally:
+            theirs.close()
+        self._channel = _Channel(mine)
+        self._pid = os.getpid()
+        self._ready = False
+        self.broken = False
+        self._arrays: dict = {}      # name -> (mmap, array)
+        self._installed: dict = {}   # slot -> (weakref to the object, token)
+        self._seq = 0
+
+    def ready(self):
+        """True once the twin has imported the engine and waits for jobs (never waits)."""
+        if not self._ready and not self.broken:
+            try:
+                message = self._channel.poll()
+            except (EOFError, OSError):
+                self.broken = True
+                return False
+            if message == ("ready",):
+                self._ready = True
+        return self._ready
+
+    def alive(self):
+        return not self.broken and self._process.poll() is None
+
+    def shared(self, name, shape, dtype):
+        """The shared array ``name`` of ``shape`` and ``dtype`` (made, and given to the twin,
+        when it has no array of that name, shape and dtype yet)."""
+        shape, dtype = tuple(int(n) for n in shape), np.dtype(dtype)
+        held = self._arrays.get(name)
+        if held is not None and held[1].shape == shape and held[1].dtype == dtype:
+            return held[1]
+        fd, mapping = _shared_file(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+        try:
+            self._send(("attach", name, shape, dtype.str), fd=fd)
+        finally:
+            os.close(fd)
+        array = _array_on(mapping, shape, dtype)
+        self._arrays[name] = (mapping, array)
+        return array
+
+    def install(self, slot, obj, token):
+        """Give the twin ``obj`` (pickled) as ``state[slot]``, unless it holds this very
+        object with the same ``token`` (whatever of ``obj`` its jobs read and the caller does
+        not send with each job). A new slot beyond ``KEEP`` drops the oldest, with its shared
+        arrays (those named ``"<slot>.<name>"``). ``TwinError`` when ``obj`` cannot be
+        pickled, or a job on it failed (``failed``): then at once for the same object and
+        token, and its steps run here."""
+        held = self._installed.pop(slot, None)
+        if held is not None and held[0]() is obj and held[1] == token:
+            self._installed[slot] = held          # (now the newest)
+            if held[2] is not None:
+                raise TwinError(held[2])
+            return
+        while len(self._installed) >= KEEP:
+            oldest = next(iter(self._installed))
+            del self._installed[oldest]
+            for name in [n for n in self._arrays if n.startswith(oldest + ".")]:
+                del self._arrays[name]
+            self._send(("drop", oldest))
+        try:
+            data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as error:   # noqa: BLE001  (any pickling failure: run here)
+            self._installed[slot] = (weakref.ref(obj), token, f"cannot be pickled: {error}")
+            raise TwinError(self._installed[slot][2]) from error
+        self._send(("install", slot, data))
+        self._installed[slot] = (weakref.ref(obj), token, None)
+
+    def failed(self, slot, why):
+        """Mark the object installed as ``slot`` as one the twin fails on: ``install`` raises
+        ``TwinError`` for it from now on (until the object or its token changes)."""
+        held = self._installed.get(slot)
+        if held is not None:
+            self._installed[slot] = (held[0], held[1], why)
+
+    def submit(self, name, *args):
+        """Start job ``name`` with ``args`` in the twin; returns its number for ``result``."""
+        self._seq += 1
+        self._send(("job", self._seq, name, args))
+        return self._seq
+
+    def result(self, seq):
+        """The result of job ``seq`` (polling while it runs). ``TwinError`` when it failed
+        (with the twin's traceback) or the twin ended."""
+        while True:
+            try:
+                message = self._channel.receive(SPIN_SECONDS, self._check_alive)
+            except (EOFError, OSError) as error:
+                self.broken = True
+                raise TwinError(f"the twin process ended: {error}") from error
+            kind, number = message[0], message[1] if len(message) > 1 else None
+            if kind == "done" and number == seq:
+                return message[2]
+            if kind == "error" and number == seq:
+                raise TwinError("a job failed in the twin process:\n" + message[2])
+            # an earlier job's answer (its caller was interrupted): dropped
+
+    def _check_alive(self):
+        if self._process.poll() is not None:
+            self.broken = True
+            raise TwinError(f"the twin process ended (exit code {self._process.returncode})")
+
+    def _send(self, message, fd=None):
+        try:
+            self._channel.send(message, fd)
+        except OSError as error:
+            self.broken = True
+            raise TwinError(f"the twin process ended: {error}") from error
+
+    def stop(self, timeout=2.0):
+        """End the twin: ask it to stop, then wait for it (killed after ``timeout``)."""
+        if self._process.poll() is None:
+            try:
+                self._channel.send(("stop",))
+            except OSError:
+                pass
+            try:
+                self._process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._channel.sock.close()
+        self.broken = True
+
+
+_state: dict = {"enabled": False, "twin": None, "unavailable": False}
+
+
+def available():
+    """True where the twin can run: a POSIX system whose sockets pass file descriptors."""
+    return os.name == "posix" and hasattr(socket, "send_fds") and hasattr(socket, "socketpair")
+
+
+def enabled():
+    """True while steps may hand a half to the twin (``set_enabled``)."""
+    return _state["enabled"]
+
+
+def set_enabled(flag):
+    """Let steps hand halves to the twin from now on (or not); returns the previous setting.
+    The engine's training settings enable it for a run whose steps go in halves."""
+    previous = _state["enabled"]
+    _state["enabled"] = bool(flag)
+    return previous
+
+
+def start():
+    """Start the twin if it is enabled and not running (it gets ready while this process goes
+    on: ``get`` returns None until then); returns it, or None where it cannot run."""
+    if not _state["enabled"] or _state["unavailable"] or not available():
+        return None
+    tw = _state["twin"]
+    if tw is not None and tw._pid != os.getpid():      # a forked copy of this process
+        _state["twin"] = tw = None
+    if tw is None or tw.broken:
+        if tw is not None:
+            tw.stop()
+        try:
+            tw = _state["twin"] = Twin()
+        except (OSError, AttributeError, ValueError):      # no socket pair, no fd passing, ...
+            _state["unavailable"] = True
+            return None
+    return tw
+
+
+def get():
+    """The twin, when steps may use it now (enabled, started, ready, not broken), else None
+    (starting it when enabled)."""
+    tw = start()
+    return tw if tw is not None and tw.ready() else None
+
+
+@atexit.register
+def stop():
+    """End the twin, if one runs (at exit, and for tests)."""
+    tw = _state["twin"]
+    _state["twin"] = None
+    if tw is not None and tw._pid == os.getpid():
+        tw.stop()
+
+
+# ----------------------------------------------------------------------------- the twin side
+def serve(fd):
+    """The twin's loop (``python -m scratchvae.engine.twin FD``): BLAS on one thread, freed
+    memory kept; then each message in turn until the socket closes or ``stop`` comes."""
+    from . import density, memory, threads, vae  # noqa: F401  (they register their jobs)
+
+    threads.set_blas_threads(1)
+    memory.keep_freed_memory()
+    channel = _Channel(socket.socket(fileno=fd))
+    arrays, state, mappings = {}, {}, {}
+    try:
+        channel.send(("ready",))
+    except OSError:             # this process's end closed before the twin got ready
+        return
+    while True:
+        try:
+            message = channel.receive(SPIN_SECONDS)
+        except (EOFError, OSError):
+            return
+        kind = message[0]
+        if kind == "job":
+            _, seq, name, args = message
+            try:
+                answer = ("done", seq, _JOBS[name](state, arrays, *args))
+            except Exception:   # noqa: BLE001  (reported to the caller, who runs the half)
+                answer = ("error", seq, traceback.format_exc())
+            try:
+                channel.send(answer)
+            except OSError:
+                return
+        elif kind == "attach":
+            _, name, shape, dtype = message
+            received = channel.fds.pop(0)
+            nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            mappings[name] = mmap.mmap(received, max(nbytes, 1))
+            os.close(received)
+            arrays[name] = _array_on(mappings[name], shape, dtype)
+        elif kind in ("install", "drop"):
+            slot = message[1]
+            state.pop(slot, None)
+            for key in [k for k in state if isinstance(k, tuple) and k[0] == slot]:
+                del state[key]           # what a job kept for the object installed before
+            if kind == "install":
+                state[slot] = pickle.loads(message[2])
+            else:
+                for name in [n for n in arrays if n.startswith(slot + ".")]:
+                    del arrays[name], mappings[name]
+        elif kind == "stop":
+            return
+
+
+if __name__ == "__main__":
+    from scratchvae.engine.twin import serve as _serve  # the module, not this __main__ copy
+
+    _serve(int(sys.argv[1]))
