@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from scratchvae import engine
-from scratchvae.engine import density, settings, twin
+from scratchvae.engine import density, settings, threads, twin
 from scratchvae.flows.coupling import coupling_flow
 from scratchvae.models.density import FlowDensity, StandardNormal
 from scratchvae.training import Trainer
@@ -91,7 +91,7 @@ def test_the_twin_follows_the_parameters_and_the_standardisation(ready_twin, mon
     model = flow_model("spline")
     x = data(5, 64, 4, np.float32)
     model.nll_and_grads(x)
-    for module, name in density._parameter_slots(model):       # an optimiser's step
+    for module, name in twin.parameter_slots(model):       # an optimiser's step
         module._own[name] *= np.float32(0.9)
     assert_bits(model.nll_and_grads(x), steps_here(monkeypatch, model, x))
     model.standardize(data(6, 80, 4, np.float32) * 2)           # shift and scale change
@@ -178,20 +178,20 @@ def test_the_twin_ends_when_asked_and_when_this_process_closes_its_end(ready_twi
     assert ready_twin._process.returncode == 0
 
 
-def test_training_settings_turn_the_twin_on_for_a_run_in_halves():
+def test_training_settings_turn_the_twin_on_for_a_run_in_halves(monkeypatch):
     flow = coupling_flow(2, 2, "affine", hidden=(8,), rng=np.random.default_rng(0),
                          dtype=np.float32)
     model = FlowDensity(StandardNormal(2, dtype=np.float32), flow, 2)
     big = density.HALVES_MIN_ROWS
-    assert not twin.enabled()
+    monkeypatch.setitem(twin._state, "enabled", False)      # (whatever an earlier test left)
     assert settings.steps_in_halves(model, big) == settings.twin_for_run("auto")
     assert not settings.steps_in_halves(model, big - 1)
     assert not settings.steps_in_halves(model, big, threads_setting=1)
     with settings.training_settings(model, big):
         assert twin.enabled() == settings.twin_for_run("auto")
         assert density.runs_in_halves(model, big) == twin.enabled()
-        if twin.enabled():
-            assert settings.threads_for_run(model, big, "auto") == 1
+        if twin.enabled() and not threads.pinned_by_environment():
+            assert settings.threads_for_run(model, big, "auto") == 1   # the halves' threads
     assert not twin.enabled()
 
 
@@ -222,3 +222,72 @@ def test_a_training_run_gives_the_same_parameters_with_and_without_the_twin(monk
     without = run(False)
     for name in with_twin:
         assert np.array_equal(with_twin[name], without[name]), name
+
+
+# ----------------------------------------------------------------------------- the VAE step
+def vae_step(vae, x, here=False, monkeypatch=None, **kwargs):
+    """The fused VAE step in two halves of the rows (the twin's when ready, or on two threads
+    here when ``here``); also the noise generator's state after it."""
+    from tests.test_engine_vae import split_in_two
+
+    rng = np.random.default_rng(5)
+    with split_in_two(), monkeypatch.context() as m:
+        if here:
+            m.setattr(twin, "get", lambda: None)
+        loss, grads, info = vae.loss_and_grads(x, rng, **kwargs)
+    return loss, grads, info, rng.bit_generator.state
+
+
+def assert_vae_bits(a, b):
+    assert a[0] == b[0] and a[2] == b[2] and a[3] == b[3]
+    assert list(a[1]) == list(b[1])
+    for name in a[1]:
+        assert np.array_equal(a[1][name], b[1][name]), name
+
+
+@pytest.mark.parametrize("samples, free_bits, n", [(1, 0.0, 64), (2, 0.3, 33)])
+def test_a_vae_half_in_the_twin_gives_the_bits_of_two_threads(ready_twin, monkeypatch, samples,
+                                                              free_bits, n):
+    from tests.test_engine_vae import binary_batch, make_vae
+
+    vae = make_vae(1, 12, 3, (16, 8), "relu", dtype=np.float32, n_samples=samples,
+                   free_bits=free_bits)
+    x = binary_batch(2, n, 12, np.float32)
+    jobs = ready_twin._seq
+    in_twin = vae_step(vae, x, monkeypatch=monkeypatch, step=3)
+    assert ready_twin._seq == jobs + 2                   # its forward and its backward
+    assert_vae_bits(in_twin, vae_step(vae, x, here=True, monkeypatch=monkeypatch, step=3))
+    for module, name in twin.parameter_slots(vae):       # an optimiser's step: followed
+        module._own[name] *= np.float32(0.9)
+    assert_vae_bits(vae_step(vae, x, monkeypatch=monkeypatch),
+                    vae_step(vae, x, here=True, monkeypatch=monkeypatch))
+
+
+def test_the_vae_step_with_the_twin_equals_the_reference(ready_twin, monkeypatch):
+    from tests.test_engine_vae import assert_same_step, binary_batch, make_vae
+
+    vae = make_vae(3, 7, 2, (5, 4), "tanh", n_samples=2, free_bits=0.05)
+    x = binary_batch(4, 9, 7)
+    jobs = ready_twin._seq
+    fast = vae_step(vae, x, monkeypatch=monkeypatch, beta=0.7)
+    assert ready_twin._seq == jobs + 2
+    rng = np.random.default_rng(5)
+    with engine.using("reference"):
+        loss, grads, info = vae.loss_and_grads(x, rng, beta=0.7)
+    assert_same_step(fast, (loss, grads, info, rng.bit_generator.state))
+
+
+@pytest.mark.parametrize("failing", ["vae.rows_forward", "vae.rows_backward"])
+def test_a_vae_half_that_fails_in_the_twin_is_run_here(ready_twin, monkeypatch, failing):
+    from tests.test_engine_vae import binary_batch, make_vae
+
+    vae = make_vae(6, 10, 2, (8,), "relu", dtype=np.float32)
+    x = binary_batch(7, 40, 10, np.float32)
+    expected = vae_step(vae, x, here=True, monkeypatch=monkeypatch)
+    real = ready_twin.submit
+    monkeypatch.setattr(ready_twin, "submit", lambda name, *args: real(
+        "no.such.job" if name == failing else name, *args))
+    assert_vae_bits(vae_step(vae, x, monkeypatch=monkeypatch), expected)
+    jobs = ready_twin._seq
+    assert_vae_bits(vae_step(vae, x, monkeypatch=monkeypatch), expected)
+    assert ready_twin._seq == jobs                       # failed once: this VAE stays here

@@ -104,7 +104,7 @@ class _Workspace:
     them, or one half): the standardised data ``(N, D)``, the log-det total ``(N,)``, the
     loss's gradient by each row's log-density ``(N, 1)``, each block's buffers (``_Block``,
     ``_Permuted``); ``slots``: ``(module, name)`` of each parameter, in the order of
-    ``model.params`` (``_parameter_slots``). ``lock``: held while a step runs
+    ``model.params`` (``twin.parameter_slots``). ``lock``: held while a step runs
     (``engine.workspaces``)."""
 
     def __init__(self, model, N, dtype, n_total):
@@ -118,7 +118,7 @@ class _Workspace:
                        for i, b in enumerate(model.flow.bijectors)]
         self.layout = gradient_layout(model.params, *(b.cond for b in self.blocks
                                                        if type(b) is _Block))
-        self.slots = _parameter_slots(model)
+        self.slots = twin.parameter_slots(model)
 
 
 _WORKSPACES = Workspaces(_Workspace)
@@ -129,15 +129,6 @@ def _held(model, N, n_total):
     a flow put in place of another gets buffers of its own."""
     dtype = np.dtype(model.dtype)
     return _WORKSPACES.held(model, (N, n_total, dtype, id(model.flow)), N, dtype, n_total)
-
-
-def _parameter_slots(module):
-    """``[(module, name), ...]`` of every parameter of ``module``'s tree, in the order of
-    ``module.params`` (its own, then each child's, depth first)."""
-    slots = [(module, name) for name in module._own]
-    for child in module._children.values():
-        slots += _parameter_slots(child)
-    return slots
 
 
 # ----------------------------------------------------------------------------- the step
@@ -316,39 +307,24 @@ def _step_in_halves(model, x):
 
 
 def _submit_half(tw, model, slot, x_b, n_total, slots):
-    """Give the twin, as ``slot``, the rows ``x_b`` of a batch of ``n_total``: the parameters
-    (in the order of ``slots``) and the rows into shared arrays (``<slot>.params``,
-    ``<slot>.x``; the gradients come back in ``<slot>.grads``), the model when its token
-    changed; returns the job's number."""
-    arrays = [module._own[name] for module, name in slots]
-    size = sum(a.size for a in arrays)
+    """Give the twin, as ``slot``, the rows ``x_b`` of a batch of ``n_total``: the model when
+    its token changed, the parameters (``twin.send_parameters``) and the rows into shared
+    arrays (``<slot>.x``; the gradients come back in ``<slot>.grads``); returns the job's
+    number."""
     dtype = np.dtype(model.dtype)
     tw.install(slot, model, _token(model))
-    params = tw.shared(slot + ".params", (size,), dtype)
-    np.concatenate([a.reshape(-1) for a in arrays], out=params)
+    params = twin.send_parameters(tw, slot, slots, dtype)
     tw.shared(slot + ".x", x_b.shape, dtype)[...] = x_b
-    tw.shared(slot + ".grads", (size,), dtype)
+    tw.shared(slot + ".grads", params.shape, dtype)
     return tw.submit("density.rows_step", slot, n_total)
 
 
 @twin.job("density.rows_step")
 def _twin_rows_step(state, arrays, slot, n_total):
-    """The twin's half (``_submit_half``): the model installed as ``slot``, its parameters
-    bound to the shared ``<slot>.params`` (its own copy's arrays replaced by views, once per
-    install and array), ``_step`` on ``<slot>.x``, the gradients copied into
-    ``<slot>.grads``; returns the loss and the log-det shares."""
-    model, params = state[slot], arrays[slot + ".params"]
-    if state.get((slot, "params")) is not params:
-        offset = 0
-        for module, name in _parameter_slots(model):
-            old = module._own[name]
-            view = params[offset:offset + old.size].reshape(old.shape)
-            if getattr(module, name) is not old:
-                raise ValueError(f"parameter {name!r}: not the attribute of its name")
-            module._own[name] = view
-            setattr(module, name, view)
-            offset += old.size
-        state[(slot, "params")] = params
+    """The twin's half (``_submit_half``): ``_step`` of the model installed as ``slot`` (on
+    the shared parameters, ``twin.bound_parameters``) on ``<slot>.x``, the gradients copied
+    into ``<slot>.grads``; returns the loss and the log-det shares."""
+    model = twin.bound_parameters(state, arrays, slot)
     x = arrays[slot + ".x"]
     with _held(model, x.shape[0], n_total) as space:
         loss, grads, logdet = _step(model, x, space, n_total)

@@ -57,8 +57,9 @@ import weakref
 
 import numpy as np
 
-__all__ = ["SPIN_SECONDS", "TwinError", "Twin", "job", "get", "start", "stop", "enabled",
-           "set_enabled", "available"]
+__all__ = ["SPIN_SECONDS", "KEEP", "TwinError", "Twin", "job", "get", "start", "stop",
+           "enabled", "set_enabled", "available", "parameter_slots", "send_parameters",
+           "bound_parameters"]
 
 #: The objects the twin holds at once (``Twin.install``; the oldest dropped first, with its
 #: shared arrays): a benchmark steps two copies of a run in turn, and a user may train two
@@ -361,6 +362,44 @@ def stop():
     _state["twin"] = None
     if tw is not None and tw._pid == os.getpid():
         tw.stop()
+
+
+# ----------------------------------------------------------------------------- parameters
+def parameter_slots(module):
+    """``[(module, name), ...]`` of every parameter of ``module``'s tree (an ``nn.Module``),
+    in the order of ``module.params`` (its own, then each child's, depth first)."""
+    slots = [(module, name) for name in module._own]
+    for child in module._children.values():
+        slots += parameter_slots(child)
+    return slots
+
+
+def send_parameters(tw, slot, slots, dtype):
+    """Copy the parameters of ``slots`` (``parameter_slots``, read now: an optimiser may have
+    replaced an array) into the shared array ``<slot>.params`` of ``tw``, end to end."""
+    arrays = [module._own[name] for module, name in slots]
+    params = tw.shared(slot + ".params", (sum(a.size for a in arrays),), dtype)
+    np.concatenate([a.reshape(-1) for a in arrays], out=params)
+    return params
+
+
+def bound_parameters(state, arrays, slot):
+    """In the twin: the object installed as ``slot``, its parameters made views of the shared
+    ``<slot>.params`` (``send_parameters``: its own arrays replaced, once per install and
+    shared array), so each job reads the parameters of this step without a copy."""
+    obj, params = state[slot], arrays[slot + ".params"]
+    if state.get((slot, "params")) is not params:
+        offset = 0
+        for module, name in parameter_slots(obj):
+            old = module._own[name]
+            if getattr(module, name) is not old:
+                raise ValueError(f"parameter {name!r}: not the attribute of its name")
+            view = params[offset:offset + old.size].reshape(old.shape)
+            module._own[name] = view
+            setattr(module, name, view)
+            offset += old.size
+        state[(slot, "params")] = params
+    return obj
 
 
 # ----------------------------------------------------------------------------- the twin side
