@@ -49,7 +49,7 @@ from ..checks.arguments import check_rng
 from ..distributions.likelihoods import Bernoulli
 from ..models import vae as _reference  # noqa: F401  (defines the kernel registered here)
 from ..models.vae import VAE, free_bits_kl, linear_warmup
-from . import parallel, register, rows, twin
+from . import parallel, register, rows
 from .activations import zeros
 from .buffered_mlp import MLPBuffers, backward_from, forward_into, gradient_layout, plain_mlp
 from .flat_gradients import FlatGradients
@@ -105,7 +105,6 @@ class _Workspace:
         self.layout = gradient_layout(vae.params, self.parts[0].encoder, self.parts[0].decoder)
         self.second_grads = (FlatGradients(self.layout)
                              if len(self.parts) > 1 and self.layout else None)
-        self.slots = twin.parameter_slots(vae)
 
 
 _WORKSPACES = Workspaces(_Workspace)
@@ -178,25 +177,8 @@ def _step(vae, x, rng, beta, step, space, N, S, L):
     parts = [(x[lo:hi], eps[:, lo:hi], buffers)
              for (lo, hi), buffers in zip(space.bounds, space.parts)]
 
-    # the forward pass of each part of the rows: sums of the reconstruction term and the KL;
-    # two parts run in the twin process and here when it is ready, else on two threads here
-    # (the same numbers: the same function on the same rows)
-    slot = f"vae.{id(vae)}"
-    tw = twin.get() if len(parts) == 2 else None
-    if tw is not None:
-        try:
-            seq = _submit_forward(tw, vae, slot, space, *parts[1][:2])
-        except twin.TwinError:
-            tw = None
-    if tw is not None:
-        sums = [_rows_forward(vae, *parts[0]), None]
-        try:
-            sums[1] = tw.result(seq)
-        except twin.TwinError as error:
-            tw.failed(slot, str(error))               # this VAE's halves stay here from now on
-            tw, sums[1] = None, _rows_forward(vae, *parts[1])
-    else:
-        sums = rows.run_halves([lambda p=p: _rows_forward(vae, *p) for p in parts])
+    # the forward pass of each part of the rows: sums of the reconstruction term and the KL
+    sums = rows.run_halves([lambda p=p: _rows_forward(vae, *p) for p in parts])
     rec_mean = sum(rec for rec, _ in sums) / (S * N)      # mean over rows and samples
     kl_group = sums[0][1] if len(sums) == 1 else sums[0][1] + sums[1][1]
     kl_group /= N                                         # batch mean per latent dimension
@@ -209,78 +191,14 @@ def _step(vae, x, rng, beta, step, space, N, S, L):
 
     # the backward pass of each part; the parts' gradients add up (one flat array each)
     c = (beta_t / N) * open_groups                 # d loss / d KL_nj, per column j
-    d_rec = 1.0 / (S * N)
     grads = FlatGradients(space.layout)            # the caller's: new for each step
-    if tw is not None:
-        second = _backward_in_twin(tw, vae, slot, parts, c, d_rec, grads, space)
-    else:
-        rows.run_halves([lambda p=p, g=g: _rows_backward(vae, *p, c, d_rec, g)
-                         for p, g in zip(parts, (grads, space.second_grads))])
-        second = space.second_grads.flat if len(parts) > 1 else None
-    if second is not None:
-        np.add(grads.flat, second, out=grads.flat)
+    all_grads = (grads, space.second_grads)
+    rows.run_halves([lambda p=p, g=g: _rows_backward(vae, *p, c, 1.0 / (S * N), g)
+                     for p, g in zip(parts, all_grads)])
+    if len(parts) > 1:
+        np.add(grads.flat, space.second_grads.flat, out=grads.flat)
     info = {"rec": rec_mean, "kl": kl_mean, "elbo": rec_mean - kl_mean, "beta": beta_t}
     return float(loss), grads, info
-
-
-def _submit_forward(tw, vae, slot, space, x_b, eps_b):
-    """Give the twin, as ``slot``, the second part's forward: the VAE when its token changed,
-    the parameters (``twin.send_parameters``), the rows and their noise into shared arrays
-    (``<slot>.x``, ``<slot>.eps``; the gradients come back in ``<slot>.grads``); returns the
-    job's number."""
-    dtype = np.dtype(vae.dtype)
-    tw.install(slot, vae, (id(vae.encoder), id(vae.decoder), vae.sigma_floor, vae.n_samples,
-                           dtype.str))
-    params = twin.send_parameters(tw, slot, space.slots, dtype)
-    tw.shared(slot + ".x", x_b.shape, dtype)[...] = x_b
-    tw.shared(slot + ".eps", eps_b.shape, dtype)[...] = eps_b
-    tw.shared(slot + ".grads", params.shape, dtype)
-    return tw.submit("vae.rows_forward", slot)
-
-
-def _backward_in_twin(tw, vae, slot, parts, c, d_rec, grads, space):
-    """The backward of both parts, the second in the twin (after ``_submit_forward``), the
-    first here into ``grads``; returns the second's gradients (flat). Should the twin fail,
-    the second part runs here, its forward again, then its backward."""
-    try:
-        seq = tw.submit("vae.rows_backward", slot, c, d_rec)
-    except twin.TwinError:
-        seq = None
-    _rows_backward(vae, *parts[0], c, d_rec, grads)
-    if seq is not None:
-        try:
-            tw.result(seq)
-            return tw.shared(slot + ".grads", grads.flat.shape, grads.flat.dtype)
-        except twin.TwinError as error:
-            tw.failed(slot, str(error))
-    _rows_forward(vae, *parts[1])
-    return _rows_backward(vae, *parts[1], c, d_rec, space.second_grads).flat
-
-
-@twin.job("vae.rows_forward")
-def _twin_rows_forward(state, arrays, slot):
-    """The twin's ``_rows_forward`` of the second part (``_submit_forward``) on buffers it
-    keeps for the backward; returns the reconstruction sum and the KL sums."""
-    vae = twin.bound_parameters(state, arrays, slot)
-    x, eps = arrays[slot + ".x"], arrays[slot + ".eps"]
-    key = (slot, "rows", x.shape[0])
-    if key not in state:
-        state[key] = _Rows(vae, x.shape[0], eps.shape[0], np.dtype(vae.dtype))
-    state[(slot, "last")] = state[key]
-    rec, kl = _rows_forward(vae, x, eps, state[key])
-    return rec, np.array(kl)
-
-
-@twin.job("vae.rows_backward")
-def _twin_rows_backward(state, arrays, slot, c, d_rec):
-    """The twin's ``_rows_backward`` after ``_twin_rows_forward``, the gradients written into
-    the shared ``<slot>.grads``."""
-    vae, buffers = state[slot], state[(slot, "last")]
-    if (slot, "layout") not in state:
-        state[(slot, "layout")] = gradient_layout(vae.params, buffers.encoder, buffers.decoder)
-    grads = _rows_backward(vae, arrays[slot + ".x"], arrays[slot + ".eps"], buffers, c, d_rec,
-                           FlatGradients(state[(slot, "layout")]))
-    np.copyto(arrays[slot + ".grads"], grads.flat)
 
 
 def _rows_forward(vae, x, eps, buffers):
