@@ -26,13 +26,27 @@ class MatmulFloor:
 
     ``halves=True``: the products as a step that runs in two halves of the rows makes them
     (``scratchvae.engine.rows``): each layer's products on each half of its rows, the two
-    halves at the same time on two threads, each with BLAS on one thread.
+    halves at the same time on two threads, each with BLAS on one thread. ``halves="twin"``:
+    the same, the second half's products in the twin process (``scratchvae.engine.twin``,
+    which must be ready: its job ``twin.products``), as a flow's step in halves runs them.
     """
 
     def __init__(self, layers, dtype=np.float32, seed=0, halves=False):
         rng = np.random.default_rng(seed)
         self.layers = list(layers)
         self.halves = halves
+        self.twin = None
+        if halves == "twin":
+            from scratchvae.engine import twin
+
+            if dtype != np.float32:
+                raise ValueError("dtype: the twin's products are float32")
+            self.twin, self.slot = twin.get(), f"floor.{id(self)}"
+            if self.twin is None:
+                raise ValueError("halves: 'twin' needs the twin ready (twin.get())")
+            second = [(hi - lo, n_in, n_out) for (rows, n_in, n_out) in self.layers
+                      for lo, hi in row_halves(rows)[1:]]
+            self.twin.install(self.slot, second, None)
         self.operands = [[], []] if halves else [[]]
         for rows, n_in, n_out in self.layers:
             W = rng.standard_normal((n_in, n_out)).astype(dtype)
@@ -54,6 +68,11 @@ class MatmulFloor:
     def run(self):
         if not self.halves:
             self._products(self.operands[0])
+            return
+        if self.twin is not None:
+            seq = self.twin.submit("twin.products", self.slot)
+            self._products(self.operands[0])
+            self.twin.result(seq)
             return
         run_halves([lambda ops=ops: self._products(ops) for ops in self.operands])
 

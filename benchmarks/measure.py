@@ -61,6 +61,15 @@ def in_halves(w):
             or density.runs_in_halves(w.model, w.config["batch"]))
 
 
+def halves_mode(w):
+    """How workload ``w``'s step runs its rows: ``"twin"`` (two halves, the second in the twin
+    process: a flow), ``"thr"`` (two halves on two threads: the VAE), ``"-"`` (whole)."""
+    if not in_halves(w):
+        return "-"
+    from scratchvae.engine import density
+    return "twin" if density.runs_in_halves(w.model, w.config["batch"]) else "thr"
+
+
 def wait_for_twin(timeout=30.0):
     """When the twin is on (``apply_elementwise_threads``), wait until it is ready, so that
     the timed steps are a run's steady state (a run's first steps, while it starts, run both
@@ -158,10 +167,11 @@ def time_workload(name, steps=40, warmup=5, factory=None, auto_threads=False):
     w, peak_mb, step_mb = build_and_measure_memory(factory)
     if auto_threads:
         apply_thread_policy(w)
-    if in_halves(w):
-        wait_for_twin()
+    mode = halves_mode(w)
+    if mode == "twin" and not wait_for_twin():
+        raise RuntimeError("the twin process did not get ready in 30 s")
     grads = w.grads()
-    floor = MatmulFloor(w.layers, halves=in_halves(w))
+    floor = MatmulFloor(w.layers, halves={"-": False, "thr": True, "twin": "twin"}[mode])
     step_ms, cpu_ms, floor_ms, floor_cpu_ms, faults, loss = _interleaved(w, floor, steps, warmup)
     ms, min_ms, max_ms = _summary(step_ms)
     f_ms = round(statistics.median(floor_ms), 3)
@@ -184,6 +194,7 @@ def time_workload(name, steps=40, warmup=5, factory=None, auto_threads=False):
         "fixed_ms": fixed,
         "threads": blas_threads(),
         "elementwise_threads": elementwise_threads(),
+        "halves": halves_mode(w),
         "thread_policy": "auto" if auto_threads else "fixed",
         "engine": _engine(),
         "blas_kernel": blas_kernel(),
@@ -225,7 +236,11 @@ def fixed_cost_ms(name, steps, warmup):
 def _interleaved(w, floor, steps, warmup):
     """``warmup`` untimed step/floor pairs, then ``steps`` timed ones, alternating so both see
     the same machine load. Returns per-step lists of wall and CPU ms for the step and for the
-    floor, the minor page faults of all steps together and the last loss."""
+    floor, the minor page faults of all steps together and the last loss.
+
+    For a step that uses the twin process, the floor runs its second half's products there
+    (``MatmulFloor(halves="twin")``), as the step does: the twin keeps polling between the
+    two, as between a run's steps."""
     for _ in range(warmup):
         w.step()
         floor.run()
@@ -248,7 +263,8 @@ def _interleaved(w, floor, steps, warmup):
 
 
 def format_results(rows, threads):
-    head = (f"{'workload':<10} {'thr':>3} {'ew':>2} {'ms/step':>9} {'min':>8} {'max':>8} "
+    head = (f"{'workload':<10} {'thr':>3} {'ew':>2} {'rows':>4} {'ms/step':>9} {'min':>8} "
+            f"{'max':>8} "
             f"{'floor ms':>9} {'ratio':>6} {'fixed':>7} {'cpu ms':>8} {'cpu flr':>8} "
             f"{'peak MB':>8} "
             f"{'step MB':>8} {'faults':>7}")
@@ -263,12 +279,15 @@ def format_results(rows, threads):
     lines = [f"engine: {engines}" + (" (beside it: the reference engine's ms/step and the ratio)"
                                      if with_reference else "")
              + f"; BLAS threads (thr): {said}; elementwise threads (ew, "
-             f"scratchvae/engine/parallel.py): {_said_elementwise()}; "
+             f"scratchvae/engine/parallel.py): {_said_elementwise()}; rows: the step whole "
+             "(-) or in two halves on two threads (thr) or with the twin process (twin; cpu ms "
+             "counts this process only); "
              f"BLAS kernel: {kernel or 'unknown'}; malloc: "
              f"{allocator} (see benchmarks/README.md)", head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['workload']:<10} {r.get('threads') or '?':>3} "
-                     f"{r.get('elementwise_threads') or '-':>2} {r['ms']:>9.2f} "
+                     f"{r.get('elementwise_threads') or '-':>2} {r.get('halves') or '-':>4} "
+                     f"{r['ms']:>9.2f} "
                      f"{r['min_ms']:>8.2f} "
                      f"{r['max_ms']:>8.2f} {r['floor_ms']:>9.2f} {r['ratio']:>6.2f} "
                      f"{r['fixed_ms'] if r.get('fixed_ms') is not None else float('nan'):>7.2f} "

@@ -222,3 +222,14 @@ def test_a_training_run_gives_the_same_parameters_with_and_without_the_twin(monk
     without = run(False)
     for name in with_twin:
         assert np.array_equal(with_twin[name], without[name]), name
+
+
+def test_a_resting_twin_wakes_for_its_next_job(ready_twin, monkeypatch):
+    model = flow_model("affine", seed=50)
+    x = data(13, 32, 4, np.float32)
+    expected = steps_here(monkeypatch, model, x)
+    ready_twin.rest()
+    time.sleep(0.05)
+    jobs = ready_twin._seq
+    assert_bits(model.nll_and_grads(x), expected)
+    assert ready_twin._seq == jobs + 1

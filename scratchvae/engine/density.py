@@ -22,6 +22,12 @@ diagnostics in one function, forward and backward together, on work buffers:
 - the data's own gradient is not formed: the reference's first block computes it, and
   ``nll_and_grads`` drops it.
 
+In a training run on two cores (the training settings enable ``engine.twin``), a batch of
+``HALVES_MIN_ROWS`` rows or more runs as two halves of the rows (``_step_in_halves``): the
+first here, the second in the twin process, at the same time, each ``_step`` with its share of
+the batch's means; the gradients added in one call. The same bits wherever the second half
+runs (here, before the twin is ready or if it fails): tests/test_engine_twin.py.
+
 Which models (``fusable``): ``FlowDensity`` itself with a ``StandardNormal`` base and a
 ``Chain`` of ``CouplingBlock``s and ``Permutation``s (the classes themselves, not subclasses):
 blocks without a context, whose conditioner is a plain ``MLP`` (``Linear`` layers, ReLU or

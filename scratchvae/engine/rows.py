@@ -7,9 +7,10 @@ and backward at the same time, each on one core with its products on one BLAS th
 meet at the end to add their sums: one hand-off per step, where splitting each elementwise
 chain costs one per chain and leaves each product to BLAS's own threads (one hand-over per
 product). User: the fused VAE step (``engine.vae``), which says where splitting pays,
-measured. A flow's step split the same way did not pay (benchmarks/README.md, "A step in two
-halves": hundreds of small NumPy calls per step, and the two threads share one interpreter
-lock), so flows split only their long chains (``engine.parallel``).
+measured. A flow's step split the same way on two threads did not pay (benchmarks/README.md,
+"A step in two halves": hundreds of small NumPy calls per step, and the two threads share one
+interpreter lock); a flow's step gives its second half to another process instead
+(``engine.twin``, ``engine.density``), and uses ``halves`` from here for its bounds.
 
     bounds = halves(N)                   # ((0, N // 2), (N // 2, N))
     results = run_halves([f, g])         # [f(), g()], f here and g in the worker, BLAS on 1 thread

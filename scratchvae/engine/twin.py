@@ -22,11 +22,12 @@ What crosses between the processes:
   arguments, a job's small result (a loss, a sum) or its error.
 
 Waiting: a message wakes a sleeping process only after tens of microseconds on these
-machines (a virtual CPU that has halted is woken by the host: 64 us measured for a round trip
-over pipes between two sleeping processes, 2.8 us when both spin; ``python
-benchmarks/twin_handoff.py``), so each side *spins* while it waits (polling the socket
-without blocking), the twin for ``SPIN_SECONDS`` after its last job (as OpenBLAS's own
-threads wait for their next product), then sleeps until the next message.
+machines (a virtual CPU that has halted is woken by the host), so each side *spins* while it
+waits (polling the socket without blocking), the twin for ``SPIN_SECONDS`` after its last job
+(as OpenBLAS's own threads wait for their next product), then sleeps until the next message.
+A job that does nothing took a median 9 us from submit to result with the twin polling, 73 us
+with it asleep (``python benchmarks/twin_handoff.py``, 2026-12-07, quiet machine; the figures
+of a run are in benchmarks/README.md, "A step in two processes").
 
     twin.set_enabled(True)           # the training settings do this for a run that uses it
     tw = twin.get()                  # the process's twin, or None (not enabled, not ready)
@@ -41,6 +42,7 @@ The twin ends with this process (its socket closes), or at ``stop()``.
 
 from __future__ import annotations
 
+import array
 import atexit
 import mmap
 import os
@@ -73,7 +75,9 @@ KEEP = 4
 SPIN_SECONDS = 0.1
 
 _FRAME = struct.Struct("<Q")   # each message: its length, then its pickle
-_MAX_FDS = 4
+_CHUNK = 1 << 16                # bytes read at a time
+_ANCILLARY = (socket.CMSG_SPACE(4 * array.array("i").itemsize)
+              if hasattr(socket, "CMSG_SPACE") else 0)
 
 _JOBS: dict = {}                # job name -> function(state, arrays, *args), in the twin
 
@@ -92,6 +96,32 @@ def job(name):
     return register
 
 
+@job("twin.ping")
+def _ping(state, arrays):
+    """A job that does nothing: its round trip is what a hand-off costs
+    (benchmarks/twin_handoff.py)."""
+    return None
+
+
+@job("twin.products")
+def _products(state, arrays, slot):
+    """The matrix products of the layers installed as ``slot`` (``[(rows, n_in, n_out), ...]``:
+    for each, ``x @ W``, ``dy @ W.T`` and ``x.T @ dy`` on operands made once, float32): the
+    twin's half of a step's products, which benchmarks/floor.py times as a flow's floor."""
+    from .products import matmul
+
+    key = (slot, "operands")
+    if key not in state:
+        rng = np.random.default_rng(0)
+        state[key] = [tuple(rng.standard_normal(shape).astype(np.float32) for shape in
+                            ((rows, n_in), (n_in, n_out), (rows, n_out)))
+                      for rows, n_in, n_out in state[slot]]
+    for x, W, dy in state[key]:
+        matmul(x, W)
+        matmul(dy, W.T)
+        matmul(x.T, dy)
+
+
 # ----------------------------------------------------------------------------- messages
 class _Channel:
     """Messages over one end of a socket pair: ``send`` a picklable object (with at most one
@@ -103,6 +133,7 @@ class _Channel:
         self.sock = sock
         self.buffer = bytearray()
         self.fds: list[int] = []
+        self._chunk = memoryview(bytearray(_CHUNK))
 
     def send(self, obj, fd=None):
         data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
@@ -113,14 +144,20 @@ class _Channel:
         self.sock.sendall(frame)
 
     def _read(self, flags):
+        # into one buffer kept for the channel: ``socket.recv_fds`` makes a new buffer of its
+        # full size at every call, and a poll makes thousands of calls a second
         try:
-            data, fds, _, _ = socket.recv_fds(self.sock, 1 << 20, _MAX_FDS, flags)
+            n, ancillary, _, _ = self.sock.recvmsg_into([self._chunk], _ANCILLARY, flags)
         except BlockingIOError:
             return
-        if not data:
+        if n == 0:
             raise EOFError("the other process closed its end")
-        self.buffer += data
-        self.fds += fds
+        self.buffer += self._chunk[:n]
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+                self.fds += list(fds)
 
     def _take(self):
         if len(self.buffer) < _FRAME.size:
@@ -153,6 +190,14 @@ class _Channel:
                 still_waiting()
             message = self._take()
         return message
+
+
+def _reference_to(obj):
+    """A weak reference to ``obj`` where it takes one (a model), else a strong one (a list)."""
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return lambda: obj
 
 
 def _shared_file(nbytes):
@@ -246,10 +291,10 @@ class Twin:
         try:
             data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as error:   # noqa: BLE001  (any pickling failure: run here)
-            self._installed[slot] = (weakref.ref(obj), token, f"cannot be pickled: {error}")
+            self._installed[slot] = (_reference_to(obj), token, f"cannot be pickled: {error}")
             raise TwinError(self._installed[slot][2]) from error
         self._send(("install", slot, data))
-        self._installed[slot] = (weakref.ref(obj), token, None)
+        self._installed[slot] = (_reference_to(obj), token, None)
 
     def failed(self, slot, why):
         """Mark the object installed as ``slot`` as one the twin fails on: ``install`` raises
@@ -291,6 +336,11 @@ class Twin:
         except OSError as error:
             self.broken = True
             raise TwinError(f"the twin process ended: {error}") from error
+
+    def rest(self):
+        """Ask the twin to sleep until its next message instead of polling (a benchmark does,
+        before it times something else on both cores)."""
+        self._send(("rest",))
 
     def stop(self, timeout=2.0):
         """End the twin: ask it to stop, then wait for it (killed after ``timeout``)."""
@@ -416,12 +466,14 @@ def serve(fd):
         channel.send(("ready",))
     except OSError:             # this process's end closed before the twin got ready
         return
+    spin = SPIN_SECONDS
     while True:
         try:
-            message = channel.receive(SPIN_SECONDS)
+            message = channel.receive(spin)
         except (EOFError, OSError):
             return
         kind = message[0]
+        spin = 0.0 if kind == "rest" else SPIN_SECONDS
         if kind == "job":
             _, seq, name, args = message
             try:
