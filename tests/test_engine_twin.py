@@ -28,6 +28,7 @@ pytestmark = pytest.mark.skipif(not twin.available(), reason="no twin on this sy
 def ready_twin(monkeypatch):
     """The twin on, ready, and every batch of two rows or more stepped in halves."""
     monkeypatch.setattr(density, "HALVES_MIN_ROWS", 2)
+    monkeypatch.setitem(twin._state, "starts", 0)      # (tests end twins on purpose)
     previous = twin.set_enabled(True)
     deadline = time.perf_counter() + 60
     while twin.get() is None:
@@ -199,6 +200,7 @@ def test_a_training_run_gives_the_same_parameters_with_and_without_the_twin(monk
     """Trainer.run in halves (batch 64, the threshold lowered), twice from the same start:
     once with the twin ready from the first step, once with both halves always run here."""
     monkeypatch.setattr(density, "HALVES_MIN_ROWS", 2)
+    monkeypatch.setitem(twin._state, "starts", 0)
     x = data(12, 256, 4, np.float32)
 
     def run(use_twin):
@@ -233,3 +235,25 @@ def test_a_resting_twin_wakes_for_its_next_job(ready_twin, monkeypatch):
     jobs = ready_twin._seq
     assert_bits(model.nll_and_grads(x), expected)
     assert ready_twin._seq == jobs + 1
+
+
+def test_a_twin_that_cannot_start_is_given_up_after_max_starts(monkeypatch):
+    import sys
+
+    for key, value in {"twin": None, "starts": 0, "unavailable": False, "enabled": True}.items():
+        monkeypatch.setitem(twin._state, key, value)
+    monkeypatch.setattr(sys, "executable", "/bin/false")      # not a Python: exits at once
+    deadline = time.perf_counter() + 60
+    while not twin._state["unavailable"]:
+        assert twin.get() is None
+        assert time.perf_counter() < deadline
+        time.sleep(0.01)
+    assert twin._state["starts"] == twin.MAX_STARTS
+    assert twin.start() is None and twin._state["twin"] is None
+
+
+def test_a_ctrl_c_at_the_terminal_does_not_reach_the_twin(ready_twin):
+    import os
+
+    # the terminal sends SIGINT to its foreground process group: the twin is not in ours
+    assert os.getpgid(ready_twin._process.pid) != os.getpgid(0)

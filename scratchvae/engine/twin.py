@@ -59,9 +59,9 @@ import weakref
 
 import numpy as np
 
-__all__ = ["SPIN_SECONDS", "KEEP", "TwinError", "Twin", "job", "get", "start", "stop",
-           "enabled", "set_enabled", "available", "parameter_slots", "send_parameters",
-           "bound_parameters"]
+__all__ = ["SPIN_SECONDS", "KEEP", "MAX_STARTS", "READY_SECONDS", "TwinError", "Twin", "job",
+           "get", "start", "stop", "enabled", "set_enabled", "available", "parameter_slots",
+           "send_parameters", "bound_parameters"]
 
 #: The objects the twin holds at once (``Twin.install``; the oldest dropped first, with its
 #: shared arrays): a benchmark steps two copies of a run in turn, and a user may train two
@@ -225,13 +225,17 @@ class Twin:
     def __init__(self):
         mine, theirs = socket.socketpair()
         try:
+            # a session of its own: a Ctrl-C at the terminal reaches this process (the
+            # Trainer stops cleanly), not the twin, which ends when this process's end closes
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "scratchvae.engine.twin", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True)
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True,
+                start_new_session=True)
         finally:
             theirs.close()
         self._channel = _Channel(mine)
         self._pid = os.getpid()
+        self._started = time.perf_counter()
         self._ready = False
         self.broken = False
         self._arrays: dict = {}      # name -> (mmap, array)
@@ -358,7 +362,7 @@ class Twin:
         self.broken = True
 
 
-_state: dict = {"enabled": False, "twin": None, "unavailable": False}
+_state: dict = {"enabled": False, "twin": None, "unavailable": False, "starts": 0}
 
 
 def available():
@@ -379,17 +383,34 @@ def set_enabled(flag):
     return previous
 
 
+#: The twins a process starts at most (a twin that ends is replaced, but not forever: one that
+#: cannot start, e.g. where ``sys.executable`` is not a Python, would be started at every step).
+MAX_STARTS = 3
+
+#: How long a twin may take to get ready before it counts as failed.
+READY_SECONDS = 60.0
+
+
 def start():
     """Start the twin if it is enabled and not running (it gets ready while this process goes
-    on: ``get`` returns None until then); returns it, or None where it cannot run."""
+    on: ``get`` returns None until then); returns it, or None where it cannot run (not
+    enabled, no system support, or ``MAX_STARTS`` twins started already)."""
     if not _state["enabled"] or _state["unavailable"] or not available():
         return None
     tw = _state["twin"]
     if tw is not None and tw._pid != os.getpid():      # a forked copy of this process
         _state["twin"] = tw = None
+    if tw is not None and not tw.broken and not tw._ready and (
+            time.perf_counter() - tw._started > READY_SECONDS):
+        tw.broken = True
     if tw is None or tw.broken:
         if tw is not None:
             tw.stop()
+            _state["twin"] = None
+        if _state["starts"] >= MAX_STARTS:
+            _state["unavailable"] = True
+            return None
+        _state["starts"] += 1
         try:
             tw = _state["twin"] = Twin()
         except (OSError, AttributeError, ValueError):      # no socket pair, no fd passing, ...
