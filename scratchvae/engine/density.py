@@ -252,14 +252,14 @@ def _block_backward(block, h, d_out, d_logp, c_law, buffers, grads, need_d_in):
 # ----------------------------------------------------------------------------- two processes
 #: The batch rows from which a run's steps go in two halves, the second in the twin process
 #: (``engine.twin``), when the training settings enable it. Measured on a quiet machine
-#: (``python benchmarks/step_modes.py W2-2d@128 W2-2d@256 W2-2d ... --modes blas1 blas2 twin``,
-#: 2026-12-07, load 0.3, ms per step with Adam, BLAS on two threads / in halves with the twin):
-#: at 512 rows every flow gained (W2-2d 2.08 / 1.65, W3-2d 2.20 / 1.89, W2-16d 8.94 / 4.92 in a
-#: slow minute for two BLAS threads, W3-16d 7.39 / 6.21); at 256 rows three of four (W2-2d
-#: 1.27 / 1.16, W3-2d 1.58 / 1.55, W3-16d 6.31 / 3.69, but W2-16d 3.05 / 3.19); at 128 rows
-#: two of four (W3-2d 1.26 / 1.35, W2-2d 1.10 / 0.97). benchmarks/README.md, "A step in two
-#: processes", has the table.
-HALVES_MIN_ROWS = 512
+#: (``python benchmarks/step_modes.py W2-2d@64 ... W3-16d --modes blas1 blas2 twin``,
+#: 2026-12-07, load 0.3-0.9, ms per step with Adam, the best of one and two BLAS threads /
+#: in halves with the twin): from 256 rows every flow gained, by 11 to 38 % (256: W2-2d 1.42 /
+#: 1.20, W3-2d 1.58 / 1.37, W2-16d 3.10 / 2.70, W3-16d 5.33 / 4.12; 512: 2.39 / 1.70, 2.25 /
+#: 1.78, 5.74 / 4.95, 10.10 / 6.58); at 128 the 2-D flows tied (0.92 / 0.86, 1.27 / 1.24-1.27)
+#: and the 16-D ones gained (2.19 / 1.81, 3.04 / 2.71); at 64 the twin lost (W2-2d 0.71 /
+#: 0.87, W2-16d 1.50 / 1.89). benchmarks/README.md, "A step in two processes".
+HALVES_MIN_ROWS = 256
 
 
 def runs_in_halves(model, N, twin_on=None):
