@@ -257,3 +257,13 @@ def test_a_ctrl_c_at_the_terminal_does_not_reach_the_twin(ready_twin):
 
     # the terminal sends SIGINT to its foreground process group: the twin is not in ours
     assert os.getpgid(ready_twin._process.pid) != os.getpgid(0)
+
+
+def test_this_process_runs_its_half_with_blas_on_one_thread(ready_twin, monkeypatch):
+    from scratchvae.engine import rows
+
+    counts = []
+    monkeypatch.setattr(rows, "blas_threads", lambda: 2)    # e.g. pinned by the environment
+    monkeypatch.setattr(rows, "set_blas_threads", counts.append)
+    flow_model("affine", seed=60).nll_and_grads(data(14, 32, 4, np.float32))
+    assert counts == [1, 2]                                  # one thread, then given back

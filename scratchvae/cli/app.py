@@ -548,7 +548,8 @@ def _global_options(p, in_subcommand=False):
                    help="BLAS threads (default: chosen by the model's size: one thread for "
                         "small models, both cores for large ones; scratchvae/engine/threads.py); "
                         "also the threads long elementwise chains are split over (default 2 on "
-                        "two cores; 1: none; scratchvae/engine/parallel.py)")
+                        "two cores; 1: none; scratchvae/engine/parallel.py), and whether a "
+                        "flow's step runs in two processes (1: no; scratchvae/engine/twin.py)")
     p.add_argument("--engine", choices=("reference", "fast"), default=default(None),
                    help="the code that runs: the reference (the derivations' formulas, one per "
                         "line) or the fast engine's equal kernels (default: $SCRATCHVAE_ENGINE, "

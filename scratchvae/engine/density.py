@@ -296,7 +296,11 @@ def _step_in_halves(model, x):
                 seq = _submit_half(tw, model, slot, x[mid:], N, space.slots)
             except twin.TwinError:
                 seq = None
-        loss, grads, logdet = _step(model, x[:mid], space, N)
+        if seq is None:
+            loss, grads, logdet = _step(model, x[:mid], space, N)
+        else:
+            with rows.one_blas_thread():          # (a count pinned in the environment)
+                loss, grads, logdet = _step(model, x[:mid], space, N)
     if seq is not None:
         try:
             loss_b, logdet_b = tw.result(seq)

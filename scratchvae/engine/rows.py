@@ -21,10 +21,12 @@ or another split is running.
 
 from __future__ import annotations
 
+import contextlib
+
 from . import parallel
 from .threads import blas_threads, set_blas_threads
 
-__all__ = ["halves", "run_halves", "wants_halves"]
+__all__ = ["halves", "run_halves", "wants_halves", "one_blas_thread"]
 
 
 def wants_halves(n_rows, macs, min_macs, parts=None):
@@ -43,16 +45,25 @@ def halves(n_rows):
 
 def run_halves(calls):
     """``[call() for call in calls]``, the calls at the same time on two threads
-    (``parallel.gather``) when there are two, with BLAS on one thread meanwhile: each part
-    makes its own products, and two BLAS calls each asking for both cores would fight over them
-    (the count before is given back)."""
+    (``parallel.gather``) when there are two, with BLAS on one thread meanwhile
+    (``one_blas_thread``)."""
     if len(calls) == 1:
         return [calls[0]()]
+    with one_blas_thread():
+        return parallel.gather(calls)
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """BLAS on one thread inside the ``with`` block, the count before given back after: each
+    half makes its own products, and two halves' products each asking for both cores would
+    fight over them. Nothing is called when BLAS is on one thread already (a run in halves:
+    the training settings set it so) or cannot be reached."""
     previous = blas_threads()
     if previous is not None and previous > 1:
         set_blas_threads(1)
     try:
-        return parallel.gather(calls)
+        yield
     finally:
         if previous is not None and previous > 1:
             set_blas_threads(previous)
