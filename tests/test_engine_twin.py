@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from scratchvae import engine
-from scratchvae.engine import density, settings, threads, twin
+from scratchvae.engine import density, settings, shared_parameters, threads, twin
 from scratchvae.flows.coupling import coupling_flow
 from scratchvae.models.density import FlowDensity, StandardNormal
 from scratchvae.training import Trainer
@@ -45,6 +45,13 @@ def steps_here(monkeypatch, model, x):
         return model.nll_and_grads(x)
 
 
+def ran_in_twin(tw, model, jobs_before, jobs=1):
+    """True when ``jobs`` jobs were sent since ``jobs_before`` and none failed for ``model``
+    (a failed job would be run here, with the same bits: the bits alone cannot tell)."""
+    held = tw._installed.get(f"density.{id(model)}")
+    return tw._seq == jobs_before + jobs and held is not None and held[2] is None
+
+
 def assert_bits(a, b):
     assert a[0] == b[0] and a[2] == b[2]
     assert list(a[1]) == list(b[1])
@@ -64,7 +71,7 @@ def test_a_half_in_the_twin_gives_the_bits_of_both_halves_here(ready_twin, monke
     x = data(1, n, 4, np.float32)
     jobs = ready_twin._seq
     in_twin = model.nll_and_grads(x)
-    assert ready_twin._seq == jobs + 1                   # the twin ran the second half
+    assert ran_in_twin(ready_twin, model, jobs)
     assert_bits(in_twin, steps_here(monkeypatch, model, x))
 
 
@@ -76,7 +83,9 @@ def test_the_step_in_halves_equals_the_reference(ready_twin, law, n):
     assert density.runs_in_halves(model, n)
     with engine.using("reference"):
         reference = model.nll_and_grads(x)
+    jobs = ready_twin._seq
     assert_same_step(model.nll_and_grads(x), reference)
+    assert ran_in_twin(ready_twin, model, jobs)
 
 
 def test_the_halves_change_the_whole_step_by_rounding_only(ready_twin, monkeypatch):
@@ -92,7 +101,7 @@ def test_the_twin_follows_the_parameters_and_the_standardisation(ready_twin, mon
     model = flow_model("spline")
     x = data(5, 64, 4, np.float32)
     model.nll_and_grads(x)
-    for module, name in twin.parameter_slots(model):       # an optimiser's step
+    for module, name in shared_parameters.parameter_slots(model):       # an optimiser's step
         module._own[name] *= np.float32(0.9)
     assert_bits(model.nll_and_grads(x), steps_here(monkeypatch, model, x))
     model.standardize(data(6, 80, 4, np.float32) * 2)           # shift and scale change
@@ -113,11 +122,11 @@ def test_two_models_in_turn_are_each_installed_once(ready_twin, monkeypatch):
 
 def test_the_oldest_model_is_dropped_beyond_keep(ready_twin):
     x = data(8, 16, 4, np.float32)
-    models = [flow_model("affine", seed=30 + i) for i in range(twin.KEEP + 1)]
+    models = [flow_model("affine", seed=30 + i) for i in range(twin.KEEP_INSTALLED + 1)]
     for m in models:
         m.nll_and_grads(x)
     slots = list(ready_twin._installed)
-    assert len(slots) == twin.KEEP and f"density.{id(models[0])}" not in slots
+    assert len(slots) == twin.KEEP_INSTALLED and f"density.{id(models[0])}" not in slots
     assert not any(n.startswith(f"density.{id(models[0])}.") for n in ready_twin._arrays)
 
 
@@ -188,8 +197,10 @@ def test_training_settings_turn_the_twin_on_for_a_run_in_halves(monkeypatch):
     assert settings.steps_in_halves(model, big) == settings.twin_for_run("auto")
     assert not settings.steps_in_halves(model, big - 1)
     assert not settings.steps_in_halves(model, big, threads_setting=1)
+    monkeypatch.setitem(twin._state, "twin", None)
     with settings.training_settings(model, big):
         assert twin.enabled() == settings.twin_for_run("auto")
+        assert (twin._state["twin"] is not None) == twin.enabled()      # started at once
         assert density.runs_in_halves(model, big) == twin.enabled()
         if twin.enabled() and not threads.pinned_by_environment():
             assert settings.threads_for_run(model, big, "auto") == 1   # the halves' threads
@@ -267,3 +278,119 @@ def test_this_process_runs_its_half_with_blas_on_one_thread(ready_twin, monkeypa
     monkeypatch.setattr(rows, "set_blas_threads", counts.append)
     flow_model("affine", seed=60).nll_and_grads(data(14, 32, 4, np.float32))
     assert counts == [1, 2]                                  # one thread, then given back
+
+
+
+def test_a_short_last_batch_gets_shared_arrays_of_its_shape(ready_twin, monkeypatch):
+    model = flow_model("spline", seed=70)
+    for n in (64, 66, 64, 3):
+        x = data(15 + n, n, 4, np.float32)
+        jobs = ready_twin._seq
+        in_twin = model.nll_and_grads(x)
+        assert ran_in_twin(ready_twin, model, jobs), n
+        assert_bits(in_twin, steps_here(monkeypatch, model, x))
+
+
+def test_the_twin_follows_a_replaced_conditioner_and_law(ready_twin, monkeypatch):
+    import copy
+
+    from scratchvae.flows.coupling import SplineLaw
+
+    model = flow_model("spline", seed=71)
+    x = data(16, 40, 4, np.float32)
+    model.nll_and_grads(x)
+    block = next(b for b in model.flow.bijectors if hasattr(b, "conditioner"))
+    conditioner = copy.deepcopy(block.conditioner)
+    for layer in conditioner.layers:                 # other weights, in a new module
+        layer.W *= np.float32(1.3)
+    block.conditioner = conditioner
+    block._children["conditioner"] = conditioner
+    assert_bits(model.nll_and_grads(x), steps_here(monkeypatch, model, x))
+    block.law = SplineLaw(block.law.bins, bound=1.5)   # another bound
+    jobs = ready_twin._seq
+    assert_bits(model.nll_and_grads(x), steps_here(monkeypatch, model, x))
+    assert ran_in_twin(ready_twin, model, jobs)
+
+
+def test_an_earlier_jobs_answer_is_not_taken_for_this_one(ready_twin, monkeypatch):
+    model = flow_model("affine", seed=72)
+    x = data(17, 32, 4, np.float32)
+    ready_twin.submit("twin.ping")                   # its caller never asked for the answer
+    jobs = ready_twin._seq
+    assert_bits(model.nll_and_grads(x), steps_here(monkeypatch, model, x))
+    assert ran_in_twin(ready_twin, model, jobs)
+
+
+def test_a_dropped_model_is_sent_again_when_it_comes_back(ready_twin, monkeypatch):
+    x = data(18, 16, 4, np.float32)
+    models = [flow_model("affine", seed=80 + i) for i in range(twin.KEEP_INSTALLED + 1)]
+    for m in models:
+        m.nll_and_grads(x)
+    jobs = ready_twin._seq
+    assert_bits(models[0].nll_and_grads(x), steps_here(monkeypatch, models[0], x))
+    assert ran_in_twin(ready_twin, models[0], jobs)
+
+
+class FailsInTheTwin:
+    """Unpickles in the process that made it only (a class the twin cannot rebuild)."""
+
+    def __init__(self):
+        import os
+        self.pid = os.getpid()
+
+    def __setstate__(self, state):
+        import os
+        if os.getpid() != state["pid"]:
+            raise RuntimeError("not in the twin")
+        self.__dict__.update(state)
+
+
+def test_a_model_the_twin_cannot_unpickle_runs_here_and_the_twin_serves_on(ready_twin,
+                                                                            monkeypatch):
+    model = flow_model("affine", seed=90)
+    model.extra = FailsInTheTwin()
+    x = data(19, 32, 4, np.float32)
+    expected = steps_here(monkeypatch, model, x)
+    assert_bits(model.nll_and_grads(x), expected)
+    assert ready_twin._installed[f"density.{id(model)}"][2] is not None     # marked: here
+    jobs = ready_twin._seq
+    assert_bits(model.nll_and_grads(x), expected)
+    assert ready_twin._seq == jobs and ready_twin.alive()
+    other = flow_model("affine", seed=91)                # the twin still serves the others
+    jobs = ready_twin._seq
+    other.nll_and_grads(x)
+    assert ran_in_twin(ready_twin, other, jobs)
+
+
+def test_two_threads_stepping_at_once_each_get_their_own_bits(ready_twin, monkeypatch):
+    import threading
+
+    models = [flow_model("spline", seed=100 + i) for i in range(2)]
+    x = data(20, 48, 4, np.float32)
+    expected = [steps_here(monkeypatch, m, x) for m in models]
+    results = [[], []]
+
+    def run(i):
+        for _ in range(20):
+            results[i].append(models[i].nll_and_grads(x))
+
+    threads_ = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads_:
+        t.start()
+    for t in threads_:
+        t.join(60)
+    for i in range(2):
+        assert len(results[i]) == 20
+        for r in results[i]:
+            assert_bits(r, expected[i])
+
+
+def test_a_forked_child_does_not_keep_its_parents_twin(ready_twin):
+    import os
+
+    pid = os.fork()
+    if pid == 0:                                     # the child
+        os._exit(0 if twin._state["twin"] is None else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert ready_twin.alive() and twin.get() is ready_twin

@@ -57,6 +57,7 @@ from . import register, rows, twin
 from .buffered_mlp import MLPBuffers, backward_from, forward_into, gradient_layout, plain_mlp
 from .coupling import _one_run_each, _sum_over_columns, law_backward_into, law_pass_into
 from .flat_gradients import FlatGradients
+from .shared_parameters import bound_parameters, parameter_slots, send_parameters
 from .workspaces import Workspaces
 
 __all__ = ["fused_nll_and_grads", "fusable"]
@@ -109,8 +110,9 @@ class _Workspace:
     """Every buffer of one step of ``model`` on ``N`` rows of a batch of ``n_total`` (all of
     them, or one half): the standardised data ``(N, D)``, the log-det total ``(N,)``, the
     loss's gradient by each row's log-density ``(N, 1)``, each block's buffers (``_Block``,
-    ``_Permuted``); ``slots``: ``(module, name)`` of each parameter, in the order of
-    ``model.params`` (``twin.parameter_slots``). ``lock``: held while a step runs
+    ``_Permuted``); for a half given to the twin, ``slots`` (``(module, name)`` of each
+    parameter, in the order of ``model.params``: ``shared_parameters.parameter_slots``) and
+    the ``token`` of the model they were read from (``_token``). ``lock``: held while a step runs
     (``engine.workspaces``)."""
 
     def __init__(self, model, N, dtype, n_total):
@@ -124,7 +126,8 @@ class _Workspace:
                        for i, b in enumerate(model.flow.bijectors)]
         self.layout = gradient_layout(model.params, *(b.cond for b in self.blocks
                                                        if type(b) is _Block))
-        self.slots = twin.parameter_slots(model)
+        # the twin's: the parameters' (module, name) and the token they were read under
+        self.slots, self.token = None, None
 
 
 _WORKSPACES = Workspaces(_Workspace)
@@ -264,49 +267,77 @@ HALVES_MIN_ROWS = 256
 
 def runs_in_halves(model, N, twin_on=None):
     """True when ``model``'s step on ``N`` rows goes in two halves of the rows, the second
-    in the twin: a ``fusable`` model, ``N`` at least ``HALVES_MIN_ROWS``, the twin on
-    (``twin_on``; default: ``twin.enabled()``, which the training settings set). Whether the
-    twin is *ready* does not enter: until it is, this process runs both halves, with the
-    same numbers (module ``engine.twin``)."""
+    in the twin: a ``fusable`` model, ``N`` at least ``HALVES_MIN_ROWS`` (and 2: a row for
+    each half), the twin on (``twin_on``; default: ``twin.enabled()``, which the training
+    settings set). Whether the twin is *ready* does not enter: until it is, this process runs
+    both halves, with the same numbers (module ``engine.twin``)."""
     twin_on = twin.enabled() if twin_on is None else twin_on
     return bool(twin_on) and N >= max(2, HALVES_MIN_ROWS) and fusable(model)
 
 
 def _token(model):
-    """What the twin's copy of ``model`` must share with it beside the parameters (sent with
-    every step): the flow and its blocks (the objects themselves), the standardisation."""
-    return (id(model.flow), tuple(map(id, model.flow.bijectors)), model.shift.tobytes(),
+    """What the twin's copy of ``model`` must share with it besides the parameters' values
+    (sent with every step), compared at every step: the objects the step reads (the flow, its
+    blocks, their conditioners and layers, laws, masks and permutations), each law's
+    settings, the standardisation and the dtype. Any of them replaced, or a setting or the
+    standardisation changed, and the model is sent again (and its parameters' places read
+    again, ``_submit_half``)."""
+    blocks = model.flow.bijectors
+    parts = []
+    for block in blocks:
+        if type(block) is Permutation:
+            parts.append((id(block.perm), id(block.inverse_perm)))
+        else:
+            law = block.law
+            conditioner = block.conditioner
+            parts.append((id(conditioner), id(conditioner.act), tuple(map(id, conditioner.layers)),
+                          id(law), law.n_params, getattr(law, "scale_bound", None),
+                          tuple(getattr(law, "settings", {}).values()),
+                          id(block._cols_a), id(block._cols_b)))
+    return (id(model.flow), tuple(map(id, blocks)), tuple(parts), model.shift.tobytes(),
             model.scale.tobytes(), np.dtype(model.dtype).str)
+
+
+#: Held while a step hands a half to the twin: the twin runs one job at a time, and its
+#: answers come back in order; a second thread stepping meanwhile runs both its halves here.
+_TWIN_LOCK = threading.Lock()
 
 
 def _step_in_halves(model, x):
     """``fused_nll_and_grads`` as two halves of the rows (``rows.halves``), each ``_step``
     with its shares of the means, added: the first here, the second in the twin when it is
-    ready (else here, after the first: the same numbers). ``(loss, grads, info)``."""
+    ready and free (else here, after the first: the same numbers); BLAS on one thread here,
+    as in the twin. ``(loss, grads, info)``."""
     N = x.shape[0]
     (_, mid), _ = rows.halves(N)
+    with rows.one_blas_thread():
+        held = _TWIN_LOCK.acquire(blocking=False)
+        try:
+            return _halves(model, x, mid, twin.get() if held else None)
+        finally:
+            if held:
+                _TWIN_LOCK.release()
+
+
+def _halves(model, x, mid, tw):
+    """``_step_in_halves`` with the twin ``tw`` (None: both halves here)."""
+    N = x.shape[0]
+    slot, seq = f"density.{id(model)}", None
     with _held(model, mid, N) as space:
         if space.layout is None:
             return FlowDensity.nll_and_grads.reference(model, x)
-        seq = tw = None
-        tw = twin.get()
-        slot = f"density.{id(model)}"
         if tw is not None:
             try:
-                seq = _submit_half(tw, model, slot, x[mid:], N, space.slots)
-            except twin.TwinError:
-                seq = None
-        if seq is None:
-            loss, grads, logdet = _step(model, x[:mid], space, N)
-        else:
-            with rows.one_blas_thread():          # (a count pinned in the environment)
-                loss, grads, logdet = _step(model, x[:mid], space, N)
+                seq = _submit_half(tw, model, slot, x[mid:], N, space)
+            except Exception as error:     # noqa: BLE001  (whatever failed: run it here)
+                _gave_up(tw, slot, error)
+        loss, grads, logdet = _step(model, x[:mid], space, N)
     if seq is not None:
         try:
             loss_b, logdet_b = tw.result(seq)
             grads_b = tw.shared(slot + ".grads", grads.flat.shape, grads.flat.dtype)
-        except twin.TwinError as error:
-            tw.failed(slot, str(error))            # this model's halves run here from now on
+        except Exception as error:         # noqa: BLE001
+            _gave_up(tw, slot, error)
             seq = None
     if seq is None:
         with _held(model, N - mid, N) as space_b:
@@ -316,14 +347,25 @@ def _step_in_halves(model, x):
     return loss + loss_b, grads, {"logdet": logdet + logdet_b}
 
 
-def _submit_half(tw, model, slot, x_b, n_total, slots):
-    """Give the twin, as ``slot``, the rows ``x_b`` of a batch of ``n_total``: the model when
-    its token changed, the parameters (``twin.send_parameters``) and the rows into shared
-    arrays (``<slot>.x``; the gradients come back in ``<slot>.grads``); returns the job's
-    number."""
+def _gave_up(tw, slot, error):
+    """After ``error`` handing a half to ``tw``: this model's halves run here from now on
+    (``Twin.mark_failed``). A twin that ended is replaced by ``twin.start`` at the next step,
+    with nothing installed, so the mark goes with it."""
+    tw.mark_failed(slot, f"{type(error).__name__}: {error}")
+
+
+def _submit_half(tw, model, slot, x_b, n_total, space):
+    """Give the twin, as ``slot``, the rows ``x_b`` of a batch of ``n_total``: the model
+    when its token changed, the parameters and the rows into shared arrays (``<slot>.params``,
+    ``shared_parameters.send_parameters``; ``<slot>.x``; the gradients come back in
+    ``<slot>.grads``); returns the job's number. The parameters' places (``space.slots``)
+    are read again whenever the token changes (a conditioner replaced holds other arrays)."""
     dtype = np.dtype(model.dtype)
-    tw.install(slot, model, _token(model))
-    params = twin.send_parameters(tw, slot, slots, dtype)
+    token = _token(model)
+    if token != space.token:
+        space.slots, space.token = parameter_slots(model), token
+    tw.install(slot, model, token)
+    params = send_parameters(tw, slot, space.slots, dtype)
     tw.shared(slot + ".x", x_b.shape, dtype)[...] = x_b
     tw.shared(slot + ".grads", params.shape, dtype)
     return tw.submit("density.rows_step", slot, n_total)
@@ -331,10 +373,10 @@ def _submit_half(tw, model, slot, x_b, n_total, slots):
 
 @twin.job("density.rows_step")
 def _twin_rows_step(state, arrays, slot, n_total):
-    """The twin's half (``_submit_half``): ``_step`` of the model installed as ``slot`` (on
-    the shared parameters, ``twin.bound_parameters``) on ``<slot>.x``, the gradients copied
-    into ``<slot>.grads``; returns the loss and the log-det shares."""
-    model = twin.bound_parameters(state, arrays, slot)
+    """The twin's half (``_submit_half``): ``_step`` of the model installed as ``slot``, on
+    the shared parameters (``shared_parameters.bound_parameters``) and rows ``<slot>.x``,
+    the gradients copied into ``<slot>.grads``; returns the loss and the log-det shares."""
+    model = bound_parameters(state, arrays, slot)
     x = arrays[slot + ".x"]
     with _held(model, x.shape[0], n_total) as space:
         loss, grads, logdet = _step(model, x, space, n_total)

@@ -85,10 +85,11 @@ def training_settings(model, batch_size, threads="auto", keep_freed_memory=True)
     previous = None if count is None else policy.set_blas_threads(count)
     try:
         previous_parts = parallel.set_elementwise_threads(elementwise_threads_for_run(threads))
-        previous_twin = twin.set_enabled(twin_for_run(threads))
-        if steps_in_halves(model, batch_size, threads):
-            twin.start()          # it gets ready while the first steps run both halves here
+        previous_twin = twin.enabled()
         try:
+            twin.set_enabled(twin_for_run(threads))
+            if steps_in_halves(model, batch_size, threads):
+                twin.start()      # it gets ready while the first steps run both halves here
             yield
         finally:
             twin.set_enabled(previous_twin)

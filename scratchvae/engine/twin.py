@@ -59,14 +59,13 @@ import weakref
 
 import numpy as np
 
-__all__ = ["SPIN_SECONDS", "KEEP", "MAX_STARTS", "READY_SECONDS", "TwinError", "Twin", "job",
-           "get", "start", "stop", "enabled", "set_enabled", "available", "parameter_slots",
-           "send_parameters", "bound_parameters"]
+__all__ = ["SPIN_SECONDS", "KEEP_INSTALLED", "MAX_STARTS", "READY_SECONDS", "TwinError", "Twin",
+           "job", "get", "start", "stop", "enabled", "set_enabled", "available"]
 
 #: The objects the twin holds at once (``Twin.install``; the oldest dropped first, with its
 #: shared arrays): a benchmark steps two copies of a run in turn, and a user may train two
 #: models in turn, and either must not send a model at every step.
-KEEP = 4
+KEEP_INSTALLED = 4
 
 #: How long the twin keeps polling for its next job after a job before it sleeps, and how
 #: long this process polls for a job's result before it sleeps between checks that the twin
@@ -200,15 +199,30 @@ def _reference_to(obj):
         return lambda: obj
 
 
+def _mappable(nbytes):
+    """``nbytes``, at least 1: ``mmap`` refuses a mapping of 0 bytes (an array with no
+    entries)."""
+    return max(int(nbytes), 1)
+
+
 def _shared_file(nbytes):
     """An anonymous file of ``nbytes`` in memory (``/dev/shm`` where there is one) and its
-    mapping: ``(fd, mmap)``."""
+    mapping: ``(fd, mmap)``. Its blocks are reserved now (``posix_fallocate``, where there is
+    one): a file only truncated to its size gets its memory when written, and a full
+    ``/dev/shm`` then kills the process with SIGBUS instead of raising ``OSError`` here."""
     folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
     f = tempfile.TemporaryFile(dir=folder)
     fd = os.dup(f.fileno())
     f.close()
-    os.ftruncate(fd, max(nbytes, 1))
-    return fd, mmap.mmap(fd, max(nbytes, 1))
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, _mappable(nbytes))
+        else:
+            os.ftruncate(fd, _mappable(nbytes))
+        return fd, mmap.mmap(fd, _mappable(nbytes))
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _array_on(mapping, shape, dtype):
@@ -231,6 +245,9 @@ class Twin:
                 [sys.executable, "-m", "scratchvae.engine.twin", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True,
                 start_new_session=True)
+        except BaseException:
+            mine.close()
+            raise
         finally:
             theirs.close()
         self._channel = _Channel(mine)
@@ -239,7 +256,8 @@ class Twin:
         self._ready = False
         self.broken = False
         self._arrays: dict = {}      # name -> (mmap, array)
-        self._installed: dict = {}   # slot -> (weakref to the object, token)
+        self._installed: dict = {}   # slot -> (reference to the object, token, why it
+        #                              fails in the twin, or None)
         self._seq = 0
 
     def ready(self):
@@ -250,6 +268,9 @@ class Twin:
             except (EOFError, OSError):
                 self.broken = True
                 return False
+            except BaseException:
+                self.broken = True        # a message cut in two (^C): the stream is lost
+                raise
             if message == ("ready",):
                 self._ready = True
         return self._ready
@@ -276,9 +297,9 @@ class Twin:
     def install(self, slot, obj, token):
         """Give the twin ``obj`` (pickled) as ``state[slot]``, unless it holds this very
         object with the same ``token`` (whatever of ``obj`` its jobs read and the caller does
-        not send with each job). A new slot beyond ``KEEP`` drops the oldest, with its shared
-        arrays (those named ``"<slot>.<name>"``). ``TwinError`` when ``obj`` cannot be
-        pickled, or a job on it failed (``failed``): then at once for the same object and
+        not send with each job). A new slot beyond ``KEEP_INSTALLED`` drops the oldest, with
+        its shared arrays (those named ``"<slot>.<name>"``). ``TwinError`` when ``obj`` cannot
+        be pickled, or a job on it failed (``mark_failed``): then at once for the same object and
         token, and its steps run here."""
         held = self._installed.pop(slot, None)
         if held is not None and held[0]() is obj and held[1] == token:
@@ -286,7 +307,7 @@ class Twin:
             if held[2] is not None:
                 raise TwinError(held[2])
             return
-        while len(self._installed) >= KEEP:
+        while len(self._installed) >= KEEP_INSTALLED:
             oldest = next(iter(self._installed))
             del self._installed[oldest]
             for name in [n for n in self._arrays if n.startswith(oldest + ".")]:
@@ -300,7 +321,7 @@ class Twin:
         self._send(("install", slot, data))
         self._installed[slot] = (_reference_to(obj), token, None)
 
-    def failed(self, slot, why):
+    def mark_failed(self, slot, why):
         """Mark the object installed as ``slot`` as one the twin fails on: ``install`` raises
         ``TwinError`` for it from now on (until the object or its token changes)."""
         held = self._installed.get(slot)
@@ -319,9 +340,15 @@ class Twin:
         while True:
             try:
                 message = self._channel.receive(SPIN_SECONDS, self._check_alive)
-            except (EOFError, OSError) as error:
+            except TwinError:
+                raise
+            except (EOFError, OSError, pickle.UnpicklingError) as error:
                 self.broken = True
                 raise TwinError(f"the twin process ended: {error}") from error
+            except BaseException:
+                # a ^C while a message was half read: the stream is lost, the twin replaced
+                self.broken = True
+                raise
             kind, number = message[0], message[1] if len(message) > 1 else None
             if kind == "done" and number == seq:
                 return message[2]
@@ -340,6 +367,9 @@ class Twin:
         except OSError as error:
             self.broken = True
             raise TwinError(f"the twin process ended: {error}") from error
+        except BaseException:
+            self.broken = True        # a ^C while a message was half sent: the stream is lost
+            raise
 
     def rest(self):
         """Ask the twin to sleep until its next message instead of polling (a benchmark does,
@@ -426,6 +456,23 @@ def get():
     return tw if tw is not None and tw.ready() else None
 
 
+def _forget_in_child():
+    """In a forked child: the parent's twin is not this process's; close the child's copy
+    of the socket (else the twin, which ends when every copy of its peer's end is closed,
+    would outlive the parent)."""
+    tw = _state["twin"]
+    _state["twin"] = None
+    if tw is not None:
+        try:
+            tw._channel.sock.close()
+        except OSError:
+            pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_in_child)
+
+
 @atexit.register
 def stop():
     """End the twin, if one runs (at exit, and for tests)."""
@@ -435,49 +482,11 @@ def stop():
         tw.stop()
 
 
-# ----------------------------------------------------------------------------- parameters
-def parameter_slots(module):
-    """``[(module, name), ...]`` of every parameter of ``module``'s tree (an ``nn.Module``),
-    in the order of ``module.params`` (its own, then each child's, depth first)."""
-    slots = [(module, name) for name in module._own]
-    for child in module._children.values():
-        slots += parameter_slots(child)
-    return slots
-
-
-def send_parameters(tw, slot, slots, dtype):
-    """Copy the parameters of ``slots`` (``parameter_slots``, read now: an optimiser may have
-    replaced an array) into the shared array ``<slot>.params`` of ``tw``, end to end."""
-    arrays = [module._own[name] for module, name in slots]
-    params = tw.shared(slot + ".params", (sum(a.size for a in arrays),), dtype)
-    np.concatenate([a.reshape(-1) for a in arrays], out=params)
-    return params
-
-
-def bound_parameters(state, arrays, slot):
-    """In the twin: the object installed as ``slot``, its parameters made views of the shared
-    ``<slot>.params`` (``send_parameters``: its own arrays replaced, once per install and
-    shared array), so each job reads the parameters of this step without a copy."""
-    obj, params = state[slot], arrays[slot + ".params"]
-    if state.get((slot, "params")) is not params:
-        offset = 0
-        for module, name in parameter_slots(obj):
-            old = module._own[name]
-            if getattr(module, name) is not old:
-                raise ValueError(f"parameter {name!r}: not the attribute of its name")
-            view = params[offset:offset + old.size].reshape(old.shape)
-            module._own[name] = view
-            setattr(module, name, view)
-            offset += old.size
-        state[(slot, "params")] = params
-    return obj
-
-
 # ----------------------------------------------------------------------------- the twin side
 def serve(fd):
     """The twin's loop (``python -m scratchvae.engine.twin FD``): BLAS on one thread, freed
     memory kept; then each message in turn until the socket closes or ``stop`` comes."""
-    from . import density, memory, threads, vae  # noqa: F401  (they register their jobs)
+    from . import density, memory, threads  # noqa: F401  (density registers its jobs)
 
     threads.set_blas_threads(1)
     memory.keep_freed_memory()
@@ -505,25 +514,40 @@ def serve(fd):
                 channel.send(answer)
             except OSError:
                 return
-        elif kind == "attach":
-            _, name, shape, dtype = message
-            received = channel.fds.pop(0)
-            nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-            mappings[name] = mmap.mmap(received, max(nbytes, 1))
-            os.close(received)
-            arrays[name] = _array_on(mappings[name], shape, dtype)
-        elif kind in ("install", "drop"):
-            slot = message[1]
-            state.pop(slot, None)
-            for key in [k for k in state if isinstance(k, tuple) and k[0] == slot]:
-                del state[key]           # what a job kept for the object installed before
-            if kind == "install":
-                state[slot] = pickle.loads(message[2])
-            else:
-                for name in [n for n in arrays if n.startswith(slot + ".")]:
-                    del arrays[name], mappings[name]
+        elif kind in ("attach", "install", "drop"):
+            try:
+                _keep(kind, message, channel, arrays, state, mappings)
+            except Exception:   # noqa: BLE001, S110  (a job on it then fails, and says so)
+                pass
         elif kind == "stop":
             return
+
+
+def _keep(kind, message, channel, arrays, state, mappings):
+    """In the twin, the messages that change what it holds: ``attach`` a shared array (its
+    descriptor came with the message), ``install`` an object in a slot (what jobs kept for
+    the slot's previous object dropped), ``drop`` a slot and its shared arrays. A failure
+    here (an object whose class the twin cannot import, a mapping refused) leaves the slot
+    empty: the next job on it fails, and its caller runs that half itself."""
+    if kind == "attach":
+        _, name, shape, dtype = message
+        received = channel.fds.pop(0)
+        try:
+            nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            mappings[name] = mmap.mmap(received, _mappable(nbytes))
+        finally:
+            os.close(received)
+        arrays[name] = _array_on(mappings[name], shape, dtype)
+        return
+    slot = message[1]
+    state.pop(slot, None)
+    for key in [k for k in state if isinstance(k, tuple) and k[0] == slot]:
+        del state[key]                   # what a job kept for the object installed before
+    if kind == "install":
+        state[slot] = pickle.loads(message[2])
+    else:
+        for name in [n for n in arrays if n.startswith(slot + ".")]:
+            del arrays[name], mappings[name]
 
 
 if __name__ == "__main__":
