@@ -199,6 +199,11 @@ def _reference_to(obj):
         return lambda: obj
 
 
+def _nbytes(shape, dtype):
+    """The bytes of an array of ``shape`` and ``dtype``."""
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
 def _mappable(nbytes):
     """``nbytes``, at least 1: ``mmap`` refuses a mapping of 0 bytes (an array with no
     entries)."""
@@ -226,6 +231,8 @@ def _shared_file(nbytes):
 
 
 def _array_on(mapping, shape, dtype):
+    """An array of ``shape`` and ``dtype`` on ``mapping``; it keeps the mapping open for as
+    long as it lives (through the buffer it was made from), so nothing else needs to."""
     dtype = np.dtype(dtype)
     count = int(np.prod(shape, dtype=np.int64))
     return np.frombuffer(mapping, dtype=dtype, count=count).reshape(shape)
@@ -251,11 +258,10 @@ class Twin:
         finally:
             theirs.close()
         self._channel = _Channel(mine)
-        self._pid = os.getpid()
         self._started = time.perf_counter()
         self._ready = False
         self.broken = False
-        self._arrays: dict = {}      # name -> (mmap, array)
+        self._arrays: dict = {}      # name -> shared array
         self._installed: dict = {}   # slot -> (reference to the object, token, why it
         #                              fails in the twin, or None)
         self._seq = 0
@@ -283,15 +289,14 @@ class Twin:
         when it has no array of that name, shape and dtype yet)."""
         shape, dtype = tuple(int(n) for n in shape), np.dtype(dtype)
         held = self._arrays.get(name)
-        if held is not None and held[1].shape == shape and held[1].dtype == dtype:
-            return held[1]
-        fd, mapping = _shared_file(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+        if held is not None and held.shape == shape and held.dtype == dtype:
+            return held
+        fd, mapping = _shared_file(_nbytes(shape, dtype))
         try:
             self._send(("attach", name, shape, dtype.str), fd=fd)
         finally:
             os.close(fd)
-        array = _array_on(mapping, shape, dtype)
-        self._arrays[name] = (mapping, array)
+        array = self._arrays[name] = _array_on(mapping, shape, dtype)
         return array
 
     def install(self, slot, obj, token):
@@ -372,8 +377,8 @@ class Twin:
             raise
 
     def rest(self):
-        """Ask the twin to sleep until its next message instead of polling (a benchmark does,
-        before it times something else on both cores)."""
+        """Ask the twin to sleep until its next message instead of polling
+        (benchmarks/twin_handoff.py does, to time what waking it costs)."""
         self._send(("rest",))
 
     def stop(self, timeout=2.0):
@@ -427,9 +432,7 @@ def start():
     enabled, no system support, or ``MAX_STARTS`` twins started already)."""
     if not _state["enabled"] or _state["unavailable"] or not available():
         return None
-    tw = _state["twin"]
-    if tw is not None and tw._pid != os.getpid():      # a forked copy of this process
-        _state["twin"] = tw = None
+    tw = _state["twin"]          # (a forked child has none: ``_forget_in_child``)
     if tw is not None and not tw.broken and not tw._ready and (
             time.perf_counter() - tw._started > READY_SECONDS):
         tw.broken = True
@@ -478,7 +481,7 @@ def stop():
     """End the twin, if one runs (at exit, and for tests)."""
     tw = _state["twin"]
     _state["twin"] = None
-    if tw is not None and tw._pid == os.getpid():
+    if tw is not None:
         tw.stop()
 
 
@@ -491,7 +494,7 @@ def serve(fd):
     threads.set_blas_threads(1)
     memory.keep_freed_memory()
     channel = _Channel(socket.socket(fileno=fd))
-    arrays, state, mappings = {}, {}, {}
+    arrays, state = {}, {}
     try:
         channel.send(("ready",))
     except OSError:             # this process's end closed before the twin got ready
@@ -516,14 +519,14 @@ def serve(fd):
                 return
         elif kind in ("attach", "install", "drop"):
             try:
-                _keep(kind, message, channel, arrays, state, mappings)
+                _keep(kind, message, channel, arrays, state)
             except Exception:   # noqa: BLE001, S110  (a job on it then fails, and says so)
                 pass
         elif kind == "stop":
             return
 
 
-def _keep(kind, message, channel, arrays, state, mappings):
+def _keep(kind, message, channel, arrays, state):
     """In the twin, the messages that change what it holds: ``attach`` a shared array (its
     descriptor came with the message), ``install`` an object in a slot (what jobs kept for
     the slot's previous object dropped), ``drop`` a slot and its shared arrays. A failure
@@ -533,11 +536,10 @@ def _keep(kind, message, channel, arrays, state, mappings):
         _, name, shape, dtype = message
         received = channel.fds.pop(0)
         try:
-            nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-            mappings[name] = mmap.mmap(received, _mappable(nbytes))
+            mapping = mmap.mmap(received, _mappable(_nbytes(shape, dtype)))
         finally:
             os.close(received)
-        arrays[name] = _array_on(mappings[name], shape, dtype)
+        arrays[name] = _array_on(mapping, shape, dtype)
         return
     slot = message[1]
     state.pop(slot, None)
@@ -547,7 +549,7 @@ def _keep(kind, message, channel, arrays, state, mappings):
         state[slot] = pickle.loads(message[2])
     else:
         for name in [n for n in arrays if n.startswith(slot + ".")]:
-            del arrays[name], mappings[name]
+            del arrays[name]
 
 
 if __name__ == "__main__":
