@@ -47,6 +47,20 @@ def test_flat_gradients_are_views_of_one_array_in_the_parameters_order():
     assert grads.whole()
 
 
+def test_flat_gradients_can_lie_on_a_given_array():
+    # the twin's half writes its gradients straight into the array it shares
+    rng = np.random.default_rng(1)
+    layout = Layout(_params(rng))
+    given = np.full(layout.size, np.nan, np.float32)
+    grads = FlatGradients(layout, given)
+    assert grads.flat is given
+    grads.outs["a.b"][...] = 7.0
+    np.testing.assert_array_equal(given[12:16], 7.0)          # written through the view
+    for wrong in (np.empty(layout.size, np.float64), np.empty(layout.size + 1, np.float32)):
+        with pytest.raises(ValueError, match="flat"):
+            FlatGradients(layout, wrong)
+
+
 @pytest.mark.parametrize("change", ["replaced", "deleted", "missing", "added"])
 def test_whole_only_while_every_entry_is_its_own_view(change):
     rng = np.random.default_rng(1)

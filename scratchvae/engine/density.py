@@ -172,12 +172,13 @@ def fused_nll_and_grads(model, batch, context=None):
     return loss, grads, {"logdet": logdet}
 
 
-def _step(model, x, space, n_total=None):
+def _step(model, x, space, n_total=None, flat=None):
     """The step of ``fused_nll_and_grads`` on the checked rows ``x`` ``(N, D)`` with the
     buffers of ``space``: ``(loss, grads, mean log-det)``. ``n_total``: the rows of the
     whole batch when ``x`` is one part of it (``_step_in_halves``): the loss and the log-det
     are then this part's sums over ``n_total`` (its share of the batch's means) and the
-    gradients its share of the batch's; None: ``x`` is the batch, and they are its means."""
+    gradients its share of the batch's; None: ``x`` is the batch, and they are its means.
+    ``flat``: the array the gradients are written into (``FlatGradients``; default new)."""
     N, D = x.shape
     blocks = model.flow.bijectors
     z, logdet = space.z, space.logdet
@@ -205,7 +206,7 @@ def _step(model, x, space, n_total=None):
     d = -d_logp * u                                  # d u = -(d log p) u
 
     # back through the blocks, first to last; every block's log-det gets d log p
-    grads = FlatGradients(space.layout)            # the caller's: new for each step
+    grads = FlatGradients(space.layout, flat)      # the caller's: new for each step
     for i, block in enumerate(blocks):
         if type(block) is Permutation:           # d x = (d u)[:, perm]
             d = np.take(d, block.perm, axis=1, out=space.blocks[i].d_in, mode="clip")
@@ -375,10 +376,10 @@ def _submit_half(tw, model, slot, x_b, n_total, space):
 def _twin_rows_step(state, arrays, slot, n_total):
     """The twin's half (``_submit_half``): ``_step`` of the model installed as ``slot``, on
     the shared parameters (``shared_parameters.bound_parameters``) and rows ``<slot>.x``,
-    the gradients copied into ``<slot>.grads``; returns the loss and the log-det shares."""
+    its gradients written straight into ``<slot>.grads``; returns the loss and the log-det
+    shares."""
     model = bound_parameters(state, arrays, slot)
     x = arrays[slot + ".x"]
     with _held(model, x.shape[0], n_total) as space:
-        loss, grads, logdet = _step(model, x, space, n_total)
-        np.copyto(arrays[slot + ".grads"], grads.flat)
+        loss, _, logdet = _step(model, x, space, n_total, flat=arrays[slot + ".grads"])
     return loss, logdet

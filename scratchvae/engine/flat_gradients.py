@@ -69,12 +69,19 @@ class FlatGradients(dict):
     Made empty; the step that fills it writes each gradient into ``outs[name]`` (the view,
     shaped like the parameter) and puts it in, in the order it forms them (the reference's
     order). ``flat`` is made new for each step: the caller owns it, as it owns the reference's
-    arrays."""
+    arrays; or it is the given ``flat`` ``(layout.size,)`` of ``layout.dtype``, where a step
+    must leave its gradients (the twin's half: the array it shares with the training
+    process)."""
 
-    def __init__(self, layout):
+    def __init__(self, layout, flat=None):
         super().__init__()
         self.layout = layout
-        flat = self.flat = np.empty(layout.size, layout.dtype)
+        if flat is None:
+            flat = np.empty(layout.size, layout.dtype)
+        elif flat.shape != (layout.size,) or flat.dtype != layout.dtype:
+            raise ValueError(f"flat: expected ({layout.size},) {layout.dtype}, got "
+                             f"{flat.shape} {flat.dtype}")
+        self.flat = flat
         dtype, view = layout.dtype, np.ndarray
         self.outs = {k: view(shape, dtype, flat, offset) for k, shape, offset in layout.views}
         self._views = tuple(self.outs.values())
