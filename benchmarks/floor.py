@@ -47,7 +47,9 @@ class MatmulFloor:
             second = [(hi - lo, n_in, n_out) for (rows, n_in, n_out) in self.layers
                       for lo, hi in row_halves(rows)[1:]]
             self.twin.install(self.slot, second, None)
-        self.operands = [[], []] if halves else [[]]
+        # this process's operands: both halves' on threads, the first half's with the twin
+        # (which makes its own for the second), all rows' whole
+        self.operands = [[], []] if halves is True else [[]]
         for rows, n_in, n_out in self.layers:
             W = rng.standard_normal((n_in, n_out)).astype(dtype)
             # the rows of each part, as the step cuts them (engine.rows.halves)

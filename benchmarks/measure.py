@@ -50,24 +50,23 @@ def apply_thread_policy(w):
 
 
 def in_halves(w):
-    """True when workload ``w``'s step runs in two halves of the rows (the fast engine's fused
-    VAE step at its size, with the elementwise setting in force; a flow's step with the twin
-    on, ``apply_elementwise_threads``)."""
-    if _engine() != "fast":
-        return False
-    from scratchvae.engine import density
-    from scratchvae.engine.vae import runs_in_halves
-    return (runs_in_halves(w.model, w.config["batch"])
-            or density.runs_in_halves(w.model, w.config["batch"]))
+    """True when workload ``w``'s step runs in two halves of the rows (``halves_mode``)."""
+    return halves_mode(w) != "-"
 
 
 def halves_mode(w):
-    """How workload ``w``'s step runs its rows: ``"twin"`` (two halves, the second in the twin
-    process: a flow), ``"thr"`` (two halves on two threads: the VAE), ``"-"`` (whole)."""
-    if not in_halves(w):
+    """How workload ``w``'s step runs its rows on the fast engine: ``"twin"`` (two halves, the
+    second in the twin process: a flow, with the twin on, ``apply_elementwise_threads``),
+    ``"thr"`` (two halves on two threads: the fused VAE step at its size, with the elementwise
+    setting in force), ``"-"`` (whole; always on the reference engine)."""
+    if _engine() != "fast":
         return "-"
     from scratchvae.engine import density
-    return "twin" if density.runs_in_halves(w.model, w.config["batch"]) else "thr"
+    from scratchvae.engine.vae import runs_in_halves
+    rows = w.config["batch"]
+    if density.runs_in_halves(w.model, rows):
+        return "twin"
+    return "thr" if runs_in_halves(w.model, rows) else "-"
 
 
 def wait_for_twin(timeout=30.0):
