@@ -15,6 +15,10 @@ halves are arranged (two threads, the twin process, any other way), such a step 
 - ``adam``: the Adam step on all the parameters, alone on one core: even cut perfectly between
   the two cores, it adds half its time.
 
+Beside them, ``hfloor``: the products of half the rows alone on one core (``MatmulFloor`` of
+the half's layers); ``floor / hfloor`` is how much slower the products run when both cores run
+them at once, the halves' contention for what the two cores share, which the bound leaves out.
+
 The bound charges nothing for what a real step in halves also pays: handing work over and
 waiting for it, adding the halves' gradients, and two cores sharing the caches and the memory
 bus. So where ``bound`` is above JAX's step, or above 1.5 times the floor, no arrangement of
@@ -93,6 +97,7 @@ def _median_ms(fn, steps, warmup):
 def half_and_adam(name, steps, warmup):
     """In a child: ``half_ms`` (the loss and gradients of half the rows on one core) and
     ``adam_ms`` (Adam on all the parameters on one core) of workload ``name``."""
+    from floor import MatmulFloor
     from workloads import WORKLOADS
 
     from scratchvae.engine import memory, parallel, threads, twin
@@ -107,8 +112,10 @@ def half_and_adam(name, steps, warmup):
     half_ms = _median_ms(half.grads, steps, warmup)
     grads = whole.grads()
     adam_ms = _median_ms(lambda: whole.optimiser.step(grads), steps, warmup)
+    half_floor_ms = _median_ms(MatmulFloor(half.layers).run, steps, warmup)
     return {"workload": name, "rows": rows, "half_rows": half.config["batch"],
             "half_ms": half_ms, "adam_ms": adam_ms, "bound_ms": bound(half_ms, adam_ms),
+            "half_floor_ms": half_floor_ms,
             "blas_threads": threads.blas_threads(), "parts": parallel.elementwise_threads()}
 
 
@@ -152,8 +159,8 @@ def add_ratios(row):
     return row
 
 
-COLUMNS = ("step_ms", "floor_ms", "half_ms", "adam_ms", "bound_ms", "jax_ms", "bound_vs_jax",
-           "step_vs_jax", "bound_vs_floor", "step_vs_floor")
+COLUMNS = ("step_ms", "floor_ms", "half_floor_ms", "half_ms", "adam_ms", "bound_ms", "jax_ms",
+           "bound_vs_jax", "step_vs_jax", "bound_vs_floor", "step_vs_floor")
 
 
 def combine(rounds):
@@ -180,16 +187,17 @@ def verdict(row):
 
 
 def format_table(rows):
-    head = (f"{'workload':<10}{'step':>7}{'floor':>7}{'half':>7}{'adam':>7}{'bound':>7}"
-            f"{'jax':>7}{'bnd/jax':>9}{'step/jax':>9}{'bnd/flr':>9}{'step/flr':>9}  reach")
+    head = (f"{'workload':<10}{'step':>7}{'floor':>7}{'hfloor':>7}{'half':>7}{'adam':>7}"
+            f"{'bound':>7}{'jax':>7}{'bnd/jax':>9}{'step/jax':>9}{'bnd/flr':>9}{'step/flr':>9}"
+            "  reach")
     lines = [head, "-" * len(head)]
 
     def cell(v, width, digits):
         return f"{v:>{width}.{digits}f}" if v is not None else f"{'-':>{width}}"
 
     for r in rows:
-        lines.append(f"{r['workload']:<10}" + "".join(cell(r[k], 7, 2) for k in COLUMNS[:6])
-                     + "".join(cell(r[k], 9, 3) for k in COLUMNS[6:]) + "  " + verdict(r))
+        lines.append(f"{r['workload']:<10}" + "".join(cell(r[k], 7, 2) for k in COLUMNS[:7])
+                     + "".join(cell(r[k], 9, 3) for k in COLUMNS[7:]) + "  " + verdict(r))
     lines.append("ms per step (medians over rounds; each ratio the median of the rounds' own "
                  "ratios). bound = half + adam / 2: see the module docstring.")
     return "\n".join(lines)

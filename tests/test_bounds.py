@@ -22,7 +22,7 @@ def test_the_child_measures_half_the_rows_on_one_core(name):
     row = json.loads(out.splitlines()[-1])
     assert row["half_rows"] == row["rows"] // 2          # the half workload, not the whole
     assert row["blas_threads"] in (1, None) and row["parts"] == 1   # one core, nothing split
-    assert row["half_ms"] > 0 and row["adam_ms"] > 0
+    assert row["half_ms"] > 0 and row["adam_ms"] > 0 and row["half_floor_ms"] > 0
     assert row["bound_ms"] == pytest.approx(row["half_ms"] + row["adam_ms"] / 2, abs=1e-3)
 
 
