@@ -50,7 +50,12 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from run import WORKLOAD_NAMES, measured_environment  # noqa: E402  (imports no NumPy)
+from run import (  # noqa: E402  (imports no NumPy)
+    WORKLOAD_NAMES,
+    add_workloads_argument,
+    check_workloads,
+    measured_environment,
+)
 
 #: The bar of issue 28 this table reads against: our step below JAX's, and at most this many
 #: times the floor on the workloads it names.
@@ -65,8 +70,7 @@ TIE = 0.10
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("workloads", nargs="*", metavar="WORKLOAD",
-                   help=f"any of {', '.join(WORKLOAD_NAMES)} (default: all)")
+    add_workloads_argument(p)
     p.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
     p.add_argument("--steps", type=int, default=40,
                    help="timed repetitions of each measurement (default 40)")
@@ -79,9 +83,7 @@ def parse_args(argv=None):
                    help="a few repetitions only, to check that it runs (times meaningless)")
     p.add_argument("--child", metavar="WORKLOAD", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    unknown = [w for w in args.workloads if w not in WORKLOAD_NAMES]
-    if unknown:
-        p.error(f"unknown workload(s) {unknown}; expected any of {list(WORKLOAD_NAMES)}")
+    check_workloads(p, args)
     if args.rounds < 1 or args.steps < 1 or args.warmup < 0:
         p.error("--rounds and --steps must be at least 1, --warmup at least 0")
     if args.quick:
@@ -256,15 +258,16 @@ def main(argv=None):
         for name in names:
             per_name[name].append(measure_round(name, args, env))
         print(f"round {i + 1} of {args.rounds} done", file=sys.stderr, flush=True)
+    end_load = _load()
     rows = [combine(per_name[name]) for name in names]
     if args.json:
         for r in rows:
             print(json.dumps({**r, "reach": verdict(r), "per_round": per_name[r["workload"]],
-                              "load_before": start_load, "load_after": _load()}))
+                              "load_before": start_load, "load_after": end_load}))
     else:
         print(f"{start_load} (before)")
         print(format_table(rows, per_name))
-        print(f"{_load()} (after)")
+        print(f"{end_load} (after)")
     return 0
 
 

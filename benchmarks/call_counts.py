@@ -41,7 +41,11 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from run import WORKLOAD_NAMES  # noqa: E402  (benchmarks/ is not a package)
+from run import (  # noqa: E402  (benchmarks/ is not a package)
+    WORKLOAD_NAMES,
+    add_workloads_argument,
+    check_workloads,
+)
 
 #: NumPy's C functions whose calls are counted, by the name they have in the table
 COUNTED = {
@@ -165,8 +169,7 @@ def format_rows(rows):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("workloads", nargs="*", metavar="WORKLOAD",
-                   help=f"any of {', '.join(WORKLOAD_NAMES)} (default: all)")
+    add_workloads_argument(p)
     p.add_argument("--steps", type=int, nargs=2, default=(2, 6), metavar=("A", "B"),
                    help="the two run lengths whose difference is counted (default 2 6)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -174,9 +177,7 @@ def main(argv=None):
                    help="count a step of the fit loop (workloads.trainer_of: the NaN guard, "
                         "the last good parameters kept, ...) instead of the bare step")
     args = p.parse_args(argv)
-    unknown = [w for w in args.workloads if w not in WORKLOAD_NAMES]
-    if unknown:
-        p.error(f"unknown workload(s) {unknown}; expected any of {list(WORKLOAD_NAMES)}")
+    check_workloads(p, args)
     a, b = args.steps
     if not 0 <= a < b:
         p.error(f"--steps: expected 0 <= A < B, got {a} {b}")

@@ -23,7 +23,11 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from run import WORKLOAD_NAMES  # noqa: E402  (benchmarks/ is not a package)
+from run import (  # noqa: E402  (benchmarks/ is not a package)
+    WORKLOAD_NAMES,
+    add_workloads_argument,
+    check_workloads,
+)
 
 
 def measure(name, steps, rounds):
@@ -51,14 +55,11 @@ def measure(name, steps, rounds):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("workloads", nargs="*", metavar="WORKLOAD",
-                   help=f"any of {', '.join(WORKLOAD_NAMES)} (default: all)")
+    add_workloads_argument(p)
     p.add_argument("--steps", type=int, default=200, help="steps per round (default 200)")
     p.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
     args = p.parse_args(argv)
-    unknown = [w for w in args.workloads if w not in WORKLOAD_NAMES]
-    if unknown:
-        p.error(f"unknown workload(s) {unknown}; expected any of {list(WORKLOAD_NAMES)}")
+    check_workloads(p, args)
     if args.steps < 1 or args.rounds < 1:
         p.error("--steps and --rounds: expected positive numbers")
     print(f"load average {os.getloadavg()[0]:.2f}; wall ms per step, median of "

@@ -28,11 +28,24 @@ WORKLOAD_NAMES = ("W1-b128", "W1-b1024", "W2-2d", "W2-16d", "W3-2d", "W3-16d")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def add_workloads_argument(p):
+    """The benchmark scripts' positional ``WORKLOAD ...`` argument (none given: all of them);
+    ``check_workloads`` refuses names that are not ``WORKLOAD_NAMES``."""
+    p.add_argument("workloads", nargs="*", metavar="WORKLOAD",
+                   help=f"any of {', '.join(WORKLOAD_NAMES)} (default: all)")
+
+
+def check_workloads(p, args):
+    """``p.error`` (exit 2) naming the workloads of ``args`` that are not ``WORKLOAD_NAMES``."""
+    unknown = [w for w in args.workloads if w not in WORKLOAD_NAMES]
+    if unknown:
+        p.error(f"unknown workload(s) {unknown}; expected any of {list(WORKLOAD_NAMES)}")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("workloads", nargs="*", metavar="WORKLOAD",
-                   help=f"any of {', '.join(WORKLOAD_NAMES)} (default: all)")
+    add_workloads_argument(p)
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--quick", action="store_true",
                    help="a few steps only, to check that the benchmark runs (times meaningless)")
@@ -86,9 +99,7 @@ def parse_args(argv=None):
                    help="measure everything in this process (default: a fresh process each)")
     p.add_argument("--scaling-index", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    unknown = [w for w in args.workloads if w not in WORKLOAD_NAMES]
-    if unknown:
-        p.error(f"unknown workload(s) {unknown}; expected any of {list(WORKLOAD_NAMES)}")
+    check_workloads(p, args)
     if args.late_steps is not None and not 0 <= args.late_steps[0] < args.late_steps[1]:
         p.error(f"--late-steps: expected 0 <= EARLY < LATE, got {args.late_steps}")
     if args.peers and (args.late or args.scaling or args.inference or args.in_process):
